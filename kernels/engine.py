@@ -1,0 +1,155 @@
+"""The ``Engine`` protocol: turn prompts into completions, and say what it cost.
+
+Every backend (embedded transformers, vLLM, an OpenAI-compatible server, the scripted test double)
+subclasses ``Engine`` and implements one method, ``_run_batch``. The base class gives every engine the
+same surface: ``generate`` / ``chat`` for one request, ``generate_batch`` for many (one failed request
+does not fail the others), and ``agenerate`` for asyncio callers.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+from tokenomy.errors import EngineError, TokenomyError
+
+from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams
+
+__all__ = ["Engine"]
+
+
+class Engine(abc.ABC):
+    """A backend that generates text. Subclasses implement ``_run_batch``."""
+
+    spec: str = ""
+    """The model spec this engine was built from (``embedded``, ``vllm:/dir`` ...)."""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        # Engines hold one model; callers from several threads take turns.
+        self._lock = threading.RLock()
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
+        """Run ``requests``; return one completion or exception per request, in order.
+
+        An error confined to one request is returned in its slot, not raised, so the others complete.
+        """
+
+    def prompt_token_ids(self, prompt: PromptInput) -> list[int] | None:
+        """The token ids the engine would prefill for ``prompt`` (after the chat template), if it knows."""
+        return None
+
+    def cached_prefix_length(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of ``token_ids`` are cached now (0 if the engine has no prefix cache)."""
+        return 0
+
+    @property
+    def context_window(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        """Free the engine's resources. The engine must not be used afterwards."""
+
+    # -- the surface every engine shares -----------------------------------------------------------------
+
+    def generate_batch(
+        self, requests: Sequence[Request], *, return_exceptions: bool = False
+    ) -> list[Completion | TokenomyError]:
+        """Run several requests. With ``return_exceptions`` a failed request yields its error in its slot
+        and the others complete; otherwise the first error is raised after all requests have run."""
+        reqs = list(requests)
+        if not reqs:
+            return []
+        with self._lock:
+            try:
+                results = self._run_batch(reqs)
+            except TokenomyError as exc:
+                results = [exc] * len(reqs)
+            except Exception as exc:  # a backend bug or crash: every request of the batch failed
+                err = EngineError(f"{type(self).__name__} failed on a batch of {len(reqs)}: {exc!r}")
+                err.__cause__ = exc
+                results = [err] * len(reqs)
+        if len(results) != len(reqs):
+            raise EngineError(f"{type(self).__name__} returned {len(results)} results for {len(reqs)} requests")
+        out: list[Completion | TokenomyError] = []
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, TokenomyError):
+                wrapped = EngineError(f"{type(self).__name__}: {r!r}")
+                wrapped.__cause__ = r
+                r = wrapped
+            out.append(r)  # type: ignore[arg-type]
+        if not return_exceptions:
+            for r in out:
+                if isinstance(r, TokenomyError):
+                    raise r
+        return out
+
+    def generate(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        *,
+        grammar: Grammar | None = None,
+        agent: str | None = None,
+        tags: Sequence[str] = (),
+        **sampling: object,
+    ) -> Completion:
+        """Generate one completion. Keyword arguments such as ``max_tokens=`` or ``stop=`` build the
+        ``SamplingParams`` when ``params`` is not given."""
+        req = self.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
+        (result,) = self.generate_batch([req])
+        assert isinstance(result, Completion)
+        return result
+
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, **kwargs: object) -> Completion:
+        """Generate the assistant's reply to chat ``messages`` (rendered with the model's chat template)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return self.generate(list(messages), params, **kwargs)  # type: ignore[arg-type]
+
+    async def agenerate(
+        self,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        **kwargs: object,
+    ) -> Completion:
+        """``generate`` for asyncio callers; runs in a thread so the event loop stays free.
+
+        Many agents sharing one engine should go through a ``Worker``, which also batches and orders them.
+        """
+        return await asyncio.to_thread(self.generate, prompt, params, **kwargs)  # type: ignore[arg-type]
+
+    @staticmethod
+    def make_request(
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        *,
+        grammar: Grammar | None = None,
+        agent: str | None = None,
+        tags: Sequence[str] = (),
+        **sampling: object,
+    ) -> Request:
+        if params is None:
+            params = SamplingParams(**sampling)  # type: ignore[arg-type]
+        elif sampling:
+            raise TypeError(f"pass either params or sampling keywords, not both: {sorted(sampling)}")
+        return Request(prompt=prompt, params=params, grammar=grammar, agent=agent, tags=tuple(tags))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+def now() -> float:
+    return time.perf_counter()

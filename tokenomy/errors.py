@@ -1,0 +1,120 @@
+"""The one error tree of tokenomy.
+
+Every error tokenomy raises on purpose is a ``TokenomyError``; catch that to catch them all::
+
+    TokenomyError
+     ├── UserError                 your configuration or input is wrong; fix it and retry
+     │    ├── UnknownModelSpec     a model spec string names no engine
+     │    ├── MissingExtra         a backend needs an optional extra that is not installed
+     │    ├── ModelNotFound        a model directory or file that is not a model
+     │    ├── GrammarError         a grammar that does not compile
+     │    └── ContextLengthExceeded  a prompt longer than the model's context window
+     ├── RunError                  something failed while running; the input may be fine
+     │    ├── EngineError          an engine failed (crashed, died mid-batch, bad server reply)
+     │    └── RequestCancelled     a request was cancelled before it completed
+     ├── BudgetExceeded            a token or call budget ran out
+     └── PlanError                 a model's plan did not parse or validate (carries feedback)
+
+This module is a leaf: it imports nothing from tokenomy, so every layer (``kernels`` first) may import it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TokenomyError",
+    "UserError",
+    "UnknownModelSpec",
+    "MissingExtra",
+    "ModelNotFound",
+    "GrammarError",
+    "ContextLengthExceeded",
+    "RunError",
+    "EngineError",
+    "RequestCancelled",
+    "BudgetExceeded",
+    "PlanError",
+]
+
+
+class TokenomyError(Exception):
+    """Root of every error tokenomy raises on purpose."""
+
+
+class UserError(TokenomyError, ValueError):
+    """The caller's configuration or input is wrong (bad spec, unknown tool, invalid grammar...)."""
+
+
+class UnknownModelSpec(UserError):
+    """A model spec string that names no engine."""
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional backend is used without its extra installed.
+
+    The message names the exact ``pip install`` command to run.
+    """
+
+    def __init__(self, package: str, extra: str | None, what: str = "", install: str | None = None) -> None:
+        self.package = package
+        self.extra = extra
+        self.install = install or f"pip install 'tokenomy[{extra}]'"
+        what = what or package
+        super().__init__(
+            f"{what} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: {self.install}"
+        )
+
+
+class ModelNotFound(UserError, FileNotFoundError):
+    """A path that should hold a model does not."""
+
+
+class GrammarError(UserError):
+    """A grammar (EBNF, Lark, regex or JSON schema) that does not compile."""
+
+
+class ContextLengthExceeded(UserError):
+    """A prompt (plus the tokens asked for) longer than the model's context window."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_window: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_window = context_window
+        super().__init__(
+            f"prompt of {prompt_tokens} tokens does not fit the context window of {context_window} tokens "
+            f"(the model needs at least one position to generate; {max_tokens} new tokens were asked for). "
+            "Shorten the prompt or use a model with a longer context."
+        )
+
+
+class RunError(TokenomyError, RuntimeError):
+    """Something failed at run time (a model, a server, a tool)."""
+
+
+class EngineError(RunError):
+    """An engine failed: it crashed, died mid-batch or answered something unusable."""
+
+
+class RequestCancelled(RunError):
+    """A request was cancelled before it completed."""
+
+
+class BudgetExceeded(TokenomyError):
+    """A token or call budget ran out; ``spent`` and ``limit`` say by how much."""
+
+    def __init__(self, what: str, spent: int, limit: int) -> None:
+        self.what = what
+        self.spent = spent
+        self.limit = limit
+        super().__init__(f"budget exceeded: {what} {spent} > limit {limit}")
+
+
+class PlanError(TokenomyError):
+    """A model's plan did not parse or validate.
+
+    ``feedback`` is text meant to be sent back to the model so it can repair the plan.
+    """
+
+    def __init__(self, message: str, feedback: str | None = None) -> None:
+        self.feedback = feedback if feedback is not None else message
+        super().__init__(message)
