@@ -12,7 +12,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tokenomy.errors import EngineError, TokenomyError
 
@@ -40,6 +40,21 @@ class Engine(abc.ABC):
 
         An error confined to one request is returned in its slot, not raised, so the others complete.
         """
+
+    @staticmethod
+    def _run_each(requests: list[Request], one: Callable[[Request], Completion]) -> list[Completion | BaseException]:
+        """Run requests one by one; a failure (even a crash) stays in its slot and the rest still run."""
+        results: list[Completion | BaseException] = []
+        for req in requests:
+            try:
+                results.append(one(req))
+            except TokenomyError as exc:
+                results.append(exc)
+            except Exception as exc:
+                err = EngineError(f"request {req.request_id} failed: {exc!r}")
+                err.__cause__ = exc
+                results.append(err)
+        return results
 
     def prompt_token_ids(self, prompt: PromptInput) -> list[int] | None:
         """The token ids the engine would prefill for ``prompt`` (after the chat template), if it knows."""

@@ -42,19 +42,16 @@ class Constraint:
             import llguidance.torch as lgt
 
             if self._bitmask is None:
-                self._bitmask = lgt.allocate_token_bitmask(1, self._m_vocab())
+                self._bitmask = lgt.allocate_token_bitmask(1, self.vocab_size)
             lgt.fill_next_token_bitmask(self._m, self._bitmask, 0)
             # Tokens past the tokenizer's vocabulary (padding rows of the embedding) are never allowed.
-            width = min(logits.shape[-1], self._m_vocab())
+            width = min(logits.shape[-1], self.vocab_size)
             allowed = _unpack(self._bitmask, width).to(logits.device)
             logits[..., :width].masked_fill_(~allowed, float("-inf"))
             if logits.shape[-1] > width:
                 logits[..., width:] = float("-inf")
         if torch.isinf(logits).all():
             raise GrammarError("the grammar allows no token here (is it satisfiable with this vocabulary?)")
-
-    def _m_vocab(self) -> int:
-        return self.vocab_size
 
     def accept(self, token_id: int) -> None:
         if self.backend == "xgrammar":
@@ -139,7 +136,7 @@ class GrammarCompiler:
         if self._ll_tokenizer is None:
             self._ll_tokenizer = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self.vocab_size)
         grammar = llguidance.LLMatcher.grammar_from_lark(source)
-        ok, message = llguidance.LLMatcher.validate_grammar(grammar, self._ll_tokenizer)
-        if not ok:
+        message = llguidance.LLMatcher.validate_grammar(grammar, self._ll_tokenizer)
+        if message:
             raise GrammarError(f"Lark grammar does not compile: {message}")
         return grammar

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -112,6 +113,16 @@ class Request:
     tags: tuple[str, ...] = ()
     """Free labels (node, round, edge...): usage is recorded per tag too."""
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def cancel(self) -> None:
+        """Ask for this request to stop: before it starts it never runs; while decoding it stops at the next
+        token. Either way its result is ``RequestCancelled``."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     @property
     def is_chat(self) -> bool:
@@ -119,7 +130,8 @@ class Request:
         return not isinstance(p, str) and len(p) > 0 and isinstance(p[0], Mapping)
 
 
-FinishReason = Literal["stop", "length", "grammar", "eos"]
+FinishReason = Literal["stop", "length"]
+"""``stop``: end of sequence, a stop string or a completed grammar; ``length``: ``max_tokens`` reached."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ["Usage"]
+__all__ = ["Usage", "UsageLedger"]
 
 
 def _add(a: int | None, b: int | None) -> int | None:
@@ -99,3 +99,38 @@ class Usage:
             f"(cached={show(self.cached_prompt_tokens, 'cached_prompt_tokens')}) "
             f"completion={show(self.completion_tokens, 'completion_tokens')} calls={self.calls}"
         )
+
+
+class UsageLedger:
+    """Usage recorded per agent and per tag, plus the total. Thread-safe."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.total = Usage()
+        self.by_agent: dict[str, Usage] = {}
+        self.by_tag: dict[str, Usage] = {}
+
+    def record(self, usage: Usage, agent: str | None = None, tags: tuple[str, ...] | list[str] = ()) -> None:
+        with self._lock:
+            self.total = self.total + usage
+            key = agent or "-"
+            self.by_agent[key] = self.by_agent.get(key, Usage()) + usage
+            for tag in tags:
+                self.by_tag[tag] = self.by_tag.get(tag, Usage()) + usage
+
+    def table(self) -> str:
+        """A small text table: one row per agent, then the total."""
+        rows = [("agent", "calls", "prompt", "cached", "completion")]
+        with self._lock:
+            items = sorted(self.by_agent.items()) + [("TOTAL", self.total)]
+        for name, u in items:
+            rows.append((name, str(u.calls), _s(u.prompt_tokens), _s(u.cached_prompt_tokens), _s(u.completion_tokens)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                         for r in rows)
+
+
+def _s(v: int | None) -> str:
+    return "?" if v is None else str(v)

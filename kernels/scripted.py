@@ -1,0 +1,124 @@
+"""``ScriptedEngine``: the deterministic test double.
+
+It answers from a script (a list of replies, or a function of the request), tokenizes with UTF-8 bytes (one
+token per byte, so counts are exact and easy to check by hand) and keeps a token-level radix tree, so prefix
+reuse, scheduling and usage accounting can be tested without a model. It is named for what it is: never a
+default, never a stand-in for a real model in benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from tokenomy.errors import ContextLengthExceeded, EngineError, RequestCancelled, TokenomyError
+
+from .engine import Engine, now
+from .radix import RadixCache
+from .types import Capabilities, Completion, PromptInput, Request
+from .usage import Usage
+
+__all__ = ["ScriptedEngine"]
+
+Reply = str | BaseException
+Script = Iterable[Reply] | Callable[[Request], Reply]
+
+
+def render_chatml(messages: Sequence[dict]) -> str:
+    """The ChatML text the scripted engine 'sees' for chat messages (with the assistant header at the end)."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m.get('content', '')}<|im_end|>\n" for m in messages)
+    return text + "<|im_start|>assistant\n"
+
+
+class ScriptedEngine(Engine):
+    """Replies from a script; counts tokens as UTF-8 bytes; caches prefixes in a token-only radix tree.
+
+    Args:
+        script: replies in order (an exception in the list is returned as that request's error), or a function
+            ``request -> reply``. Default: echo the last message's content, or the last line of a raw prompt.
+        context_window: prompts at least this long fail with ``ContextLengthExceeded``.
+        delay_s: seconds each request takes (to test concurrency and cancellation).
+        prefix_cache: track cached prefixes (usage then reports ``cached_prompt_tokens``).
+    """
+
+    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=False, logprobs=False, token_ids=True)
+
+    def __init__(self, script: Script | None = None, *, context_window: int = 1 << 20, delay_s: float = 0.0,
+                 prefix_cache: bool = True) -> None:
+        super().__init__()
+        self.spec = "scripted"
+        self._fn = script if callable(script) else None
+        self._replies = iter(script) if script is not None and not callable(script) else None
+        self._window = context_window
+        self.delay_s = delay_s
+        self.cache = RadixCache(1 << 40, bytes_per_token=1) if prefix_cache else None
+        self.requests: list[Request] = []
+        """Every request received, in the order it ran (for assertions)."""
+        self.batches: list[list[str]] = []
+        """The request ids of each batch, as the engine received them."""
+
+    @property
+    def context_window(self) -> int:
+        return self._window
+
+    def prompt_token_ids(self, prompt: PromptInput) -> list[int]:
+        if isinstance(prompt, str):
+            return list(prompt.encode("utf-8"))
+        if len(prompt) and not isinstance(prompt[0], int):
+            return list(render_chatml(prompt).encode("utf-8"))  # type: ignore[arg-type]
+        return [int(t) for t in prompt]  # type: ignore[union-attr]
+
+    def cached_prefix_length(self, token_ids: Sequence[int]) -> int:
+        return self.cache.peek(token_ids) if self.cache is not None else 0
+
+    def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
+        self.batches.append([r.request_id for r in requests])
+        return self._run_each(requests, self._one)
+
+    def _one(self, req: Request) -> Completion:
+        start = now()
+        if req.cancelled:
+            raise RequestCancelled(f"{req.request_id} was cancelled before it started")
+        self.requests.append(req)
+        ids = self.prompt_token_ids(req.prompt)
+        if len(ids) >= self._window:
+            raise ContextLengthExceeded(len(ids), req.params.max_tokens, self._window)
+        if self.delay_s:
+            deadline = time.monotonic() + self.delay_s
+            while time.monotonic() < deadline:
+                if req.cancelled:
+                    raise RequestCancelled(f"{req.request_id} was cancelled while running")
+                time.sleep(min(0.005, self.delay_s))
+        reply = self._next_reply(req, ids)
+        if isinstance(reply, BaseException):
+            raise reply if isinstance(reply, TokenomyError) else EngineError(f"scripted failure: {reply!r}")
+        text, finish = reply, "stop"
+        for s in req.params.stop:
+            if s in text:
+                text = text[: text.index(s)]
+        gen = list(text.encode("utf-8"))
+        if len(gen) > req.params.max_tokens:
+            gen = gen[: req.params.max_tokens]
+            text, finish = bytes(gen).decode("utf-8", errors="ignore"), "length"
+        cached = 0
+        if self.cache is not None:
+            match = self.cache.match(ids)
+            cached = match.length
+            self.cache.insert(ids + gen[:-1])
+        usage = Usage(prompt_tokens=len(ids), cached_prompt_tokens=cached, completion_tokens=len(gen), calls=1)
+        return Completion(text=text, token_ids=gen, finish_reason=finish, usage=usage,  # type: ignore[arg-type]
+                          prompt_token_ids=ids, request_id=req.request_id, engine="scripted",
+                          latency_s=now() - start)
+
+    def _next_reply(self, req: Request, ids: list[int]) -> Reply:
+        if self._fn is not None:
+            return self._fn(req)
+        if self._replies is not None:
+            try:
+                return next(self._replies)
+            except StopIteration:
+                return EngineError("ScriptedEngine ran out of scripted replies")
+        if req.is_chat:
+            return str(req.prompt[-1].get("content", ""))  # type: ignore[index, union-attr]
+        text = bytes(ids).decode("utf-8", errors="replace").rstrip("\n")
+        return text.rsplit("\n", 1)[-1]

@@ -1,0 +1,273 @@
+"""The shared worker: many agents, one engine, prefixes computed once.
+
+Agents submit requests concurrently (threads or asyncio). One background thread per engine drains the queue:
+it gathers what arrived together, orders it so a shared prefix is computed once before the requests that
+extend it (cached-prefix length first, like SGLang's longest-prefix-match policy, then depth-first by token
+ids so siblings run back to back), hands the engine one batch (engines that gain from batching, such as vLLM,
+run it as one call; the embedded engine runs it in that order) and records each completion's usage per agent
+and per tag. A request that fails comes back as its own error; the others complete.
+
+``Router`` spreads requests over several workers (several vLLM servers, say) with prefix affinity and a load
+guard, the policy of sgl-router: route to the shortest queue when load is imbalanced, else to the worker whose
+approximate radix tree matches the prompt best, else to the one with the smallest tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from tokenomy.errors import RequestCancelled, TokenomyError, UserError
+
+from .engine import Engine, now
+from .radix import RadixCache
+from .types import Completion, Grammar, PromptInput, Request, SamplingParams
+from .usage import UsageLedger
+
+__all__ = ["Worker", "Router", "order_requests"]
+
+
+def order_requests(requests: Sequence[Request], engine: Engine) -> list[Request]:
+    """Longest cached prefix first, then depth-first by token ids (siblings adjacent, shorter first)."""
+    keyed = []
+    for i, r in enumerate(requests):
+        try:
+            ids = engine.prompt_token_ids(r.prompt)
+        except TokenomyError:
+            ids = None  # the engine reports the error when the request runs
+        if ids is None:
+            keyed.append((0, (), i, r))
+        else:
+            keyed.append((-engine.cached_prefix_length(ids), tuple(ids), i, r))
+    keyed.sort(key=lambda k: (k[0], k[1], k[2]))
+    return [k[3] for k in keyed]
+
+
+class Worker:
+    """One queue and one scheduler thread in front of an engine.
+
+    Args:
+        engine: the engine every request goes to.
+        max_batch: the most requests handed to the engine at once.
+        gather_s: how long to wait for more requests after the first one arrives, so that requests sent
+            together are ordered together.
+        schedule: ``"lpm"`` (longest prefix match, then depth-first) or ``"fcfs"``.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 64, gather_s: float = 0.002,
+                 schedule: str = "lpm") -> None:
+        if max_batch < 1:
+            raise ValueError(f"Worker.max_batch must be >= 1, got {max_batch}")
+        if schedule not in ("lpm", "fcfs"):
+            raise ValueError(f"Worker.schedule must be 'lpm' or 'fcfs', got {schedule!r}")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.gather_s = gather_s
+        self.schedule = schedule
+        self.ledger = UsageLedger()
+        self.scheduler_s = 0.0
+        """Seconds spent ordering requests (the scheduler's overhead)."""
+        self.busy_s = 0.0
+        """Seconds the engine spent running batches."""
+        self._pending: list[tuple[Request, cf.Future[Completion]]] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"tokenomy-worker-{engine.spec}", daemon=True)
+        self._thread.start()
+
+    # -- submitting -------------------------------------------------------------------------------------
+
+    @property
+    def queue_length(self) -> int:
+        with self._cv:
+            return len(self._pending)
+
+    def submit(self, request: Request) -> cf.Future[Completion]:
+        """Queue ``request``; the future resolves to its completion or raises its error.
+
+        Cancelling the future cancels the request (before it starts, or at the next token)."""
+        fut: cf.Future[Completion] = cf.Future()
+        fut.add_done_callback(lambda f: request.cancel() if f.cancelled() else None)
+        with self._cv:
+            if self._closed:
+                raise UserError("this worker is closed")
+            self._pending.append((request, fut))
+            self._cv.notify()
+        return fut
+
+    def generate(self, prompt: PromptInput, params: SamplingParams | None = None, *,
+                 grammar: Grammar | None = None, agent: str | None = None, tags: Sequence[str] = (),
+                 timeout: float | None = None, **sampling: Any) -> Completion:
+        """Submit one request and wait for it (from any thread)."""
+        req = Engine.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
+        fut = self.submit(req)
+        try:
+            return fut.result(timeout)
+        except cf.TimeoutError:
+            fut.cancel()
+            req.cancel()
+            raise RequestCancelled(f"{req.request_id} timed out after {timeout} s") from None
+
+    async def agenerate(self, prompt: PromptInput, params: SamplingParams | None = None, **kwargs: Any) -> Completion:
+        """Submit one request from asyncio; cancelling the awaiting task cancels the request."""
+        req = Engine.make_request(prompt, params, **kwargs)
+        return await self.asubmit(req)
+
+    async def asubmit(self, request: Request) -> Completion:
+        fut = self.submit(request)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            request.cancel()
+            fut.cancel()
+            raise
+
+    def map(self, requests: Sequence[Request]) -> list[Completion | TokenomyError]:
+        """Submit many requests at once and wait for all; failures come back in their slots."""
+        futs = [self.submit(r) for r in requests]
+        out: list[Completion | TokenomyError] = []
+        for f in futs:
+            try:
+                out.append(f.result())
+            except TokenomyError as exc:
+                out.append(exc)
+            except cf.CancelledError:
+                out.append(RequestCancelled("cancelled"))
+        return out
+
+    # -- the scheduler thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if self._closed and not self._pending:
+                    return
+            if self.gather_s:
+                # Let requests submitted together arrive together, so they are ordered together.
+                with self._cv:
+                    self._cv.wait(self.gather_s)
+            with self._cv:
+                batch, self._pending = self._take()
+            self._run(batch)
+
+    def _take(self) -> tuple[list[tuple[Request, cf.Future[Completion]]], list[tuple[Request, cf.Future[Completion]]]]:
+        live = [(r, f) for r, f in self._pending if not f.done()]
+        for r, f in self._pending:
+            if f.done():
+                r.cancel()
+        if self.schedule == "fcfs" or len(live) <= 1:
+            return live[: self.max_batch], live[self.max_batch:]
+        t0 = now()
+        futs = {id(r): f for r, f in live}
+        ordered = order_requests([r for r, _ in live], self.engine)
+        self.scheduler_s += now() - t0
+        pairs = [(r, futs[id(r)]) for r in ordered]
+        return pairs[: self.max_batch], pairs[self.max_batch:]
+
+    def _run(self, batch: list[tuple[Request, cf.Future[Completion]]]) -> None:
+        runnable = [(r, f) for r, f in batch if f.set_running_or_notify_cancel()]
+        if not runnable:
+            return
+        t0 = now()
+        try:
+            results = self.engine.generate_batch([r for r, _ in runnable], return_exceptions=True)
+        except BaseException as exc:  # never leave a caller waiting
+            results = [exc] * len(runnable)  # type: ignore[list-item]
+        self.busy_s += now() - t0
+        for (req, fut), res in zip(runnable, results):
+            if isinstance(res, Completion):
+                self.ledger.record(res.usage, req.agent, req.tags)
+                fut.set_result(res)
+            else:
+                fut.set_exception(res)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish what is queued, then stop the scheduler thread (the engine stays open)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Router:
+    """Route requests over several workers with prefix affinity and a load guard (sgl-router's policy).
+
+    Args:
+        workers: the workers (one per engine or server).
+        balance_abs, balance_rel: load is imbalanced when ``max - min > balance_abs`` and
+            ``max > balance_rel * min`` (queued plus running requests); then the least loaded worker wins.
+        cache_threshold: otherwise the worker whose tree matches the most of the prompt wins if it matches at
+            least this fraction, else the worker with the smallest tree.
+        tree_tokens: the token budget of each worker's approximate tree.
+    """
+
+    def __init__(self, workers: Sequence[Worker], *, balance_abs: int = 32, balance_rel: float = 1.5,
+                 cache_threshold: float = 0.5, tree_tokens: int = 1 << 20) -> None:
+        if not workers:
+            raise ValueError("Router needs at least one worker")
+        self.workers = list(workers)
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
+        self.cache_threshold = cache_threshold
+        self._trees = [RadixCache(tree_tokens, bytes_per_token=1) for _ in workers]
+        self._inflight = [0] * len(workers)
+        self._lock = threading.Lock()
+        self.routed = [0] * len(workers)
+
+    def pick(self, ids: Sequence[int]) -> int:
+        """The index of the worker for a prompt of token ids ``ids`` (records the choice)."""
+        with self._lock:
+            loads = self._inflight
+            lo, hi = min(loads), max(loads)
+            if hi - lo > self.balance_abs and hi > self.balance_rel * lo:
+                choice = loads.index(lo)
+            else:
+                matches = [t.peek(ids) for t in self._trees]
+                best = max(range(len(matches)), key=lambda i: (matches[i], -loads[i]))
+                if ids and matches[best] / len(ids) >= self.cache_threshold:
+                    choice = best
+                else:
+                    choice = min(range(len(self._trees)), key=lambda i: (self._trees[i].cached_tokens, loads[i]))
+            self._trees[choice].insert(ids)
+            self._inflight[choice] += 1
+            self.routed[choice] += 1
+            return choice
+
+    def submit(self, request: Request) -> cf.Future[Completion]:
+        ids = self.workers[0].engine.prompt_token_ids(request.prompt)
+        if ids is None:
+            ids = list(repr(request.prompt).encode("utf-8"))
+        i = self.pick(ids)
+        fut = self.workers[i].submit(request)
+
+        def done(_: cf.Future[Completion]) -> None:
+            with self._lock:
+                self._inflight[i] -= 1
+
+        fut.add_done_callback(done)
+        return fut
+
+    def map(self, requests: Sequence[Request]) -> list[Completion | TokenomyError]:
+        futs = [self.submit(r) for r in requests]
+        out: list[Completion | TokenomyError] = []
+        for f in futs:
+            try:
+                out.append(f.result())
+            except TokenomyError as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
