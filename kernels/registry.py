@@ -48,7 +48,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return kind, ""
     if kind in ("hf", "vllm", "openai") and sep and arg:
         if kind == "openai" and "@" not in arg:
-            raise UnknownModelSpec(f"{spec!r}: an openai spec is openai:<model>@<base_url>")
+            raise UnknownModelSpec(f"{spec!r}: an openai spec is openai:<model>@<base_url>; use one of {_forms()}")
         return kind, arg
     raise UnknownModelSpec(f"unknown model spec {spec!r}; use one of {_forms()}")
 

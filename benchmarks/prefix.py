@@ -1,0 +1,290 @@
+"""``tokenomy bench prefix``: how close prefix reuse comes to the physical limit.
+
+Workloads (BENCHMARKS.md "prefix"):
+
+* ``agents``: 8 agents share a system-and-tools prefix of 1-2k tokens, each adds its own role; 3 rounds in
+  which every prompt extends the shared transcript of the previous rounds (the agents' generated token ids,
+  carried forward verbatim).
+* ``rewoo``: ReWOO planner/solver pairs. Planners share the system prompt and exemplars; each solver prompt
+  extends its planner's prompt and plan (whose KV was computed while decoding) with evidence.
+* ``sc``: self-consistency, 8 samples of one prompt.
+
+Prompts are laid out static to dynamic and built from token ids, segment by segment, so every shared prefix is
+shared exactly. The limit L* is the number of distinct token prefixes over all prompts, minus the prompt tokens
+whose KV was computed while decoding in an earlier step; prefill efficiency eta = L* / tokens computed.
+For vLLM, whose cache holds whole blocks, L*_B rounds every reusable prefix down to the block size and caps it
+at the prompt length - 1.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tokenomy.kernels.engine import Engine
+from tokenomy.kernels.radix import RadixCache
+from tokenomy.kernels.types import Completion, Request, SamplingParams
+from tokenomy.kernels.worker import Worker
+
+__all__ = ["PrefixConfig", "Record", "run_prefix_bench", "limit_tokens", "format_table"]
+
+Step = list[tuple[list[int], SamplingParams, str]]  # (prompt ids, params, agent) submitted together
+RunStep = Callable[[Step], list[Completion]]
+
+
+@dataclass
+class PrefixConfig:
+    shared_tokens: int = 1536
+    agents: int = 8
+    rounds: int = 3
+    agent_new_tokens: int = 16
+    pairs: int = 6
+    plan_tokens: int = 24
+    samples: int = 8
+    sample_prompt_tokens: int = 512
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> PrefixConfig:
+        return cls(shared_tokens=1024, rounds=3, agent_new_tokens=12, pairs=4, plan_tokens=16, samples=6,
+                   sample_prompt_tokens=384)
+
+
+@dataclass
+class Record:
+    workload: str
+    engine: str
+    cache: str
+    prompts: int
+    prompt_tokens: int
+    computed_prefill_tokens: int
+    limit_tokens: int
+    eta: float
+    hit_rate: float
+    wall_s: float
+    block_size: int = 1
+    speedup: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# -- text that looks like a system prompt with tool schemas (deterministic, no model can know it) -------------
+
+_WORDS = ("account agent answer attribute balance branch city company compute country date delta entity "
+          "evidence field founder graph harbor index input lookup market merge metric name number order output "
+          "owner plan price product query record region result river route schema search source step string "
+          "summary table target token tool total value variable vendor year").split()
+
+
+def _prose(rng: random.Random, n_words: int) -> str:
+    out = []
+    for i in range(n_words):
+        w = rng.choice(_WORDS)
+        out.append(w.capitalize() if i % 12 == 0 else w)
+        if i % 12 == 11:
+            out[-1] += "."
+    return " ".join(out)
+
+
+def _tools_prompt(rng: random.Random) -> str:
+    tools = []
+    for i in range(40):
+        name = f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)}_{i}"
+        args = {rng.choice(_WORDS): {"type": rng.choice(["string", "integer", "number"])} for _ in range(3)}
+        tools.append({"name": name, "description": _prose(rng, 14),
+                      "parameters": {"type": "object", "properties": args}})
+    return ("You are one of several agents that solve tasks together. Use the tools below; answer tersely.\n"
+            "Tools:\n" + "\n".join(json.dumps(t, sort_keys=True) for t in tools) + "\n")
+
+
+class _Text:
+    """Builds prompt segments of exact token lengths with the engine's tokenizer."""
+
+    def __init__(self, engine: Engine, seed: int) -> None:
+        self.engine = engine
+        self.rng = random.Random(seed)
+
+    def ids(self, text: str) -> list[int]:
+        ids = self.engine.prompt_token_ids(text)
+        assert ids is not None
+        return list(ids)
+
+    def exact(self, n_tokens: int, head: str = "") -> list[int]:
+        text = head
+        while len(self.ids(text)) < n_tokens:
+            text += _prose(self.rng, 200) + "\n"
+        return self.ids(text)[:n_tokens]
+
+
+# -- workloads ----------------------------------------------------------------------------------------------
+
+def workload_agents(run: RunStep, text: _Text, cfg: PrefixConfig) -> None:
+    shared = text.exact(cfg.shared_tokens, _tools_prompt(text.rng))
+    roles = [text.ids(f"\nYou are agent {i}, the {text.rng.choice(_WORDS)} specialist. Your turn:") for i in
+             range(cfg.agents)]
+    transcript: list[int] = []
+    params = SamplingParams(max_tokens=cfg.agent_new_tokens, temperature=0.0)
+    for r in range(cfg.rounds):
+        step = [(shared + transcript + roles[i], params, f"agent{i}") for i in range(cfg.agents)]
+        outs = run(step)
+        for i, c in enumerate(outs):
+            transcript += text.ids(f"\n[round {r} agent {i}] ") + c.token_ids
+
+
+def workload_rewoo(run: RunStep, text: _Text, cfg: PrefixConfig) -> None:
+    system = text.exact(cfg.shared_tokens // 2, "Plan the tool calls that answer the question.\n")
+    questions = [text.ids(f"\nQuestion {j}: " + _prose(text.rng, 18) + "?\nPlan:") for j in range(cfg.pairs)]
+    plan_params = SamplingParams(max_tokens=cfg.plan_tokens, temperature=0.0)
+    planners = [system + q for q in questions]
+    plans = run([(p, plan_params, f"planner{j}") for j, p in enumerate(planners)])
+    solver_params = SamplingParams(max_tokens=8, temperature=0.0)
+    solvers = [planners[j] + plans[j].token_ids + text.ids("\nEvidence: " + _prose(text.rng, 40) + "\nAnswer:")
+               for j in range(cfg.pairs)]
+    run([(s, solver_params, f"solver{j}") for j, s in enumerate(solvers)])
+
+
+def workload_sc(run: RunStep, text: _Text, cfg: PrefixConfig) -> None:
+    prompt = text.exact(cfg.sample_prompt_tokens, "Solve step by step, then give the answer.\n")
+    run([(prompt, SamplingParams(max_tokens=8, temperature=0.8, seed=s), f"sample{s}")
+         for s in range(cfg.samples)])
+
+
+WORKLOADS: dict[str, Callable[[RunStep, _Text, PrefixConfig], None]] = {
+    "agents": workload_agents, "rewoo": workload_rewoo, "sc": workload_sc}
+
+
+# -- the limit ----------------------------------------------------------------------------------------------
+
+def limit_tokens(steps: list[list[tuple[list[int], list[int]]]], block_size: int = 1) -> int:
+    """L* (or L*_B for ``block_size > 1``) for steps of ``(prompt ids, generated ids)`` run in order.
+
+    Within a step the requests run together, so one computes a shared prefix and the others reuse it; what a
+    step decoded (prompt + generated[:-1]) is reusable from the next step on.
+    """
+    trie = RadixCache(1 << 62, bytes_per_token=1)
+    total = 0
+    for step in steps:
+        for prompt, _ in step:
+            reusable = trie.insert(prompt)
+            if block_size > 1:
+                reusable = min(reusable, len(prompt) - 1) // block_size * block_size
+            total += len(prompt) - reusable
+        for prompt, gen in step:
+            trie.insert(prompt + gen[:-1])
+    return total
+
+
+# -- running ------------------------------------------------------------------------------------------------
+
+def run_workload(name: str, engine: Engine, cfg: PrefixConfig, *, engine_label: str, cache: bool,
+                 block_size: int = 1) -> Record:
+    text = _Text(engine, cfg.seed)
+    steps: list[list[tuple[list[int], list[int]]]] = []
+    completions: list[Completion] = []
+    worker = Worker(engine)
+    wall = 0.0
+
+    def run(step: Step) -> list[Completion]:
+        nonlocal wall
+        reqs = [Request(prompt=ids, params=p, agent=a, tags=(name,)) for ids, p, a in step]
+        t0 = time.perf_counter()
+        outs = worker.map(reqs)
+        wall += time.perf_counter() - t0
+        for o in outs:
+            if not isinstance(o, Completion):
+                raise o
+        done = [o for o in outs if isinstance(o, Completion)]
+        steps.append([(ids, c.token_ids) for (ids, _, _), c in zip(step, done)])
+        completions.extend(done)
+        return done
+
+    try:
+        WORKLOADS[name](run, text, cfg)
+    finally:
+        worker.close()
+    prompt_tokens = sum(c.usage.prompt_tokens or 0 for c in completions)
+    cached = sum(c.usage.cached_prompt_tokens or 0 for c in completions)
+    computed = prompt_tokens - cached
+    limit = limit_tokens(steps, block_size)
+    return Record(workload=name, engine=engine_label, cache="on" if cache else "off", prompts=len(completions),
+                  prompt_tokens=prompt_tokens, computed_prefill_tokens=computed, limit_tokens=limit,
+                  eta=round(limit / computed, 4) if computed else 1.0,
+                  hit_rate=round(cached / prompt_tokens, 4) if prompt_tokens else 0.0,
+                  wall_s=round(wall, 3), block_size=block_size,
+                  notes={"scheduler_s": round(worker.scheduler_s, 4), "busy_s": round(worker.busy_s, 3)})
+
+
+def _embedded_engines(spec: str) -> list[tuple[str, bool, Callable[[], Engine]]]:
+    from tokenomy.kernels.registry import load_engine
+
+    return [(spec, on, (lambda on=on: load_engine(spec, prefix_cache=on))) for on in (True, False)]
+
+
+def _vllm_engines(model_dir: str) -> list[tuple[str, bool, Callable[[], Engine]]]:
+    from tokenomy.kernels.vllm_engine import VLLMEngine
+
+    return [("vllm", on, (lambda on=on: VLLMEngine(model_dir, enable_prefix_caching=on, block_size=32)))
+            for on in (True, False)]
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def run_prefix_bench(*, quick: bool = False, spec: str = "embedded", workloads: list[str] | None = None,
+                     with_vllm: bool | None = None, log: Callable[[str], None] = print) -> list[Record]:
+    """Run every workload on every engine, cache on and off; returns one record per combination."""
+    cfg = PrefixConfig.quick() if quick else PrefixConfig()
+    names = workloads or list(WORKLOADS)
+    engines = _embedded_engines(spec)
+    if with_vllm is None:
+        with_vllm = vllm_available()
+    if with_vllm:
+        from tokenomy.kernels.embedded import ensure_converted
+
+        engines += _vllm_engines(str(ensure_converted()))
+    records: list[Record] = []
+    for label, on, build in engines:
+        engine = build()
+        block = getattr(engine, "block_size", 1) if on else 1
+        try:
+            for name in names:
+                rec = run_workload(name, engine, cfg, engine_label=label, cache=on, block_size=block)
+                log(f"  {name:7s} {label:9s} cache={rec.cache:3s} eta={rec.eta:.3f} wall={rec.wall_s:.1f}s")
+                records.append(rec)
+        finally:
+            engine.close()
+            del engine
+            gc.collect()
+    by_key = {(r.workload, r.engine, r.cache): r for r in records}
+    for r in records:
+        off = by_key.get((r.workload, r.engine, "off"))
+        if r.cache == "on" and off is not None and r.wall_s > 0:
+            r.speedup = round(off.wall_s / r.wall_s, 2)
+    return records
+
+
+def format_table(records: list[Record]) -> str:
+    head = ("workload", "engine", "cache", "prompts", "prompt_tok", "computed", "L*", "eta", "hit_rate",
+            "wall_s", "on/off")
+    rows = [head]
+    for r in records:
+        rows.append((r.workload, r.engine + (f" (B={r.block_size})" if r.block_size > 1 else ""), r.cache,
+                     str(r.prompts), str(r.prompt_tokens), str(r.computed_prefill_tokens), str(r.limit_tokens),
+                     f"{r.eta:.3f}", f"{r.hit_rate:.3f}", f"{r.wall_s:.2f}",
+                     f"{r.speedup:.2f}x" if r.speedup is not None else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def to_json(records: list[Record]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]

@@ -1,0 +1,194 @@
+"""The transformers engine: the radix cache never changes greedy output; errors stay in their slot."""
+
+import json
+
+import pytest
+
+from tokenomy.errors import ContextLengthExceeded, GrammarError, ModelNotFound, RequestCancelled, UserError
+from tokenomy.kernels import Grammar, Request, SamplingParams
+
+GREEDY = SamplingParams(max_tokens=12)
+
+
+def prompts_sharing_prefixes(tok):
+    base = tok("the quick brown fox jumps over the lazy dog " * 6)["input_ids"]
+    return [
+        base + tok(" first")["input_ids"],
+        base + tok(" second one")["input_ids"],        # shares base: a split
+        base[:20] + tok(" other branch")["input_ids"],  # splits inside the base node
+        base + tok(" first")["input_ids"],              # exact repeat: capped at len - 1
+        base,                                           # a prefix of cached prompts
+    ]
+
+
+def test_greedy_output_with_cache_equals_without(tiny_engine_factory, tiny_tokenizer):
+    on, off = tiny_engine_factory(prefix_cache=True), tiny_engine_factory(prefix_cache=False)
+    cached_total = 0
+    for ids in prompts_sharing_prefixes(tiny_tokenizer):
+        a, b = on.generate(ids, GREEDY), off.generate(ids, GREEDY)
+        assert a.token_ids == b.token_ids
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens == len(ids)
+        assert b.usage.cached_prompt_tokens == 0
+        assert a.usage.cached_prompt_tokens <= len(ids) - 1
+        cached_total += a.usage.cached_prompt_tokens
+    assert cached_total > 0
+
+
+def test_generated_ids_carried_forward_are_reused(tiny_engine_factory, tiny_tokenizer):
+    # Pitfall: re-tokenizing rendered history breaks the prefix; carrying the generated ids keeps it.
+    on, off = tiny_engine_factory(True), tiny_engine_factory(False)
+    p1 = tiny_tokenizer("a long shared system prompt " * 5)["input_ids"]
+    c1 = on.generate(p1, GREEDY)
+    p2 = p1 + c1.token_ids + tiny_tokenizer(" next turn")["input_ids"]
+    c2 = on.generate(p2, GREEDY)
+    assert c2.usage.cached_prompt_tokens == len(p1) + len(c1.token_ids) - 1
+    assert c2.token_ids == off.generate(p2, GREEDY).token_ids
+
+
+def test_cache_under_memory_pressure_stays_correct(tiny_engine_factory, tiny_tokenizer):
+    on = tiny_engine_factory(True, cache_budget_bytes=40_000)
+    off = tiny_engine_factory(False)
+    for i in range(6):
+        ids = tiny_tokenizer(f"prefix number {i % 3} " * 8 + f"tail {i}")["input_ids"]
+        assert on.generate(ids, GREEDY).token_ids == off.generate(ids, GREEDY).token_ids
+        assert on.cache.nbytes <= 40_000
+
+
+def test_sampling_is_seeded(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ids = tiny_tokenizer("sample me")["input_ids"]
+    p = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    assert e.generate(ids, p).token_ids == e.generate(ids, p).token_ids
+
+
+def test_stop_string_and_logprobs(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ids = tiny_tokenizer("hello")["input_ids"]
+    full = e.generate(ids, SamplingParams(max_tokens=20))
+    assert full.finish_reason == "length" and len(full.token_ids) == 20
+    stop = full.text[5:7]
+    c = e.generate(ids, SamplingParams(max_tokens=20, stop=(stop,), logprobs=True))
+    assert c.finish_reason == "stop" and c.text == full.text[: full.text.index(stop)]
+    assert len(c.logprobs) == len(c.token_ids) and all(lp <= 0 for lp in c.logprobs)
+
+
+def test_grammars_constrain_random_weights(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ids = tiny_tokenizer("number:")["input_ids"]
+    c = e.generate(ids, SamplingParams(max_tokens=20), grammar=Grammar.regex("[0-9]{3}"))
+    assert len(c.text) == 3 and c.text.isdigit() and c.finish_reason == "stop"
+    c = e.generate(ids, SamplingParams(max_tokens=20), grammar=Grammar.ebnf('root ::= "yes" | "no"'))
+    assert c.text in ("yes", "no")
+    c = e.generate(ids, SamplingParams(max_tokens=20), grammar=Grammar.lark('start: "up" | "down"'))
+    assert c.text in ("up", "down")
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    c = e.generate(ids, SamplingParams(max_tokens=60), grammar=Grammar.json_schema(schema))
+    if c.finish_reason == "stop":
+        assert isinstance(json.loads(c.text)["a"], int)
+
+
+@pytest.mark.parametrize("grammar", [Grammar.ebnf("root ::= ("), Grammar.regex("[0-9"),
+                                     Grammar.lark("start: ("), Grammar.json_schema("{not json")])
+def test_bad_grammar_is_a_grammar_error(tiny_engine_factory, tiny_tokenizer, grammar):
+    e = tiny_engine_factory()
+    with pytest.raises(GrammarError):
+        e.generate(tiny_tokenizer("x")["input_ids"], GREEDY, grammar=grammar)
+
+
+def test_errors_stay_in_their_slot(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ok = tiny_tokenizer("fine")["input_ids"]
+    too_long = [5] * 600  # the tiny model's window is 512
+    cancelled = Request(prompt=ok)
+    cancelled.cancel()
+    reqs = [Request(prompt=ok, params=GREEDY), Request(prompt=too_long), cancelled,
+            Request(prompt=ok, params=GREEDY, grammar=Grammar.regex("[")), Request(prompt=ok, params=GREEDY)]
+    out = e.generate_batch(reqs, return_exceptions=True)
+    assert isinstance(out[1], ContextLengthExceeded) and out[1].context_window == 512
+    assert isinstance(out[2], RequestCancelled)
+    assert isinstance(out[3], GrammarError)
+    assert out[0].token_ids == out[4].token_ids
+    with pytest.raises(ContextLengthExceeded):
+        e.generate_batch(reqs[:2])
+
+
+def test_engine_crash_mid_batch_keeps_the_other_results(tiny_engine_factory, tiny_tokenizer, monkeypatch):
+    e = tiny_engine_factory()
+    real = e._generate_one
+    calls = []
+
+    def flaky(req):
+        calls.append(req.request_id)
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return real(req)
+
+    monkeypatch.setattr(e, "_generate_one", flaky)
+    ids = tiny_tokenizer("go")["input_ids"]
+    out = e.generate_batch([Request(prompt=ids, params=GREEDY) for _ in range(3)], return_exceptions=True)
+    from tokenomy.errors import EngineError
+
+    assert isinstance(out[1], EngineError) and "device lost" in str(out[1])
+    assert out[0].token_ids == out[2].token_ids
+
+
+def test_sliding_window_models_run_without_prefix_cache(tiny_tokenizer):
+    from transformers import MistralConfig
+
+    from tokenomy.kernels.hf import TransformersEngine
+
+    cfg = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=256, sliding_window=16)
+    e = TransformersEngine.from_config(cfg, tiny_tokenizer)
+    assert e.cache is None
+    c = e.generate(tiny_tokenizer("hi there")["input_ids"], GREEDY)
+    assert c.usage.cached_prompt_tokens == 0 and len(c.token_ids) == 12
+
+
+def test_not_a_model_directory(tmp_path):
+    from tokenomy.kernels.hf import TransformersEngine
+
+    with pytest.raises(ModelNotFound):
+        TransformersEngine.from_dir(tmp_path)
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(ModelNotFound):
+        TransformersEngine.from_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelNotFound):
+        TransformersEngine.from_dir(tmp_path)
+
+
+def test_chat_messages_use_the_template(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ids = e.prompt_token_ids([{"role": "user", "content": "hi"}])
+    assert tiny_tokenizer.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    prefill = e.prompt_token_ids([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure"}])
+    assert tiny_tokenizer.decode(prefill).endswith("<|im_start|>assistant\nSure")
+    with pytest.raises(UserError):
+        e.prompt_token_ids([])
+
+
+@pytest.mark.embedded
+def test_embedded_model_answers(embedded_engine):
+    c = embedded_engine.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=30)
+    assert "Paris" in c.text
+    assert c.usage.prompt_tokens > 20 and c.usage.completion_tokens > 0 and c.usage.calls == 1
+
+
+@pytest.mark.embedded
+def test_embedded_greedy_equal_with_and_without_cache(embedded_engine):
+    from tokenomy.kernels.hf import TransformersEngine
+
+    off = TransformersEngine(embedded_engine.model, embedded_engine.tokenizer, prefix_cache=False)
+    system = {"role": "system", "content": "You are a terse assistant. Answer in one sentence. " * 10}
+    questions = ["What is the capital of Italy?", "What is 2 + 2?", "Name a color.", "What is the capital of Italy?"]
+    hits = 0
+    for q in questions:
+        msgs = [system, {"role": "user", "content": q}]
+        a = embedded_engine.chat(msgs, max_tokens=16)
+        b = off.chat(msgs, max_tokens=16)
+        assert a.token_ids == b.token_ids
+        hits += a.usage.cached_prompt_tokens
+    assert hits > 3 * 100  # the long system prompt is computed once

