@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,9 @@ class RadixCache:
         self.query_tokens = 0
         self.hit_tokens = 0
         self.evicted_tokens = 0
+        self.eviction_priority: Callable[[RadixNode], Any] | None = None
+        """Which unlocked leaf goes first (smallest first); default: least recently used. Benchmarks set an
+        offline-optimal policy here to compare against."""
 
     # -- lookup -----------------------------------------------------------------------------------------
 
@@ -201,7 +204,8 @@ class RadixCache:
         """Free at least ``nbytes`` (if possible) by removing LRU unlocked leaves. Returns bytes freed."""
         if nbytes <= 0:
             return 0
-        heap = [(n.last_access, id(n), n) for n in self._leaves() if n.lock_ref == 0]
+        key = self.eviction_priority or (lambda n: n.last_access)
+        heap = [(key(n), id(n), n) for n in self._leaves() if n.lock_ref == 0]
         heapq.heapify(heap)
         freed = 0
         while heap and freed < nbytes:
@@ -214,7 +218,7 @@ class RadixCache:
             self.evicted_tokens += len(leaf.tokens)
             leaf.kv = None
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, id(parent), parent))
+                heapq.heappush(heap, (key(parent), id(parent), parent))
         return freed
 
     def clear(self) -> None:
@@ -265,6 +269,14 @@ class RadixCache:
         node.nbytes = lower_bytes
         upper.children[node.tokens[0]] = node
         return upper
+
+    def path_tokens(self, node: RadixNode) -> tuple[int, ...]:
+        """All tokens from the root down to the end of ``node``."""
+        parts = []
+        while node is not None and node is not self.root:
+            parts.append(node.tokens)
+            node = node.parent  # type: ignore[assignment]
+        return tuple(t for part in reversed(parts) for t in part)
 
     def __repr__(self) -> str:
         return (f"RadixCache(tokens={self.cached_tokens}, bytes={self.nbytes}/{self.budget_bytes}, "
