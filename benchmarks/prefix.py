@@ -229,18 +229,19 @@ def pressure_replay(steps: list[list[tuple[list[int], list[int]]]], fraction: fl
     def replay(policy: str) -> int:
         cache = RadixCache(budget, bytes_per_token=1)
         seq = ordered(RadixCache(1 << 62, bytes_per_token=1))  # a fixed order for both policies
-        now = 0
+        clock = {"now": 0}
         if policy == "optimal":
             def next_use(node: Any) -> float:
                 path = cache.path_tokens(node)
                 depth = len(path) - len(node.tokens) + 1  # touching the node's first token counts as a use
-                for j in range(now + 1, len(seq)):
+                for j in range(clock["now"] + 1, len(seq)):
                     if tuple(seq[j][0][:depth]) == path[:depth]:
                         return -j
                 return float("-inf")
             cache.eviction_priority = next_use
         hits = 0
-        for now, (p, g) in enumerate(seq):
+        for i, (p, g) in enumerate(seq):
+            clock["now"] = i
             hits += cache.match(p).length
             cache.insert(p + g[:-1])
         return hits
@@ -274,7 +275,7 @@ def run_workload(name: str, engine: Engine, cfg: PrefixConfig, *, engine_label: 
             if not isinstance(o, Completion):
                 raise o
         done = [o for o in outs if isinstance(o, Completion)]
-        steps.append([(ids, c.token_ids) for (ids, _, _), c in zip(step, done)])
+        steps.append([(ids, c.token_ids) for (ids, _, _), c in zip(step, done, strict=True)])
         completions.extend(done)
         return done
 
@@ -404,7 +405,7 @@ def format_table(records: list[Record]) -> str:
                      f"{r.eta:.3f}", f"{r.hit_rate:.3f}", f"{r.wall_s:.2f}",
                      f"{r.speedup:.2f}x" if r.speedup is not None else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     for r in records:

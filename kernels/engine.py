@@ -68,7 +68,7 @@ class Engine(abc.ABC):
     def context_window(self) -> int | None:
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to free
         """Free the engine's resources. The engine must not be used afterwards."""
 
     # -- the surface every engine shares -----------------------------------------------------------------

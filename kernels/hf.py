@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenomy.errors import ContextLengthExceeded, ModelNotFound, RequestCancelled, TokenomyError, UserError
+from tokenomy.errors import ContextLengthExceeded, ModelNotFound, RequestCancelled, UserError
 
 from .engine import Engine, now
 from .grammar import GrammarCompiler

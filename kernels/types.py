@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .usage import Usage
 
@@ -24,7 +24,7 @@ __all__ = [
 Message = Mapping[str, Any]
 """A chat message, OpenAI style: ``{"role": "user", "content": "..."}``."""
 
-PromptInput = Union[str, Sequence[int], Sequence[Message]]
+PromptInput = str | Sequence[int] | Sequence[Message]
 """A raw text prompt, token ids, or chat messages (rendered with the model's chat template)."""
 
 _ids = itertools.count()

@@ -128,8 +128,11 @@ class UsageLedger:
         for name, u in items:
             rows.append((name, str(u.calls), _s(u.prompt_tokens), _s(u.cached_prompt_tokens), _s(u.completion_tokens)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                         for r in rows)
+        def line(r: tuple[str, ...]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+        return "\n".join(line(r) for r in rows)
 
 
 def _s(v: int | None) -> str:

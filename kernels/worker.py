@@ -179,7 +179,7 @@ class Worker:
         except BaseException as exc:  # never leave a caller waiting
             results = [exc] * len(runnable)  # type: ignore[list-item]
         self.busy_s += now() - t0
-        for (req, fut), res in zip(runnable, results):
+        for (req, fut), res in zip(runnable, results, strict=True):
             if isinstance(res, Completion):
                 self.ledger.record(res.usage, req.agent, req.tags)
                 fut.set_result(res)

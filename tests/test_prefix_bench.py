@@ -4,8 +4,7 @@ import json
 import subprocess
 import sys
 
-from tokenomy.benchmarks.prefix import (PrefixConfig, agent_trace, limit_tokens, pressure_replay,
-                                        run_workload)
+from tokenomy.benchmarks.prefix import PrefixConfig, agent_trace, limit_tokens, pressure_replay, run_workload
 from tokenomy.kernels import ScriptedEngine
 
 

@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-
-import tokenomy.errors as errors
 from tokenomy.kernels import SamplingParams, ScriptedEngine, Usage, UsageLedger, parse_spec
 from tokenomy.kernels.registry import load_engine
+
+import tokenomy.errors as errors
 
 
 def test_usage_adds_and_keeps_unknown_as_none():
@@ -87,7 +87,8 @@ def test_sampling_params_validate():
 def test_import_is_light_and_public_api_matches_all():
     code = ("import sys, tokenomy, tokenomy.kernels as k; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'; "
-            "missing = [n for n in k.__all__ if not hasattr(k, n)] + [n for n in tokenomy.__all__ if not hasattr(tokenomy, n)];"
+            "missing = [n for n in k.__all__ if not hasattr(k, n)];"
+            "missing += [n for n in tokenomy.__all__ if not hasattr(tokenomy, n)];"
             "assert not missing, missing")
     subprocess.run([sys.executable, "-c", code], check=True)
 
