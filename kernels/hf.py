@@ -20,6 +20,7 @@ from tokenomy.errors import ContextLengthExceeded, ModelNotFound, RequestCancell
 from .engine import Engine, now
 from .grammar import GrammarCompiler
 from .radix import PrefixMatch, RadixCache
+from .tokens import TokenCounter
 from .types import Capabilities, Completion, PromptInput, Request
 from .usage import Usage
 
@@ -49,6 +50,7 @@ class TransformersEngine(Engine):
 
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.counter = TokenCounter(tokenizer)
         self.spec = spec
         self.device = next(model.parameters()).device
         self._torch = torch
@@ -117,21 +119,7 @@ class TransformersEngine(Engine):
         return int(self.model.config.max_position_embeddings)
 
     def prompt_token_ids(self, prompt: PromptInput) -> list[int]:
-        if isinstance(prompt, str):
-            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if len(prompt) and not isinstance(prompt[0], int):
-            messages = [dict(m) for m in prompt]  # type: ignore[arg-type]
-            prefill = messages[-1].get("role") == "assistant"
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill)
-            except ValueError as exc:  # no chat template, or messages it rejects
-                raise UserError(f"cannot render chat messages with this model's template: {exc}") from exc
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        ids = [int(t) for t in prompt]  # type: ignore[union-attr]
-        if not ids:
-            raise UserError("empty prompt")
-        return ids
+        return self.counter.encode(prompt)
 
     def cached_prefix_length(self, token_ids: Sequence[int]) -> int:
         return self.cache.peek(token_ids) if self.cache is not None else 0
