@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from tokenomy.kernels import Grammar, Request, SamplingParams
 
 from tokenomy.errors import ContextLengthExceeded, GrammarError, ModelNotFound, RequestCancelled, UserError
+from tokenomy.kernels import Grammar, Request, SamplingParams
 
 GREEDY = SamplingParams(max_tokens=12)
 
@@ -134,8 +134,9 @@ def test_engine_crash_mid_batch_keeps_the_other_results(tiny_engine_factory, tin
 
 
 def test_sliding_window_models_run_without_prefix_cache(tiny_tokenizer):
-    from tokenomy.kernels.hf import TransformersEngine
     from transformers import MistralConfig
+
+    from tokenomy.kernels.hf import TransformersEngine
 
     cfg = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -1,9 +1,9 @@
 """Prompt layout: static to dynamic, and generated ids carried forward so every turn extends the last."""
 
 import pytest
-from tokenomy.kernels.prompt import ChatTranscript, PromptBuilder, Rank
 
 from tokenomy.errors import UserError
+from tokenomy.kernels.prompt import ChatTranscript, PromptBuilder, Rank
 
 
 def test_builder_orders_static_to_dynamic_whatever_the_call_order(tiny_tokenizer):

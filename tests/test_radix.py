@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from tokenomy.kernels.radix import RadixCache
 
 

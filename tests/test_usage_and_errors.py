@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-from tokenomy.kernels import SamplingParams, ScriptedEngine, Usage, UsageLedger, parse_spec
-from tokenomy.kernels.registry import load_engine
 
 import tokenomy.errors as errors
+from tokenomy.kernels import SamplingParams, ScriptedEngine, Usage, UsageLedger, parse_spec
+from tokenomy.kernels.registry import load_engine
 
 
 def test_usage_adds_and_keeps_unknown_as_none():
@@ -58,11 +58,6 @@ def test_unknown_spec_is_a_user_error(spec):
     with pytest.raises(errors.UnknownModelSpec, match="use one of"):
         parse_spec(spec)
 
-
-def test_missing_vllm_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(errors.MissingExtra, match=r"tokenomy\[vllm"):
-        load_engine("vllm:/nowhere")
 
 
 def test_scripted_engine_counts_bytes_and_caches():

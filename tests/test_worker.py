@@ -5,10 +5,10 @@ import threading
 import time
 
 import pytest
-from tokenomy.kernels import Request, Router, ScriptedEngine, Worker
-from tokenomy.kernels.worker import order_requests
 
 from tokenomy.errors import EngineError, RequestCancelled
+from tokenomy.kernels import Request, Router, ScriptedEngine, Worker
+from tokenomy.kernels.worker import order_requests
 
 
 def test_order_puts_cached_prefixes_first_then_siblings_together():
