@@ -39,11 +39,22 @@ def order_requests(requests: Sequence[Request], engine: Engine) -> list[Request]
         except TokenomyError:
             ids = None  # the engine reports the error when the request runs
         if ids is None:
-            keyed.append((0, (), i, r))
+            # A remote engine: its server caches by token ids we cannot see; sorting by the prompt's text still
+            # keeps requests that share a prefix next to each other.
+            keyed.append((0, tuple(_prompt_text(r).encode("utf-8")), i, r))
         else:
             keyed.append((-engine.cached_prefix_length(ids), tuple(ids), i, r))
     keyed.sort(key=lambda k: (k[0], k[1], k[2]))
     return [k[3] for k in keyed]
+
+
+def _prompt_text(request: Request) -> str:
+    p = request.prompt
+    if isinstance(p, str):
+        return p
+    if request.is_chat:
+        return "".join(f"{m.get('role')}\n{m.get('content')}\n" for m in p)  # type: ignore[union-attr]
+    return " ".join(str(t) for t in p)
 
 
 class Worker:
@@ -247,7 +258,7 @@ class Router:
     def submit(self, request: Request) -> cf.Future[Completion]:
         ids = self.workers[0].engine.prompt_token_ids(request.prompt)
         if ids is None:
-            ids = list(repr(request.prompt).encode("utf-8"))
+            ids = list(_prompt_text(request).encode("utf-8"))
         i = self.pick(ids)
         fut = self.workers[i].submit(request)
 

@@ -147,3 +147,13 @@ def test_threads_share_one_worker():
         for t in threads:
             t.join(5)
     assert results == {i: str(i) for i in range(6)}
+
+
+def test_requests_for_remote_engines_are_ordered_by_text():
+    class Remote(ScriptedEngine):
+        def prompt_token_ids(self, prompt):
+            return None
+
+    reqs = [Request(prompt=[{"role": "user", "content": c}]) for c in ["b 1", "a 1", "b 2", "a 2"]]
+    ordered = [r.prompt[0]["content"] for r in order_requests(reqs, Remote())]
+    assert ordered == ["a 1", "a 2", "b 1", "b 2"]
