@@ -146,27 +146,37 @@ class TransformersEngine(Engine):
         constraint = self.grammars.constraint(req.grammar) if req.grammar is not None else None
 
         match = self.cache.match(ids) if self.cache is not None else PrefixMatch()
+        gen: list[int] = []
+        past = None
         if self.cache is not None:
             self.cache.lock(match)
         try:
             with torch.inference_mode():
                 past = self._past(match)
                 logits = self._forward(ids[match.length:], past)
-                gen, logprobs, finish, text = self._decode(req, logits, past, max_new, constraint)
-            if self.cache is not None:
-                # Keep everything whose KV was computed: the prompt and all generated tokens but the last.
-                seq = ids + gen[:-1]
-                kv = [(layer.keys, layer.values) for layer in past.layers]
-                if kv and kv[0][0].shape[2] == len(seq):
-                    self.cache.insert(seq, kv)
+                logprobs, finish, text = self._decode(req, logits, past, max_new, constraint, gen)
         finally:
             if self.cache is not None:
+                # Even a cancelled or failed request leaves behind the KV it computed, for the next one.
+                if past is not None:
+                    self._keep(ids + gen, past)
                 self.cache.unlock(match)
         usage = Usage(prompt_tokens=len(ids), cached_prompt_tokens=match.length,
                       completion_tokens=len(gen), calls=1)
         return Completion(text=text, token_ids=gen, finish_reason=finish, usage=usage, prompt_token_ids=ids,
                           logprobs=logprobs if req.params.logprobs else None, request_id=req.request_id,
                           engine=self.spec, latency_s=now() - start)
+
+    def _keep(self, seq: list[int], past: Any) -> None:
+        """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back)."""
+        assert self.cache is not None
+        kv = [(layer.keys, layer.values) for layer in past.layers if getattr(layer, "keys", None) is not None]
+        lengths = {k.shape[2] for k, _ in kv}
+        if len(kv) != len(past.layers) or len(lengths) != 1:
+            return  # a forward pass that failed half-way: layers disagree, keep nothing
+        (n,) = lengths
+        if 0 < n <= len(seq):
+            self.cache.insert(seq[:n], kv)
 
     def _past(self, match: PrefixMatch) -> Any:
         from transformers import DynamicCache
@@ -181,11 +191,11 @@ class TransformersEngine(Engine):
         out = self.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()
 
-    def _decode(self, req: Request, logits: Any, past: Any, max_new: int,
-                constraint: Any) -> tuple[list[int], list[float], str, str]:
+    def _decode(self, req: Request, logits: Any, past: Any, max_new: int, constraint: Any,
+                gen: list[int]) -> tuple[list[float], str, str]:
+        """Decode into ``gen`` (filled in place, so a caller sees the tokens even if decoding fails)."""
         torch = self._torch
         params = req.params
-        gen: list[int] = []
         logprobs: list[float] = []
         generator = None
         if not params.greedy:
@@ -227,7 +237,7 @@ class TransformersEngine(Engine):
             logits = self._forward([tok], past)
         if cut is None:  # not cut at a stop string: the text is all that was generated
             text = self.tokenizer.decode(gen, skip_special_tokens=True)
-        return gen, logprobs, finish, text
+        return logprobs, finish, text
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -192,3 +192,24 @@ def test_embedded_greedy_equal_with_and_without_cache(embedded_engine):
         assert a.token_ids == b.token_ids
         hits += a.usage.cached_prompt_tokens
     assert hits > 3 * 100  # the long system prompt is computed once
+
+
+def test_a_cancelled_request_keeps_the_kv_it_computed(tiny_engine_factory, tiny_tokenizer):
+    e = tiny_engine_factory()
+    ids = tiny_tokenizer("a long prompt that is worth keeping " * 4)["input_ids"]
+    req = Request(prompt=ids, params=SamplingParams(max_tokens=50))
+    real = e._forward
+    calls = []
+
+    def forward_then_cancel(x, past):
+        calls.append(len(x))
+        if len(calls) == 3:
+            req.cancel()
+        return real(x, past)
+
+    e._forward = forward_then_cancel
+    (out,) = e.generate_batch([req], return_exceptions=True)
+    assert isinstance(out, RequestCancelled)
+    e._forward = real
+    assert e.cached_prefix_length(ids + [0]) == len(ids)  # the prompt's KV survived the cancellation
+    assert e.cache.cached_tokens == len(ids) + 2  # and the two generated tokens that were fed back
