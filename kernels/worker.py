@@ -48,6 +48,18 @@ def order_requests(requests: Sequence[Request], engine: Engine) -> list[Request]
     return [k[3] for k in keyed]
 
 
+def _results(futures: Sequence[cf.Future[Completion]]) -> list[Completion | TokenomyError]:
+    out: list[Completion | TokenomyError] = []
+    for f in futures:
+        try:
+            out.append(f.result())
+        except TokenomyError as exc:
+            out.append(exc)
+        except cf.CancelledError:
+            out.append(RequestCancelled("cancelled"))
+    return out
+
+
 def _prompt_text(request: Request) -> str:
     p = request.prompt
     if isinstance(p, str):
@@ -138,16 +150,7 @@ class Worker:
 
     def map(self, requests: Sequence[Request]) -> list[Completion | TokenomyError]:
         """Submit many requests at once and wait for all; failures come back in their slots."""
-        futs = [self.submit(r) for r in requests]
-        out: list[Completion | TokenomyError] = []
-        for f in futs:
-            try:
-                out.append(f.result())
-            except TokenomyError as exc:
-                out.append(exc)
-            except cf.CancelledError:
-                out.append(RequestCancelled("cancelled"))
-        return out
+        return _results([self.submit(r) for r in requests])
 
     # -- the scheduler thread ---------------------------------------------------------------------------
 
@@ -270,14 +273,8 @@ class Router:
         return fut
 
     def map(self, requests: Sequence[Request]) -> list[Completion | TokenomyError]:
-        futs = [self.submit(r) for r in requests]
-        out: list[Completion | TokenomyError] = []
-        for f in futs:
-            try:
-                out.append(f.result())
-            except TokenomyError as exc:
-                out.append(exc)
-        return out
+        """Route and submit many requests at once and wait for all; failures come back in their slots."""
+        return _results([self.submit(r) for r in requests])
 
     def close(self) -> None:
         for w in self.workers:
