@@ -308,8 +308,10 @@ def _embedded_engines(spec: str, replicas: int) -> list[tuple[str, bool, Build]]
     from tokenomy.kernels.hf import TransformersEngine
     from tokenomy.kernels.registry import load_engine
 
-    out: list[tuple[str, bool, Build]] = [
-        (spec, on, (lambda on=on: [load_engine(spec, prefix_cache=on)])) for on in (True, False)]
+    def single(on: bool) -> Build:
+        return lambda: [load_engine(spec, prefix_cache=on)]
+
+    out: list[tuple[str, bool, Build]] = [(spec, on, single(on)) for on in (True, False)]
     if replicas > 1:
         def build() -> list[Engine]:
             first = load_engine(spec)
@@ -325,8 +327,10 @@ def _embedded_engines(spec: str, replicas: int) -> list[tuple[str, bool, Build]]
 def _vllm_engines(model_dir: str) -> list[tuple[str, bool, Build]]:
     from tokenomy.kernels.vllm_engine import VLLMEngine
 
-    return [("vllm", on, (lambda on=on: [VLLMEngine(model_dir, enable_prefix_caching=on, block_size=32)]))
-            for on in (True, False)]
+    def build(on: bool) -> Build:
+        return lambda: [VLLMEngine(model_dir, enable_prefix_caching=on, block_size=32)]
+
+    return [("vllm", on, build(on)) for on in (True, False)]
 
 
 def vllm_available() -> bool:

@@ -21,7 +21,7 @@ from .engine import Engine, now
 from .grammar import GrammarCompiler
 from .radix import PrefixMatch, RadixCache
 from .tokens import TokenCounter
-from .types import Capabilities, Completion, PromptInput, Request
+from .types import Capabilities, Completion, FinishReason, PromptInput, Request
 from .usage import Usage
 
 __all__ = ["TransformersEngine", "DEFAULT_CACHE_BYTES"]
@@ -192,7 +192,7 @@ class TransformersEngine(Engine):
         return out.logits[0, -1].float()
 
     def _decode(self, req: Request, logits: Any, past: Any, max_new: int, constraint: Any,
-                gen: list[int]) -> tuple[list[float], str, str]:
+                gen: list[int]) -> tuple[list[float], FinishReason, str]:
         """Decode into ``gen`` (filled in place, so a caller sees the tokens even if decoding fails)."""
         torch = self._torch
         params = req.params
@@ -205,7 +205,8 @@ class TransformersEngine(Engine):
             else:
                 generator.seed()
         longest_stop = max((len(s) for s in params.stop), default=0)
-        text, finish, cut = "", "length", None
+        text, cut = "", None
+        finish: FinishReason = "length"
         while True:
             if req.cancelled:
                 raise RequestCancelled(f"{req.request_id} was cancelled after {len(gen)} tokens")
@@ -277,7 +278,8 @@ def _device_dtype(device: str | None, dtype: str | None) -> tuple[Any, Any, Any]
     if dtype is None:
         dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     else:
-        dt = getattr(torch, dtype, None)
-        if not isinstance(dt, torch.dtype):
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype):
             raise UserError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dt = named
     return torch, dev, dt

@@ -26,7 +26,7 @@ from tokenomy.errors import (
 )
 
 from .engine import Engine, now
-from .types import Capabilities, Completion, Grammar, Request
+from .types import Capabilities, Completion, Grammar, Request, chat_messages, token_ids
 from .usage import Usage
 
 __all__ = ["OpenAIEngine"]
@@ -89,13 +89,14 @@ class OpenAIEngine(Engine):
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
-        if req.is_chat:
-            body["messages"] = [dict(m) for m in req.prompt]  # type: ignore[union-attr]
+        messages = chat_messages(req.prompt)
+        if messages is not None:
+            body["messages"] = messages
             path = "/chat/completions"
             if p.logprobs:
                 body["logprobs"] = True
         else:
-            body["prompt"] = req.prompt if isinstance(req.prompt, str) else [int(t) for t in req.prompt]
+            body["prompt"] = req.prompt if isinstance(req.prompt, str) else token_ids(req.prompt)
             path = "/completions"
             if p.logprobs:
                 body["logprobs"] = 1

@@ -15,7 +15,7 @@ from tokenomy.errors import ContextLengthExceeded, EngineError, RequestCancelled
 
 from .engine import Engine, now
 from .radix import RadixCache
-from .types import Capabilities, Completion, PromptInput, Request
+from .types import Capabilities, Completion, PromptInput, Request, chat_messages, token_ids
 from .usage import Usage
 
 __all__ = ["ScriptedEngine"]
@@ -64,9 +64,10 @@ class ScriptedEngine(Engine):
     def prompt_token_ids(self, prompt: PromptInput) -> list[int]:
         if isinstance(prompt, str):
             return list(prompt.encode("utf-8"))
-        if len(prompt) and not isinstance(prompt[0], int):
-            return list(render_chatml(prompt).encode("utf-8"))  # type: ignore[arg-type]
-        return [int(t) for t in prompt]  # type: ignore[union-attr]
+        messages = chat_messages(prompt)
+        if messages is not None:
+            return list(render_chatml(messages).encode("utf-8"))
+        return token_ids(prompt) or []
 
     def cached_prefix_length(self, token_ids: Sequence[int]) -> int:
         return self.cache.peek(token_ids) if self.cache is not None else 0

@@ -19,6 +19,8 @@ __all__ = [
     "Request",
     "Completion",
     "Capabilities",
+    "chat_messages",
+    "token_ids",
 ]
 
 Message = Mapping[str, Any]
@@ -101,6 +103,20 @@ class Grammar:
         return cls("json_schema", text)
 
 
+def chat_messages(prompt: PromptInput) -> list[dict[str, Any]] | None:
+    """The prompt as chat messages, or ``None`` if it is raw text or token ids."""
+    if isinstance(prompt, str) or not len(prompt) or not isinstance(prompt[0], Mapping):
+        return None
+    return [dict(m) for m in prompt]  # type: ignore[arg-type]
+
+
+def token_ids(prompt: PromptInput) -> list[int] | None:
+    """The prompt as token ids, or ``None`` if it is raw text or chat messages."""
+    if isinstance(prompt, str) or (len(prompt) and isinstance(prompt[0], Mapping)):
+        return None
+    return [int(t) for t in prompt]  # type: ignore[arg-type]
+
+
 @dataclass
 class Request:
     """One generation request, as an agent submits it."""
@@ -126,8 +142,7 @@ class Request:
 
     @property
     def is_chat(self) -> bool:
-        p = self.prompt
-        return not isinstance(p, str) and len(p) > 0 and isinstance(p[0], Mapping)
+        return chat_messages(self.prompt) is not None
 
 
 FinishReason = Literal["stop", "length"]
