@@ -1,0 +1,168 @@
+"""The plan language: parsing, errors with positions, canonical printing, ReWOO's format, validation."""
+
+import pytest
+from pydantic import create_model
+
+from tokenomy.errors import PlanError
+from tokenomy.planners import (
+    PLAN_GRAMMAR,
+    PlanParseError,
+    PlanValidationError,
+    ast,
+    check_plan,
+    for_tools,
+    parse_plan,
+    print_plan,
+    print_rewoo,
+    validate_plan,
+)
+
+PLAN = '''hq = lookup(entity="Zarvon Motors", attribute="headquarters")
+pop: int = lookup(entity=hq, attribute="population")
+if pop > 1000000 and not hq.capital {
+  note = llm(prompt="Summarize", text=hq)
+} else {
+  -> critic: "small"
+}
+for c in [1, 2.5, -3] {
+  x = calc(expression=c * (2 - 1) - 1)
+}
+assert pop > 0, "population must be positive"
+answer(hits[0].name)'''
+
+
+class FakeTool:
+    def __init__(self, name, **fields):
+        self.name = name
+        self.args_model = create_model(name + "Args", **fields)
+
+
+TOOLS = [FakeTool("search", query=(str, ...), k=(int, 3)), FakeTool("lookup", entity=(str, ...), attribute=(str, ...)),
+         FakeTool("calc", expression=(str, ...)), FakeTool("llm", prompt=(str, ...), text=(str, ""))]
+
+
+def test_parse_builds_a_typed_tree_with_positions():
+    plan = parse_plan(PLAN)
+    kinds = [s.kind for s in plan.body]
+    assert kinds == ["assign", "assign", "if", "for", "assert", "answer"]
+    pop = plan.body[1]
+    assert pop.type.name == "int" and pop.value.tool == "lookup" and (pop.line, pop.column) == (2, 1)
+    assert pop.value.arg_dict()["entity"] == ast.Ref(name="hq", line=2, column=26)
+    assert plan.body[2].orelse[0] == ast.Send(to="critic", value=ast.Literal_(value="small", line=6, column=14),
+                                              line=6, column=3)
+    answer = plan.body[-1].value
+    assert answer.name == "hits" and answer.path[1] == "name" and answer.path[0].value == 0
+    assert [c.tool for c in plan.calls()] == ["lookup", "lookup", "llm", "calc"]
+
+
+def test_arithmetic_is_left_associative_with_precedence():
+    plan = parse_plan("x = 1 - 2 - 3 * 4\nanswer(x)")
+    e = plan.body[0].value
+    assert e.op == "-" and e.left.op == "-" and e.right.op == "*"
+
+
+@pytest.mark.parametrize("text,line,column", [
+    ("x = = 3\nanswer(x)", 1, 5),
+    ('x = search(query="a")', 1, 22),
+    ("x = 3 $\nanswer(x)", 1, 7),
+    ("a = 1\nb = (2\nanswer(b)", 2, 7),
+    ("", 1, 1),
+])
+def test_parse_errors_have_line_column_and_feedback(text, line, column):
+    with pytest.raises(PlanParseError) as info:
+        parse_plan(text)
+    err = info.value
+    assert (err.line, err.column) == (line, column)
+    assert isinstance(err, PlanError) and f"line {line}" in err.feedback
+
+
+def test_bounded_tokens_keep_a_model_from_running_away():
+    with pytest.raises(PlanParseError):
+        parse_plan("x" * 40 + " = 1\nanswer(1)")  # names are at most 32 characters
+    with pytest.raises(PlanParseError):
+        parse_plan("# a comment\nanswer(1)")  # no comments: a model cannot escape into free text
+
+
+def test_canonical_printing_round_trips():
+    messy = 'pop:int=lookup(entity="a",attribute="b")\nx = (1 + 2) * -(3 - 4) / 5 % 6\n' \
+            'y = not a == b or (c and d)\nz = [1, "two", true, null, 2.5]\nanswer((pop))'
+    plan = parse_plan(messy)
+    text = print_plan(plan)
+    assert text.splitlines()[0] == 'pop: int = lookup(entity="a", attribute="b")'
+    assert "answer(pop)" in text
+    assert parse_plan(text).structure() == plan.structure()
+    assert print_plan(parse_plan(text)) == text
+    assert parse_plan(print_plan(parse_plan(PLAN))).structure() == parse_plan(PLAN).structure()
+
+
+def test_rewoo_format_has_no_e10_ambiguity():
+    lines = "\n".join(f'e{i} = search(query="q{i}")' for i in range(1, 12))
+    plan = parse_plan(lines + '\nlast = llm(prompt="join", text=e10)\nanswer(last)')
+    nl = print_rewoo(plan)
+    assert "#E11 = Search[q11]" in nl
+    assert nl.splitlines()[-1] == "#E12 = Llm[join, #E10]"
+    assert nl.count("Plan:") == 12
+
+
+def test_validator_reports_every_problem_with_positions():
+    bad = parse_plan('hq = lookup(entity="Z", attribute="hq")\npop: int = lookup(entity=hq, attribute="p", x=1)\n'
+                     'hq = serch(query=3)\nif pop > 1 {\n  big = calc(expression="1")\n}\nn: int = "seven"\n'
+                     'y = lookup(entity=popp)\nr = search(query=5)\nanswer(big)')
+    messages = [str(i) for i in validate_plan(bad, TOOLS)]
+    expected = ["line 2, column 12: lookup() has no argument 'x'", "unknown tool 'serch'; did you mean 'search'?",
+                "'hq' is assigned before", "'n' is declared int but gets 'seven'",
+                "'popp' is used before it is assigned; did you mean 'pop'?",
+                "lookup() is missing its required argument 'attribute'", "search(query=...) wants str, got 5",
+                "'big' is assigned in only one branch of the if at line 4"]
+    for e in expected:
+        assert any(e in m for m in messages), (e, messages)
+    with pytest.raises(PlanValidationError) as info:
+        check_plan(bad, TOOLS)
+    assert "Write the whole plan again" in info.value.feedback and len(info.value.issues) == len(messages)
+
+
+def test_valid_plans_pass_and_loops_collect_results():
+    plan = parse_plan('cities = search(query="rivers", k=2)\nfor c in cities {\n'
+                      '  p = lookup(entity=c, attribute="p")\n}\n-> critic: p\nanswer(p)')
+    assert check_plan(plan, TOOLS, roles=["critic"]) is plan
+    issues = validate_plan(parse_plan("-> judge: 1\nanswer(1)"), TOOLS, roles=["critic"])
+    assert "unknown role 'judge'" in str(issues[0])
+
+
+def test_tool_specific_grammar_limits_calls_to_known_tools_and_arguments():
+    import lark
+
+    g = for_tools({"search": {"query": True, "k": False}, "lookup": ["entity", "attribute"]})
+    parser = lark.Lark(g, parser="lalr")
+    parser.parse('a = search(query="x")\nb = search(query="x", k=2)\nc = lookup(entity=a, attribute="y")\nanswer(c)\n')
+    for bad in ('a = fetch(url="x")\nanswer(a)\n', 'a = lookup(attribute="y", entity="x")\nanswer(a)\n'):
+        with pytest.raises(lark.exceptions.UnexpectedInput):
+            parser.parse(bad)
+    assert "call: NAME" in PLAN_GRAMMAR and "call: NAME" not in g
+
+
+@pytest.mark.embedded
+def test_embedded_model_writes_plans_that_parse_under_the_grammar(embedded_engine):
+    from tokenomy.kernels import Grammar
+
+    grammar = Grammar.lark(for_tools({"search": ["query"], "lookup": ["entity", "attribute"],
+                                      "calc": ["expression"]}))
+    system = ("You write plans. A plan calls tools, one statement per line, and ends with answer(...).\n"
+              "Tools:\nsearch(query: str) -> str\nlookup(entity: str, attribute: str) -> str\n"
+              "calc(expression: str) -> float")
+    shots = [("How many years passed between the founding of Orvel Corp and 2020?",
+              'year = lookup(entity="Orvel Corp", attribute="founded")\n'
+              'diff = calc(expression="2020 - " + year)\nanswer(diff)')]
+    questions = ["What is the population of the city where Zarvon Motors is headquartered?",
+                 "How long is the Telvar river?", "Who is the CEO of Brisk Labs and when was it founded?"]
+    for q in questions:
+        msgs = [{"role": "system", "content": system}]
+        for sq, sa in shots:
+            msgs += [{"role": "user", "content": sq}, {"role": "assistant", "content": sa}]
+        msgs.append({"role": "user", "content": q})
+        c = embedded_engine.chat(msgs, max_tokens=120, grammar=grammar)
+        plan = parse_plan(c.text)  # raises if it does not parse
+        # Every call names a real tool with its real arguments; only names of results can still be wrong
+        # (the validator's feedback repairs those).
+        issues = validate_plan(plan, TOOLS)
+        assert all("used before it is assigned" in i.message for i in issues), c.text
