@@ -7,7 +7,7 @@ types, cycles) and the printers (canonical text, and ReWOO's natural-language fo
 
 from . import ast
 from .grammar import PLAN_GRAMMAR, for_tools
-from .parser import PlanParseError, parse_plan
+from .parser import PlanParseError, close_plan, parse_plan
 from .printer import print_expr, print_plan, print_rewoo
 from .validate import Issue, PlanValidationError, check_plan, validate_plan
 
@@ -16,6 +16,7 @@ __all__ = [
     "PLAN_GRAMMAR",
     "for_tools",
     "parse_plan",
+    "close_plan",
     "PlanParseError",
     "print_plan",
     "print_expr",

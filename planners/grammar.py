@@ -78,9 +78,22 @@ _NL: /\n/
 _GENERIC_CALL = 'call: NAME "(" [kwarg ("," kwarg)*] ")"'
 
 
-def for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, bool]]) -> str:
-    """The grammar with calls limited to ``tools``: name -> argument names (all required), or name ->
-    {argument: required}. Optional arguments may be left out; order follows the signature."""
+_TOP = "start: _NL* (stmt _NL+)* answer_stmt _NL?"
+_BLOCK = 'block: "{" _NL+ (stmt _NL+)* "}"'
+
+
+def for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, bool]], *,
+              max_statements: int = 12, dialect: str = "llguidance") -> str:
+    """The decoding grammar: calls limited to ``tools`` (name -> argument names, all required, or name ->
+    {argument: required}; optional arguments may be left out, order follows the signature), and at most
+    ``max_statements`` statements before ``answer(...)`` (and in each block), so a model that starts repeating
+    itself is led to the answer instead of to the token limit. ``dialect`` is ``"llguidance"`` (``{m,n}``
+    repetition, for decoding) or ``"lark"`` (``~ m..n``, for the lark library). Every plan it accepts parses
+    with ``PLAN_GRAMMAR``."""
+    if dialect not in ("llguidance", "lark"):
+        raise ValueError(f"dialect must be 'llguidance' or 'lark', got {dialect!r}")
+    if max_statements < 1:
+        raise ValueError(f"max_statements must be >= 1, got {max_statements}")
     if not tools:
         raise ValueError("for_tools needs at least one tool")
     alternatives = []
@@ -95,6 +108,9 @@ def for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, boo
             parts.append(piece if required else f"[{piece}]")
         body = " ".join(parts)
         alternatives.append(f'{json.dumps(name)} "(" {body} ")"')
-    grammar = PLAN_GRAMMAR.replace(_GENERIC_CALL, "call: " + "\n    | ".join(alternatives))
-    assert grammar != PLAN_GRAMMAR
+    bound = f"{{0,{max_statements}}}" if dialect == "llguidance" else f" ~ 0..{max_statements}"
+    grammar = (PLAN_GRAMMAR.replace(_GENERIC_CALL, "call: " + "\n    | ".join(alternatives))
+               .replace(_TOP, f"start: _NL* (stmt _NL+){bound} answer_stmt _NL?")
+               .replace(_BLOCK, f'block: "{{" _NL+ (stmt _NL+){bound} "}}"'))
+    assert _GENERIC_CALL not in grammar and _TOP not in grammar and _BLOCK not in grammar
     return grammar

@@ -11,7 +11,7 @@ from tokenomy.errors import PlanError
 from . import ast as A
 from .grammar import PLAN_GRAMMAR
 
-__all__ = ["PlanParseError", "parse_plan"]
+__all__ = ["PlanParseError", "parse_plan", "close_plan"]
 
 
 class PlanParseError(PlanError):
@@ -54,6 +54,46 @@ def parse_plan(text: str) -> A.Plan:
         raise PlanParseError("unexpected end of the plan (a plan must end with answer(...))",
                              text.count("\n"), 1, sorted(_readable(t) for t in exc.expected)) from None
     return _ToAst().transform(tree)  # type: ignore[no-any-return]
+
+
+def close_plan(text: str) -> str:
+    """Finish a plan the model left incomplete (cut off at its token limit, or never reaching ``answer``):
+    keep the longest run of complete top-level statements that parses and answer with the last result.
+
+    The result always parses. It is a repair, not the model's plan: callers should count it as such.
+    """
+    lines = text.split("\n")
+    kept: list[str] = []
+    depth = 0
+    statement: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("answer("):
+            break
+        statement.append(line)
+        depth += line.count("{") - line.count("}")
+        if depth == 0 and stripped:
+            candidate = kept + statement
+            try:
+                parse_plan("\n".join(candidate + ["answer(null)"]))
+            except PlanParseError:
+                break
+            kept = candidate
+            statement = []
+        elif depth < 0:
+            break
+    result = _last_assignment(kept)
+    return "\n".join(kept + [f"answer({result})"])
+
+
+def _last_assignment(lines: list[str]) -> str:
+    if not lines:
+        return "null"
+    plan = parse_plan("\n".join(lines + ["answer(null)"]))
+    for stmt in reversed(plan.body):
+        if isinstance(stmt, A.Assign):
+            return stmt.target
+    return "null"
 
 
 _NAMES = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number", "_NL": "a new line", "LPAR": "'('",
