@@ -2,10 +2,12 @@
 
 The plan language (``grammar``: one Lark grammar for parsing and constrained decoding), its typed syntax tree
 (``ast``), the parser with line and column in its errors, the validator (names, tools, argument names and
-types, cycles) and the printers (canonical text, and ReWOO's natural-language format for comparison).
+types, cycles), the printers (canonical text, and ReWOO's natural-language format for comparison) and the
+executor (a DAG of tool calls run concurrently, control flow in tokenomy's own interpreter, errors as values).
 """
 
 from . import ast
+from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
 from .grammar import PLAN_GRAMMAR, for_tools
 from .parser import PlanParseError, close_plan, parse_plan
 from .printer import print_expr, print_plan, print_rewoo
@@ -25,4 +27,8 @@ __all__ = [
     "check_plan",
     "Issue",
     "PlanValidationError",
+    "PlanExecutor",
+    "ExecutionResult",
+    "StepError",
+    "StepRecord",
 ]
