@@ -106,14 +106,20 @@ class PlanExecutor:
         self.max_output_chars = max_output_chars
         self.max_concurrency = max_concurrency
 
-    def run(self, plan: A.Plan) -> ExecutionResult:
+    def run(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
         """Run ``plan`` to the end (from synchronous code)."""
-        return asyncio.run(self.arun(plan))
+        return asyncio.run(self.arun(plan, known))
 
-    async def arun(self, plan: A.Plan) -> ExecutionResult:
+    async def arun(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
+        """Run ``plan``; ``known`` are results it may read without computing them (a re-plan of only the
+        failed part reads the results that succeeded)."""
         result = ExecutionResult()
         run = _Run(self, result, asyncio.Semaphore(self.max_concurrency))
+        loop = asyncio.get_running_loop()
         scope: dict[str, asyncio.Future[Any]] = {}
+        for name, value in (known or {}).items():
+            scope[name] = loop.create_future()
+            scope[name].set_result(value)
         await run.block(plan.body, scope, prefix="")
         for name, fut in scope.items():
             result.values[name] = fut.result()

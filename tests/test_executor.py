@@ -144,3 +144,11 @@ def test_numbers_inside_tool_text_are_usable_in_arithmetic():
 def test_executor_config_is_validated():
     with pytest.raises(UserError):
         PlanExecutor([], retries=-1)
+
+
+def test_known_results_are_read_not_recomputed():
+    tools = world()
+    plan = parse_plan('d = lookup(entity=c, attribute="population")\nanswer(d)')
+    result = PlanExecutor(tools).run(plan, known={"c": "Telmar"})
+    assert result.answer == "1,204,000" and result.values["c"] == "Telmar"
+    assert tools["lookup"].calls == [{"entity": "Telmar", "attribute": "population"}]
