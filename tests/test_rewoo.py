@@ -1,0 +1,106 @@
+"""The rewoo strategy: planner, executor, solver; repairs and re-plans; usage per agent."""
+
+import asyncio
+
+import pytest
+from pydantic import create_model
+
+from tokenomy.kernels import ScriptedEngine
+from tokenomy.planners import PlanExecutor
+from tokenomy.planners.rewoo import Rewoo, tool_signature
+
+FACTS = {("Zarvon Motors", "headquarters"): "Telmar", ("Telmar", "population"): "1204000",
+         ("Telmar", "history"): "Telmar was founded by river traders. " * 10}
+
+
+class WorldTool:
+    def __init__(self, name, fn, **fields):
+        self.name, self.fn, self.calls = name, fn, []
+        self.args_model = create_model(name + "Args", **fields)
+
+    async def ainvoke(self, **kwargs):
+        self.calls.append(kwargs)
+        await asyncio.sleep(0)
+        return self.fn(**kwargs)
+
+
+def tools(fail_first=False):
+    state = {"n": 0}
+
+    def lookup(entity, attribute):
+        state["n"] += 1
+        if fail_first and state["n"] == 1:
+            raise ConnectionError("index offline")
+        return FACTS.get((entity, attribute), "not found")
+
+    return [WorldTool("lookup", lookup, entity=(str, ...), attribute=(str, ...)),
+            WorldTool("search", lambda query: f"results for {query}", query=(str, ...))]
+
+
+def scripted(planner_replies, solver_reply="solver says hi"):
+    replies = iter(planner_replies)
+
+    def fn(req):
+        return next(replies) if req.agent == "planner" else solver_reply
+
+    return ScriptedEngine(fn)
+
+
+PLAN = ('hq = lookup(entity="Zarvon Motors", attribute="headquarters")\n'
+        'pop = lookup(entity=hq, attribute="population")\nanswer(pop)')
+
+
+def test_short_tool_answer_needs_one_call():
+    engine = scripted([PLAN])
+    r = Rewoo(engine, tools()).run("What is the population of the city where Zarvon Motors is based?")
+    assert r.answer == "1204000" and r.plan_valid and r.plan == PLAN
+    assert set(r.usage) == {"planner"} and r.total.calls == 1
+    system = engine.requests[0].prompt[0]["content"]
+    assert "lookup(entity: str, attribute: str)" in system and "search(query: str)" in system
+
+
+def test_long_evidence_goes_to_the_solver():
+    plan = 'h = lookup(entity="Telmar", attribute="history")\nanswer(h)'
+    engine = scripted([plan], solver_reply="river traders")
+    r = Rewoo(engine, tools()).run("Who founded Telmar?")
+    assert r.answer == "river traders" and r.total.calls == 2
+    solver_prompt = engine.requests[1].prompt[1]["content"]
+    assert "Evidence:\nh = Telmar was founded" in solver_prompt and "Question: Who founded Telmar?" in solver_prompt
+
+
+def test_invalid_plan_is_repaired_once_with_feedback():
+    engine = scripted(['hq = lookp(entity="Zarvon Motors")\nanswer(hq)', PLAN])
+    r = Rewoo(engine, tools()).run("q")
+    assert r.answer == "1204000" and not r.plan_valid
+    feedback = engine.requests[1].prompt[-1]["content"]
+    assert "unknown tool 'lookp'; did you mean 'lookup'?" in feedback
+    assert any("plan rejected" in n for n in r.notes)
+
+
+def test_failed_step_is_replanned_using_what_succeeded():
+    replan = 'pop2 = lookup(entity="Telmar", attribute="population")\nanswer(pop2)'
+    ts = tools(fail_first=True)
+    plan = ('hq = search(query="Zarvon")\npop = lookup(entity="Telmar", attribute="population")\n'
+            'answer([hq, pop])')
+    engine = scripted([plan, replan])
+    r = Rewoo(engine, ts, executor=PlanExecutor(ts, retries=0)).run("q")
+    assert r.answer == "1204000" and len(r.plans) == 2
+    replan_prompt = engine.requests[1].prompt[-1]["content"]
+    assert "hq = results for Zarvon" in replan_prompt and "index offline" in replan_prompt
+    assert r.execution.values["hq"] == "results for Zarvon"  # kept, not recomputed
+    assert [c for c in ts[1].calls] == [{"query": "Zarvon"}]
+
+
+def test_tool_signature_from_the_argument_model():
+    t = WorldTool("find", lambda **k: 1, query=(str, ...), k=(int, 3))
+    assert tool_signature(t) == "find(query: str, k: int = 3)"
+
+
+@pytest.mark.embedded
+def test_embedded_model_plans_and_answers(embedded_engine):
+    strategy = Rewoo(embedded_engine, tools(), plan_tokens=96)
+    for q in ["What is the population of the city where Zarvon Motors is headquartered?",
+              "Where is Zarvon Motors headquartered?"]:
+        r = strategy.run(q)
+        assert r.plans and r.answer is not None
+        assert r.usage["planner"].calls >= 1
