@@ -1,1 +1,1 @@
-"""placeholder"""
+"""tokenomy.benchmarks: the ``tokenomy bench ...`` suites (``prefix`` today)."""
