@@ -125,8 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_progress_bars() -> None:
+    """transformers draws loading bars on stderr, which interleave with the answer in a terminal."""
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("chat", "bench"):
+        _quiet_progress_bars()
     try:
         return int(args.fn(args))
     except TokenomyError as exc:
