@@ -1,10 +1,16 @@
 """The OpenAI-compatible engine (``openai:<model>@<base_url>``): vLLM's, llama.cpp's or Ollama's server.
 
+Why a remote engine: a model served by ``vllm serve`` (or llama.cpp, Ollama) is shared by every process
+and keeps its prefix cache across them; tokenomy only needs to speak HTTP to it. ``httpx`` is used directly,
+not the ``openai`` SDK, so no extra dependency is needed.
+
 Chat messages go to ``/chat/completions``, raw prompts and token ids to ``/completions``. Usage comes from the
 server's ``usage``; cached prompt tokens from ``usage.prompt_tokens_details.cached_tokens`` where the server
 reports them (vLLM with ``--enable-prompt-tokens-details``), otherwise they are unknown (``None``), not 0.
-Grammars are sent in vLLM's structured-output fields; servers that do not know them may ignore them.
-A batch is sent concurrently; each request that fails comes back as its own error.
+Grammars are sent in vLLM's structured-output fields (``structured_outputs``, plus ``response_format`` for a
+JSON schema in chat); servers other than vLLM may ignore them, so their output is then unconstrained.
+A batch is sent concurrently (a thread pool sharing one ``httpx.Client``, so it also works when called from
+inside a running event loop's worker thread); each request that fails comes back as its own error.
 """
 
 from __future__ import annotations
@@ -32,21 +38,28 @@ from .usage import Usage
 __all__ = ["OpenAIEngine"]
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_CONTEXT_HINTS = re.compile(r"context length|context_length|maximum model length|context size|context window", re.I)
+_WINDOW = (r"maximum context length (?:is )?\(?(\d+)", r"context window of (\d+)")
+_PROMPT = (r"(\d+) in (?:the messages|your prompt)",
+           r"(?:contains|has|resulted in) (?:at least )?(\d+) (?:input )?tokens", r"Input length \((\d+)\)")
 
 
 class OpenAIEngine(Engine):
-    """Any server that speaks the OpenAI API.
+    """Any server that speaks the OpenAI API (vLLM's ``vllm serve``, llama.cpp's server, Ollama).
 
     Args:
-        model: the model name the server knows.
-        base_url: e.g. ``http://127.0.0.1:8000/v1``.
+        model: the model name the server knows (vLLM: ``--served-model-name`` or the model path).
+        base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``; used as given, less a trailing ``/``.
         api_key: defaults to ``$OPENAI_API_KEY`` or ``EMPTY`` (local servers ignore it).
-        timeout: seconds per HTTP request.
+        timeout: seconds per HTTP request (connecting gets at most 10 of them).
         max_concurrency: requests of one batch in flight at once.
-        max_retries: retries after a connection error, a timeout, 429 or 5xx (with exponential backoff).
+        max_retries: retries after a connection error, 429 or 5xx, with exponential backoff from ``backoff_s``.
+            A request that timed out while the server worked on it is not retried.
+        backoff_s: the first retry's delay in seconds.
     """
 
-    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=True, logprobs=True, token_ids=False)
+    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=True, logprobs=True, token_ids=False,
+                                stop_strings=True)
 
     def __init__(self, model: str, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
                  max_concurrency: int = 8, max_retries: int = 2, backoff_s: float = 0.25) -> None:
@@ -55,27 +68,38 @@ class OpenAIEngine(Engine):
 
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if max_concurrency < 1 or max_retries < 0:
+            raise UserError(f"max_concurrency must be >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.spec = f"openai:{model}@{self.base_url}"
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"})
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="tokenomy-openai")
         self._httpx = httpx
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                                  headers={"Authorization": f"Bearer {key}"},
+                                  limits=httpx.Limits(max_connections=max_concurrency))
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="tokenomy-openai")
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
         futures = [self._pool.submit(self._one, r) for r in requests]
         out: list[Completion | BaseException] = []
-        for f in futures:
+        for req, f in zip(requests, futures, strict=True):
             try:
                 out.append(f.result())
             except TokenomyError as exc:
                 out.append(exc)
             except Exception as exc:
-                out.append(EngineError(f"{self.spec}: {exc!r}"))
+                err = EngineError(f"{self.spec}: request {req.request_id} failed: {exc!r}")
+                err.__cause__ = exc
+                out.append(err)
         return out
+
+    def close(self) -> None:
+        """Stop the thread pool and close the HTTP client."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
 
     # -- one request ------------------------------------------------------------------------------------
 
@@ -83,26 +107,25 @@ class OpenAIEngine(Engine):
         p = req.params
         body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens, "temperature": p.temperature,
                                 "top_p": p.top_p}
-        if p.top_k:
-            body["top_k"] = p.top_k
+        if p.top_k > 0:
+            body["top_k"] = p.top_k  # a vLLM extra parameter
         if p.seed is not None:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
         messages = chat_messages(req.prompt)
         if messages is not None:
-            body["messages"] = messages
-            path = "/chat/completions"
+            path, body["messages"] = "/chat/completions", messages
             if p.logprobs:
                 body["logprobs"] = True
         else:
-            body["prompt"] = req.prompt if isinstance(req.prompt, str) else token_ids(req.prompt)
             path = "/completions"
+            body["prompt"] = req.prompt if isinstance(req.prompt, str) else token_ids(req.prompt)
             if p.logprobs:
                 body["logprobs"] = 1
-        body["return_token_ids"] = True  # vLLM returns generated ids; others ignore unknown fields
+        body["return_token_ids"] = True  # vLLM returns prompt and generated ids; others ignore unknown fields
         if req.grammar is not None:
-            body.update(_grammar_fields(req.grammar, chat=req.is_chat))
+            body.update(_grammar_fields(req.grammar, chat=messages is not None))
         return path, body
 
     def _one(self, req: Request) -> Completion:
@@ -114,17 +137,18 @@ class OpenAIEngine(Engine):
         try:
             choice = data["choices"][0]
             usage = data.get("usage") or {}
-            text = choice["message"].get("content") or "" if "message" in choice else choice.get("text", "")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise EngineError(f"{self.spec}: malformed response {str(data)[:200]!r}") from exc
-        details = usage.get("prompt_tokens_details") or {}
-        u = Usage(prompt_tokens=usage.get("prompt_tokens"), cached_prompt_tokens=details.get("cached_tokens"),
-                  completion_tokens=usage.get("completion_tokens"), calls=1)
-        return Completion(text=text, token_ids=list(choice.get("token_ids") or []),
-                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-                          usage=u, prompt_token_ids=data.get("prompt_token_ids") or choice.get("prompt_token_ids"),
-                          logprobs=_logprobs(choice), request_id=req.request_id, engine=self.spec,
-                          latency_s=now() - start)
+            details = usage.get("prompt_tokens_details") or {}
+            text = choice["message"].get("content") if "message" in choice else choice.get("text")
+            u = Usage(prompt_tokens=usage.get("prompt_tokens"), cached_prompt_tokens=details.get("cached_tokens"),
+                      completion_tokens=usage.get("completion_tokens"), calls=1)
+            prompt_ids = data.get("prompt_token_ids") or choice.get("prompt_token_ids")
+            return Completion(
+                text=text or "", token_ids=[int(t) for t in choice.get("token_ids") or []],
+                finish_reason="length" if choice.get("finish_reason") == "length" else "stop", usage=u,
+                prompt_token_ids=[int(t) for t in prompt_ids] if prompt_ids else None, logprobs=_logprobs(choice),
+                request_id=req.request_id, engine=self.spec, latency_s=now() - start)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise EngineError(f"{self.base_url + path} sent a malformed response: {str(data)[:200]!r}") from exc
 
     def _post(self, path: str, body: dict[str, Any], req: Request) -> dict[str, Any]:
         url = self.base_url + path
@@ -132,53 +156,61 @@ class OpenAIEngine(Engine):
         while True:
             if req.cancelled:
                 raise RequestCancelled(f"{req.request_id} was cancelled")
+            delay = self.backoff_s * 2**attempt
             try:
                 resp = self._http.post(url, json=body)
-            except self._httpx.TimeoutException as exc:
-                err: TokenomyError = EngineError(f"{url} timed out: {exc}")
+            except (self._httpx.ReadTimeout, self._httpx.WriteTimeout) as exc:  # the server is busy: no retry
+                raise EngineError(f"{url} timed out after {self._http.timeout.read} s: {exc!r}") from exc
             except self._httpx.TransportError as exc:
-                err = EngineError(f"cannot reach {url}: {exc}")
+                err: TokenomyError = EngineError(f"cannot reach {url} (after {attempt + 1} attempts): {exc!r}")
+                err.__cause__ = exc
             else:
                 if resp.status_code < 400:
                     try:
-                        return dict(resp.json())
-                    except (ValueError, TypeError) as exc:
+                        data = resp.json()
+                    except ValueError as exc:
                         raise EngineError(f"{url} answered something that is not JSON: {resp.text[:200]!r}") \
                             from exc
-                err = self._http_error(resp, url)
+                    if not isinstance(data, dict):
+                        raise EngineError(f"{url} sent a malformed response: {resp.text[:200]!r}")
+                    return data
+                err = self._http_error(resp, url, req)
                 if resp.status_code not in _RETRY_STATUS:
                     raise err
+                delay = max(delay, min(_float(resp.headers.get("retry-after")), 5.0))
             if attempt >= self.max_retries:
                 raise err
             attempt += 1
-            time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            time.sleep(delay)
 
-    def _http_error(self, resp: Any, url: str) -> TokenomyError:
+    def _http_error(self, resp: Any, url: str, req: Request) -> TokenomyError:
+        info: dict[str, Any] = {}
         try:
             detail = resp.json()
-            message = detail.get("error", {}).get("message") if isinstance(detail.get("error"), dict) \
-                else detail.get("message") or detail.get("detail") or resp.text
-        except (ValueError, AttributeError):
+            error = detail.get("error", detail) if isinstance(detail, dict) else detail
+            info = error if isinstance(error, dict) else {"message": error}
+            message = str(info.get("message") or info.get("detail") or resp.text)
+        except ValueError:
             message = resp.text
-        message = str(message)[:500]
-        if resp.status_code == 404:
-            return ModelNotFound(f"{url}: model {self.model!r} not found ({message})")
-        if resp.status_code == 400 and re.search(r"context length|context_length|maximum model length", message, re.I):
-            numbers = [int(n) for n in re.findall(r"\d+", message)]
-            if len(numbers) >= 2:
-                window, prompt = min(numbers[:2]), max(numbers[:2])
-                return ContextLengthExceeded(prompt, 0, window)
-            return UserError(f"{url}: prompt too long: {message}")
-        if 400 <= resp.status_code < 500 and resp.status_code not in _RETRY_STATUS:
-            return UserError(f"{url} rejected the request ({resp.status_code}): {message}")
-        return EngineError(f"{url} failed ({resp.status_code}): {message}")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._http.close()
+        message = message[:500]
+        status = resp.status_code
+        if status == 404:
+            return ModelNotFound(f"{url}: model {self.model!r} not found ({message}); "
+                                 "check the model name and that base_url ends with the API root (often /v1)")
+        if status == 400 and (_CONTEXT_HINTS.search(message) or "context" in str(info.get("type", ""))
+                              or "context" in str(info.get("code", ""))):
+            window = info.get("n_ctx") or _first(_WINDOW, message)
+            prompt = info.get("n_prompt_tokens") or _first(_PROMPT, message)
+            if window and prompt:
+                return ContextLengthExceeded(int(prompt), req.params.max_tokens, int(window))
+            return UserError(f"{url}: prompt too long for {self.model!r}: {message}")
+        if 400 <= status < 500 and status not in _RETRY_STATUS:
+            return UserError(f"{url} rejected the request ({status}): {message}")
+        return EngineError(f"{url} failed ({status}): {message}")
 
 
 def _grammar_fields(grammar: Grammar, *, chat: bool) -> dict[str, Any]:
+    """vLLM's structured-output fields for ``grammar`` (vLLM >= 0.10; other servers may ignore them)."""
     if grammar.kind == "json_schema":
         schema = json.loads(grammar.source)
         fields: dict[str, Any] = {"structured_outputs": {"json": schema}}
@@ -187,7 +219,7 @@ def _grammar_fields(grammar: Grammar, *, chat: bool) -> dict[str, Any]:
         return fields
     if grammar.kind == "regex":
         return {"structured_outputs": {"regex": grammar.source}}
-    return {"structured_outputs": {"grammar": grammar.source}}
+    return {"structured_outputs": {"grammar": grammar.source}}  # EBNF (GBNF dialect) or Lark
 
 
 def _logprobs(choice: dict[str, Any]) -> list[float] | None:
@@ -199,3 +231,18 @@ def _logprobs(choice: dict[str, Any]) -> list[float] | None:
     if isinstance(lp.get("token_logprobs"), list):  # completions format
         return [float(x) for x in lp["token_logprobs"] if x is not None]
     return None
+
+
+def _first(patterns: tuple[str, ...], text: str) -> int | None:
+    for pattern in patterns:
+        m = re.search(pattern, text, re.I)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,25 +1,44 @@
-"""The OpenAI-compatible engine against a local test-double server (127.0.0.1 only)."""
+"""The OpenAI-compatible engine against ``FakeOpenAIServer``, a local test double (127.0.0.1 only, no network)."""
 
+import asyncio
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tokenomy.errors import ContextLengthExceeded, EngineError, ModelNotFound, UserError
-from tokenomy.kernels import Grammar, Request, SamplingParams
+from tokenomy.errors import ContextLengthExceeded, EngineError, ModelNotFound, RequestCancelled, UserError
+from tokenomy.kernels import Grammar, Request, SamplingParams, Usage
+from tokenomy.kernels.openai_engine import OpenAIEngine
 from tokenomy.kernels.registry import load_engine
+
+CONTEXT_400 = (400, {"error": {"message": "This model's maximum context length is 2048 tokens. However, your "
+                                          "prompt contains 3000 input tokens, which exceeds this limit.",
+                               "type": "BadRequestError", "code": 400}})
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that gave up (timeout test): not an error here
+        pass
 
 
 class FakeOpenAIServer:
-    """A test double of an OpenAI-compatible server: deterministic replies, scripted failures, recorded bodies."""
+    """A TEST DOUBLE of an OpenAI-compatible server (vLLM-like), on 127.0.0.1 with a random free port.
+
+    Replies are deterministic: chat echoes the last message reversed, completions upper-case the prompt (or say
+    how many ids it had). ``bodies`` records ``(path, json_body, authorization)`` of every request. Failures:
+    ``failures`` is a queue of ``(status, payload)`` answered first, in order; ``triggers`` maps a substring of
+    the prompt to a ``(status, payload)`` (or to ``"sleep"``); ``delay_s`` delays every answer. A str payload
+    is sent as is (malformed JSON). Prompts containing "cached" report cached tokens, others do not.
+    """
 
     def __init__(self):
-        self.bodies = []
-        self.failures = []  # queue of (status, body) answered before normal replies
-        self.delay_s = 0.0
-        server = self
+        self.bodies, self.failures, self.triggers = [], [], {}
+        self.delay_s, self.in_flight, self.peak = 0.0, 0, 0
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -27,29 +46,16 @@ class FakeOpenAIServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.bodies.append((self.path, body))
-                if server.delay_s:
-                    time.sleep(server.delay_s)
-                if server.failures:
-                    status, payload = server.failures.pop(0)
-                    return self._send(status, payload)
-                if body["model"] != "test-model":
-                    return self._send(404, {"error": {"message": f"model {body['model']} does not exist"}})
-                if self.path.endswith("/chat/completions"):
-                    text = body["messages"][-1]["content"][::-1]
-                    choice = {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    if body.get("logprobs"):
-                        choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.5}]}
-                else:
-                    prompt = body["prompt"]
-                    text = prompt.upper() if isinstance(prompt, str) else f"{len(prompt)} ids"
-                    choice = {"text": text, "finish_reason": "length", "token_ids": [1, 2, 3]}
-                usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-                if "cached" in json.dumps(body):
-                    usage["prompt_tokens_details"] = {"cached_tokens": 8}
-                self._send(200, {"choices": [choice], "usage": usage})
-
-            def _send(self, status, payload):
+                with fake._lock:
+                    fake.bodies.append((self.path, body, self.headers.get("Authorization")))
+                    fake.in_flight += 1
+                    fake.peak = max(fake.peak, fake.in_flight)
+                    failure = fake.failures.pop(0) if fake.failures else None
+                try:
+                    status, payload = failure or fake._answer(self.path, body)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -57,12 +63,47 @@ class FakeOpenAIServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def _answer(self, path, body):
+        prompt = json.dumps(body.get("messages", body.get("prompt")))
+        for key, outcome in self.triggers.items():
+            if key in prompt:
+                if outcome == "sleep":
+                    self._stop.wait(5.0)
+                    break
+                return outcome
+        if self.delay_s:
+            self._stop.wait(self.delay_s)
+        if body["model"] != "test-model":
+            return 404, {"error": {"message": f"The model `{body['model']}` does not exist.", "code": 404}}
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        if "cached" in prompt:
+            usage["prompt_tokens_details"] = {"cached_tokens": 8}
+        reply = {"choices": [], "usage": usage}
+        if path == "/v1/chat/completions":
+            choice = {"message": {"role": "assistant", "content": body["messages"][-1]["content"][::-1]},
+                      "finish_reason": "stop"}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.0}]}
+            if body.get("return_token_ids"):
+                reply["prompt_token_ids"] = [7, 8, 9]
+        elif path == "/v1/completions":
+            p = body["prompt"]
+            choice = {"text": p.upper() if isinstance(p, str) else f"{len(p)} ids", "finish_reason": "length"}
+            if body.get("logprobs"):
+                choice["logprobs"] = {"tokens": ["A", "B"], "token_logprobs": [-0.25, -0.75]}
+            if body.get("return_token_ids"):
+                choice.update(token_ids=[1, 2, 3], prompt_token_ids=[4, 5])
+        else:
+            return 404, {"detail": "Not Found"}
+        reply["choices"].append(choice)
+        return 200, reply
 
     def close(self):
+        self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -81,92 +122,193 @@ def engine(server):
     e.close()
 
 
-def test_chat_and_raw_prompts_with_usage(engine, server):
-    c = engine.chat([{"role": "user", "content": "cached hello"}], max_tokens=5, temperature=0.5, stop=["\n"],
-                    top_k=4, seed=3, logprobs=True)
-    assert c.text == "olleh dehcac"
-    assert (c.usage.prompt_tokens, c.usage.cached_prompt_tokens, c.usage.completion_tokens) == (11, 8, 3)
-    assert c.logprobs == [-0.5]
-    path, body = server.bodies[-1]
-    assert path == "/v1/chat/completions"
-    assert body["max_tokens"] == 5 and body["stop"] == ["\n"] and body["top_k"] == 4 and body["seed"] == 3
-    c = engine.generate("abc")
-    assert c.text == "ABC" and c.finish_reason == "length" and c.token_ids == [1, 2, 3]
-    assert c.usage.cached_prompt_tokens is None  # not reported: unknown, not 0
-    assert server.bodies[-1][0] == "/v1/completions" and "top_k" not in server.bodies[-1][1]
-    assert engine.generate([5, 6, 7]).text == "3 ids"
-    total = c.usage + c.usage
-    assert total.prompt_tokens == 22 and total.cached_prompt_tokens is None
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_grammar_fields(engine, server):
-    schema = {"type": "object"}
-    engine.chat("x", grammar=Grammar.json_schema(schema))
-    body = server.bodies[-1][1]
-    assert body["structured_outputs"] == {"json": schema}
-    assert body["response_format"]["json_schema"]["schema"] == schema
-    engine.generate("x", grammar=Grammar.regex("[0-9]+"))
-    assert server.bodies[-1][1]["structured_outputs"] == {"regex": "[0-9]+"}
-    engine.generate("x", grammar=Grammar.ebnf('root ::= "a"'))
-    assert server.bodies[-1][1]["structured_outputs"] == {"grammar": 'root ::= "a"'}
-
-
-def test_errors_stay_in_their_slots(engine, server):
-    server.failures = [(400, {"error": {"message": "This model's maximum context length is 2048 tokens. "
-                                                  "However, you requested 3000 tokens"}})]
-    reqs = [Request(prompt="long", params=SamplingParams(max_tokens=1))]
-    out = engine.generate_batch(reqs, return_exceptions=True)
-    assert isinstance(out[0], ContextLengthExceeded) and out[0].context_window == 2048
-    server.failures = [(422, {"message": "bad field"})]
-    assert isinstance(engine.generate_batch([Request(prompt="x")], return_exceptions=True)[0], UserError)
-    server.failures = [(200, "not json {")]
-    with pytest.raises(EngineError, match="not JSON"):
-        engine.generate("x")
-    server.failures = [(200, {"choices": []})]
-    with pytest.raises(EngineError, match="malformed"):
-        engine.generate("x")
-
-
-def test_batch_mixes_failures_and_successes(server):
-    e = load_engine(f"openai:test-model@{server.url}", max_concurrency=1, backoff_s=0.01, max_retries=0)
-    server.failures = [(200, {"ok": 1}), (500, {"error": {"message": "boom"}})]
-    out = e.generate_batch([Request(prompt="a"), Request(prompt="b"), Request(prompt="c")], return_exceptions=True)
-    assert isinstance(out[0], EngineError) and isinstance(out[1], EngineError) and out[2].text == "C"
+def test_load_via_registry_and_api_key(server, monkeypatch):
+    e = load_engine(f"openai:test-model@{server.url}/", api_key="sk-test")
+    assert isinstance(e, OpenAIEngine) and e.base_url == server.url and e.context_window is None
+    assert e.capabilities.grammar and e.capabilities.batching and not e.capabilities.token_ids
+    e.generate("x")
+    assert server.bodies[-1][2] == "Bearer sk-test"
     e.close()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIEngine("test-model", server.url) as e:
+        e.generate("x")
+    assert server.bodies[-1][2] == "Bearer EMPTY"
 
 
-def test_retry_after_server_error(engine, server):
+def test_chat_sends_sampling_params_and_maps_the_reply(engine, server):
+    c = engine.chat([{"role": "system", "content": "s"}, {"role": "user", "content": "cached hello"}],
+                    max_tokens=5, temperature=0.5, top_p=0.9, stop=["\n", "END"], top_k=4, seed=3, logprobs=True)
+    assert c.text == "olleh dehcac" and c.finish_reason == "stop" and c.logprobs == [-0.5, -1.0]
+    assert c.usage == Usage(prompt_tokens=11, cached_prompt_tokens=8, completion_tokens=3, calls=1)
+    assert c.prompt_token_ids == [7, 8, 9] and c.token_ids == [] and c.engine.startswith("openai:test-model@")
+    assert c.latency_s > 0 and c.request_id.startswith("req-")
+    path, body, _ = server.bodies[-1]
+    assert path == "/v1/chat/completions" and body["messages"][0] == {"role": "system", "content": "s"}
+    assert body["model"] == "test-model" and body["max_tokens"] == 5 and body["temperature"] == 0.5
+    assert body["top_p"] == 0.9 and body["stop"] == ["\n", "END"] and body["top_k"] == 4 and body["seed"] == 3
+    assert body["logprobs"] is True and body["return_token_ids"] is True
+
+
+def test_raw_and_token_id_prompts(engine, server):
+    c = engine.generate("abc", logprobs=True)
+    assert c.text == "ABC" and c.finish_reason == "length" and c.token_ids == [1, 2, 3]
+    assert c.prompt_token_ids == [4, 5] and c.logprobs == [-0.25, -0.75]
+    assert c.usage.cached_prompt_tokens is None and c.usage.prompt_tokens == 11  # not reported: unknown, not 0
+    path, body, _ = server.bodies[-1]
+    assert path == "/v1/completions" and body["prompt"] == "abc" and body["logprobs"] == 1
+    assert "top_k" not in body and "seed" not in body and "stop" not in body and "structured_outputs" not in body
+    assert engine.generate([5, 6, 7]).text == "3 ids" and server.bodies[-1][1]["prompt"] == [5, 6, 7]
+
+
+def test_usage_sums_keep_unknown_apart(engine):
+    known = engine.generate("cached a").usage
+    unknown = engine.generate("b").usage
+    total = sum([known, unknown, unknown])
+    assert (total.prompt_tokens, total.completion_tokens, total.calls) == (33, 9, 3)
+    assert total.cached_prompt_tokens == 8 and "cached_prompt_tokens" in total.unknown_fields
+    both_unknown = unknown + unknown
+    assert both_unknown.cached_prompt_tokens is None and both_unknown.computed_prompt_tokens is None
+
+
+@pytest.mark.parametrize("grammar, chat, expected", [
+    (Grammar.json_schema({"type": "object"}), True, {"json": {"type": "object"}}),
+    (Grammar.json_schema({"type": "object"}), False, {"json": {"type": "object"}}),
+    (Grammar.regex("[0-9]+"), False, {"regex": "[0-9]+"}),
+    (Grammar.ebnf('root ::= "a"'), True, {"grammar": 'root ::= "a"'}),
+    (Grammar.lark('start: "a"'), False, {"grammar": 'start: "a"'}),
+])
+def test_grammar_fields(engine, server, grammar, chat, expected):
+    (engine.chat if chat else engine.generate)("x", grammar=grammar)
+    body = server.bodies[-1][1]
+    assert body["structured_outputs"] == expected
+    if chat and grammar.kind == "json_schema":
+        assert body["response_format"] == {"type": "json_schema",
+                                           "json_schema": {"name": "output", "schema": {"type": "object"}}}
+    else:
+        assert "response_format" not in body
+
+
+def test_batch_returns_errors_in_their_slots(server):
+    server.triggers = {"too-long": CONTEXT_400, "bad-field": (422, {"detail": [{"msg": "bad field"}]}),
+                       "garbage": (200, "not json {"), "empty": (200, {"choices": []}),
+                       "gone": (404, {"object": "error", "message": "no such model"})}
+    server.delay_s = 0.2
+    prompts = ["a", "too-long", "b", "bad-field", "c", "garbage", "d", "empty", "gone"]
+    reqs = [Request(prompt=p, params=SamplingParams(max_tokens=7)) for p in prompts]
+    cancelled = Request(prompt="never sent")
+    cancelled.cancel()
+    with load_engine(f"openai:test-model@{server.url}", max_concurrency=8, max_retries=0) as e:
+        t0 = time.monotonic()
+        out = e.generate_batch([*reqs, cancelled], return_exceptions=True)
+        elapsed = time.monotonic() - t0
+    assert [o.text for o in out[0:7:2]] == ["A", "B", "C", "D"]
+    assert [o.request_id for o in out[0:7:2]] == [r.request_id for r in reqs[0:7:2]]
+    assert isinstance(out[1], ContextLengthExceeded) and out[1].max_tokens == 7
+    assert isinstance(out[3], UserError) and "bad field" in str(out[3])
+    assert isinstance(out[5], EngineError) and "not JSON" in str(out[5])
+    assert isinstance(out[7], EngineError) and "malformed" in str(out[7])
+    assert isinstance(out[8], ModelNotFound) and "test-model" in str(out[8])
+    assert isinstance(out[9], RequestCancelled)
+    assert len(server.bodies) == 9 and server.peak > 1 and elapsed < 9 * 0.2  # sent concurrently
+    with OpenAIEngine("test-model", server.url) as e, pytest.raises(ContextLengthExceeded):
+        e.generate_batch(reqs[:2])  # without return_exceptions the first error is raised
+
+
+@pytest.mark.parametrize("message, window, prompt", [
+    ("This model's maximum context length is 2048 tokens. However, your prompt contains 3000 input tokens, "
+     "which exceeds this limit even without any output tokens.", 2048, 3000),  # vLLM 0.32
+    ("This model's maximum context length is 2048 tokens. However, you requested 3000 tokens (2990 in the "
+     "messages, 10 in the completion). Please reduce the length of the messages or completion.", 2048, 2990),
+    ("'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context length is 2048 "
+     "tokens and your request has 1500 input tokens (1000 > 2048 - 1500).", 2048, 1500),
+    ("Input length (4000) exceeds model's maximum context length (2048).", 2048, 4000),
+    ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+     8192, 9000),  # OpenAI
+])
+def test_context_length_errors_carry_numbers(engine, server, message, window, prompt):
+    server.failures = [(400, {"error": {"message": message}})]
+    with pytest.raises(ContextLengthExceeded) as info:
+        engine.generate("x", max_tokens=10)
+    assert (info.value.context_window, info.value.prompt_tokens, info.value.max_tokens) == (window, prompt, 10)
+
+
+def test_context_length_errors_without_numbers(engine, server):
+    server.failures = [(400, {"error": {"code": 400, "message": "the request exceeds the available context size",
+                                       "type": "exceed_context_size_error", "n_prompt_tokens": 5000,
+                                       "n_ctx": 4096}})]  # llama.cpp
+    with pytest.raises(ContextLengthExceeded, match="4096"):
+        engine.generate("x")
+    message = ("This model's maximum context length is 1024 tokens. However, your prompt contains 9000 characters "
+               "(more than 4096 characters, which is the upper bound for 1024 input tokens).")
+    server.failures = [(400, {"error": {"message": message}})]
+    with pytest.raises(UserError, match="9000 characters") as info:
+        engine.generate("x")
+    assert not isinstance(info.value, ContextLengthExceeded)
+
+
+def test_retries_server_errors_then_succeeds(engine, server):
+    server.failures = [(503, {"error": {"message": "overloaded"}}), (429, "slow down"), (500, "oops")]
+    with pytest.raises(EngineError, match="oops"):  # 2 retries, all failed
+        engine.generate("ok")
+    assert len(server.bodies) == 3
     server.failures = [(503, {"error": {"message": "overloaded"}}), (500, "oops")]
     assert engine.generate("ok").text == "OK"
-    assert len(server.bodies) == 3
+    assert len(server.bodies) == 6
 
 
-def test_unknown_model(server):
-    e = load_engine(f"openai:nope@{server.url}")
-    with pytest.raises(ModelNotFound, match="nope"):
-        e.generate("x")
-    e.close()
+def test_client_errors_are_not_retried(engine, server):
+    server.failures = [(400, {"error": {"message": "temperature must be non-negative"}})]
+    with pytest.raises(UserError, match="temperature must be non-negative"):
+        engine.generate("x")
+    assert len(server.bodies) == 1
 
 
-def test_unreachable_server_and_timeout(server):
-    server.close()
-    e = load_engine(f"openai:test-model@{server.url}", max_retries=1, backoff_s=0.01, timeout=1.0)
-    t0 = time.monotonic()
-    with pytest.raises(EngineError, match="cannot reach"):
-        e.generate("x")
-    assert time.monotonic() - t0 < 5
-    e.close()
-    slow = FakeOpenAIServer()
-    slow.delay_s = 1.0
-    e = load_engine(f"openai:test-model@{slow.url}", max_retries=0, timeout=0.2)
-    with pytest.raises(EngineError, match="timed out"):
-        e.generate("x")
-    e.close()
-    slow.close()
+def test_unknown_model_and_wrong_path(server):
+    with load_engine(f"openai:nope@{server.url}") as e:
+        with pytest.raises(ModelNotFound, match="nope"):
+            e.generate("x")
+    with load_engine(f"openai:test-model@{server.url}/v2") as e:  # a base_url that is not the API root
+        with pytest.raises(ModelNotFound, match="base_url"):
+            e.generate("x")
 
 
-def test_base_url_must_be_http():
-    from tokenomy.kernels.openai_engine import OpenAIEngine
+def test_connection_refused_fails_quickly():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with load_engine(f"openai:test-model@{url}", max_retries=2, backoff_s=0.01, timeout=2.0) as e:
+        t0 = time.monotonic()
+        out = e.generate_batch([Request(prompt="x"), Request(prompt=[{"role": "user", "content": "y"}])],
+                               return_exceptions=True)
+    assert time.monotonic() - t0 < 3
+    assert all(isinstance(o, EngineError) and "cannot reach" in str(o) and url in str(o) for o in out)
 
+
+def test_timeout_is_an_engine_error_and_not_retried(server):
+    server.triggers = {"slow": "sleep"}
+    with load_engine(f"openai:test-model@{server.url}", max_retries=2, timeout=0.2) as e:
+        t0 = time.monotonic()
+        out = e.generate_batch([Request(prompt="slow"), Request(prompt="fast")], return_exceptions=True)
+    assert time.monotonic() - t0 < 2
+    assert isinstance(out[0], EngineError) and "timed out" in str(out[0]) and server.url in str(out[0])
+    assert out[1].text == "FAST" and len(server.bodies) == 2
+
+
+def test_works_from_inside_an_event_loop(engine):
+    async def main():
+        a = await engine.agenerate("x")
+        b = engine.generate("y")  # a blocking call inside a running loop: no nested asyncio.run
+        return a.text + b.text
+
+    assert asyncio.run(main()) == "XY"
+
+
+def test_bad_options():
     with pytest.raises(UserError):
         OpenAIEngine("m", "ftp://x")
+    with pytest.raises(UserError):
+        OpenAIEngine("m", "http://127.0.0.1:1/v1", max_concurrency=0)
