@@ -1,3 +1,32 @@
-"""tokenomy.tools: the ``Tool`` type, the ``@tool`` decorator and registry, adapters, built-in tools and
-retrieval. Empty until the tools part of the planner issue (3) lands; planners accept any object with
-``name``, ``args_model`` (pydantic) and ``async ainvoke(**kwargs)`` meanwhile."""
+"""tokenomy.tools: the ``Tool`` type, the ``@tool`` decorator, the ``ToolRegistry``, adapters to LangChain tools
+and OpenAI function schemas, and the built-in tools (``calc``, ``search``, ``lookup``, ``llm``).
+
+Importing this package imports neither LangChain nor torch/transformers: the LangChain adapters import
+``langchain-core`` when called.
+"""
+
+from .base import Tool, ToolArgumentError, ToolError, ToolTimeout
+from .builtin import CorpusIndex, calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
+from .decorator import tool
+from .langchain import from_langchain, to_langchain
+from .registry import DuplicateTool, SideEffectsNotAllowed, ToolRegistry, UnknownTool
+
+__all__ = [
+    "Tool",
+    "tool",
+    "ToolRegistry",
+    "ToolError",
+    "ToolTimeout",
+    "ToolArgumentError",
+    "UnknownTool",
+    "SideEffectsNotAllowed",
+    "DuplicateTool",
+    "from_langchain",
+    "to_langchain",
+    "calc",
+    "search_tool",
+    "lookup_tool",
+    "llm_tool",
+    "example_corpus_dir",
+    "CorpusIndex",
+]

@@ -1,0 +1,107 @@
+"""Text handling for corpus search: paragraphs, safe FTS5 queries, sentences, bounded output.
+
+Corpus text is data: it is split, matched and cut here, never interpreted.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "best_sentence", "clip", "STOPWORDS"]
+
+MAX_QUERY_TERMS = 32
+_WORD = re.compile(r"\w+")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Words so common that they only add noise to an OR query (kept when a query has nothing else).
+STOPWORDS = frozenset(
+    "a an and are as at be by did do does for from had has have how in is it its of on or that the their there "
+    "this to was were what when where which who whom whose why will with".split()
+)
+
+
+def paragraphs(text: str) -> list[str]:
+    """Blank-line separated paragraphs; a block of Markdown headings joins the paragraph below it."""
+    blocks = [b.strip() for b in _BLANK_LINE.split(text.replace("\r\n", "\n")) if b.strip()]
+    out: list[str] = []
+    pending = ""
+    for block in blocks:
+        if all(line.lstrip().startswith("#") for line in block.splitlines()):
+            pending = f"{pending}\n{block}".strip()
+            continue
+        out.append(f"{pending}\n{block}" if pending else block)
+        pending = ""
+    if pending:
+        out.append(pending)
+    return out
+
+
+def title_of(text: str, fallback: str) -> str:
+    """The first Markdown heading of ``text``, else ``fallback`` (a file stem) with ``-``/``_`` as spaces."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            if heading:
+                return heading
+    return re.sub(r"[-_]+", " ", fallback).strip()
+
+
+def words(text: str) -> list[str]:
+    """The distinct lowercase words of ``text``, in order."""
+    return list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+
+
+def fts_query(text: str) -> str | None:
+    """A safe FTS5 query for free text: its words, each quoted, OR'ed together (``None`` if it has no words).
+
+    Raw text is never passed to ``MATCH``: FTS5 syntax (quotes, ``-``, ``:``, ``*``, ``AND``...) would raise or
+    change the meaning. A quoted string holds only word characters here, so it cannot break out.
+    """
+    terms = words(text)
+    content = [t for t in terms if t not in STOPWORDS] or terms
+    return " OR ".join(f'"{t}"' for t in content[:MAX_QUERY_TERMS]) or None
+
+
+def phrase_query(text: str) -> str | None:
+    """A safe FTS5 phrase for ``text`` (its words in order, quoted together)."""
+    terms = _WORD.findall(text.lower())
+    return f'"{" ".join(terms[:MAX_QUERY_TERMS])}"' if terms else None
+
+
+def _same_word(a: str, b: str) -> bool:
+    # A crude stemmer: "founded" ~ "founding", "population" ~ "populations"; short words must match exactly.
+    if a == b:
+        return True
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n >= 5 and n >= min(len(a), len(b)) - 3
+
+
+def best_sentence(paragraph: str, attribute: list[str], entity: list[str]) -> str | None:
+    """The sentence of ``paragraph`` that mentions most of the ``attribute`` words (ties: the one that also
+    mentions the entity, then the first); ``None`` if no sentence mentions any of them."""
+    body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
+    best: tuple[int, int] = (0, 0)
+    found = None
+    for sentence in _SENTENCE_END.split(" ".join(body.split())):
+        ws = words(sentence)
+        hits = sum(any(_same_word(a, w) for w in ws) for a in attribute)
+        mentions = sum(any(_same_word(e, w) for w in ws) for e in entity)
+        if hits and (hits, mentions) > best:
+            best, found = (hits, mentions), sentence
+    return found
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` with whitespace collapsed, cut to at most ``limit`` characters (ending in ``…`` when cut)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: max(0, limit - 1)]
+    space = cut.rfind(" ")
+    if space > limit * 0.6:
+        cut = cut[:space]
+    return cut + "…"
