@@ -83,18 +83,9 @@ class OpenAIEngine(Engine):
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="tokenomy-openai")
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
-        futures = [self._pool.submit(self._one, r) for r in requests]
-        out: list[Completion | BaseException] = []
-        for req, f in zip(requests, futures, strict=True):
-            try:
-                out.append(f.result())
-            except TokenomyError as exc:
-                out.append(exc)
-            except Exception as exc:
-                err = EngineError(f"{self.spec}: request {req.request_id} failed: {exc!r}")
-                err.__cause__ = exc
-                out.append(err)
-        return out
+        # All in flight at once; the results are then collected in order, each failure in its own slot.
+        futures = {id(r): self._pool.submit(self._one, r) for r in requests}
+        return self._run_each(requests, lambda req: futures[id(req)].result())
 
     def close(self) -> None:
         """Stop the thread pool and close the HTTP client."""
