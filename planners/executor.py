@@ -106,6 +106,12 @@ class PlanExecutor:
         self.max_output_chars = max_output_chars
         self.max_concurrency = max_concurrency
 
+    def with_tools(self, tools: Mapping[str, Invocable] | list[Invocable]) -> PlanExecutor:
+        """The same settings over other tools (a strategy runs each node's calls through its journal)."""
+        return PlanExecutor(tools, timeout_s=self.timeout_s, retries=self.retries,
+                            max_iterations=self.max_iterations, max_output_chars=self.max_output_chars,
+                            max_concurrency=self.max_concurrency)
+
     def run(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
         """Run ``plan`` to the end (from synchronous code)."""
         return asyncio.run(self.arun(plan, known))

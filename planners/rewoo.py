@@ -14,21 +14,23 @@ shared worker's prefix cache reuses them across questions and between the planne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import Field
+
 from tokenomy.errors import PlanError
-from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, UsageLedger, Worker
+from tokenomy.kernels import Completion, Engine, Grammar, Worker
 
 from . import ast as A
-from .executor import ExecutionResult, PlanExecutor, StepError
+from .executor import PlanExecutor, StepError
 from .grammar import for_tools
 from .parser import close_plan, parse_plan
 from .printer import print_plan
+from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
 from .validate import check_plan
 
-__all__ = ["RewooResult", "Rewoo", "tool_signature"]
+__all__ = ["Rewoo", "RewooState", "tool_signature"]
 
 PLANNER_RULES = """You write plans that answer a question with tools. A plan is one statement per line:
   name = tool(arg="value", other=earlier_name)   # call a tool, keep its result
@@ -64,42 +66,43 @@ def tool_signature(tool: Any) -> str:
     return f"{tool.name}({', '.join(parts)})"
 
 
-@dataclass
-class RewooResult:
-    question: str
-    answer: Any
-    plan: str
-    plan_valid: bool
-    plans: list[str] = field(default_factory=list)
-    execution: ExecutionResult | None = None
-    usage: dict[str, Usage] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> Usage:
-        return sum(self.usage.values(), Usage())
+class RewooState(RunState):
+    current: str = ""
+    """The plan (canonical text) the executor runs next."""
+    draft: str = ""
+    """A plan the model wrote that did not parse or validate, awaiting one repair call."""
+    feedback: str = ""
+    extra: str = ""
+    """What a re-plan is told: the known results and what failed."""
+    replans: int = 0
+    failed_asserts: list[str] = Field(default_factory=list)
+    steps: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class Rewoo:
-    """The codified-plan ReWOO strategy.
+class Rewoo(Strategy):
+    """The codified-plan ReWOO strategy, as a LangGraph graph::
+
+        plan -> [repair] -> execute -> ([re]plan -> [repair] -> execute)* -> solve
 
     Args:
         model: an ``Engine`` or a shared ``Worker`` in front of one.
         tools: tools with ``name``, ``args_model`` (pydantic) and ``async ainvoke``.
         max_replans: re-plans of the failed part, at most.
         plan_tokens, answer_tokens: token limits of the planner and solver calls.
+        executor: a ``PlanExecutor`` whose settings (timeouts, retries, bounds) the runs use.
     """
 
+    name = "rewoo"
+    state_model = RewooState
+
     def __init__(self, model: Engine | Worker, tools: Iterable[Any] | Mapping[str, Any], *, max_replans: int = 1,
-                 plan_tokens: int = 160, answer_tokens: int = 48, executor: PlanExecutor | None = None) -> None:
-        self.worker = model if isinstance(model, Worker) else Worker(model)
-        items: Iterable[Any] = tools.values() if isinstance(tools, Mapping) else tools
-        self.tools: dict[str, Any] = {t.name: t for t in items}
+                 plan_tokens: int = 160, answer_tokens: int = 48, executor: PlanExecutor | None = None,
+                 on_event: EventSink | None = None) -> None:
+        super().__init__(model, tools, on_event=on_event)
         self.max_replans = max_replans
         self.plan_tokens = plan_tokens
         self.answer_tokens = answer_tokens
         self.executor = executor or PlanExecutor(self.tools)
-        self._ledger = UsageLedger()
         engine = self.worker.engine
         self.grammar: Grammar | None = None
         if engine.capabilities.grammar:
@@ -109,90 +112,127 @@ class Rewoo:
         signatures = "\n".join(sorted(tool_signature(t) for t in self.tools.values()))
         self.system = f"{PLANNER_RULES}\nTools:\n{signatures}"
 
-    # -- the three phases -------------------------------------------------------------------------------
+    # -- prompts -------------------------------------------------------------------------------------------
 
-    def _planner_messages(self, question: str, extra: str = "") -> list[dict[str, str]]:
+    def planner_messages(self, question: str, extra: str = "") -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}]
         for q, plan in EXEMPLARS:
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": plan}]
         msgs.append({"role": "user", "content": question + (f"\n{extra}" if extra else "")})
         return msgs
 
-    def _ask(self, agent: str, messages: Sequence[Mapping[str, str]], max_tokens: int,
-             grammar: Grammar | None = None) -> Completion:
-        c = self.worker.generate(list(messages), SamplingParams(max_tokens=max_tokens), grammar=grammar,
-                                 agent=agent, tags=("rewoo",))
-        self._ledger.record(c.usage, agent)
-        return c
+    def _known(self, s: RewooState) -> dict[str, Any]:
+        return {k: from_state(v) for k, v in s.values.items() if not isinstance(from_state(v), StepError)}
 
-    def plan(self, question: str, extra: str = "", known: Iterable[str] = ()) -> tuple[A.Plan, str, bool, list[str]]:
-        """One planner call (plus at most one repair call). Returns the plan, its text, whether the model's
-        own text was valid, and notes on repairs."""
-        notes: list[str] = []
-        messages = self._planner_messages(question, extra)
-        c = self._ask("planner", messages, self.plan_tokens, self.grammar)
-        text = c.text.strip()
-        if self.grammar is not None and c.finish_reason == "length":
-            text = close_plan(text)
-            notes.append("plan cut off at the token limit; closed after its last complete statement")
-        try:
-            plan = self._checked(text, known)
-            return plan, text, not notes, notes
-        except PlanError as err:
-            notes.append(f"plan rejected: {err}")
-            repair = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": err.feedback}]
-            c = self._ask("planner", repair, self.plan_tokens, self.grammar)
-            text = c.text.strip() if c.finish_reason == "stop" or self.grammar is None else close_plan(c.text)
-            plan = self._checked(text, known)  # a second failure is the caller's error
-            return plan, text, False, notes
-
-    def _checked(self, text: str, known: Iterable[str]) -> A.Plan:
+    def checked(self, text: str, known: Iterable[str] = ()) -> A.Plan:
+        """Parse and validate a plan (a re-plan may read the ``known`` results by name)."""
         plan = parse_plan(text)
+        known = list(known)
         if known:
-            # A re-plan may read earlier results: validate it as if they had been assigned first.
             prelude = [A.Assign(target=n, value=A.Literal_(value=None)) for n in known]
             check_plan(A.Plan(body=[*prelude, *plan.body]), self.tools)
         else:
             check_plan(plan, self.tools)
         return plan
 
-    def solve(self, question: str, plan_text: str, result: ExecutionResult) -> str:
-        evidence = "\n".join(f"{k} = {_show(v)}" for k, v in result.values.items())
-        if result.failed_asserts:
-            evidence += "\nfailed checks: " + "; ".join(result.failed_asserts)
-        user = f"Question: {question}\nPlan:\n{plan_text}\nEvidence:\n{evidence}\nAnswer:"
-        c = self._ask("solver", [{"role": "system", "content": SOLVER_RULES}, {"role": "user", "content": user}],
-                      self.answer_tokens)
-        return c.text.strip()
+    def _accept(self, c: Completion, known: Iterable[str]) -> tuple[str, A.Plan | None, PlanError | None, list[str]]:
+        text = c.text.strip()
+        notes = []
+        if self.grammar is not None and c.finish_reason == "length":
+            text = close_plan(text)
+            notes.append("plan cut off at the token limit; closed after its last complete statement")
+        try:
+            return text, self.checked(text, known), None, notes
+        except PlanError as err:
+            return text, None, err, notes
 
-    def run(self, question: str) -> RewooResult:
-        """Answer ``question`` (one question at a time per ``Rewoo`` object; the worker may be shared)."""
-        self._ledger = UsageLedger()
-        plan, text, valid, notes = self.plan(question)
-        plans = [text]
-        result = self.executor.run(plan)
-        for _ in range(self.max_replans):
-            failed = [e for e in result.errors if e.kind != "skipped"]
-            if not failed and not result.failed_asserts:
-                break
-            ok = {k: v for k, v in result.values.items() if not isinstance(v, StepError)}
-            known = "\n".join(f"{k} = {_show(v)}" for k, v in ok.items())
-            problems = "\n".join([str(e) for e in failed] + result.failed_asserts)
-            extra = (f"These results are known and can be used by name:\n{known}\nThese steps failed:\n{problems}\n"
-                     "Write a plan for only what is still missing.")
-            try:
-                replan, replan_text, _, more = self.plan(question, extra, known=ok)
-            except PlanError as err:
-                notes.append(f"re-plan rejected: {err}")
-                break
-            notes += more
-            plans.append(replan_text)
-            result = self.executor.run(replan, known=ok)
-        answer = result.answer
-        if isinstance(answer, StepError) or not _short_scalar(answer):
-            answer = self.solve(question, "\n\n".join(plans), result)
-        return RewooResult(question=question, answer=answer, plan=print_plan(plan), plan_valid=valid, plans=plans,
-                           execution=result, usage=dict(self._ledger.by_agent), notes=notes)
+    # -- nodes ---------------------------------------------------------------------------------------------
+
+    def node_plan(self, s: RewooState) -> dict[str, Any]:
+        c, usage = self.ask("planner", self.planner_messages(s.question, s.extra), self.plan_tokens,
+                            grammar=self.grammar)
+        text, plan, err, notes = self._accept(c, self._known(s) if s.extra else ())
+        self.emit({"event": "plan", "text": text, "valid": err is None, "replan": bool(s.extra)})
+        update: dict[str, Any] = {"usage": usage, "plans": [text], "notes": notes}
+        if not s.extra:
+            update |= {"plan": text, "plan_valid": err is None and not notes}
+        if err is None:
+            assert plan is not None
+            return update | {"current": print_plan(plan), "draft": "", "feedback": ""}
+        return update | {"draft": text, "feedback": err.feedback,
+                         "notes": [*notes, f"{'re-plan' if s.extra else 'plan'} rejected: {err}"]}
+
+    def node_repair(self, s: RewooState) -> dict[str, Any]:
+        messages = self.planner_messages(s.question, s.extra) + [
+            {"role": "assistant", "content": s.draft}, {"role": "user", "content": s.feedback}]
+        c, usage = self.ask("planner", messages, self.plan_tokens, grammar=self.grammar)
+        text, plan, err, notes = self._accept(c, self._known(s) if s.extra else ())
+        self.emit({"event": "plan", "text": text, "valid": err is None, "repair": True})
+        update: dict[str, Any] = {"usage": usage, "plans": [text], "draft": "", "feedback": ""}
+        if err is None:
+            assert plan is not None
+            return update | {"current": print_plan(plan), "notes": notes}
+        return update | {"current": "", "notes": [*notes, f"repaired plan rejected too: {err}"]}
+
+    def node_execute(self, s: RewooState) -> dict[str, Any]:
+        plan = parse_plan(s.current)
+        known = self._known(s) if s.replans else {}
+        executor = self.executor.with_tools(self.journaled(f"execute:{s.replans}"))
+        result = executor.run(plan, known=known)
+        values = {k: to_state(v) for k, v in result.values.items()}
+        steps = [{"name": r.name, "tool": r.tool, "args": to_state(r.args), "ok": r.ok, "attempts": r.attempts,
+                  "seconds": round(r.seconds, 4)} for r in result.steps]
+        return {"values": {**s.values, **values} if s.replans else values, "answer": to_state(result.answer),
+                "failed_asserts": result.failed_asserts, "steps": s.steps + steps, "current": ""}
+
+    def node_replan_context(self, s: RewooState) -> dict[str, Any]:
+        known = "\n".join(f"{k} = {_show(v)}" for k, v in self._known(s).items())
+        failed = [str(v) for v in map(from_state, s.values.values())
+                  if isinstance(v, StepError) and v.kind != "skipped"]
+        problems = "\n".join(failed + s.failed_asserts)
+        extra = (f"These results are known and can be used by name:\n{known}\nThese steps failed:\n{problems}\n"
+                 "Write a plan for only what is still missing.")
+        return {"extra": extra, "replans": s.replans + 1}
+
+    def node_solve(self, s: RewooState) -> dict[str, Any]:
+        answer = from_state(s.answer)
+        if not isinstance(answer, StepError) and _short_scalar(answer):
+            return {"done": True}
+        if not s.steps and not s.values:
+            return {"done": True, "answer": None, "notes": ["no valid plan, so nothing ran and there is no answer"]}
+        evidence = "\n".join(f"{k} = {_show(from_state(v))}" for k, v in s.values.items())
+        if s.failed_asserts:
+            evidence += "\nfailed checks: " + "; ".join(s.failed_asserts)
+        user = f"Question: {s.question}\nPlan:\n" + "\n\n".join(s.plans) + f"\nEvidence:\n{evidence}\nAnswer:"
+        c, usage = self.ask("solver", [{"role": "system", "content": SOLVER_RULES},
+                                       {"role": "user", "content": user}], self.answer_tokens)
+        return {"answer": c.text.strip(), "usage": usage, "done": True}
+
+    # -- edges ---------------------------------------------------------------------------------------------
+
+    def after_plan(self, s: RewooState) -> str:
+        if s.draft:
+            return "repair"
+        return "execute" if s.current else "solve"
+
+    def after_execute(self, s: RewooState) -> str:
+        errors = [v for v in map(from_state, s.values.values()) if isinstance(v, StepError) and v.kind != "skipped"]
+        if (errors or s.failed_asserts) and s.replans < self.max_replans:
+            return "replan"
+        return "solve"
+
+    def build(self) -> Any:
+        from langgraph.graph import END, START
+
+        g = new_graph(RewooState, {"plan": self.node_plan, "repair": self.node_repair, "execute": self.node_execute,
+                                   "replan": self.node_replan_context, "solve": self.node_solve})
+        g.add_edge(START, "plan")
+        g.add_conditional_edges("plan", self.after_plan, ["repair", "execute", "solve"])
+        g.add_conditional_edges("repair", self.after_plan, ["execute", "solve"])
+        g.add_conditional_edges("execute", self.after_execute, ["replan", "solve"])
+        g.add_edge("replan", "plan")
+        g.add_edge("solve", END)
+        return g
 
 
 def _short_scalar(v: Any) -> bool:

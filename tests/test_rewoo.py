@@ -87,7 +87,7 @@ def test_failed_step_is_replanned_using_what_succeeded():
     assert r.answer == "1204000" and len(r.plans) == 2
     replan_prompt = engine.requests[1].prompt[-1]["content"]
     assert "hq = results for Zarvon" in replan_prompt and "index offline" in replan_prompt
-    assert r.execution.values["hq"] == "results for Zarvon"  # kept, not recomputed
+    assert r.values["hq"] == "results for Zarvon"  # kept, not recomputed
     assert [c for c in ts[1].calls] == [{"query": "Zarvon"}]
 
 

@@ -1,5 +1,7 @@
 """The ``tokenomy`` command.
 
+    tokenomy run "question" [--corpus DIR] [--model S] [--strategy S] [--json]
+                                          the main job: plan, tools, answer, usage per agent, a trace
     tokenomy info                         versions, engines available, where the embedded model is
     tokenomy chat "question" [--model S]  one answer from a model, with its token usage
     tokenomy bench prefix [--quick] [--json PATH]
@@ -82,6 +84,65 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import uuid
+    from pathlib import Path
+
+    from tokenomy.errors import UserError
+    from tokenomy.kernels import UsageLedger
+    from tokenomy.kernels.registry import load_engine
+    from tokenomy.planners import STRATEGIES, Checkpoints, make_strategy
+    from tokenomy.planners.run import to_state
+    from tokenomy.tools import calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
+    from tokenomy.tools.builtin import CorpusIndex
+    from tokenomy.trace import TraceWriter, runs_dir
+
+    if args.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    corpus = Path(args.corpus) if args.corpus else example_corpus_dir()
+    if not corpus.is_dir():
+        raise UserError(f"corpus {corpus} is not a directory (give --corpus DIR with .md or .txt files)")
+    index = CorpusIndex(corpus)
+    stats = index.refresh()
+    if stats.added + stats.changed + stats.unchanged == 0:
+        raise UserError(f"corpus {corpus} has no documents (.md or .txt files) to search")
+    engine = load_engine(args.model)
+    tools = [search_tool(index), lookup_tool(index), calc]
+    if args.llm_tool:
+        tools.append(llm_tool(engine))
+    thread_id = args.resume or args.thread or uuid.uuid4().hex[:12]
+    out = Path(args.runs_dir) if args.runs_dir else runs_dir()
+    trace_path = Path(args.trace) if args.trace else out / f"{thread_id}.trace.jsonl"
+    checkpoint_path = Path(args.checkpoint) if args.checkpoint else out / "checkpoints.sqlite"
+    with TraceWriter(trace_path, run=thread_id) as trace:
+        strategy = make_strategy(args.strategy, engine, tools, on_event=trace)
+        store = Checkpoints(checkpoint_path)
+        try:
+            if args.resume:
+                result = strategy.resume(thread_id, store)
+            else:
+                result = strategy.run(args.question, thread_id=thread_id, checkpoints=store)
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps({**result.to_json(), "trace": str(trace_path), "checkpoint": str(checkpoint_path)},
+                         indent=2, ensure_ascii=False))
+    else:
+        valid = {True: "valid", False: "not valid as written", None: "no plan"}[result.plan_valid]
+        print(f"plan ({result.strategy}, {valid}):")
+        print("  " + (result.plan or "(none)").replace("\n", "\n  "))
+        for note in result.notes:
+            print(f"note: {note}")
+        answer = to_state(result.answer)
+        print(f"\nanswer: {answer if answer is not None else '(none)'}\n")
+        ledger = UsageLedger()
+        for agent, usage in sorted(result.usage.items()):
+            ledger.record(usage, agent)
+        print(ledger.table())
+        print(f"\nmodel: {engine.spec}   run: {thread_id}   trace: {trace_path}")
+    return 0 if result.answer is not None else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.name != "prefix":
         print(f"unknown benchmark {args.name!r}; available: prefix", file=sys.stderr)
@@ -114,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", default=None, help="also write the answer and usage to this file")
     chat.set_defaults(fn=cmd_chat)
 
+    run = sub.add_parser("run", help="answer a question with the planner over a corpus (the main job)")
+    run.add_argument("question", nargs="?", default="", help="the question (not needed with --resume)")
+    run.add_argument("--corpus", default=None, help="a directory of .md/.txt files (default: the bundled example)")
+    run.add_argument("--model", default=None, help="model spec (default: $TOKENOMY_MODEL or 'embedded')")
+    run.add_argument("--strategy", default="rewoo", help="rewoo (default), rewoo-nl, react or plan-execute")
+    run.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    run.add_argument("--llm-tool", action="store_true", help="give the planner the llm tool too")
+    run.add_argument("--thread", default=None, help="the run's id (default: a new one)")
+    run.add_argument("--resume", default=None, metavar="ID", help="go on with a run that was cut off")
+    run.add_argument("--checkpoint", default=None, help="the SQLite checkpoint file (default: in the runs dir)")
+    run.add_argument("--trace", default=None, help="the trace file (default: <runs dir>/<id>.trace.jsonl)")
+    run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
+    run.set_defaults(fn=cmd_run)
+
     bench = sub.add_parser("bench", help="run a benchmark (prefix)")
     bench.add_argument("name", help="which benchmark: prefix")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
@@ -135,7 +210,10 @@ def _quiet_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("chat", "bench"):
+    if args.command == "run" and not args.resume and not args.question.strip():
+        print("tokenomy: error: give a question (or --resume ID)", file=sys.stderr)
+        return 2
+    if args.command in ("chat", "bench", "run"):
         _quiet_progress_bars()
     try:
         return int(args.fn(args))
