@@ -170,7 +170,9 @@ class Checkpoints:
         except sqlite3.DatabaseError as exc:
             raise UserError(f"checkpoint file {target} is not a usable SQLite database ({exc}); "
                             "move it away or pass another path") from exc
-        self._lock = threading.Lock()
+        # The journal shares the saver's connection, so it takes the saver's lock (sqlite3 connections are not
+        # safe to use from two threads at once).
+        self._lock = self.saver.lock
 
     def journal(self, thread_id: str) -> ToolJournal:
         return ToolJournal(self, thread_id)

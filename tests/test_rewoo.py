@@ -65,7 +65,7 @@ def test_long_evidence_goes_to_the_solver():
     r = Rewoo(engine, tools()).run("Who founded Telmar?")
     assert r.answer == "river traders" and r.total.calls == 2
     solver_prompt = engine.requests[1].prompt[1]["content"]
-    assert "Evidence:\nh = Telmar was founded" in solver_prompt and "Question: Who founded Telmar?" in solver_prompt
+    assert 'Evidence:\nh = "Telmar was founded' in solver_prompt and "Question: Who founded Telmar?" in solver_prompt
 
 
 def test_invalid_plan_is_repaired_once_with_feedback():
@@ -86,7 +86,7 @@ def test_failed_step_is_replanned_using_what_succeeded():
     r = Rewoo(engine, ts, executor=PlanExecutor(ts, retries=0)).run("q")
     assert r.answer == "1204000" and len(r.plans) == 2
     replan_prompt = engine.requests[1].prompt[-1]["content"]
-    assert "hq = results for Zarvon" in replan_prompt and "index offline" in replan_prompt
+    assert 'hq = "results for Zarvon"' in replan_prompt and "index offline" in replan_prompt
     assert r.values["hq"] == "results for Zarvon"  # kept, not recomputed
     assert [c for c in ts[1].calls] == [{"query": "Zarvon"}]
 
