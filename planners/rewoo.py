@@ -28,7 +28,7 @@ from .grammar import for_tools
 from .parser import close_plan, parse_plan
 from .printer import print_plan
 from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
-from .validate import check_plan
+from .validate import check_plan, rename_reassigned
 
 __all__ = ["Rewoo", "RewooState", "tool_signature"]
 
@@ -124,16 +124,18 @@ class Rewoo(Strategy):
     def _known(self, s: RewooState) -> dict[str, Any]:
         return {k: from_state(v) for k, v in s.values.items() if not isinstance(from_state(v), StepError)}
 
-    def checked(self, text: str, known: Iterable[str] = ()) -> A.Plan:
-        """Parse and validate a plan (a re-plan may read the ``known`` results by name)."""
-        plan = parse_plan(text)
+    def checked(self, text: str, known: Iterable[str] = ()) -> tuple[A.Plan, dict[str, str]]:
+        """Parse and validate a plan (a re-plan may read the ``known`` results by name); a name assigned again
+        at the top level names a new result from there on (see ``rename_reassigned``). Returns the plan and the
+        new names given."""
         known = list(known)
+        plan, renamed = rename_reassigned(parse_plan(text), taken=known)
         if known:
             prelude = [A.Assign(target=n, value=A.Literal_(value=None)) for n in known]
             check_plan(A.Plan(body=[*prelude, *plan.body]), self.tools)
         else:
             check_plan(plan, self.tools)
-        return plan
+        return plan, renamed
 
     def _accept(self, c: Completion, known: Iterable[str]) -> tuple[str, A.Plan | None, PlanError | None, list[str]]:
         text = c.text.strip()
@@ -142,7 +144,11 @@ class Rewoo(Strategy):
             text = close_plan(text)
             notes.append("plan cut off at the token limit; closed after its last complete statement")
         try:
-            return text, self.checked(text, known), None, notes
+            plan, renamed = self.checked(text, known)
+            if renamed:
+                notes.append("re-assigned names were given new names: "
+                             + ", ".join(f"{old} -> {new}" for new, old in renamed.items()))
+            return text, plan, None, notes
         except PlanError as err:
             return text, None, err, notes
 
@@ -155,7 +161,8 @@ class Rewoo(Strategy):
         self.emit({"event": "plan", "text": text, "valid": err is None, "replan": bool(s.extra)})
         update: dict[str, Any] = {"usage": usage, "plans": [text], "notes": notes}
         if not s.extra:
-            update |= {"plan": text, "plan_valid": err is None and not notes}
+            cut = self.grammar is not None and c.finish_reason == "length"
+            update |= {"plan": text, "plan_valid": err is None and not cut}
         if err is None:
             assert plan is not None
             return update | {"current": print_plan(plan), "draft": "", "feedback": ""}

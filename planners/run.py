@@ -91,6 +91,7 @@ class RunState(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=False)
 
     question: str
+    strategy: str = ""
     plan: str = ""
     """The first plan in the strategy's own format, as the model wrote it."""
     plan_valid: bool | None = None
@@ -153,7 +154,8 @@ class Checkpoints:
         try:
             from langgraph.checkpoint.sqlite import SqliteSaver
         except ImportError as exc:  # pragma: no cover - a core dependency
-            raise MissingExtra("langgraph-checkpoint-sqlite", "", "checkpoints") from exc
+            raise MissingExtra("langgraph-checkpoint-sqlite", None, "checkpoints",
+                               install="pip install langgraph-checkpoint-sqlite") from exc
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +355,7 @@ class Strategy:
         if not question or not question.strip():
             raise UserError("the question is empty")
         thread_id = thread_id or uuid.uuid4().hex[:12]
-        return self._invoke({"question": question}, thread_id, checkpoints, recursion_limit)
+        return self._invoke({"question": question, "strategy": self.name}, thread_id, checkpoints, recursion_limit)
 
     def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *, recursion_limit: int = 100
                ) -> RunResult:
@@ -373,6 +375,10 @@ class Strategy:
                     snapshot = app.get_state(config)
                     if not snapshot.values:
                         raise UserError(f"no checkpoint of run {thread_id!r} in {store.path or 'memory'}")
+                    made_by = snapshot.values.get("strategy")
+                    if made_by != self.name:
+                        raise UserError(f"run {thread_id!r} was made by the {made_by!r} strategy; resume it with "
+                                        "that one")
                     if not snapshot.next:
                         return self.result(snapshot.values, thread_id)
                 values = app.invoke(inp, config)

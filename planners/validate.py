@@ -23,7 +23,7 @@ from tokenomy.errors import PlanError
 
 from . import ast as A
 
-__all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs"]
+__all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs", "rename_reassigned"]
 
 
 class ToolSpec(Protocol):
@@ -252,3 +252,60 @@ def _show(annotation: Any) -> str:
 
 def _example(t: type) -> Any:
     return {str: "", int: 0, float: 0.0, bool: False, list: [], dict: {}}[t]
+
+
+def rename_reassigned(plan: A.Plan, taken: Iterable[str] = ()) -> tuple[A.Plan, dict[str, str]]:
+    """Give each top-level re-assignment its own name, read by the lines after it (``x = f()`` then
+    ``x = g(a=x)`` becomes ``x = f()`` then ``x_2 = g(a=x)``, and later lines read ``x_2``).
+
+    Small models often reuse a name for the next step; read in order, such a plan is meaningful, but as a
+    dataflow graph it has a cycle. Re-assignments inside ``if``/``for`` blocks are left for the validator.
+    Returns the plan and the new names (``{"x_2": "x"}``)."""
+    used = {s.target for s in plan.body if isinstance(s, A.Assign)} | set(taken)
+    current: dict[str, str] = {}
+    assigned: set[str] = set(taken)
+    renamed: dict[str, str] = {}
+    body = []
+    for stmt in plan.body:
+        target = stmt.target if isinstance(stmt, A.Assign) else None
+        stmt = _with_refs(stmt, current)
+        if target is not None:
+            if target in assigned:
+                n = 2
+                while f"{target}_{n}" in used:
+                    n += 1
+                new = f"{target}_{n}"
+                used.add(new)
+                renamed[new] = target
+                current[target] = new
+                stmt = stmt.model_copy(update={"target": new})
+            assigned.add(target)
+        body.append(stmt)
+    return (plan.model_copy(update={"body": body}) if renamed else plan), renamed
+
+
+def _with_refs(node: Any, names: Mapping[str, str]) -> Any:
+    """``node`` with references renamed by ``names`` (a new tree; ``node`` is not changed)."""
+    if not names:
+        return node
+    if isinstance(node, A.Ref):
+        path = [_with_refs(p, names) for p in node.path]
+        return node.model_copy(update={"name": names.get(node.name, node.name), "path": path})
+    if isinstance(node, A.For) and node.var in names:  # the loop variable hides an outer name in the body
+        inner = {k: v for k, v in names.items() if k != node.var}
+        return node.model_copy(update={"iter": _with_refs(node.iter, names), "body": _with_refs(node.body, inner)})
+    if isinstance(node, A.Node):
+        update = {}
+        for field in type(node).model_fields:
+            value = getattr(node, field)
+            new = _with_refs(value, names)
+            if new is not value:
+                update[field] = new
+        return node.model_copy(update=update) if update else node
+    if isinstance(node, list):
+        items = [_with_refs(x, names) for x in node]
+        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    if isinstance(node, tuple):
+        items = [_with_refs(x, names) for x in node]
+        return tuple(items) if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    return node

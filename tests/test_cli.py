@@ -44,3 +44,58 @@ def test_main_job_answers_with_usage():
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout
     assert "usage: prompt=" in p.stdout and "calls=1" in p.stdout and "o200k_base" in p.stdout
+
+
+# -- tokenomy run (the main job) --------------------------------------------------------------------------------
+
+
+def test_run_needs_a_question_and_a_corpus_with_documents(tmp_path):
+    p = run("run")
+    assert p.returncode == 2 and "give a question" in p.stderr
+    p = run("run", "q", "--corpus", str(tmp_path / "nope"), "--model", "scripted")
+    assert p.returncode == 1 and "is not a directory" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "image.png").write_bytes(b"\x89PNG")
+    p = run("run", "q", "--corpus", str(tmp_path / "empty"), "--model", "scripted")
+    assert p.returncode == 1 and "has no documents" in p.stderr
+    p = run("run", "q", "--strategy", "reflexion", "--model", "scripted")
+    assert p.returncode == 1 and "unknown strategy 'reflexion'" in p.stderr
+
+
+def test_run_json_trace_and_resume_with_the_scripted_double(tmp_path):
+    # The scripted double echoes the question, which is no plan: the run ends without an answer, says why,
+    # and still prints its JSON, usage and trace.
+    p = run("run", "Who founded Halvane Instruments?", "--model", "scripted", "--json", "--runs-dir",
+            str(tmp_path), "--thread", "t1")
+    assert p.returncode == 1, p.stderr
+    out = json.loads(p.stdout)
+    assert {"answer", "strategy", "plan", "plan_valid", "usage", "trace"} <= set(out)
+    assert out["answer"] is None and out["plan_valid"] is False and out["strategy"] == "rewoo"
+    assert out["usage"]["calls"] == 2 and out["usage"]["prompt_tokens"] > 0  # the plan and one repair
+    assert any("no valid plan" in n for n in out["notes"])
+    trace = [json.loads(line) for line in open(out["trace"])]
+    assert [e["event"] for e in trace].count("model_call") == 2
+    again = run("run", "--resume", "t1", "--model", "scripted", "--json", "--runs-dir", str(tmp_path))
+    assert json.loads(again.stdout)["usage"] == out["usage"]  # finished: nothing runs again
+
+
+@pytest.mark.embedded
+def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
+    import shutil
+
+    from tokenomy.tools import example_corpus_dir
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(example_corpus_dir(), corpus, ignore=shutil.ignore_patterns(".tokenomy-index*"))
+    (corpus / ".tokenomy-index.sqlite").write_bytes(b"garbage, not an index" * 50)  # rebuilt, not fatal
+    results = {}
+    for strategy in ("rewoo", "react"):
+        p = run("run", "Who founded Halvane Instruments?", "--corpus", str(corpus), "--strategy", strategy, "--json",
+                "--runs-dir", str(tmp_path))
+        assert p.returncode in (0, 1), p.stderr
+        results[strategy] = out = json.loads(p.stdout)
+        assert out["strategy"] == strategy and out["usage"]["calls"] >= 1
+    assert results["rewoo"]["plan_valid"] is True  # the grammar keeps the tiny model's plan valid
+    assert results["react"]["usage"]["prompt_tokens"] > results["rewoo"]["usage"]["prompt_tokens"]
+    text = run("run", "How long is the River Orrin?", "--runs-dir", str(tmp_path))
+    assert "plan (rewoo" in text.stdout and "TOTAL" in text.stdout and "trace:" in text.stdout

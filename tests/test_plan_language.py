@@ -193,3 +193,16 @@ def test_decoding_grammar_bounds_the_number_of_statements():
         for_tools({"calc": ["expression"]}, max_statements=0)
     with pytest.raises(ValueError):
         for_tools({})
+
+
+def test_reassigned_names_become_new_results():
+    from tokenomy.planners import parse_plan, print_plan
+    from tokenomy.planners.validate import rename_reassigned
+
+    plan = parse_plan('x = f(a="q")\nx = g(b=x)\ny = [x, x.size]\nfor x in y {\n  z = h(c=x)\n}\nanswer(x)')
+    new, renamed = rename_reassigned(plan)
+    assert renamed == {"x_2": "x"}
+    assert print_plan(new) == ('x = f(a="q")\nx_2 = g(b=x)\ny = [x_2, x_2.size]\nfor x in y {\n  z = h(c=x)\n}\n'
+                               'answer(x_2)')
+    assert rename_reassigned(parse_plan("a = f()\nanswer(a)"))[1] == {}
+    assert rename_reassigned(parse_plan("a = f()\nanswer(a)"), taken=["a"])[0].body[0].target == "a_2"

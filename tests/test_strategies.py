@@ -207,8 +207,10 @@ def test_resume_after_a_crash_repeats_no_finished_call(tmp_path):
     assert [q.agent for q in again.requests] == ["solver"]  # no second plan
     assert len(ts[0].calls) == 1 and len(ts[1].calls) == 1  # no second tool call
     assert r.usage["planner"].calls == 1 and r.usage["solver"].calls == 1  # usage survived the crash
-    # A finished run resumes to its result without any call.
+    # A finished run resumes to its result without any call; only the strategy that made it may resume it.
     assert Rewoo(by_agent(), ts).resume("t1", db).answer == r.answer
+    with pytest.raises(UserError, match="made by the 'rewoo' strategy"):
+        React(by_agent(), ts).resume("t1", db)
 
 
 def test_checkpoint_errors_are_clear(tmp_path):

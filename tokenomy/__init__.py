@@ -3,9 +3,13 @@
 The public API is small; names are loaded on first use so that ``import tokenomy`` stays fast and imports
 neither torch nor transformers::
 
-    from tokenomy import load_engine, Worker, SamplingParams
+    from tokenomy import load_engine, Rewoo
+    from tokenomy.tools import calc, example_corpus_dir, lookup_tool, search_tool
+
     engine = load_engine()                  # the embedded SmolLM2-135M-Instruct
-    print(engine.chat("What is the capital of France?").usage)
+    corpus = example_corpus_dir()
+    result = Rewoo(engine, [search_tool(corpus), lookup_tool(corpus), calc]).run("Who founded Halvane Instruments?")
+    print(result.answer, result.usage)      # usage per agent (planner, solver)
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ _EXPORTS = {
     "ScriptedEngine": "tokenomy.kernels",
     "load_engine": "tokenomy.kernels",
     "shared_engine": "tokenomy.kernels",
+    "Rewoo": "tokenomy.planners",
+    "RewooNL": "tokenomy.planners",
+    "React": "tokenomy.planners",
+    "PlanExecute": "tokenomy.planners",
+    "Checkpoints": "tokenomy.planners",
+    "make_strategy": "tokenomy.planners",
+    "Tool": "tokenomy.tools",
+    "tool": "tokenomy.tools",
     "TokenomyError": "tokenomy.errors",
     "UserError": "tokenomy.errors",
     "RunError": "tokenomy.errors",

@@ -5,6 +5,7 @@
     tokenomy info                         versions, engines available, where the embedded model is
     tokenomy chat "question" [--model S]  one answer from a model, with its token usage
     tokenomy bench prefix [--quick] [--json PATH]
+    tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 result = strategy.resume(thread_id, store)
             else:
                 result = strategy.run(args.question, thread_id=thread_id, checkpoints=store)
+        except (TokenomyError, KeyboardInterrupt):
+            print(f"tokenomy: run {thread_id} stopped; what finished is in {checkpoint_path}. Go on with: tokenomy "
+                  f"run --resume {thread_id} --strategy {args.strategy}" + (f" --model {args.model}" if args.model
+                                                                            else ""), file=sys.stderr)
+            raise
         finally:
             store.close()
     if args.json:
@@ -144,9 +150,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name != "prefix":
-        print(f"unknown benchmark {args.name!r}; available: prefix", file=sys.stderr)
+    if args.name not in ("prefix", "plans"):
+        print(f"unknown benchmark {args.name!r}; available: prefix, plans", file=sys.stderr)
         return 2
+    if args.name == "plans":
+        from tokenomy.benchmarks import plans
+
+        spec = None if args.model == "embedded" else args.model
+        questions = plans.QUESTIONS[:3] if args.quick else None
+        precords = plans.run_plans_bench(spec, questions)
+        print(plans.format_table(precords))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(plans.to_json(precords), f, indent=2)
+            print(f"\nwrote {args.json}")
+        return 0
     from tokenomy.benchmarks.prefix import format_table, run_prefix_bench, to_json
 
     with_vllm = False if args.no_vllm else None
@@ -189,11 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix)")
-    bench.add_argument("name", help="which benchmark: prefix")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans)")
+    bench.add_argument("name", help="which benchmark: prefix (KV reuse) or plans (the valid-plan rate)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--json", default=None, help="write the records to this file")
-    bench.add_argument("--model", default="embedded", help="the transformers engine spec (embedded or hf:<dir>)")
+    bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
     bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
     bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
     bench.set_defaults(fn=cmd_bench)

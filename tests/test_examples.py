@@ -1,0 +1,53 @@
+"""The examples: wired correctly (with a scripted model) and running for real (with the embedded model)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenomy.kernels import ScriptedEngine
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def scripted(plan, solver="-"):
+    return ScriptedEngine(lambda req: plan if req.agent == "planner" else solver)
+
+
+def test_quickstart_over_the_bundled_corpus(capsys):
+    plan = 'founder = lookup(entity="Halvane Instruments", attribute="founded")\nanswer(founder)'
+    r = load("quickstart").main("Who founded Halvane Instruments?", engine=scripted(plan, "Corvin Halvane"))
+    assert r.answer == "Corvin Halvane" and "Corvin Halvane" in str(r.values["founder"])
+    out = capsys.readouterr().out
+    assert "answer: Corvin Halvane" in out and "planner" in out and "solver" in out
+
+
+def test_custom_tools_sync_async_and_langchain(capsys):
+    pytest.importorskip("langchain_core")
+    plan = ('h = harbour(town="Pellhaven")\nt = tide(town="Pellhaven", hour=6)\n'
+            'ok = draught_ok(depth_m=h.depth_m, draught_m=9)\nanswer(ok)')
+    r = load("custom_tools").main(engine=scripted(plan))
+    assert r.answer is True and r.values["t"] == 1.6 and r.plan_valid
+    assert r.total.calls == 1  # a boolean answer needs no solver
+    out = capsys.readouterr().out
+    assert "tool draught_ok(depth_m: float, draught_m: float)" in out and "answer: True" in out
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("name", ["quickstart", "custom_tools"])
+def test_example_runs_on_the_embedded_model(name, embedded_engine):
+    env = {k: v for k, v in os.environ.items() if k != "TOKENOMY_MODEL"}
+    out = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "plan:" in out.stdout and "answer:" in out.stdout and "total" in out.stdout
