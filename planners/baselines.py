@@ -13,7 +13,7 @@
   rewrites the remaining steps.
 
 Each is a ``Strategy``: a LangGraph graph in which every model call and every tool call is its own node, so a
-killed run resumes without repeating them. The same two exemplar tasks as ``rewoo``'s appear in each prompt,
+killed run resumes without repeating them. The same exemplar task as ``rewoo``'s appears in each prompt,
 written in each strategy's own format. Tools with several arguments take their text input split at commas.
 """
 
@@ -99,7 +99,8 @@ class _TextToolStrategy(Strategy):
 
 NL_PLANNER_RULES = """Make a plan that solves the task step by step with the tools below. Write each step as a line
 "Plan: <what to do>" followed by a line "#E<n> = <tool>[<input>]" that gets its evidence. A later input may use
-#E<n> to mean the evidence of step n. Write only the plan."""
+#E<n> to mean the evidence of step n. Use the names from the question, spelled as in the question. Write only the
+plan."""
 
 NL_EXEMPLARS = [
     ("How many years after Orvel Corp was founded did its founder die?",
@@ -107,9 +108,6 @@ NL_EXEMPLARS = [
      "Plan: Find who founded Orvel Corp.\n#E2 = lookup[Orvel Corp, founder]\n"
      "Plan: Find the year the founder died.\n#E3 = lookup[#E2, died]\n"
      "Plan: Subtract the founding year from the year of death.\n#E4 = calc[#E3 - #E1]"),
-    ("Which river flows through the capital of Keshar?",
-     "Plan: Find the capital of Keshar.\n#E1 = lookup[Keshar, capital]\n"
-     "Plan: Find the river of that city.\n#E2 = lookup[#E1, river]"),
 ]
 
 NL_SOLVER_RULES = ("Solve the task with the plan and the evidence each step gathered. Reply with the answer only, "
@@ -235,7 +233,8 @@ Action: <tool>[<input>]
 Observation: the tool's result (it is given to you)
 ... (repeat Thought/Action/Observation as needed)
 Thought: I know the answer
-Final Answer: the answer, as short as possible"""
+Final Answer: the answer, as short as possible
+Use the names from the question, spelled as in the question."""
 
 REACT_EXEMPLARS = """Question: How many years after Orvel Corp was founded did its founder die?
 Thought: I need the year Orvel Corp was founded.
@@ -251,17 +250,7 @@ Thought: 1969 - 1921.
 Action: calc[1969 - 1921]
 Observation: 48
 Thought: I know the answer
-Final Answer: 48
-
-Question: Which river flows through the capital of Keshar?
-Thought: I need the capital of Keshar.
-Action: lookup[Keshar, capital]
-Observation: The capital of Keshar is Brannock.
-Thought: Now the river of Brannock.
-Action: lookup[Brannock, river]
-Observation: Brannock lies on the river Sell.
-Thought: I know the answer
-Final Answer: Sell"""
+Final Answer: 48"""
 
 
 class ReactState(RunState):
@@ -337,23 +326,21 @@ class React(_TextToolStrategy):
 # -- plan-execute ---------------------------------------------------------------------------------------------
 
 PE_PLANNER_RULES = """For the given question, write a simple step-by-step plan of individual tasks that, done in
-order, give the answer. Number the steps "1.", "2.", ... Do not add steps that are not needed. Tools that the
-steps can use:
+order, give the answer. Number the steps "1.", "2.", ... Do not add steps that are not needed. Use the names from
+the question, spelled as in the question. Tools that the steps can use:
 {tools}"""
 
 PE_EXEMPLARS = [
     ("How many years after Orvel Corp was founded did its founder die?",
      "1. Look up the year Orvel Corp was founded.\n2. Look up who founded Orvel Corp.\n"
      "3. Look up the year the founder died.\n4. Subtract the founding year from the year of death."),
-    ("Which river flows through the capital of Keshar?",
-     "1. Look up the capital of Keshar.\n2. Look up the river of that city."),
 ]
 
 PE_EXECUTOR_RULES = """You carry out one task with one tool call. Reply with one line:
 Action: <tool>[<input>]
 Tools:
 {tools}
-Example: for the task "Look up the capital of Keshar." reply "Action: lookup[Keshar, capital]"."""
+Example: for the task "Look up the year Orvel Corp was founded." reply "Action: lookup[Orvel Corp, founded]"."""
 
 PE_REPLANNER_RULES = """You update a plan. Given the question, the plan and the steps done so far with their
 results: if the results answer the question, reply "Final Answer: <the answer, as short as possible>";
