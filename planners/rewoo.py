@@ -28,7 +28,7 @@ from .grammar import for_tools
 from .parser import close_plan, parse_plan
 from .printer import print_plan
 from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
-from .validate import check_plan, rename_reassigned
+from .validate import check_plan, merge_repeated_calls, rename_reassigned
 
 __all__ = ["Rewoo", "RewooState", "tool_signature"]
 
@@ -111,6 +111,10 @@ class Rewoo(Strategy):
         signatures = "\n".join(sorted(tool_signature(t) for t in self.tools.values()))
         self.system = f"{PLANNER_RULES}\nTools:\n{signatures}"
 
+    def _pure(self, tool: str) -> bool:
+        t = self.tools.get(tool)
+        return t is not None and not getattr(t, "side_effects", False)
+
     # -- prompts -------------------------------------------------------------------------------------------
 
     def planner_messages(self, question: str, extra: str = "") -> list[dict[str, str]]:
@@ -129,6 +133,8 @@ class Rewoo(Strategy):
         new names given."""
         known = list(known)
         plan, renamed = rename_reassigned(parse_plan(text), taken=known)
+        plan, merged = merge_repeated_calls(plan, self._pure)
+        renamed |= merged
         if known:
             prelude = [A.Assign(target=n, value=A.Literal_(value=None)) for n in known]
             check_plan(A.Plan(body=[*prelude, *plan.body]), self.tools)
@@ -145,8 +151,8 @@ class Rewoo(Strategy):
         try:
             plan, renamed = self.checked(text, known)
             if renamed:
-                notes.append("re-assigned names were given new names: "
-                             + ", ".join(f"{old} -> {new}" for new, old in renamed.items()))
+                notes.append("repeated names and calls were merged or renamed: "
+                             + ", ".join(f"{new} -> {old}" for new, old in renamed.items()))
             return text, plan, None, notes
         except PlanError as err:
             return text, None, err, notes

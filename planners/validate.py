@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +23,8 @@ from tokenomy.errors import PlanError
 
 from . import ast as A
 
-__all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs", "rename_reassigned"]
+__all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs", "rename_reassigned",
+           "merge_repeated_calls"]
 
 
 class ToolSpec(Protocol):
@@ -309,3 +310,25 @@ def _with_refs(node: Any, names: Mapping[str, str]) -> Any:
         items = [_with_refs(x, names) for x in node]
         return tuple(items) if any(a is not b for a, b in zip(items, node, strict=True)) else node
     return node
+
+
+def merge_repeated_calls(plan: A.Plan, pure: Callable[[str], bool]) -> tuple[A.Plan, dict[str, str]]:
+    """Drop a top-level ``y = tool(...)`` that repeats an earlier ``x = tool(...)`` with the same arguments, and
+    let later lines read ``x`` (common subexpression elimination). Only calls of tools for which ``pure(name)``
+    holds are merged (never tools with side effects). Returns the plan and ``{"y": "x"}``."""
+    from .printer import print_expr
+
+    seen: dict[str, str] = {}
+    alias: dict[str, str] = {}
+    body = []
+    for stmt in plan.body:
+        stmt = _with_refs(stmt, alias)
+        if isinstance(stmt, A.Assign) and isinstance(stmt.value, A.Call) and stmt.type is None \
+                and pure(stmt.value.tool):
+            key = stmt.value.tool + "(" + ", ".join(f"{k}={print_expr(v)}" for k, v in stmt.value.args) + ")"
+            if key in seen:
+                alias[stmt.target] = seen[key]
+                continue
+            seen[key] = stmt.target
+        body.append(stmt)
+    return (plan.model_copy(update={"body": body}) if alias else plan), alias

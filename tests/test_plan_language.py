@@ -206,3 +206,16 @@ def test_reassigned_names_become_new_results():
                                'answer(x_2)')
     assert rename_reassigned(parse_plan("a = f()\nanswer(a)"))[1] == {}
     assert rename_reassigned(parse_plan("a = f()\nanswer(a)"), taken=["a"])[0].body[0].target == "a_2"
+
+
+def test_repeated_calls_are_merged_unless_the_tool_has_side_effects():
+    from tokenomy.planners import parse_plan, print_plan
+    from tokenomy.planners.validate import merge_repeated_calls, rename_reassigned
+
+    text = 'a = f(q="x")\na = f(q="x")\nb = g(v=a)\nc = g(v=a)\nd = f(q="y")\nanswer([a, b, c, d])'
+    plan, _ = rename_reassigned(parse_plan(text))
+    merged, alias = merge_repeated_calls(plan, lambda tool: True)
+    assert alias == {"a_2": "a", "c": "b"}
+    assert print_plan(merged) == 'a = f(q="x")\nb = g(v=a)\nd = f(q="y")\nanswer([a, b, b, d])'
+    kept, alias = merge_repeated_calls(plan, lambda tool: tool != "g")
+    assert alias == {"a_2": "a"} and "c = g(v=a)" in print_plan(kept)
