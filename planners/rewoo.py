@@ -215,7 +215,9 @@ class Rewoo(Strategy):
         evidence = "\n".join(f"{k} = {_show(from_state(v))}" for k, v in s.values.items())
         if s.failed_asserts:
             evidence += "\nfailed checks: " + "; ".join(s.failed_asserts)
-        user = f"Question: {s.question}\nPlan:\n" + "\n\n".join(s.plans) + f"\nEvidence:\n{evidence}\nAnswer:"
+        # The evidence lines name each result (``name = value``); the plan text itself is left out: it costs
+        # tokens and small models copy it instead of answering.
+        user = f"Question: {s.question}\nEvidence:\n{evidence}\nAnswer:"
         c, usage = self.ask("solver", [{"role": "system", "content": SOLVER_RULES},
                                        {"role": "user", "content": user}], self.answer_tokens)
         return {"answer": c.text.strip(), "usage": usage, "done": True}
