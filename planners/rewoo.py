@@ -14,8 +14,9 @@ shared worker's prefix cache reuses them across questions and between the planne
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -74,6 +75,8 @@ class RewooState(RunState):
     extra: str = ""
     """What a re-plan is told: the known results and what failed."""
     replans: int = 0
+    ran: Annotated[list[str], operator.add] = Field(default_factory=list)
+    """The plans the executor ran, in canonical form (repeated calls merged, re-assigned names renamed)."""
     failed_asserts: list[str] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -157,6 +160,31 @@ class Rewoo(Strategy):
         except PlanError as err:
             return text, None, err, notes
 
+    def salvage(self, text: str, known: Iterable[str] = ()) -> A.Plan | None:
+        """The longest run of leading top-level statements of ``text`` that parses and validates and calls a
+        tool, answered with its last result; ``None`` when there is none. What a rejected plan got right still
+        runs (the solver answers from its evidence) instead of the whole plan being thrown away."""
+        try:
+            plan = parse_plan(close_plan(text))
+        except PlanError:
+            return None
+        plan, _ = rename_reassigned(plan, taken=list(known))
+        plan, _ = merge_repeated_calls(plan, self._pure)
+        body = [st for st in plan.body if not isinstance(st, A.Answer)]
+        for n in range(len(body), 0, -1):
+            head = body[:n]
+            last = next((st.target for st in reversed(head) if isinstance(st, A.Assign)), None)
+            answer = A.Answer(value=A.Ref(name=last) if last else A.Literal_(value=None))
+            candidate = A.Plan(body=[*head, answer])
+            if not candidate.calls():
+                continue
+            try:
+                self.checked(print_plan(candidate), known)
+            except PlanError:
+                continue
+            return candidate
+        return None
+
     # -- nodes ---------------------------------------------------------------------------------------------
 
     def node_plan(self, s: RewooState) -> dict[str, Any]:
@@ -178,13 +206,24 @@ class Rewoo(Strategy):
         messages = self.planner_messages(s.question, s.extra) + [
             {"role": "assistant", "content": s.draft}, {"role": "user", "content": s.feedback}]
         c, usage = self.ask("planner", messages, self.plan_tokens, grammar=self.grammar)
-        text, plan, err, notes = self._accept(c, self._known(s) if s.extra else ())
+        known = self._known(s) if s.extra else {}
+        text, plan, err, notes = self._accept(c, known)
         self.emit({"event": "plan", "text": text, "valid": err is None, "repair": True})
         update: dict[str, Any] = {"usage": usage, "plans": [text], "draft": "", "feedback": ""}
-        if err is None:
-            assert plan is not None
+        if plan is not None and plan.calls():
             return update | {"current": print_plan(plan), "notes": notes}
-        return update | {"current": "", "notes": [*notes, f"repaired plan rejected too: {err}"]}
+        if err is not None:
+            notes.append(f"repaired plan rejected too: {err}")
+        else:
+            notes.append("repaired plan calls no tool")
+        # Keep what the model got right: the valid head of the draft (or of the repair).
+        for source, draft in (("first plan", s.draft), ("repaired plan", text)):
+            head = self.salvage(draft, known)
+            if head is not None:
+                n = len(head.body) - 1
+                notes.append(f"ran the first {n} valid statement{'s' if n > 1 else ''} of the {source}")
+                return update | {"current": print_plan(head), "notes": notes}
+        return update | {"current": print_plan(plan) if plan is not None else "", "notes": notes}
 
     def node_execute(self, s: RewooState) -> dict[str, Any]:
         plan = parse_plan(s.current)
@@ -195,7 +234,7 @@ class Rewoo(Strategy):
         steps = [{"name": r.name, "tool": r.tool, "args": to_state(r.args), "ok": r.ok, "attempts": r.attempts,
                   "seconds": round(r.seconds, 4)} for r in result.steps]
         return {"values": {**s.values, **values} if s.replans else values, "answer": to_state(result.answer),
-                "failed_asserts": result.failed_asserts, "steps": s.steps + steps, "current": ""}
+                "failed_asserts": result.failed_asserts, "steps": s.steps + steps, "current": "", "ran": [s.current]}
 
     def node_replan_context(self, s: RewooState) -> dict[str, Any]:
         known = "\n".join(f"{k} = {_show(v)}" for k, v in self._known(s).items())

@@ -91,6 +91,26 @@ def test_failed_step_is_replanned_using_what_succeeded():
     assert [c for c in ts[1].calls] == [{"query": "Zarvon"}]
 
 
+def test_valid_head_of_a_rejected_plan_still_runs():
+    # What the embedded model wrote for "Where is Zarvon Motors headquartered?": two good lines, then a name
+    # that was never assigned; its repair answered null without calling anything.
+    draft = ('hq = lookup(entity="Zarvon Motors", attribute="headquarters")\n'
+             'hq = lookup(entity="Zarvon Motors", attribute="headquarters")\n'
+             'years = calc_years_of_hq\nanswer(years)')
+    ts = tools()
+    r = Rewoo(scripted([draft, "answer(null)"]), ts, plan_tokens=400).run("Where is Zarvon Motors headquartered?")
+    assert r.answer == "Telmar" and r.plan == draft and r.plan_valid is False
+    assert ts[0].calls == [{"entity": "Zarvon Motors", "attribute": "headquarters"}]
+    assert any("ran the first 1 valid statement of the first plan" in n for n in r.notes)
+    assert r.state["ran"] == ['hq = lookup(entity="Zarvon Motors", attribute="headquarters")\nanswer(hq)']
+
+
+def test_nothing_valid_to_salvage_means_no_answer():
+    r = Rewoo(scripted(["x = nope\nanswer(x)", "y = also_nope\nanswer(y)"]), tools()).run("q")
+    assert r.answer is None and r.total.calls == 2
+    assert any("no valid plan" in n for n in r.notes)
+
+
 def test_tool_signature_from_the_argument_model():
     t = WorldTool("find", lambda **k: 1, query=(str, ...), k=(int, 3))
     assert tool_signature(t) == "find(query: str, k: int = 3)"

@@ -275,3 +275,12 @@ def test_trace_records_model_and_tool_calls(tmp_path):
     assert call["run"] == "r1" and call["agent"] == "planner" and call["gen_ai.usage.input_tokens"] > 0
     assert call["gen_ai.operation.name"] == "chat" and call["strategy"] == "rewoo"
     assert events[2]["gen_ai.tool.name"] == "echo" and events[2]["arguments"] == {"text": "hi"}
+
+
+def test_rewoo_runs_repeated_calls_once_and_records_the_plan_it_ran():
+    plan = 'a = echo(text="hi")\na = echo(text="hi")\nb = echo(text=a)\nanswer(b)'
+    ts = echo_tools()
+    r = Rewoo(by_agent(planner=[plan]), ts).run("q")
+    assert r.answer == "<<hi>>" and r.plan == plan and r.plan_valid
+    assert ts[0].calls == [{"text": "hi"}, {"text": "<hi>"}]
+    assert r.state["ran"] == ['a = echo(text="hi")\nb = echo(text=a)\nanswer(b)']

@@ -131,12 +131,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             store.close()
     if args.json:
-        print(json.dumps({**result.to_json(), "trace": str(trace_path), "checkpoint": str(checkpoint_path)},
+        print(json.dumps({**result.to_json(), "plan_ran": result.state.get("ran"), "trace": str(trace_path),
+                          "checkpoint": str(checkpoint_path)},
                          indent=2, ensure_ascii=False))
     else:
         valid = {True: "valid", False: "not valid as written", None: "no plan"}[result.plan_valid]
         print(f"plan ({result.strategy}, {valid}):")
         print("  " + (result.plan or "(none)").replace("\n", "\n  "))
+        ran = result.state.get("ran") or []
+        if ran and ran[0] != result.plan:
+            print("ran as:\n  " + "\n\n  ".join(ran).replace("\n", "\n  "))
         for note in result.notes:
             print(f"note: {note}")
         answer = to_state(result.answer)
