@@ -3,18 +3,22 @@
 It answers from a script (a list of replies, or a function of the request), tokenizes with UTF-8 bytes (one
 token per byte, so counts are exact and easy to check by hand) and keeps a token-level radix tree, so prefix
 reuse, scheduling and usage accounting can be tested without a model. It is named for what it is: never a
-default, never a stand-in for a real model in benchmarks.
+default, never a stand-in for a real model in benchmarks. Given a ``tokenizer`` it counts with that tokenizer
+after its chat template instead, which is how the planning benchmark's oracle replay (gold replies in each
+strategy's format, measured, never reported as a model's skill) counts every token as the model would.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from tokenomy.errors import ContextLengthExceeded, EngineError, RequestCancelled, TokenomyError
 
 from .engine import Engine, now
 from .radix import RadixCache
+from .tokens import TokenCounter
 from .types import Capabilities, Completion, PromptInput, Request, chat_messages, token_ids
 from .usage import Usage
 
@@ -39,13 +43,17 @@ class ScriptedEngine(Engine):
         context_window: prompts at least this long fail with ``ContextLengthExceeded``.
         delay_s: seconds each request takes (to test concurrency and cancellation).
         prefix_cache: track cached prefixes (usage then reports ``cached_prompt_tokens``).
+        tokenizer: a HuggingFace tokenizer to count with (prompts after its chat template, replies without
+            special tokens) instead of UTF-8 bytes.
     """
 
     capabilities = Capabilities(batching=True, prefix_cache=True, grammar=False, logprobs=False, token_ids=True)
 
     def __init__(self, script: Script | None = None, *, context_window: int = 1 << 20, delay_s: float = 0.0,
-                 prefix_cache: bool = True) -> None:
+                 prefix_cache: bool = True, tokenizer: Any = None) -> None:
         super().__init__()
+        self.tokenizer = tokenizer
+        self._counter = TokenCounter(tokenizer) if tokenizer is not None else None
         self.spec = "scripted"
         self._fn = script if callable(script) else None
         self._replies = iter(script) if script is not None and not callable(script) else None
@@ -62,6 +70,8 @@ class ScriptedEngine(Engine):
         return self._window
 
     def prompt_token_ids(self, prompt: PromptInput) -> list[int]:
+        if self._counter is not None:
+            return self._counter.encode(prompt)  # type: ignore[arg-type]
         if isinstance(prompt, str):
             return list(prompt.encode("utf-8"))
         messages = chat_messages(prompt)
@@ -97,10 +107,16 @@ class ScriptedEngine(Engine):
         for s in req.params.stop:
             if s in text:
                 text = text[: text.index(s)]
-        gen = list(text.encode("utf-8"))
-        if len(gen) > req.params.max_tokens:
-            gen = gen[: req.params.max_tokens]
-            text, finish = bytes(gen).decode("utf-8", errors="ignore"), "length"
+        if self.tokenizer is not None:
+            gen = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(gen) > req.params.max_tokens:
+                gen = gen[: req.params.max_tokens]
+                text, finish = self.tokenizer.decode(gen), "length"
+        else:
+            gen = list(text.encode("utf-8"))
+            if len(gen) > req.params.max_tokens:
+                gen = gen[: req.params.max_tokens]
+                text, finish = bytes(gen).decode("utf-8", errors="ignore"), "length"
         cached = 0
         if self.cache is not None:
             match = self.cache.match(ids)

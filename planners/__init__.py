@@ -15,6 +15,7 @@ from typing import Any
 from . import ast
 from .baselines import PlanExecute, React, RewooNL
 from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
+from .exemplars import ORVEL, Exemplar
 from .grammar import PLAN_GRAMMAR, for_tools
 from .parser import PlanParseError, close_plan, parse_plan
 from .printer import print_expr, print_plan, print_rewoo
@@ -36,6 +37,8 @@ def make_strategy(name: str, model: Any, tools: Any, **options: Any) -> Strategy
 
 
 __all__ = [
+    "Exemplar",
+    "ORVEL",
     "ast",
     "PLAN_GRAMMAR",
     "for_tools",

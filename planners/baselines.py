@@ -20,7 +20,7 @@ written in each strategy's own format. Tools with several arguments take their t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -28,6 +28,7 @@ from pydantic import Field
 from tokenomy.kernels import Engine, Worker
 
 from .executor import StepError
+from .exemplars import ORVEL, Exemplar
 from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
 
 __all__ = ["RewooNL", "React", "PlanExecute", "show_value"]
@@ -63,8 +64,9 @@ class _TextToolStrategy(Strategy):
 
     def __init__(self, model: Engine | Worker, tools: Iterable[Any] | Mapping[str, Any], *,
                  tool_timeout_s: float = 30.0, max_output_chars: int = 4000,
-                 on_event: EventSink | None = None) -> None:
+                 exemplars: Sequence[Exemplar] = (ORVEL,), on_event: EventSink | None = None) -> None:
         super().__init__(model, tools, on_event=on_event)
+        self.exemplars = tuple(exemplars)
         self.tool_timeout_s = tool_timeout_s
         self.max_output_chars = max_output_chars
 
@@ -101,14 +103,6 @@ NL_PLANNER_RULES = """Make a plan that solves the task step by step with the too
 "Plan: <what to do>" followed by a line "#E<n> = <tool>[<input>]" that gets its evidence. A later input may use
 #E<n> to mean the evidence of step n. Use the names from the question, spelled as in the question. Write only the
 plan."""
-
-NL_EXEMPLARS = [
-    ("How many years after Orvel Corp was founded did its founder die?",
-     "Plan: Find the year Orvel Corp was founded.\n#E1 = lookup[Orvel Corp, founded]\n"
-     "Plan: Find who founded Orvel Corp.\n#E2 = lookup[Orvel Corp, founder]\n"
-     "Plan: Find the year the founder died.\n#E3 = lookup[#E2, died]\n"
-     "Plan: Subtract the founding year from the year of death.\n#E4 = calc[#E3 - #E1]"),
-]
 
 NL_SOLVER_RULES = ("Solve the task with the plan and the evidence each step gathered. Reply with the answer only, "
                    "as short as possible.")
@@ -161,8 +155,8 @@ class RewooNL(_TextToolStrategy):
 
     def planner_messages(self, question: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}]
-        for q, plan in NL_EXEMPLARS:
-            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": plan}]
+        for ex in self.exemplars:
+            msgs += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.nl_plan}]
         return msgs + [{"role": "user", "content": question}]
 
     def node_plan(self, s: RewooNLState) -> dict[str, Any]:
@@ -236,23 +230,6 @@ Thought: I know the answer
 Final Answer: the answer, as short as possible
 Use the names from the question, spelled as in the question."""
 
-REACT_EXEMPLARS = """Question: How many years after Orvel Corp was founded did its founder die?
-Thought: I need the year Orvel Corp was founded.
-Action: lookup[Orvel Corp, founded]
-Observation: Orvel Corp was founded in 1921.
-Thought: Now who founded it.
-Action: lookup[Orvel Corp, founder]
-Observation: Orvel Corp was founded by Ada Brel.
-Thought: Now the year Ada Brel died.
-Action: lookup[Ada Brel, died]
-Observation: Ada Brel died in 1969.
-Thought: 1969 - 1921.
-Action: calc[1969 - 1921]
-Observation: 48
-Thought: I know the answer
-Final Answer: 48"""
-
-
 class ReactState(RunState):
     scratchpad: str = ""
     action: dict[str, str] = Field(default_factory=dict)
@@ -275,7 +252,8 @@ class React(_TextToolStrategy):
         super().__init__(model, tools, **kwargs)
         self.max_turns = max_turns
         self.turn_tokens = turn_tokens
-        self.system = f"{REACT_RULES}\nTools:\n{_tool_lines(self.tools)}\n\nExamples:\n{REACT_EXEMPLARS}"
+        examples = "\n\n".join(ex.react for ex in self.exemplars)
+        self.system = f"{REACT_RULES}\nTools:\n{_tool_lines(self.tools)}\n\nExamples:\n{examples}"
 
     def node_think(self, s: ReactState) -> dict[str, Any]:
         last = s.turns >= self.max_turns
@@ -330,17 +308,11 @@ order, give the answer. Number the steps "1.", "2.", ... Do not add steps that a
 the question, spelled as in the question. Tools that the steps can use:
 {tools}"""
 
-PE_EXEMPLARS = [
-    ("How many years after Orvel Corp was founded did its founder die?",
-     "1. Look up the year Orvel Corp was founded.\n2. Look up who founded Orvel Corp.\n"
-     "3. Look up the year the founder died.\n4. Subtract the founding year from the year of death."),
-]
-
 PE_EXECUTOR_RULES = """You carry out one task with one tool call. Reply with one line:
 Action: <tool>[<input>]
 Tools:
 {tools}
-Example: for the task "Look up the year Orvel Corp was founded." reply "Action: lookup[Orvel Corp, founded]"."""
+Example: for the task "{task}" reply "Action: {action}"."""
 
 PE_REPLANNER_RULES = """You update a plan. Given the question, the plan and the steps done so far with their
 results: if the results answer the question, reply "Final Answer: <the answer, as short as possible>";
@@ -374,7 +346,8 @@ class PlanExecute(_TextToolStrategy):
         self.answer_tokens = answer_tokens
         lines = _tool_lines(self.tools)
         self.planner_system = PE_PLANNER_RULES.format(tools=lines)
-        self.executor_system = PE_EXECUTOR_RULES.format(tools=lines)
+        first = self.exemplars[0] if self.exemplars else ORVEL
+        self.executor_system = PE_EXECUTOR_RULES.format(tools=lines, task=first.steps[0], action=first.action)
 
     def _past(self, s: PlanExecuteState) -> str:
         return "\n".join(f"{i}. {p['task']}\n   result: {show_value(from_state(p['result']), self.max_output_chars)}"
@@ -382,8 +355,8 @@ class PlanExecute(_TextToolStrategy):
 
     def node_plan(self, s: PlanExecuteState) -> dict[str, Any]:
         msgs = [{"role": "system", "content": self.planner_system}]
-        for q, plan in PE_EXEMPLARS:
-            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": plan}]
+        for ex in self.exemplars:
+            msgs += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.numbered()}]
         msgs.append({"role": "user", "content": s.question})
         c, usage = self.ask("planner", msgs, self.plan_tokens)
         text = c.text.strip()

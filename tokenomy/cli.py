@@ -6,6 +6,8 @@
     tokenomy chat "question" [--model S]  one answer from a model, with its token usage
     tokenomy bench prefix [--quick] [--json PATH]
     tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
+    tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live]
+                                          tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from tokenomy.errors import TokenomyError
 
@@ -87,7 +90,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import uuid
-    from pathlib import Path
 
     from tokenomy.errors import UserError
     from tokenomy.kernels import UsageLedger
@@ -153,10 +155,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
+def _bench_planning(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import planning
+
+    hops = (1, 2, 4) if args.quick else (1, 2, 3, 4, 5, 6)
+    live_hops = () if args.no_live else ((1, 2) if args.quick else (1, 2, 3, 4))
+    records = planning.run_planning_bench(
+        hops=hops, tasks_per_hop=args.tasks or (3 if args.quick else 5), seed=args.seed,
+        k_exemplars=args.exemplars, live_hops=live_hops, live_tasks=1 if args.quick else 2,
+        spec=None if args.model == "embedded" else args.model,
+        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
+    print(planning.format_report(records))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"records": [r.to_json() for r in records], "growth": planning.growth(records),
+                       "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in planning.goals(records)]},
+                      f, indent=2)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        print(f"wrote {planning.plot_records(records, args.plot)}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name not in ("prefix", "plans"):
-        print(f"unknown benchmark {args.name!r}; available: prefix, plans", file=sys.stderr)
+    if args.name not in ("prefix", "plans", "planning"):
+        print(f"unknown benchmark {args.name!r}; available: prefix, plans, planning", file=sys.stderr)
         return 2
+    if args.name == "planning":
+        return _bench_planning(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -211,13 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans)")
-    bench.add_argument("name", help="which benchmark: prefix (KV reuse) or plans (the valid-plan rate)")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning)")
+    bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate) or planning "
+                                    "(tokens per strategy on multi-hop tasks)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--json", default=None, help="write the records to this file")
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
     bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
     bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
+    bench.add_argument("--plot", default=None, help="planning: save a PNG of tokens against hops here")
+    bench.add_argument("--no-live", action="store_true", help="planning: oracle replay only, no model runs")
+    bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle)")
+    bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
+    bench.add_argument("--seed", type=int, default=0, help="planning: the world's seed")
     bench.set_defaults(fn=cmd_bench)
     return p
 

