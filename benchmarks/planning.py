@@ -30,6 +30,7 @@ from typing import Any
 
 from tokenomy.kernels.scripted import ScriptedEngine
 from tokenomy.kernels.types import Request
+from tokenomy.planners.grammar import result_index
 
 from .world import Task, World, answer_matches
 
@@ -53,8 +54,9 @@ def _known_names(text: str) -> set[str]:
     return {ln.split(" = ", 1)[0].strip() for ln in m.group(1).splitlines() if " = " in ln} if m else set()
 
 
-def oracle_reply(strategy: str, task: Task, req: Request) -> str:
-    """The gold reply to one request of ``strategy`` on ``task``, in that strategy's format."""
+def oracle_reply(strategy: str, task: Task, req: Request, memory: dict[str, dict[int, str]] | None = None) -> str:
+    """The gold reply to one request of ``strategy`` on ``task``, in that strategy's format. ``memory`` keeps,
+    per task, the result names of the codified plan last written, so that a re-plan goes on from them."""
     text = _content(req)
     agent = req.agent
     if agent == "solver":
@@ -62,7 +64,16 @@ def oracle_reply(strategy: str, task: Task, req: Request) -> str:
     if strategy.startswith("rewoo-nl"):
         return task.nl_plan
     if strategy.startswith("rewoo"):
-        return task.program_of(_known_names(text))
+        memory = {} if memory is None else memory
+        before = memory.get(task.id)
+        if before is None or "These results are known" not in text:
+            plan, names = task.numbered()
+        else:  # a re-plan: the known results keep their names, the missing steps get new ones
+            known = _known_names(text)
+            first = max(result_index(n) for n in before.values()) + 1
+            plan, names = task.numbered({i: n for i, n in before.items() if n in known}, first)
+        memory[task.id] = names
+        return plan
     if strategy == "react":
         if text.rstrip().endswith("Final Answer:"):
             return task.answer
@@ -99,6 +110,7 @@ class OracleEngine(ScriptedEngine):
         self.tasks = list(tasks)
         self.replies: list[tuple[Request, str]] = []
         self.strategy = strategy
+        self.memory: dict[str, dict[int, str]] = {}
         super().__init__(self._reply, tokenizer=tokenizer)
         self.spec = f"oracle:{strategy}"
 
@@ -111,7 +123,7 @@ class OracleEngine(ScriptedEngine):
         raise LookupError("the oracle found no known task in the prompt")
 
     def _reply(self, req: Request) -> str:
-        reply = oracle_reply(self.strategy, self._task_of(req), req)
+        reply = oracle_reply(self.strategy, self._task_of(req), req, self.memory)
         self.replies.append((req, reply))
         return reply
 
@@ -496,12 +508,13 @@ def plot_records(records: Sequence[PlanningRecord], path: str | Path) -> Path:
     d.text((w // 2 - 40, h - 25), "hops per task", fill="black")
     d.text((left, 12), "total tokens per task (oracle replay, embedded tokenizer)", fill="black")
     colours = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
-    drawn: list[list[tuple[int, float]]] = []
+    drawn: dict[str, list[tuple[int, float]]] = {}
     for i, (name, pts) in enumerate(series.items()):
         pts.sort()
         c = colours[i % len(colours)]
-        label = name + (" (on the line above)" if pts in drawn else "")  # e.g. rewoo-parallel: same tokens
-        drawn.append(pts)
+        same = next((other for other, p in drawn.items() if p == pts), None)  # rewoo-parallel: rewoo's tokens
+        label = f"{name} (= {same})" if same else name
+        drawn[name] = pts
         d.line([xy(x, y) for x, y in pts], fill=c, width=3)
         for x, y in pts:
             px, py = xy(x, y)

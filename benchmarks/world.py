@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,14 +112,24 @@ class Task:
 
     @property
     def program(self) -> str:
-        """The gold program as a codified plan."""
-        return self.program_of(set())
+        """The gold program as a codified plan (results numbered ``e1``, ``e2`` ..., arguments by position, as
+        the ``rewoo`` planner writes plans)."""
+        return self.numbered()[0]
 
-    def program_of(self, known: set[str]) -> str:
-        """The part of the program still missing when the ``known`` results exist (what a re-plan writes)."""
-        rest = [s for s in self.steps if s.name not in known]
-        lines = [f"{s.name} = {s.tool}({', '.join(f'{k}={v}' for k, v in s.args)})" for s in rest]
-        return "\n".join([*lines, f"answer({self.answer_name})"])
+    def numbered(self, known: Mapping[int, str] | None = None, first: int = 1) -> tuple[str, dict[int, str]]:
+        """The program, or with ``known`` (step index -> the name its result has) only the steps still missing,
+        as a re-plan writes them: new results named from ``e<first>`` on. Returns the text and every step's
+        result name."""
+        known = dict(known or {})
+        names = dict(known)
+        for i in range(len(self.steps)):
+            if i not in names:
+                names[i] = f"e{first}"
+                first += 1
+        by_gold = {s.name: names[i] for i, s in enumerate(self.steps)}
+        lines = [f"{names[i]} = {s.tool}({', '.join(_renamed(v, by_gold) for _, v in s.args)})"
+                 for i, s in enumerate(self.steps) if i not in known]
+        return "\n".join([*lines, f"answer({by_gold[self.answer_name]})"]), names
 
     def _eid(self) -> dict[str, str]:
         return {s.name: f"#E{i}" for i, s in enumerate(self.steps, 1)}
@@ -173,6 +184,16 @@ class Task:
         return Exemplar(question=self.question, program=self.program, nl_plan=self.nl_plan, react="\n".join(react),
                         steps=tuple(self.description(s) for s in self.steps),
                         action=f"{first.tool}[{self.text_input(first)}]")
+
+
+_QUOTED = re.compile(r'("(?:[^"\\]|\\.)*")')
+
+
+def _renamed(expr: str, names: Mapping[str, str]) -> str:
+    """A plan-language expression with its names replaced by ``names`` (quoted strings left alone)."""
+    parts = _QUOTED.split(expr)
+    return "".join(p if i % 2 else re.sub(r"[A-Za-z_]\w*", lambda m: names.get(m.group(0), m.group(0)), p)
+                   for i, p in enumerate(parts))
 
 
 def _noun(attribute: str) -> str:

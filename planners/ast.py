@@ -6,6 +6,7 @@ Results are substituted on this tree, never in text: a reference is a ``Ref`` no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,12 +78,36 @@ class TypeRef(Node):
 
 
 class Call(Node):
+    """A tool call. ``args`` in the order written; a positional argument has the name ``""``."""
+
     kind: Literal["call"] = "call"
     tool: str
     args: list[tuple[str, Expr]] = []
 
     def arg_dict(self) -> dict[str, Any]:
         return dict(self.args)
+
+    def bind(self, parameters: Sequence[str]) -> list[tuple[str, Expr]]:
+        """The arguments by name: positional ones bind, in order, to the ``parameters`` (the tool's, in its
+        signature's order) that no keyword names, which for a call Python accepts is Python's rule.
+
+        Raises:
+            ValueError: more positional arguments than free parameters, or a parameter given twice.
+        """
+        named = [k for k, _ in self.args if k]
+        dup = sorted({k for k in named if named.count(k) > 1})
+        if dup:
+            raise ValueError(f"{self.tool}() gets {dup[0]!r} twice")
+        free = iter([p for p in parameters if p not in named])
+        out = []
+        for k, v in self.args:
+            if not k:
+                k = next(free, "")
+                if not k:
+                    raise ValueError(f"{self.tool}() takes {len(parameters)} argument(s): "
+                                     f"{', '.join(parameters) or 'none'}; it got more")
+            out.append((k, v))
+        return out
 
 
 class Assign(Node):

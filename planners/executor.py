@@ -238,13 +238,15 @@ class _Run:
             return StepError(name, str(exc), "eval")
 
     async def call(self, name: str, c: A.Call, env: dict[str, Any]) -> Any:
+        tool = self.ex.tools.get(c.tool)
         try:
-            args = {k: _eval(v, env) for k, v in c.args}
-        except _EvalError as exc:
+            fields = getattr(getattr(tool, "args_model", None), "model_fields", None)
+            bound = c.bind(list(fields)) if fields is not None else c.args
+            args = {k: _eval(v, env) for k, v in bound}
+        except (ValueError, _EvalError) as exc:  # arguments that do not bind or do not evaluate
             return StepError(name, f"bad argument: {exc}", "eval")
         record = StepRecord(name=name, tool=c.tool, args=args)
         self.result.steps.append(record)
-        tool = self.ex.tools.get(c.tool)
         if tool is None:
             record.value = StepError(name, f"unknown tool {c.tool!r}")
             return record.value

@@ -161,8 +161,9 @@ class _ToAst:
         return A.TypeRef(name=str(name), args=[self.type(a) for a in args if a is not None], **_pos(t.meta))
 
     def call(self, t: Any) -> A.Call:
-        name, *kwargs = t.children
-        args = [(str(k.children[0]), self.expr(k.children[1])) for k in kwargs if k is not None]
+        name, *given = t.children
+        args = [(str(k.children[0]), self.expr(k.children[1])) if getattr(k, "data", None) == "kwarg"
+                else ("", self.expr(k)) for k in given if k is not None]
         return A.Call(tool=str(name), args=args, **_pos(t.meta))
 
     def expr(self, t: Any) -> Any:

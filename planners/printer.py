@@ -1,8 +1,9 @@
 """``Plan`` -> text: the canonical plan language, and ReWOO's natural-language format for comparison.
 
-``print_plan(parse_plan(t))`` is the canonical form of ``t``: one space around operators, keyword arguments in
-the order written, minimal parentheses, two-space indentation in blocks, strings as JSON. Parsing the
-canonical text gives the same tree back (tested), so plans can be compared, cached and counted exactly.
+``print_plan(parse_plan(t))`` is the canonical form of ``t``: one space around operators, arguments in the
+order written (by position or keyword, as written), minimal parentheses, two-space indentation in blocks,
+strings as JSON. Parsing the canonical text gives the same tree back (tested), so plans can be compared, cached
+and counted exactly.
 
 ``print_rewoo`` writes the same plan the way ReWOO's planner does (``Plan: ...`` then ``#E1 = Tool[input]``),
 so the two formats can be compared token for token.
@@ -75,7 +76,7 @@ def _expr(e: Any, rn: dict[str, str]) -> str:
 
 
 def _call(c: A.Call) -> str:
-    return f"{c.tool}(" + ", ".join(f"{k}={print_expr(v)}" for k, v in c.args) + ")"
+    return f"{c.tool}(" + ", ".join(f"{k}={print_expr(v)}" if k else print_expr(v) for k, v in c.args) + ")"
 
 
 def _type(t: A.TypeRef) -> str:

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 from tokenomy.errors import PlanError
 
 from . import ast as A
+from .grammar import TYPE_NAMES
 
 __all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs", "rename_reassigned",
-           "merge_repeated_calls"]
+           "number_results", "merge_repeated_calls"]
 
 
 class ToolSpec(Protocol):
@@ -75,6 +76,10 @@ def free_refs(e: Any) -> set[str]:
 
 _SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                          "list": (list,), "dict": (dict,)}
+
+
+def _type_names(t: A.TypeRef) -> list[str]:
+    return [t.name, *(n for a in t.args for n in _type_names(a))]
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -143,10 +148,13 @@ class _Checker:
             self.issue(c, f"unknown tool {c.tool!r}{hint}")
             return
         fields = tool.args_model.model_fields
+        try:
+            args = c.bind(list(fields))
+        except ValueError as exc:
+            self.issue(c, str(exc))
+            return
         seen: set[str] = set()
-        for name, value in c.args:
-            if name in seen:
-                self.issue(c, f"{c.tool}() gets {name!r} twice")
+        for name, value in args:
             seen.add(name)
             if name not in fields:
                 self.issue(c, f"{c.tool}() has no argument {name!r}; it takes {', '.join(fields) or 'none'}")
@@ -186,6 +194,9 @@ class _Checker:
                     self.issue(s, f"{s.target!r} is {what}; give this result a new name")
                 if s.type is not None:
                     self.types[s.target] = s.type.name
+                    for name in _type_names(s.type):
+                        if name not in TYPE_NAMES:
+                            self.issue(s, f"unknown type {name!r}; types: {', '.join(TYPE_NAMES)}")
                     is_lit, lit = _literal_value(s.value)
                     py = _SCALARS.get(s.type.name)
                     if is_lit and py and not (isinstance(lit, py) and not (isinstance(lit, bool) and bool not in py)):
@@ -283,6 +294,22 @@ def rename_reassigned(plan: A.Plan, taken: Iterable[str] = ()) -> tuple[A.Plan, 
             assigned.add(target)
         body.append(stmt)
     return (plan.model_copy(update={"body": body}) if renamed else plan), renamed
+
+
+def number_results(plan: A.Plan, start: int = 1) -> tuple[A.Plan, dict[str, str]]:
+    """The plan with its top-level results named ``e<start>``, ``e<start+1>`` ... in order, and references
+    renamed to match (the form the numbered decoding grammar writes). Returns the plan and the new names
+    (``{"e1": "founder"}``)."""
+    names: dict[str, str] = {}
+    body = []
+    for stmt in plan.body:
+        stmt = _with_refs(stmt, names)
+        if isinstance(stmt, A.Assign):
+            new = f"e{start + len(names)}"
+            names[stmt.target] = new
+            stmt = stmt.model_copy(update={"target": new})
+        body.append(stmt)
+    return plan.model_copy(update={"body": body}), {v: k for k, v in names.items()}
 
 
 def _with_refs(node: Any, names: Mapping[str, str]) -> Any:

@@ -152,3 +152,18 @@ def test_known_results_are_read_not_recomputed():
     result = PlanExecutor(tools).run(plan, known={"c": "Telmar"})
     assert result.answer == "1,204,000" and result.values["c"] == "Telmar"
     assert tools["lookup"].calls == [{"entity": "Telmar", "attribute": "population"}]
+
+
+def test_positional_arguments_bind_to_the_tools_parameters():
+    from tokenomy.tools import tool
+
+    @tool
+    def lookup(entity: str, attribute: str) -> str:
+        """Look up an attribute."""
+        return f"{attribute} of {entity}"
+
+    plan = parse_plan('a = lookup("Telmar", "mayor")\nb = lookup(a, attribute="born")\nanswer(b)')
+    result = PlanExecutor([lookup]).run(plan)
+    assert result.answer == "born of mayor of Telmar"
+    bad = PlanExecutor([lookup]).run(parse_plan('a = lookup("x", "y", "z")\nanswer(a)'))
+    assert isinstance(bad.values["a"], StepError) and "got more" in bad.values["a"].message

@@ -219,3 +219,123 @@ def test_repeated_calls_are_merged_unless_the_tool_has_side_effects():
     assert print_plan(merged) == 'a = f(q="x")\nb = g(v=a)\nd = f(q="y")\nanswer([a, b, b, d])'
     kept, alias = merge_repeated_calls(plan, lambda tool: tool != "g")
     assert alias == {"a_2": "a"} and "c = g(v=a)" in print_plan(kept)
+
+
+def test_positional_arguments_bind_in_the_tools_order_and_print_as_written():
+    plan = parse_plan('a = lookup("Zarvon Motors", "headquarters")\nb = lookup(a, attribute="population")\n'
+                      'c = lookup(attribute="mayor", a)\nanswer([b, c])')
+    assert print_plan(plan).splitlines()[:3] == ['a = lookup("Zarvon Motors", "headquarters")',
+                                                  'b = lookup(a, attribute="population")',
+                                                  'c = lookup(attribute="mayor", a)']
+    names = [[k for k, _ in s.value.bind(["entity", "attribute"])] for s in plan.body[:3]]
+    assert names == [["entity", "attribute"], ["entity", "attribute"], ["attribute", "entity"]]
+    assert validate_plan(plan, TOOLS) == []
+    too_many = parse_plan('a = lookup("x", "y", "z")\nanswer(a)')
+    twice = parse_plan('a = lookup("x", entity="y")\nanswer(a)')
+    missing = parse_plan('a = lookup("x")\nanswer(a)')
+    assert "got more" in validate_plan(too_many, TOOLS)[0].message
+    assert "twice" in " ".join(i.message for i in validate_plan(parse_plan(
+        'a = lookup(entity="x", entity="y")\nanswer(a)'), TOOLS))
+    # not Python's rule here (Python rejects it): the positional one takes the parameter no keyword names
+    assert [k for k, _ in twice.body[0].value.bind(["entity", "attribute"])] == ["attribute", "entity"]
+    assert "missing its required argument 'attribute'" in validate_plan(missing, TOOLS)[0].message
+    assert "wants" in validate_plan(parse_plan('a = search("x", "three")\nanswer(a)'), TOOLS)[0].message
+
+
+def test_positional_arguments_are_shorter_than_keywords_by_tokens():
+    from tokenomy.kernels.tokens import count_text
+
+    kw = 'a = lookup(entity="Zarvon Motors", attribute="headquarters")\nanswer(a)'
+    pos = 'a = lookup("Zarvon Motors", "headquarters")\nanswer(a)'
+    assert count_text(pos) < count_text(kw)
+
+
+def test_decoding_grammar_allows_labels_only_where_position_binds_the_same():
+    import lark
+
+    g = for_tools({"search": {"query": True, "k": False}, "lookup": ["entity", "attribute"],
+                   "opt": {"a": False, "b": True}}, dialect="lark")
+    parser = lark.Lark(g, parser="lalr")
+    parser.parse('a = lookup("X", "y")\nb = lookup(entity=a, "z")\nc = search("q", k=2)\nd: int = opt(b=1)\n'
+                 'answer(d)\n')
+    for bad in ('d = opt(1)\nanswer(d)\n',  # b follows an optional argument: by name only
+                'c = search("q", 2)\nanswer(c)\n',  # optional arguments by name only
+                'x: The = 1\nanswer(x)\n'):  # type names are the known ones
+        with pytest.raises(lark.exceptions.UnexpectedInput):
+            parser.parse(bad)
+    for ok in ('a = lookup("X", "y")\nanswer(a)\n', 'x: list[int] = [1]\nanswer(x)\n'):
+        parse_plan(ok)
+        parser.parse(ok)
+
+
+def test_unknown_type_names_are_validation_errors():
+    issues = validate_plan(parse_plan('x: lookupError[city] = 1\nanswer(x)'), TOOLS)
+    assert any("unknown type 'lookupError'" in i.message for i in issues)
+    assert any("unknown type 'city'" in i.message for i in issues)
+    assert validate_plan(parse_plan('x: dict[str, int] = search("q")\nanswer(x)'), TOOLS) == []
+
+
+def test_numbered_grammar_reads_only_results_assigned_before():
+    import lark
+
+    from tokenomy.planners.grammar import numbered_for_tools
+
+    spec = {"search": {"query": True, "k": False}, "lookup": ["entity", "attribute"], "calc": ["expression"]}
+    parser = lark.Lark(numbered_for_tools(spec, max_statements=4, dialect="lark"), parser="earley")
+    good = ['e1 = lookup("X", "y")\ne2 = lookup(e1, attribute="z")\ne3 = calc(e1 + " + " + e2)\nanswer(e3)\n',
+            "answer(1)", 'e1 = search("q", k=2)\ne2 = e1[0].name\nanswer(-e2 * 3 > 2 and e1 or [e1, (e2)])\n']
+    for text in good:
+        parser.parse(text)
+        assert validate_plan(parse_plan(text), TOOLS) == []  # accepted -> parses and validates
+    bad = ['e1 = lookup(e2, "y")\nanswer(e1)',  # read before assigned
+           'e2 = lookup("X", "y")\nanswer(e2)',  # out of order
+           'e1 = lookup(X, "y")\nanswer(e1)',  # an unquoted entity is an undefined name
+           "e1 = 1\nanswer(e5)",
+           "e1 = 1\ne2 = 1\ne3 = 1\ne4 = 1\ne5 = 1\nanswer(e5)",  # more than max_statements
+           'founder = lookup("X", "y")\nanswer(founder)',
+           'e1  = lookup("X", "y")\nanswer(e1)', 'e1 = lookup("X",\t"y")\nanswer(e1)',  # one space, no tabs
+           'e1 = lookup("X", "y")\n\n\nanswer(e1)']
+    bounded = numbered_for_tools(spec, max_statements=4)  # the decoding dialect bounds what can repeat
+    assert "%ignore" not in bounded and "{0,4}" in bounded and "{0,7}" in bounded
+    for text in bad:
+        with pytest.raises(lark.exceptions.UnexpectedInput):
+            parser.parse(text)
+    # a re-plan reads the known results and numbers on after every name taken so far
+    replan = lark.Lark(numbered_for_tools(spec, known=["e1", "e3"], taken=["e1", "e2", "e3"], dialect="lark"),
+                       parser="earley")
+    replan.parse('e4 = lookup(e3, "q")\nanswer([e4, e1])')
+    for text in ('e2 = lookup(e3, "q")\nanswer(e2)', 'e4 = lookup(e2, "q")\nanswer(e4)'):
+        with pytest.raises(lark.exceptions.UnexpectedInput):
+            replan.parse(text)
+
+
+def test_number_results_renames_in_order():
+    from tokenomy.planners.validate import number_results
+
+    plan, names = number_results(parse_plan('hq = lookup("Z", "headquarters")\npop = lookup(hq, "population")\n'
+                                            "answer(pop)"))
+    assert print_plan(plan) == 'e1 = lookup("Z", "headquarters")\ne2 = lookup(e1, "population")\nanswer(e2)'
+    assert names == {"e1": "hq", "e2": "pop"}
+
+
+@pytest.mark.embedded
+def test_embedded_model_plans_under_the_numbered_grammar_always_validate(embedded_engine):
+    from tokenomy.kernels import Grammar
+    from tokenomy.planners.grammar import numbered_for_tools
+
+    grammar = Grammar.lark(numbered_for_tools({"search": ["query"], "lookup": ["entity", "attribute"],
+                                               "calc": ["expression"]}, max_statements=6))
+    system = ("You write plans. e1 = tool(...) keeps a result as e1, the next as e2; answer(...) ends the plan.\n"
+              "Tools:\nsearch(query: str) -> str\nlookup(entity: str, attribute: str) -> str\n"
+              "calc(expression: str) -> float")
+    shot = ("How many years passed between the founding of Orvel Corp and 2020?",
+            'e1 = lookup("Orvel Corp", "founded")\ne2 = calc("2020 - " + e1)\nanswer(e2)')
+    questions = ["What is the population of the city where Zarvon Motors is headquartered?",
+                 "How long is the Telvar river?", "Who is the CEO of Brisk Labs and when was it founded?",
+                 "What is the sum of the lengths of the rivers Orrin and Telvar?"]
+    for q in questions:
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": shot[0]},
+                {"role": "assistant", "content": shot[1]}, {"role": "user", "content": q}]
+        c = embedded_engine.chat(msgs, max_tokens=120, grammar=grammar)
+        plan = parse_plan(c.text if c.finish_reason == "stop" else close_plan(c.text))
+        assert validate_plan(plan, TOOLS) == [], c.text

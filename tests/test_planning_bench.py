@@ -245,3 +245,13 @@ def test_cli_bench_planning_quick_oracle(tmp_path):
     main = {(r["strategy"], r["hops"]): r for r in records if not r["sweep"]}
     assert main[("rewoo", 4)]["total_tokens"] * 4 < main[("react", 4)]["total_tokens"]
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_gold_program_is_numbered_and_a_replan_goes_on_from_the_known_names():
+    task = World(0).task(2, 2)
+    assert task.program.splitlines()[0].startswith('e1 = lookup("')
+    rest, names = task.numbered({0: "e1", 2: "e3"}, first=6)
+    lines = rest.splitlines()
+    assert lines[0].startswith("e6 = lookup(e1, ") and lines[1].startswith("e7 = lookup(e3, ")
+    assert lines[2] == 'e8 = calc(e6 + " + " + e7)' and lines[3] == "answer(e8)"
+    assert names == {0: "e1", 1: "e6", 2: "e3", 3: "e7", 4: "e8"}
