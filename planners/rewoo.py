@@ -135,7 +135,7 @@ class Rewoo(Strategy):
         return self._grammars[key]
 
     def _state_grammar(self, s: RewooState) -> Grammar | None:
-        if not s.extra:
+        if not s.extra or self.grammar is None:  # a first plan, or constrained decoding switched off
             return self.grammar
         return self.grammar_for(list(self._known(s)), list(s.values))
 

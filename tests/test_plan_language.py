@@ -339,3 +339,21 @@ def test_embedded_model_plans_under_the_numbered_grammar_always_validate(embedde
         c = embedded_engine.chat(msgs, max_tokens=120, grammar=grammar)
         plan = parse_plan(c.text if c.finish_reason == "stop" else close_plan(c.text))
         assert validate_plan(plan, TOOLS) == [], c.text
+
+
+def test_random_weights_under_the_numbered_grammar_write_plans_that_validate(tiny_engine_factory, tiny_tokenizer):
+    """No skill at all, and still every complete plan parses and reads only names it assigned before."""
+    from tokenomy.kernels import Grammar, SamplingParams
+    from tokenomy.planners.grammar import numbered_for_tools
+
+    grammar = Grammar.lark(numbered_for_tools({"lookup": ["entity", "attribute"], "calc": ["expression"]},
+                                              max_statements=3))
+    done = 0
+    for seed in range(4):
+        engine = tiny_engine_factory(seed=seed)
+        prompt = tiny_tokenizer("plan:", add_special_tokens=False)["input_ids"]
+        c = engine.generate(prompt, SamplingParams(max_tokens=200, temperature=1.0, seed=seed), grammar=grammar)
+        text = c.text if c.finish_reason == "stop" else close_plan(c.text)
+        assert validate_plan(parse_plan(text), TOOLS) == [], c.text
+        done += c.finish_reason == "stop"
+    assert done >= 1
