@@ -133,8 +133,8 @@ class OracleEngine(ScriptedEngine):
 def t_min(task: Task, count: Callable[[str], int]) -> int:
     """|question| + |shortest gold program| + |answer| + |the value the answer is read from|."""
     final = next(s for s in task.steps if s.name == task.answer_name)
-    return (count(task.question) + min(count(task.program), count(task.nl_plan)) + count(task.answer)
-            + count(final.value))
+    shortest = min(count(task.shortest_program), count(task.program), count(task.nl_plan))
+    return count(task.question) + shortest + count(task.answer) + count(final.value)
 
 
 # -- running ----------------------------------------------------------------------------------------------------

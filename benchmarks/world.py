@@ -112,14 +112,20 @@ class Task:
 
     @property
     def program(self) -> str:
-        """The gold program as a codified plan (results numbered ``e1``, ``e2`` ..., arguments by position, as
-        the ``rewoo`` planner writes plans)."""
+        """The gold program as a codified plan (results numbered ``e1``, ``e2`` ..., arguments by keyword, as
+        the ``rewoo`` planner is shown plans)."""
         return self.numbered()[0]
 
-    def numbered(self, known: Mapping[int, str] | None = None, first: int = 1) -> tuple[str, dict[int, str]]:
+    @property
+    def shortest_program(self) -> str:
+        """The gold program in the plan language's shortest form (arguments by position)."""
+        return self.numbered(keywords=False)[0]
+
+    def numbered(self, known: Mapping[int, str] | None = None, first: int = 1, *,
+                 keywords: bool = True) -> tuple[str, dict[int, str]]:
         """The program, or with ``known`` (step index -> the name its result has) only the steps still missing,
-        as a re-plan writes them: new results named from ``e<first>`` on. Returns the text and every step's
-        result name."""
+        as a re-plan writes them: new results named from ``e<first>`` on; arguments by keyword or by position.
+        Returns the text and every step's result name."""
         known = dict(known or {})
         names = dict(known)
         for i in range(len(self.steps)):
@@ -127,7 +133,8 @@ class Task:
                 names[i] = f"e{first}"
                 first += 1
         by_gold = {s.name: names[i] for i, s in enumerate(self.steps)}
-        lines = [f"{names[i]} = {s.tool}({', '.join(_renamed(v, by_gold) for _, v in s.args)})"
+        label = "{}=".format if keywords else (lambda _k: "")
+        lines = [f"{names[i]} = {s.tool}({', '.join(label(k) + _renamed(v, by_gold) for k, v in s.args)})"
                  for i, s in enumerate(self.steps) if i not in known]
         return "\n".join([*lines, f"answer({by_gold[self.answer_name]})"]), names
 

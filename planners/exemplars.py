@@ -42,10 +42,10 @@ class Exemplar:
 # plans (5 of 10 plans named an entity of the question; 9 of 10 with this one and the rule on names).
 ORVEL = Exemplar(
     question="How many years after Orvel Corp was founded did its founder die?",
-    program=('founded = lookup("Orvel Corp", "founded")\n'
-             'founder = lookup("Orvel Corp", "founder")\n'
-             'died = lookup(founder, "died")\n'
-             'years = calc(died + " - " + founded)\nanswer(years)'),
+    program=('founded = lookup(entity="Orvel Corp", attribute="founded")\n'
+             'founder = lookup(entity="Orvel Corp", attribute="founder")\n'
+             'died = lookup(entity=founder, attribute="died")\n'
+             'years = calc(expression=died + " - " + founded)\nanswer(years)'),
     nl_plan=("Plan: Find the year Orvel Corp was founded.\n#E1 = lookup[Orvel Corp, founded]\n"
              "Plan: Find who founded Orvel Corp.\n#E2 = lookup[Orvel Corp, founder]\n"
              "Plan: Find the year the founder died.\n#E3 = lookup[#E2, died]\n"

@@ -92,10 +92,16 @@ _TOP = "start: _NL* (stmt _NL+)* answer_stmt _NL?"
 _BLOCK = 'block: "{" _NL+ (stmt _NL+)* "}"'
 
 
-def for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, bool]], *,
+ToolsSpec = Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, Any]]
+"""Tool name -> argument names (all required), or -> {argument: required} or {argument: (required, kind)} where
+kind is ``"int"``, ``"number"``, ``"bool"`` or ``"any"``: a numeric or boolean argument takes a literal of its
+type or a reference, nothing else (a small model cannot pass ``k="Island"``)."""
+
+
+def for_tools(tools: ToolsSpec, *,
               max_statements: int = 12, dialect: str = "llguidance") -> str:
-    """The decoding grammar: calls limited to ``tools`` (name -> argument names, all required, or name ->
-    {argument: required}; optional arguments may be left out, order follows the signature), and at most
+    """The decoding grammar: calls limited to ``tools`` (a ``ToolsSpec``; optional arguments may be left out,
+    order follows the signature; numeric and boolean arguments take literals of their type), and at most
     ``max_statements`` statements before ``answer(...)`` (and in each block), so a model that starts repeating
     itself is led to the answer instead of to the token limit. ``dialect`` is ``"llguidance"`` (``{m,n}``
     repetition, for decoding) or ``"lark"`` (``~ m..n``, for the lark library). Every plan it accepts parses
@@ -122,28 +128,32 @@ def _check(tools: Mapping[str, Any], max_statements: int, dialect: str, who: str
         raise ValueError(f"{who} needs at least one tool")
 
 
-def _call_alternatives(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, bool]],
-                       expr: str, space: str = "") -> list[str]:
-    """One alternative per tool: its name and its arguments (each an ``expr``) in a fixed order. ``space``:
-    the rule for the spaces allowed around ``=`` and after ``,`` (none, when whitespace is ``%ignore``d)."""
+def _call_alternatives(tools: ToolsSpec, expr: str, space: str = "", ref: str = "ref") -> list[str]:
+    """One alternative per tool: its name and its arguments in a fixed order, each an ``expr`` (or, when typed,
+    a literal of its type or a ``ref``; ``ref=""`` where nothing can be referenced). ``space``: the rule for
+    the spaces allowed around ``=`` and after ``,`` (none, when whitespace is ``%ignore``d)."""
     alternatives = []
     for name in sorted(tools):
         spec = tools[name]
-        args = {a: True for a in spec} if not isinstance(spec, Mapping) else dict(spec)
+        raw = {a: True for a in spec} if not isinstance(spec, Mapping) else dict(spec)
+        args = {a: v if isinstance(v, tuple) else (bool(v), "any") for a, v in raw.items()}
         # The leading required arguments (in the signature's order) may be given by position: their label is
         # optional, and the order is fixed, so a positional argument always binds where its label would.
         leading = set()
-        for arg, required in args.items():
+        for arg, (required, _kind) in args.items():
             if not required:
                 break
             leading.add(arg)
-        args = dict(sorted(args.items(), key=lambda kv: not kv[1]))  # required first (stable)
+        args = dict(sorted(args.items(), key=lambda kv: not kv[1][0]))  # required first (stable)
         parts = []
-        for i, (arg, required) in enumerate(args.items()):
+        for i, (arg, (required, kind)) in enumerate(args.items()):
             sep = f'"," {space} ' if i else ""
             assign = f'"{arg}" {space} "=" {space}'
             label = f"[{assign}]" if arg in leading else assign
-            piece = f"{sep}{label} {expr}"
+            or_ref = f" | {ref}" if ref else ""
+            value = {"int": f'(["-"] NUMBER{or_ref})', "number": f'(["-"] NUMBER{or_ref})',
+                     "bool": f"(TRUE | FALSE{or_ref})"}.get(kind, expr)
+            piece = f"{sep}{label} {value}"
             parts.append(piece if required else f"[{piece}]")
         body = " ".join(parts)
         alternatives.append(f'{json.dumps(name)} "(" {body} ")"')
@@ -159,7 +169,7 @@ def result_index(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def numbered_for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping[str, bool]], *,
+def numbered_for_tools(tools: ToolsSpec, *,
                        max_statements: int = 12, known: Sequence[str] = (), taken: Sequence[str] = (),
                        dialect: str = "llguidance") -> str:
     """The decoding grammar of plans whose results are numbered: statement k assigns ``e<k>``, and every
@@ -190,7 +200,7 @@ def numbered_for_tools(tools: Mapping[str, Sequence[str]] | Mapping[str, Mapping
         refs = " | ".join(json.dumps(n) for n in names)
         if k < last:
             rules.append(f"s{k}: a{k} _NL s{k + 1} | answer{k} _NL?")
-            calls = _call_alternatives(tools, f"expr{k}", "_S?")
+            calls = _call_alternatives(tools, f"expr{k}", "_S?", f"ref{k}" if names else "")
             rules.append(f'a{k}: "e{k}" _S? "=" _S? (call{k} | expr{k})')
             rules.append(f"call{k}: " + "\n    | ".join(calls))
         else:

@@ -357,3 +357,21 @@ def test_random_weights_under_the_numbered_grammar_write_plans_that_validate(tin
         assert validate_plan(parse_plan(text), TOOLS) == [], c.text
         done += c.finish_reason == "stop"
     assert done >= 1
+
+
+def test_typed_arguments_take_literals_of_their_type_or_references():
+    import lark
+
+    from tokenomy.planners.grammar import numbered_for_tools
+
+    spec = {"search": {"query": (True, "any"), "k": (False, "int")}, "flag": {"on": (True, "bool")}}
+    generic = lark.Lark(for_tools(spec, dialect="lark"), parser="lalr")
+    numbered = lark.Lark(numbered_for_tools(spec, dialect="lark"), parser="earley")
+    generic.parse('a = search(query="q", k=2)\nb = search(query=a, k=a)\nc = flag(on=true)\nanswer(c)\n')
+    numbered.parse('e1 = search(query="q", k=-2)\ne2 = search(e1, k=e1)\ne3 = flag(false)\nanswer(e3)\n')
+    for parser, bad in ((generic, 'a = search(query="q", k="Island")\nanswer(a)\n'),
+                        (generic, 'a = flag(on="yes")\nanswer(a)\n'),
+                        (numbered, 'e1 = search(query="q", k="Island")\nanswer(e1)\n'),
+                        (numbered, 'e1 = search(query="q", k=e1)\nanswer(e1)\n')):
+        with pytest.raises(lark.exceptions.UnexpectedInput):
+            parser.parse(bad)

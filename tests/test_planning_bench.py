@@ -249,9 +249,12 @@ def test_cli_bench_planning_quick_oracle(tmp_path):
 
 def test_gold_program_is_numbered_and_a_replan_goes_on_from_the_known_names():
     task = World(0).task(2, 2)
-    assert task.program.splitlines()[0].startswith('e1 = lookup("')
+    assert task.program.splitlines()[0].startswith('e1 = lookup(entity="')
     rest, names = task.numbered({0: "e1", 2: "e3"}, first=6)
     lines = rest.splitlines()
-    assert lines[0].startswith("e6 = lookup(e1, ") and lines[1].startswith("e7 = lookup(e3, ")
-    assert lines[2] == 'e8 = calc(e6 + " + " + e7)' and lines[3] == "answer(e8)"
+    assert lines[0].startswith("e6 = lookup(entity=e1, ") and lines[1].startswith("e7 = lookup(entity=e3, ")
+    assert lines[2] == 'e8 = calc(expression=e6 + " + " + e7)' and lines[3] == "answer(e8)"
     assert names == {0: "e1", 1: "e6", 2: "e3", 3: "e7", 4: "e8"}
+    short = task.shortest_program.splitlines()
+    assert short[1] == f'e2 = lookup(e1, "{task.steps[1].attribute}")'
+    assert len(task.shortest_program) < len(task.program)
