@@ -35,7 +35,7 @@ from tokenomy.planners.grammar import result_index
 from .world import Task, World, answer_matches
 
 __all__ = ["OracleEngine", "PlanningRecord", "run_planning_bench", "oracle_reply", "t_min", "fit_growth",
-           "STRATEGIES", "format_report", "plot_records"]
+           "strategy_for", "STRATEGIES", "format_report", "plot_records"]
 
 STRATEGIES = ("react", "plan-execute", "rewoo-nl", "rewoo", "rewoo-parallel")
 
@@ -181,25 +181,26 @@ class PlanningRecord:
                 "uncached_over_t_min": round(self.uncached_over_t_min, 3)}
 
 
-def make_strategy(name: str, model: Any, tools: list[Any], task: Task, exemplars: Sequence[Any], *,
-                  tokens_per_step: int = 40) -> Any:
-    """The strategy ``name`` with token limits and bounds sized to ``task``'s number of steps (limits cap, they
-    are not spent; ``tokens_per_step`` suits subword tokenizers)."""
-    from tokenomy.planners import PlanExecute, PlanExecutor, React, Rewoo, RewooNL
+def strategy_for(name: str, model: Any, tools: list[Any], task: Task, exemplars: Sequence[Any], *,
+                 tokens_per_step: int = 40, on_event: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """The strategy ``name`` (``rewoo-parallel``: ``rewoo`` with a concurrent executor) with token limits and
+    bounds sized to ``task``'s number of steps (limits cap, they are not spent; ``tokens_per_step`` suits
+    subword tokenizers)."""
+    from tokenomy.planners import PlanExecutor, make_strategy
 
     n = len(task.steps)
     budget = tokens_per_step * (n + 1)
-    if name == "react":
-        return React(model, tools, max_turns=n + 3, turn_tokens=max(96, 2 * tokens_per_step), exemplars=exemplars)
-    if name == "plan-execute":
-        return PlanExecute(model, tools, max_steps=n + 3, plan_tokens=budget, answer_tokens=budget,
-                           exemplars=exemplars)
-    if name == "rewoo-nl":
-        return RewooNL(model, tools, plan_tokens=budget, exemplars=exemplars)
-    if name in ("rewoo", "rewoo-parallel"):
-        executor = PlanExecutor(tools, max_concurrency=8 if name == "rewoo-parallel" else 1)
-        return Rewoo(model, tools, plan_tokens=budget, executor=executor, exemplars=exemplars)
-    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    options: dict[str, dict[str, Any]] = {
+        "react": {"max_turns": n + 3, "turn_tokens": max(96, 2 * tokens_per_step)},
+        "plan-execute": {"max_steps": n + 3, "plan_tokens": budget, "answer_tokens": budget},
+        "rewoo-nl": {"plan_tokens": budget}, "rewoo": {"plan_tokens": budget},
+        "rewoo-parallel": {"plan_tokens": budget}}
+    if name not in options:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if name.startswith("rewoo") and name != "rewoo-nl":
+        options[name]["executor"] = PlanExecutor(tools, max_concurrency=8 if name == "rewoo-parallel" else 1)
+    return make_strategy(name.removesuffix("-parallel"), model, tools, exemplars=exemplars, on_event=on_event,
+                         **options[name])
 
 
 def embedded_tokenizer() -> Any:
@@ -210,66 +211,46 @@ def embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(ensure_converted()))
 
 
-def _count_prompt_o200k(prompt: Any) -> int:
-    from tokenomy.kernels.tokens import count_messages, count_text
-
-    return count_text(prompt) if isinstance(prompt, str) else count_messages(prompt)
-
-
 def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, engine: Any, tokenizer: Any,
               exemplars: Sequence[Any], obs_tokens: int, failure_rate: float, latency_s: float,
               tokens_per_step: int = 40) -> PlanningRecord:
     """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger."""
-    from tokenomy.kernels.tokens import count_text
+    from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
 
     first = tasks[0]
     rec = PlanningRecord(strategy=strategy, hops=first.hops, mode=mode, tasks=len(tasks), branches=first.branches,
                          obs_tokens=obs_tokens, failure_rate=failure_rate)
     correct, valid, judged = 0, 0, 0
-
-    def model_count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    seen: list[tuple[Any, str]] = []
-    real = engine.generate_batch
-
-    def recording(requests: Sequence[Request], **kw: Any) -> Any:
-        out = real(requests, **kw)
-        seen.extend((r, c.text) for r, c in zip(requests, out, strict=True) if not isinstance(c, BaseException))
-        return out
-
-    engine.generate_batch = recording  # every request and reply, to count them with o200k too
-    try:
-        for task in tasks:
-            n_seen = len(seen)
-            tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
-            strat = make_strategy(strategy, engine, tools, task, exemplars, tokens_per_step=tokens_per_step)
-            start = time.perf_counter()
-            try:
-                result = strat.run(task.question)
-            except Exception as exc:  # a strategy crash is a result too: count what is known, keep going
-                rec.errors.append(f"{task.id}: {type(exc).__name__}: {exc}")
-                continue
-            rec.wall_s += time.perf_counter() - start
-            total = result.total
-            rec.prompt_tokens += total.prompt_tokens
-            rec.cached_prompt_tokens += total.cached_prompt_tokens or 0
-            rec.completion_tokens += total.completion_tokens
-            rec.calls += total.calls
-            rec.t_min_tokens += t_min(task, model_count)
-            rec.t_min_o200k_tokens += t_min(task, count_text)
-            new = seen[n_seen:]
-            rec.o200k_prompt_tokens += sum(_count_prompt_o200k(r.prompt) for r, _ in new)
-            rec.o200k_completion_tokens += sum(count_text(text) for _, text in new)
-            plan = next((text for r, text in new if r.agent == "planner"), "")
-            rec.plan_tokens += model_count(plan) if strategy != "react" else 0
-            if mode == "live":
-                correct += answer_matches(result.answer, task.answer)
-            if result.plan_valid is not None:
-                judged += 1
-                valid += bool(result.plan_valid)
-    finally:
-        del engine.generate_batch
+    model_count = TokenCounter(tokenizer).count_completion
+    for task in tasks:
+        events: list[dict[str, Any]] = []  # every model call's prompt and output, to count them with o200k too
+        tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
+        strat = strategy_for(strategy, engine, tools, task, exemplars, tokens_per_step=tokens_per_step,
+                             on_event=events.append)
+        start = time.perf_counter()
+        try:
+            result = strat.run(task.question)
+        except Exception as exc:  # a strategy crash is a result too: count what is known, keep going
+            rec.errors.append(f"{task.id}: {type(exc).__name__}: {exc}")
+            continue
+        rec.wall_s += time.perf_counter() - start
+        total = result.total
+        rec.prompt_tokens += total.prompt_tokens
+        rec.cached_prompt_tokens += total.cached_prompt_tokens or 0
+        rec.completion_tokens += total.completion_tokens
+        rec.calls += total.calls
+        rec.t_min_tokens += t_min(task, model_count)
+        rec.t_min_o200k_tokens += t_min(task, count_text)
+        calls = [e for e in events if e["event"] == "model_call"]
+        rec.o200k_prompt_tokens += sum(count_messages(e["prompt"]) for e in calls)
+        rec.o200k_completion_tokens += sum(count_text(e["output"]) for e in calls)
+        plan = next((e["output"] for e in calls if e["agent"] == "planner"), "")
+        rec.plan_tokens += model_count(plan) if strategy != "react" else 0
+        if mode == "live":
+            correct += answer_matches(result.answer, task.answer)
+        if result.plan_valid is not None:
+            judged += 1
+            valid += bool(result.plan_valid)
     rec.total_tokens = rec.prompt_tokens + rec.completion_tokens
     rec.uncached_tokens = rec.total_tokens - rec.cached_prompt_tokens
     rec.o200k_total_tokens = rec.o200k_prompt_tokens + rec.o200k_completion_tokens
@@ -299,7 +280,7 @@ def run_planning_bench(*, hops: Sequence[int] = (1, 2, 3, 4, 5, 6), tasks_per_ho
     engines: dict[str, OracleEngine] = {}
     for name in strategies:
         engines[name] = OracleEngine(name, [warmup], tokenizer)
-        make_strategy(name, engines[name], world.tools(), warmup, exemplars).run(warmup.question)
+        strategy_for(name, engines[name], world.tools(), warmup, exemplars).run(warmup.question)
 
     def oracle(shapes: Sequence[tuple[int, int, int, float]], sweep: str = "") -> None:
         for h, b, obs, fail in shapes:
@@ -338,24 +319,14 @@ def run_planning_bench(*, hops: Sequence[int] = (1, 2, 3, 4, 5, 6), tasks_per_ho
 
 # -- analysis and output --------------------------------------------------------------------------------------
 
-def _lstsq(xs: Sequence[float], ys: Sequence[float], degree: int) -> tuple[list[float], float]:
-    """Polynomial least squares (coefficients from degree 0 up) and R^2, by the normal equations."""
-    n = degree + 1
-    a = [[sum(x ** (i + j) for x in xs) for j in range(n)] for i in range(n)]
-    b = [sum(y * x ** i for x, y in zip(xs, ys, strict=True)) for i in range(n)]
-    for col in range(n):  # Gaussian elimination with partial pivoting
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        a[col], a[pivot], b[col], b[pivot] = a[pivot], a[col], b[pivot], b[col]
-        for r in range(n):
-            if r != col and a[col][col]:
-                f = a[r][col] / a[col][col]
-                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
-                b[r] -= f * b[col]
-    coef = [b[i] / a[i][i] if a[i][i] else 0.0 for i in range(n)]
-    mean = sum(ys) / len(ys)
-    ss_tot = sum((y - mean) ** 2 for y in ys) or 1.0
-    ss_res = sum((y - sum(c * x ** i for i, c in enumerate(coef))) ** 2 for x, y in zip(xs, ys, strict=True))
-    return coef, 1 - ss_res / ss_tot
+def _fit(xs: Sequence[float], ys: Sequence[float], degree: int) -> tuple[list[float], float]:
+    """Polynomial least squares (coefficients from degree 0 up) and R^2."""
+    import numpy as np
+
+    coef = np.polyfit(xs, ys, degree)
+    ss_res = float(np.sum((np.asarray(ys) - np.polyval(coef, xs)) ** 2))
+    ss_tot = float(np.sum((np.asarray(ys) - np.mean(ys)) ** 2)) or 1.0
+    return [float(c) for c in coef[::-1]], 1 - ss_res / ss_tot
 
 
 def fit_growth(points: Sequence[tuple[int, float]]) -> dict[str, float]:
@@ -366,9 +337,9 @@ def fit_growth(points: Sequence[tuple[int, float]]) -> dict[str, float]:
     ys = [float(t) for _, t in points]
     if len(set(xs)) < 3:
         return {}
-    (_, slope), r2_lin = _lstsq(xs, ys, 1)
-    (c0, c1, quad), r2_quad = _lstsq(xs, ys, 2)
-    (_, k), _ = _lstsq([math.log(x) for x in xs], [math.log(max(y, 1.0)) for y in ys], 1)
+    (_, slope), r2_lin = _fit(xs, ys, 1)
+    (c0, c1, quad), r2_quad = _fit(xs, ys, 2)
+    (_, k), _ = _fit([math.log(x) for x in xs], [math.log(max(y, 1.0)) for y in ys], 1)
     hm = max(xs)
     share = quad * hm * hm / (c0 + c1 * hm + quad * hm * hm) if (c0 + c1 * hm + quad * hm * hm) else 0.0
     return {"linear_slope": round(slope, 2), "r2_linear": round(r2_lin, 4), "quadratic_coef": round(quad, 2),
@@ -396,8 +367,7 @@ def goals(records: Sequence[PlanningRecord]) -> list[tuple[str, str, bool | None
     out: list[tuple[str, str, bool | None]] = []
     main = _main(records, "oracle")
     by = {(r.strategy, r.hops): r for r in main}
-    h4 = [h for h in (4,) if ("react", h) in by and ("rewoo", h) in by]
-    if h4:
+    if ("react", 4) in by and ("rewoo", 4) in by:
         react, rewoo = by[("react", 4)], by[("rewoo", 4)]
         x = react.total_tokens / max(rewoo.total_tokens, 1)
         out.append(("rewoo >= 6x fewer total tokens than react at 4 hops", f"{x:.2f}x", x >= 6))

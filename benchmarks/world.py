@@ -126,17 +126,18 @@ class Task:
         """The program, or with ``known`` (step index -> the name its result has) only the steps still missing,
         as a re-plan writes them: new results named from ``e<first>`` on; arguments by keyword or by position.
         Returns the text and every step's result name."""
+        from tokenomy.planners import parse_plan, print_plan
+        from tokenomy.planners.validate import number_results
+
         known = dict(known or {})
-        names = dict(known)
-        for i in range(len(self.steps)):
-            if i not in names:
-                names[i] = f"e{first}"
-                first += 1
-        by_gold = {s.name: names[i] for i, s in enumerate(self.steps)}
-        label = "{}=".format if keywords else (lambda _k: "")
-        lines = [f"{names[i]} = {s.tool}({', '.join(label(k) + _renamed(v, by_gold) for k, v in s.args)})"
-                 for i, s in enumerate(self.steps) if i not in known]
-        return "\n".join([*lines, f"answer({by_gold[self.answer_name]})"]), names
+        rest = [s for i, s in enumerate(self.steps) if i not in known]
+        lines = [f"{s.name} = {s.tool}({', '.join(f'{k}={v}' for k, v in s.args)})" for s in rest]
+        plan, new = number_results(parse_plan("\n".join([*lines, f"answer({self.answer_name})"])), first,
+                                   {self.steps[i].name: n for i, n in known.items()})
+        if not keywords:  # the shortest form: gold arguments are in the tools' order, so by position
+            plan = plan.model_copy(update={"body": [_positional(st) for st in plan.body]})
+        index = {s.name: i for i, s in enumerate(self.steps)}
+        return print_plan(plan), {**known, **{index[gold]: name for name, gold in new.items()}}
 
     def _eid(self) -> dict[str, str]:
         return {s.name: f"#E{i}" for i, s in enumerate(self.steps, 1)}
@@ -193,14 +194,14 @@ class Task:
                         action=f"{first.tool}[{self.text_input(first)}]")
 
 
-_QUOTED = re.compile(r'("(?:[^"\\]|\\.)*")')
+def _positional(stmt: Any) -> Any:
+    """An assignment of a call with its arguments by position (other statements as they are)."""
+    from tokenomy.planners import ast as A
 
-
-def _renamed(expr: str, names: Mapping[str, str]) -> str:
-    """A plan-language expression with its names replaced by ``names`` (quoted strings left alone)."""
-    parts = _QUOTED.split(expr)
-    return "".join(p if i % 2 else re.sub(r"[A-Za-z_]\w*", lambda m: names.get(m.group(0), m.group(0)), p)
-                   for i, p in enumerate(parts))
+    if not (isinstance(stmt, A.Assign) and isinstance(stmt.value, A.Call)):
+        return stmt
+    call = stmt.value.model_copy(update={"args": [("", v) for _, v in stmt.value.args]})
+    return stmt.model_copy(update={"value": call})
 
 
 def _noun(attribute: str) -> str:

@@ -107,16 +107,12 @@ class ScriptedEngine(Engine):
         for s in req.params.stop:
             if s in text:
                 text = text[: text.index(s)]
-        if self.tokenizer is not None:
-            gen = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            if len(gen) > req.params.max_tokens:
-                gen = gen[: req.params.max_tokens]
-                text, finish = self.tokenizer.decode(gen), "length"
-        else:
-            gen = list(text.encode("utf-8"))
-            if len(gen) > req.params.max_tokens:
-                gen = gen[: req.params.max_tokens]
-                text, finish = bytes(gen).decode("utf-8", errors="ignore"), "length"
+        tok = self.tokenizer
+        gen = list(tok(text, add_special_tokens=False)["input_ids"]) if tok is not None else list(text.encode())
+        if len(gen) > req.params.max_tokens:
+            gen = gen[: req.params.max_tokens]
+            text = tok.decode(gen) if tok is not None else bytes(gen).decode("utf-8", errors="ignore")
+            finish = "length"
         cached = 0
         if self.cache is not None:
             match = self.cache.match(ids)

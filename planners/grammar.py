@@ -35,6 +35,21 @@ from typing import Any
 
 __all__ = ["PLAN_GRAMMAR", "for_tools", "numbered_for_tools", "result_index"]
 
+# Literals and terminals: shared by the general grammar and the numbered decoding grammar.
+_TERMINALS = r"""literal: STRING | NUMBER | TRUE | FALSE | NULL
+
+TRUE: "true"
+FALSE: "false"
+NULL: "null"
+COMP_OP: "==" | "!=" | "<=" | ">=" | "<" | ">"
+ADD_OP: "+" | "-"
+MUL_OP: "*" | "/" | "%"
+NAME: /[A-Za-z_][A-Za-z0-9_]{0,31}/
+STRING: /"([^"\\\n]|\\.){0,300}"/
+NUMBER: /[0-9]{1,15}(\.[0-9]{1,10})?/
+_NL: /\n/
+"""
+
 PLAN_GRAMMAR = r"""
 start: _NL* (stmt _NL+)* answer_stmt _NL?
 
@@ -68,20 +83,7 @@ type: NAME ["[" type ("," type)* "]"]
 ?atom: literal | ref | list | "(" expr ")"
 ref: NAME ("." NAME | "[" expr "]")*
 list: "[" [expr ("," expr)*] "]"
-literal: STRING | NUMBER | TRUE | FALSE | NULL
-
-TRUE: "true"
-FALSE: "false"
-NULL: "null"
-COMP_OP: "==" | "!=" | "<=" | ">=" | "<" | ">"
-ADD_OP: "+" | "-"
-MUL_OP: "*" | "/" | "%"
-NAME: /[A-Za-z_][A-Za-z0-9_]{0,31}/
-STRING: /"([^"\\\n]|\\.){0,300}"/
-NUMBER: /[0-9]{1,15}(\.[0-9]{1,10})?/
-_NL: /\n/
-%ignore /[ \t]+/
-"""
+""" + _TERMINALS + "%ignore /[ \\t]+/\n"
 
 _GENERIC_CALL = 'call: NAME "(" [arg ("," arg)*] ")"'
 _GENERIC_TYPE = 'type: NAME ["[" type ("," type)* "]"]'
@@ -214,9 +216,4 @@ def numbered_for_tools(tools: ToolsSpec, *,
                   + (f" | ref{k}" if names else "")]
         if names:
             rules.append(f'ref{k}: ({refs}) ("." NAME | "[" expr{k} "]"){upto(3)}')
-    rules += ["literal: STRING | NUMBER | TRUE | FALSE | NULL",
-              'TRUE: "true"', 'FALSE: "false"', 'NULL: "null"',
-              'COMP_OP: "==" | "!=" | "<=" | ">=" | "<" | ">"', 'ADD_OP: "+" | "-"', 'MUL_OP: "*" | "/" | "%"',
-              r"NAME: /[A-Za-z_][A-Za-z0-9_]{0,31}/", r'STRING: /"([^"\\\n]|\\.){0,300}"/',
-              r"NUMBER: /[0-9]{1,15}(\.[0-9]{1,10})?/", r"_NL: /\n/", '_S: " "']
-    return "\n".join(rules) + "\n"
+    return "\n".join([*rules, _TERMINALS]) + '_S: " "\n'

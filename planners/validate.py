@@ -296,20 +296,24 @@ def rename_reassigned(plan: A.Plan, taken: Iterable[str] = ()) -> tuple[A.Plan, 
     return (plan.model_copy(update={"body": body}) if renamed else plan), renamed
 
 
-def number_results(plan: A.Plan, start: int = 1) -> tuple[A.Plan, dict[str, str]]:
+def number_results(plan: A.Plan, start: int = 1, known: Mapping[str, str] | None = None
+                   ) -> tuple[A.Plan, dict[str, str]]:
     """The plan with its top-level results named ``e<start>``, ``e<start+1>`` ... in order, and references
-    renamed to match (the form the numbered decoding grammar writes). Returns the plan and the new names
-    (``{"e1": "founder"}``)."""
-    names: dict[str, str] = {}
+    renamed to match (the form the numbered decoding grammar writes); references to results the plan reads but
+    does not assign are renamed by ``known`` (old name -> the name they have). Returns the plan and the new
+    names (``{"e1": "founder"}``)."""
+    names: dict[str, str] = dict(known or {})
+    new_names: dict[str, str] = {}
     body = []
     for stmt in plan.body:
         stmt = _with_refs(stmt, names)
         if isinstance(stmt, A.Assign):
-            new = f"e{start + len(names)}"
+            new = f"e{start + len(new_names)}"
             names[stmt.target] = new
+            new_names[new] = stmt.target
             stmt = stmt.model_copy(update={"target": new})
         body.append(stmt)
-    return plan.model_copy(update={"body": body}), {v: k for k, v in names.items()}
+    return plan.model_copy(update={"body": body}), new_names
 
 
 def _with_refs(node: Any, names: Mapping[str, str]) -> Any:

@@ -13,9 +13,9 @@ from tokenomy.benchmarks.planning import (
     PlanningRecord,
     fit_growth,
     format_report,
-    make_strategy,
     plot_records,
     run_group,
+    strategy_for,
     t_min,
 )
 from tokenomy.benchmarks.world import World, answer_matches, normalize_answer, plain
@@ -140,7 +140,7 @@ def test_oracle_gold_content_solves_every_task(strategy, shape, tiny_tokenizer):
     engine = OracleEngine(strategy, tasks, tiny_tokenizer)
     for task in tasks:
         tools = w.tools(failure_rate=failure_rate)
-        strat = make_strategy(strategy, engine, tools, task, w.exemplars(1), tokens_per_step=200)  # byte-level tokens
+        strat = strategy_for(strategy, engine, tools, task, w.exemplars(1), tokens_per_step=200)  # byte-level tokens
         result = strat.run(task.question)
         assert answer_matches(result.answer, task.answer), (strategy, task.question, result.answer)
         if strategy.startswith("rewoo") and strategy != "rewoo-nl":
