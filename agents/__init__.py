@@ -1,3 +1,7 @@
-"""tokenomy.agents: ``Agent`` (role, model, system prompt, tools, budget), the standard roles (planner, worker,
-solver, critic) and long/short-thought collaboration policies. Empty until the collaboration issue (6) lands;
-agents talk to models only through ``tokenomy.kernels``."""
+"""tokenomy.agents: ``Agent`` (name, role, model, system prompt, tools, token limit) and the standard roles
+(worker, solver, critic, planner). Long/short-thought collaboration policies come with issue 6. Agents talk to
+models only through ``tokenomy.kernels``."""
+
+from .agent import ROLES, Agent, Role
+
+__all__ = ["Agent", "Role", "ROLES"]

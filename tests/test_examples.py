@@ -51,3 +51,20 @@ def test_example_runs_on_the_embedded_model(name, embedded_engine):
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "plan:" in out.stdout and "answer:" in out.stdout and "total" in out.stdout
+
+
+def test_debate_pruned_is_wired(capsys, tmp_path):
+    out = load("debate_pruned").main(iterations=2, mermaid=str(tmp_path / "team.mmd"),
+                                     engine=ScriptedEngine(lambda req: 'answer = "8200"'))
+    text = capsys.readouterr().out
+    assert "iteration 2:" in text and "training: 8 runs" in text and "fewer tokens" in text
+    assert out["debate_tokens"] > 0 and (tmp_path / "team.mmd").read_text().startswith("flowchart LR")
+
+
+@pytest.mark.embedded
+def test_debate_pruned_runs_on_the_embedded_model(embedded_engine):
+    env = {k: v for k, v in os.environ.items() if k != "TOKENOMY_MODEL"}
+    out = subprocess.run([sys.executable, str(EXAMPLES / "debate_pruned.py"), "--iterations", "1"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training: 4 runs" in out.stdout and "tokens/question" in out.stdout and "decision" in out.stdout

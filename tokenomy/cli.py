@@ -8,6 +8,8 @@
     tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
     tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live]
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
+    tokenomy bench graph [--quick] [--json PATH] [--model S] [--no-live] [--iterations N] [--tasks N]
+                                          presets vs pruned communication graphs, simulator and live
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenomy.errors import TokenomyError
 
@@ -155,6 +158,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
+def _write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, str, bool]], **extra: Any) -> None:
+    """A benchmark's JSON: its records, anything extra, and each goal with what was measured."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"records": [r.to_json() for r in records], **extra,
+                   "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in goals]}, f, indent=2)
+    print(f"\nwrote {path}")
+
+
 def _bench_planning(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import planning
 
@@ -167,23 +179,36 @@ def _bench_planning(args: argparse.Namespace) -> int:
         progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
     print(planning.format_report(records))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"records": [r.to_json() for r in records], "growth": planning.growth(records),
-                       "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in planning.goals(records)]},
-                      f, indent=2)
-        print(f"\nwrote {args.json}")
+        _write_records(args.json, records, planning.goals(records), growth=planning.growth(records))
     if args.plot:
         print(f"wrote {planning.plot_records(records, args.plot)}")
     return 0
 
 
+def _bench_graph(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import graph
+
+    records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
+                                    iterations=args.iterations, questions=args.tasks,
+                                    spec=None if args.model == "embedded" else args.model,
+                                    progress=lambda m: print(f"[graph] {m}", file=sys.stderr, flush=True))
+    print(graph.format_report(records))
+    if args.json:
+        _write_records(args.json, records, graph.goals(records))
+    return 0
+
+
+BENCHES = ("prefix", "plans", "planning", "graph")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name not in ("prefix", "plans", "planning"):
-        print(f"unknown benchmark {args.name!r}; available: prefix, plans, planning", file=sys.stderr)
+    if args.name not in BENCHES:
+        print(f"unknown benchmark {args.name!r}; available: {', '.join(BENCHES)}", file=sys.stderr)
         return 2
     if args.name == "planning":
         return _bench_planning(args)
+    if args.name == "graph":
+        return _bench_graph(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -238,19 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning)")
-    bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate) or planning "
-                                    "(tokens per strategy on multi-hop tasks)")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph)")
+    bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
+                                    "(tokens per strategy on multi-hop tasks) or graph (pruned agent graphs)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--json", default=None, help="write the records to this file")
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
     bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
     bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
     bench.add_argument("--plot", default=None, help="planning: save a PNG of tokens against hops here")
-    bench.add_argument("--no-live", action="store_true", help="planning: oracle replay only, no model runs")
-    bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle)")
+    bench.add_argument("--no-live", action="store_true", help="planning, graph: no model runs (oracle replay, "
+                                                              "simulator)")
+    bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle); graph: "
+                                                            "simulator evaluation questions")
+    bench.add_argument("--iterations", type=int, default=50, help="graph: training iterations of each policy "
+                                                                  "on the simulator")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
-    bench.add_argument("--seed", type=int, default=0, help="planning: the world's seed")
+    bench.add_argument("--seed", type=int, default=0, help="planning, graph: the seed")
     bench.set_defaults(fn=cmd_bench)
     return p
 

@@ -1,0 +1,326 @@
+"""``tokenomy bench graph``: what a pruned communication graph spends against fair baselines (BENCHMARKS.md,
+"graph").
+
+* **simulator**: the ``Simulator.team()`` scenario (five simulated agents and a verifying solver, a known best
+  mask), run through the real runtime on the scripted engine (tokens are UTF-8 bytes and follow the simulator's
+  formula, which the bench checks on every topology). Presets (full mesh over two rounds, chain, star, layered,
+  debate, each single agent) and the graphs pruned by each learned policy (trained 50 iterations by REINFORCE on
+  questions disjoint from the evaluation ones), with the mask-recovery F1 of every iteration.
+* **live**: a team of four agents on the embedded model (SmolLM2-135M-Instruct) answering reading questions from
+  the seeded world, every token from the engine's usage; the pruned graph's policy is trained live on other
+  questions and its training tokens are reported apart.
+
+Accuracy differences against the mesh come with a 95% paired-bootstrap interval (non-inferior: its lower end is
+at least -1.5 points).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tokenomy.agents import Agent
+from tokenomy.graphs import AgentGraph, GraphTeam, Simulator
+from tokenomy.graphs.policy import POLICIES, EdgePolicy, StaticPolicy, effective_items
+from tokenomy.graphs.train import EvalReport, TeamTask, TrainConfig, TrainReport, evaluate, train_policy
+
+from .world import World
+
+__all__ = ["GraphRecord", "run_graph_bench", "run_simulator", "run_live", "goals", "format_report", "live_tasks",
+           "live_team", "paired_bootstrap"]
+
+NON_INFERIOR = -0.015
+
+
+@dataclass
+class GraphRecord:
+    setting: str
+    """``simulator`` or ``live``."""
+    topology: str
+    tokens: float
+    """Mean prompt plus completion tokens per question."""
+    accuracy: float
+    calls: float
+    questions: int
+    prompt_tokens: float = 0.0
+    completion_tokens: float = 0.0
+    reduction: float | None = None
+    """1 - tokens / the mesh's tokens."""
+    diff_ci: tuple[float, float] | None = None
+    """95% paired-bootstrap interval of (accuracy - the mesh's accuracy)."""
+    train_tokens: int = 0
+    train_runs: int = 0
+    f1: float | None = None
+    """Mask-recovery F1 of the final mask (simulator, learned policies)."""
+    f1_at: int | None = None
+    """The first iteration from which F1 >= 0.9 held."""
+    f1_curve: list[float] = field(default_factory=list)
+    mask: dict[str, Any] | None = None
+    formula_ok: bool | None = None
+    """Simulator: measured tokens equal the simulator's formula on the questions checked."""
+    correct: list[bool] = field(default_factory=list, repr=False)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("correct")
+        return d
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(a) - mean(b) over the same questions, by resampling questions."""
+    import numpy as np
+
+    x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _record(setting: str, topology: str, rep: EvalReport, wall_s: float) -> GraphRecord:
+    n = max(len(rep.correct), 1)
+    return GraphRecord(setting, topology, rep.mean_tokens, rep.accuracy, rep.mean_calls, len(rep.correct),
+                       prompt_tokens=(rep.usage.prompt_tokens or 0) / n,
+                       completion_tokens=(rep.usage.completion_tokens or 0) / n, correct=list(rep.correct),
+                       wall_s=wall_s)
+
+
+def _compare(records: list[GraphRecord]) -> None:
+    mesh = next((r for r in records if r.topology == "mesh"), None)
+    if mesh is None:
+        return
+    for r in records:
+        r.reduction = 1 - r.tokens / mesh.tokens if mesh.tokens else None
+        if r is not mesh and len(r.correct) == len(mesh.correct):
+            r.diff_ci = paired_bootstrap(r.correct, mesh.correct)
+
+
+# -- simulator -------------------------------------------------------------------------------------------------
+
+
+def run_simulator(*, quick: bool = False, seed: int = 0, iterations: int = 50, questions: int = 0,
+                  policies: Sequence[str] = ("independent", "lowrank", "gnn"),
+                  progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
+    """Presets, the known-best mask and each policy's pruned graph on ``questions`` evaluation questions
+    (default 200, 100 with ``quick``)."""
+    sim = Simulator.team(seed)
+    eval_q = sim.questions(questions or (100 if quick else 200), "eval")
+    train_q = sim.questions(64, "train")
+    tasks = [TeamTask(q.question, q.answer) for q in eval_q]
+    train = [TeamTask(q.question, q.answer) for q in train_q]
+    engine = sim.engine()
+    records: list[GraphRecord] = []
+
+    def run(topology: str, graph: AgentGraph, policy: EdgePolicy | None = None) -> GraphRecord:
+        t0 = time.perf_counter()
+        team = GraphTeam(graph, engine, policy=policy)
+        rec = _record("simulator", topology, evaluate(team, tasks, topology), time.perf_counter() - t0)
+        ok = True
+        for t in tasks[:3]:  # the measured tokens must be the formula's
+            real = graph.apply(policy.realize(graph, t.question).mask) if policy is not None else graph
+            res = team.run(t.question)
+            want = sim.tokens(real, t.question)
+            total = res.total
+            ok &= (total.prompt_tokens, total.completion_tokens, total.calls) == (
+                want["prompt_tokens"], want["completion_tokens"], want["calls"])
+        rec.formula_ok = ok
+        progress(f"simulator {topology}: accuracy {rec.accuracy:.0%}, {rec.tokens:.0f} tokens/question")
+        return rec
+
+    presets: list[tuple[str, AgentGraph]] = [
+        ("mesh", sim.graph("mesh", rounds=2)), ("chain", sim.graph("chain")), ("star", sim.graph("star")),
+        ("layered", sim.graph("layered")), ("debate", sim.graph("debate", rounds=2))]
+    for name, g in presets:
+        records.append(run(name, g))
+    singles = [run(f"single:{a.name}", sim.graph("single", agent=a.agent)) for a in sim.agents]
+    best_single = max(singles, key=lambda r: (r.accuracy, -r.tokens))
+    best_single.topology = "single"
+    records.append(best_single)
+    mesh = presets[0][1]
+    oracle = sim.best_mask(mesh)
+    rec = run("known-best mask", mesh, StaticPolicy(mesh, oracle))
+    rec.mask = oracle.to_json()
+    records.append(rec)
+    team = GraphTeam(mesh, engine)
+    for kind in policies:
+        policy = POLICIES[kind](mesh)
+        progress(f"simulator: training the {kind} policy ({iterations} iterations)")
+        report = train_policy(policy, team, train, TrainConfig(iterations=iterations, lam=0.05, seed=seed),
+                              oracle=oracle)
+        rec = run(f"pruned:{kind}", mesh, policy)
+        _add_training(rec, report)
+        mask = policy.realize(mesh, tasks[0].question).mask
+        rec.mask = mask.to_json()
+        rec.f1 = report.history[-1].f1
+        rec.f1_at = report.first_iteration_at(0.9)
+        rec.f1_curve = [round(h.f1 or 0.0, 3) for h in report.history]
+        records.append(rec)
+    _compare(records)
+    return records
+
+
+def _add_training(rec: GraphRecord, report: TrainReport) -> None:
+    rec.train_tokens = report.tokens
+    rec.train_runs = report.runs
+
+
+# -- live --------------------------------------------------------------------------------------------------------
+
+
+_LIVE_ATTRS = {"population": "How many people live in {}?", "mayor": "Who is the mayor of {}?",
+               "river": "Which river flows through {}?"}
+
+
+def live_tasks(n: int, salt: str = "", seed: int = 0) -> list[TeamTask]:
+    """Reading questions: a city's paragraph from the seeded world, and a question about it."""
+    w = World(seed)
+    cities = [e for e in w.entities.values() if e.type == "city"]
+    rng = random.Random(f"graph-live-{seed}-{salt}")
+    rng.shuffle(cities)
+    attrs = list(_LIVE_ATTRS)
+    return [TeamTask(f"{w.paragraph(e)} {_LIVE_ATTRS[attrs[i % 3]].format(e.name)}", str(e.facts[attrs[i % 3]]))
+            for i, e in enumerate(cities[:n])]
+
+
+def live_team() -> list[Agent]:
+    """Four agents of the standard roles; short replies."""
+    return [Agent(name="reader", role="worker", prompt="Find the answer in the text. Reply with the answer only.",
+                  max_tokens=24),
+            Agent(name="checker", role="worker", prompt="Check the answers you are given against the text. Reply "
+                  "with the right answer only.", max_tokens=24),
+            Agent(name="critic", role="critic", max_tokens=24),
+            Agent(name="solver", role="solver", max_tokens=24)]
+
+
+def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, questions: int = 0,
+             iterations: int = 0, engine: Any = None,
+             progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
+    """The presets and a live-trained pruned graph on the embedded model (or ``spec``): ``questions`` evaluation
+    questions (default 8, 4 with ``quick``), the policy trained ``iterations`` times (default 6, 3 with
+    ``quick``) on 2 questions x 2 rollouts. ``engine``: one already loaded (else ``spec`` is loaded)."""
+    from tokenomy.kernels.registry import load_engine
+
+    engine = engine or load_engine(spec)
+    tasks = live_tasks(questions or (4 if quick else 8), "eval", seed)
+    train = live_tasks(4 if quick else 6, "train", seed + 1)
+    agents = live_team()
+    records: list[GraphRecord] = []
+
+    def run(topology: str, graph: AgentGraph, policy: EdgePolicy | None = None) -> GraphRecord:
+        t0 = time.perf_counter()
+        rec = _record("live", topology, evaluate(GraphTeam(graph, engine, policy=policy), tasks, topology),
+                      time.perf_counter() - t0)
+        progress(f"live {topology}: accuracy {rec.accuracy:.0%}, {rec.tokens:.0f} tokens/question, "
+                 f"{rec.wall_s:.0f} s")
+        return rec
+
+    mesh = AgentGraph.mesh(agents, rounds=2)
+    for name, g in [("mesh", mesh), ("chain", AgentGraph.chain(agents)), ("star", AgentGraph.star(agents)),
+                    ("layered", AgentGraph.layered(agents)), ("debate", AgentGraph.debate(agents, rounds=2)),
+                    ("single", AgentGraph.single(agents[0]))]:
+        if quick and name in ("layered", "debate"):
+            continue
+        records.append(run(name, g))
+    policy = POLICIES["independent"](mesh)
+    cfg = TrainConfig(iterations=iterations or (3 if quick else 6), batch=2, rollouts=2, lam=0.5, seed=seed)
+    progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
+             f"{cfg.rollouts} rollouts)")
+    report = train_policy(policy, GraphTeam(mesh, engine), train, cfg)
+    rec = run("pruned:independent", mesh, policy)
+    _add_training(rec, report)
+    rec.mask = policy.realize(mesh, tasks[0].question).mask.to_json()
+    records.append(rec)
+    _compare(records)
+    return records
+
+
+def run_graph_bench(*, quick: bool = False, live: bool = True, spec: str | None = None, seed: int = 0,
+                    iterations: int = 50, questions: int = 0,
+                    progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
+    records = run_simulator(quick=quick, seed=seed, iterations=iterations, questions=questions, progress=progress)
+    if live:
+        records += run_live(quick=quick, spec=spec, seed=seed, progress=progress)
+    return records
+
+
+# -- goals and the report -------------------------------------------------------------------------------------------
+
+
+def _pruned(records: Sequence[GraphRecord], setting: str) -> list[GraphRecord]:
+    return [r for r in records if r.setting == setting and r.topology.startswith("pruned:")]
+
+
+def goals(records: Sequence[GraphRecord]) -> list[tuple[str, str, bool]]:
+    out: list[tuple[str, str, bool]] = []
+    for setting in ("simulator", "live"):
+        rows = [r for r in records if r.setting == setting]
+        pruned = _pruned(rows, setting)
+        if not pruned:
+            continue
+        p = max(pruned, key=lambda r: (r.diff_ci is not None and r.diff_ci[0] >= NON_INFERIOR, r.reduction or 0))
+        ci = p.diff_ci or (0.0, 0.0)
+        non_inf = ci[0] >= NON_INFERIOR
+        red = p.reduction or 0.0
+        out.append((f"{setting}: >= 80% fewer tokens than the mesh at non-inferior accuracy ({p.topology})",
+                    f"{red:.1%} fewer; accuracy {p.accuracy:.1%}, diff vs mesh CI [{ci[0]:+.1%}, {ci[1]:+.1%}]",
+                    red >= 0.8 and non_inf))
+        out.append((f"{setting}: >= 90% fewer with agent and round pruning ({p.topology})", f"{red:.1%} fewer",
+                    red >= 0.9 and non_inf))
+        single = next((r for r in rows if r.topology == "single"), None)
+        statics = [r for r in rows if r.topology in ("chain", "star")]
+        best_static = max(statics, key=lambda r: (r.accuracy, -r.tokens), default=None)
+        if single is not None and best_static is not None:
+            beats_single = p.accuracy > single.accuracy
+            beats_static = p.accuracy >= best_static.accuracy and p.tokens <= best_static.tokens and (
+                p.accuracy > best_static.accuracy or p.tokens < best_static.tokens)
+            out.append((f"{setting}: beats the single agent and the best static chain/star at <= tokens",
+                        f"{p.accuracy:.1%} @ {p.tokens:.0f} tok vs single {single.accuracy:.1%} @ {single.tokens:.0f}, "
+                        f"{best_static.topology} {best_static.accuracy:.1%} @ {best_static.tokens:.0f}",
+                        beats_single and beats_static))
+    sim = [r for r in _pruned(records, "simulator") if r.f1 is not None]
+    if sim:
+        best = min(sim, key=lambda r: r.f1_at if r.f1_at is not None else 10**9)
+        at = ", ".join(f"{r.topology.split(':')[1]} {'never' if r.f1_at is None else r.f1_at} (final {r.f1:.2f})"
+                       for r in sim)
+        out.append(("simulator: mask-recovery F1 >= 0.9 within 50 iterations", at,
+                    best.f1_at is not None and best.f1_at <= 50))
+    formula = [r.formula_ok for r in records if r.formula_ok is not None]
+    if formula:
+        out.append(("simulator: measured tokens equal the formula on every topology",
+                    f"{sum(formula)}/{len(formula)} topologies", all(formula)))
+    return out
+
+
+def format_report(records: Sequence[GraphRecord]) -> str:
+    lines: list[str] = []
+    for setting, title in (("simulator", "simulator (scripted engine, tokens = UTF-8 bytes; 5 agents + solver)"),
+                           ("live", "live (embedded model, tokens from the engine's usage; 4 agents)")):
+        rows = [r for r in records if r.setting == setting]
+        if not rows:
+            continue
+        lines.append(f"{title}, {rows[0].questions} questions:")
+        lines.append(f"  {'topology':<22} {'tokens':>8} {'prompt':>8} {'compl':>6} {'calls':>5} {'accuracy':>8} "
+                     f"{'vs mesh':>8} {'acc diff 95% CI':>17} {'train tok':>10} {'F1':>5} {'F1>=.9 at':>9}")
+        for r in rows:
+            ci = f"[{r.diff_ci[0]:+.1%},{r.diff_ci[1]:+.1%}]" if r.diff_ci else "-"
+            red = "-" if r.reduction is None else "0.0%" if abs(r.reduction) < 5e-4 else f"{-r.reduction:+.1%}"
+            f1 = f"{r.f1:.2f}" if r.f1 is not None else "-"
+            at = "-" if r.f1 is None else ("never" if r.f1_at is None else str(r.f1_at))
+            train = str(r.train_tokens) if r.train_tokens else "-"
+            lines.append(f"  {r.topology:<22} {r.tokens:>8.0f} {r.prompt_tokens:>8.0f} {r.completion_tokens:>6.0f} "
+                         f"{r.calls:>5.1f} {r.accuracy:>8.1%} {red:>8} {ci:>17} {train:>10} {f1:>5} {at:>9}")
+        lines.append("")
+    lines.append("goals (BENCHMARKS.md, graph):")
+    for goal, measured, met in goals(records):
+        lines.append(f"  [{'met' if met else 'MISSED'}] {goal}: {measured}")
+    return "\n".join(lines)
+
+
+def effective_summary(graph: AgentGraph, record: GraphRecord) -> list[str]:
+    """The items (agents, edges, rounds) a record's mask runs, for the JSON."""
+    from tokenomy.graphs import Mask
+
+    return sorted(effective_items(graph, Mask.from_json(record.mask))) if record.mask else []

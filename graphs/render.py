@@ -1,0 +1,165 @@
+"""Pictures of an ``AgentGraph``: Mermaid, Graphviz DOT and plain text, all offline (text out, nothing to install).
+
+Every agent and edge is drawn with its state: ``runs`` (in the schedule), ``pruned`` (inactive in the mask) or
+``dead`` (active, but nothing it says reaches the decision node, so it never runs). Given a run's ``GraphResult``,
+agents are labelled with the tokens they spent and edges with the tokens they inserted, and edge widths follow
+those tokens. Temporal edges (read in the next round) are drawn apart from spatial ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .graph import DECISION, AgentGraph, Edge
+
+__all__ = ["to_mermaid", "to_dot", "to_ascii"]
+
+
+def _states(graph: AgentGraph) -> tuple[dict[str, str], dict[Edge, str]]:
+    sched = graph.schedule()
+    ran = sched.agents
+    used = {e for e, _ in sched.edge_uses()}
+    agents = {n: ("runs" if n in ran else "dead" if graph.is_active(n) else "pruned") for n in graph.order}
+    edges = {e: ("runs" if e in used else "dead" if graph.is_active(e) else "pruned") for e in graph.edges()}
+    return agents, edges
+
+
+def _agent_tokens(result: Any) -> dict[str, int]:
+    if result is None:
+        return {}
+    return {a: (u.prompt_tokens or 0) + (u.completion_tokens or 0) for a, u in result.usage.items()}
+
+
+def _edge_tokens(result: Any) -> dict[str, int]:
+    return dict(result.by_edge) if result is not None else {}
+
+
+def _decision_label(graph: AgentGraph) -> str:
+    if graph.decision == "solver" and graph.solver is not None:
+        return f"decision: solver {graph.solver.name}"
+    return f"decision: {graph.decision}"
+
+
+def _agent_label(graph: AgentGraph, name: str, state: str, tokens: dict[str, int], sep: str) -> str:
+    role = graph.agents[name].role
+    if state != "runs":
+        return f"{name}{sep}{role} · {state}"
+    return f"{name}{sep}{role}" + (f" · {tokens[name]} tok" if name in tokens else "")
+
+
+def _width(tokens: int | None, top: int, lo: float, hi: float) -> float:
+    if not tokens or not top:
+        return lo
+    return round(lo + (hi - lo) * tokens / top, 1)
+
+
+def to_mermaid(graph: AgentGraph, result: Any = None, *, show_pruned: bool = True) -> str:
+    """A Mermaid ``flowchart``: spatial ``-->``, temporal ``==>`` (labelled "next round"), pruned and dead
+    edges as grey dotted lines, pruned and dead agents greyed; edge width by the tokens it inserted."""
+    agents, edges = _states(graph)
+    a_tok, e_tok = _agent_tokens(result), _edge_tokens(result)
+    ids = {n: f"a{i}" for i, n in enumerate(graph.order)}
+    ids[DECISION] = "decision"
+    lines = ["flowchart LR"]
+    for n in graph.order:
+        if agents[n] != "runs" and not show_pruned:
+            continue
+        cls = "" if agents[n] == "runs" else ":::off"
+        lines.append(f'  {ids[n]}["{_agent_label(graph, n, agents[n], a_tok, "<br/>")}"]{cls}')
+    dec = _decision_label(graph)
+    if graph.solver is not None and graph.solver.name in a_tok:
+        dec += f" · {a_tok[graph.solver.name]} tok"
+    lines.append(f'  decision{{{{"{dec}"}}}}')
+    top = max(e_tok.values(), default=0)
+    styles = []
+    k = 0
+    for e in graph.edges():
+        state = edges[e]
+        if state != "runs" and not show_pruned:
+            continue
+        a, b = ids[e.src], ids[e.dst]
+        if state != "runs":
+            lines.append(f'  {a} -.-|"{state}"| {b}')
+            styles.append(f"  linkStyle {k} stroke:#bbb,stroke-dasharray:3 3")
+        else:
+            tok = e_tok.get(str(e))
+            label = ("next round" if e.kind == "temporal" else "") + (
+                f"{' · ' if e.kind == 'temporal' else ''}{tok} tok" if tok is not None else "")
+            arrow = "==>" if e.kind == "temporal" else "-->"
+            lines.append(f'  {a} {arrow}|"{label}"| {b}' if label else f"  {a} {arrow} {b}")
+            styles.append(f"  linkStyle {k} stroke-width:{_width(tok, top, 1, 6)}px")
+        k += 1
+    lines.append("  classDef off fill:#f4f4f4,stroke:#bbb,color:#999,stroke-dasharray:4 3")
+    return "\n".join(lines + styles) + "\n"
+
+
+def to_dot(graph: AgentGraph, result: Any = None, *, show_pruned: bool = True) -> str:
+    """Graphviz DOT: pruned and dead agents and edges dashed grey; temporal edges blue and bold (not used for
+    ranking); edge ``penwidth`` by the tokens it inserted."""
+    agents, edges = _states(graph)
+    a_tok, e_tok = _agent_tokens(result), _edge_tokens(result)
+    out = [f'digraph "{graph.name}" {{', "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];',
+           '  edge [fontname="Helvetica", fontsize=10];']
+    for n in graph.order:
+        if agents[n] != "runs" and not show_pruned:
+            continue
+        label = _agent_label(graph, n, agents[n], a_tok, "\\n")
+        grey = ", style=dashed, color=gray60, fontcolor=gray60" if agents[n] != "runs" else ""
+        out.append(f'  "{n}" [label="{label}"{grey}];')
+    out.append(f'  "{DECISION}" [shape=diamond, label="{_decision_label(graph)}"];')
+    top = max(e_tok.values(), default=0)
+    for e in graph.edges():
+        state = edges[e]
+        if state != "runs" and not show_pruned:
+            continue
+        attrs: list[str] = []
+        if state != "runs":
+            attrs += [f'label="{state}"', "style=dashed", "color=gray70", "fontcolor=gray70", "arrowhead=none"]
+        else:
+            tok = e_tok.get(str(e))
+            label = ("next round" if e.kind == "temporal" else "") + (
+                f"{' · ' if e.kind == 'temporal' else ''}{tok} tok" if tok is not None else "")
+            if label:
+                attrs.append(f'label="{label}"')
+            attrs.append(f"penwidth={_width(tok, top, 1, 5)}")
+            if e.kind == "temporal":
+                attrs += ["style=bold", "color=blue", "constraint=false"]
+        out.append(f'  "{e.src}" -> "{e.dst}" [{", ".join(attrs)}];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def to_ascii(graph: AgentGraph, result: Any = None, *, show_pruned: bool = True, bar: int = 20) -> str:
+    """A plain-text picture: agents with their state and tokens, then edges with their state, the tokens each
+    inserted and a bar as long as its share of the largest."""
+    agents, edges = _states(graph)
+    a_tok, e_tok = _agent_tokens(result), _edge_tokens(result)
+    sched = graph.schedule()
+    head = (f"{graph.name}: {len(sched.agents)} of {len(graph.agents)} agents run, {len(sched.calls)} calls, "
+            f"{graph.active_rounds} of {graph.rounds} rounds, {_decision_label(graph)}")
+    lines = [head, "agents"]
+    width = max(len(n) for n in [*graph.order, DECISION])
+    for n in graph.order:
+        if agents[n] != "runs" and not show_pruned:
+            continue
+        state = {"runs": "runs", "pruned": "PRUNED", "dead": "dead (no path to the decision)"}[agents[n]]
+        calls = sum(1 for c in sched.calls if c.agent == n)
+        extra = f"  calls {calls}" + (f"  tokens {a_tok[n]}" if n in a_tok else "") if agents[n] == "runs" else ""
+        lines.append(f"  {n:<{width}}  {graph.agents[n].role:<8} {state}{extra}")
+    if graph.solver is not None:
+        spent = f"  tokens {a_tok[graph.solver.name]}" if graph.solver.name in a_tok else ""
+        lines.append(f"  {graph.solver.name:<{width}}  {graph.solver.role:<8} decides{spent}")
+    lines.append("edges")
+    shown = [e for e in graph.edges() if edges[e] == "runs" or show_pruned]
+    ew = max((len(str(e)) for e in shown), default=0)
+    top = max(e_tok.values(), default=0)
+    for e in shown:
+        state = edges[e]
+        if state == "runs":
+            tok = e_tok.get(str(e))
+            size = round(bar * tok / top) if tok and top else 0
+            info = f"{tok:>6} tok  {'#' * max(size, 1)}" if tok is not None else "runs"
+        else:
+            info = "pruned" if state == "pruned" else "dead"
+        lines.append(f"  {str(e):<{ew}}  {e.kind:<8}  {info}")
+    return "\n".join(lines) + "\n"
