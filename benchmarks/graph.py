@@ -199,12 +199,12 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
              iterations: int = 0, engine: Any = None,
              progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
     """The presets and a live-trained pruned graph on the embedded model (or ``spec``): ``questions`` evaluation
-    questions (default 8, 4 with ``quick``), the policy trained ``iterations`` times (default 6, 3 with
+    questions (default 12, 4 with ``quick``), the policy trained ``iterations`` times (default 10, 3 with
     ``quick``) on 2 questions x 2 rollouts. ``engine``: one already loaded (else ``spec`` is loaded)."""
     from tokenomy.kernels.registry import load_engine
 
     engine = engine or load_engine(spec)
-    tasks = live_tasks(questions or (4 if quick else 8), "eval", seed)
+    tasks = live_tasks(questions or (4 if quick else 12), "eval", seed)
     train = live_tasks(4 if quick else 6, "train", seed + 1)
     agents = live_team()
     records: list[GraphRecord] = []
@@ -225,7 +225,7 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
             continue
         records.append(run(name, g))
     policy = POLICIES["independent"](mesh)
-    cfg = TrainConfig(iterations=iterations or (3 if quick else 6), batch=2, rollouts=2, lam=0.5, seed=seed)
+    cfg = TrainConfig(iterations=iterations or (3 if quick else 10), batch=2, rollouts=2, lam=0.5, seed=seed)
     progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
              f"{cfg.rollouts} rollouts)")
     report = train_policy(policy, GraphTeam(mesh, engine), train, cfg)

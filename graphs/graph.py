@@ -160,7 +160,8 @@ class AgentGraph:
             input in the graph's order) or ``solver`` (one more model call, by ``solver``).
         solver: the solver agent of ``decision="solver"`` (default: ``Agent(name="solver", role="solver")``).
         rounds: how many rounds the agents talk.
-        budget: limits every realization must keep to.
+        budget: limits the part that runs must keep to (checked when a mask is applied and when a run starts;
+            the graph itself may hold more candidates).
         name: for pictures and traces.
     """
 
@@ -216,7 +217,6 @@ class AgentGraph:
         self.order: list[str] = list(nx.lexicographical_topological_sort(spatial_dag, key=index.__getitem__))
         """The order agents run in within a round (explicit: spatial topological order, ties by given order)."""
         self.active_rounds = rounds
-        self._check_budget()
 
     def _edge(self, e: Edge | tuple[str, str], kind: str) -> Edge:
         if isinstance(e, Edge):
@@ -269,7 +269,7 @@ class AgentGraph:
         for e in all_edges:
             out.graph.edges[e.src, e.dst, e.kind]["active"] = e in mask.edges
         out.active_rounds = mask.rounds
-        out._check_budget()
+        out.check_budget()
         return out
 
     def copy(self) -> AgentGraph:
@@ -318,7 +318,9 @@ class AgentGraph:
         decision_inputs = tuple(a for a in self.order if a in inputs and a in live[rounds - 1])
         return Schedule(tuple(calls), decision_inputs, rounds, frozenset(agents - ran))
 
-    def _check_budget(self) -> None:
+    def check_budget(self) -> None:
+        """Raise ``GraphError`` if the active part breaks the budget's agents, edges or rounds (a graph may hold
+        more candidates than its budget allows: a policy or a mask picks the part that runs)."""
         b = self.budget
         comm = [e for e in self.edges(active_only=True) if e.kind != "decision"]
         over = []

@@ -148,6 +148,11 @@ class EdgePolicy(nn.Module):
                                 r_logit.detach())
         return Realization(mask, lp, ent)
 
+    @torch.no_grad()
+    def mask_for(self, graph: AgentGraph, question: str) -> Mask:
+        """The deterministic mask for ``question`` (what ``GraphTeam`` runs at inference)."""
+        return self.realize(graph, question, mode="threshold").mask
+
     def _fit_budget(self, graph: AgentGraph, agents: set[str], edges: set[Edge], rounds: int,
                     a_logit: torch.Tensor, e_logit: torch.Tensor, r_logit: torch.Tensor) -> Mask:
         b = graph.budget

@@ -189,7 +189,7 @@ class GraphTeam(Strategy):
         tools: the tools agents may name (a ``planner`` with tools writes and runs a codified plan).
         engines: engines or workers by model spec, for agents that name a spec; a spec not given here is loaded
             once per process (``shared_engine``). A spec that cannot be loaded is an error naming the agent.
-        policy: a pruning policy (``tokenomy.graphs.policy``): each question runs on ``policy.realize(graph,
+        policy: a pruning policy (``tokenomy.graphs.policy``): each question runs on ``policy.mask_for(graph,
             question)`` (its deterministic mask) instead of the graph's own mask.
         grammar: constrain codified replies to ``answer = "..."`` where the engine has grammars.
         on_event: receives one dict per model call (with its agent, round and edges) and per run.
@@ -248,14 +248,23 @@ class GraphTeam(Strategy):
         """The graph this question runs on: the policy's deterministic mask, or the graph as it is."""
         if self.policy is None:
             return self.graph
-        mask = self.policy.realize(self.graph, question, mode="threshold").mask
-        return self.graph.apply(mask)
+        return self.graph.apply(self.policy.mask_for(self.graph, question))
+
+    def state_graph(self, mask: Mask | None = None) -> Any:
+        """The LangGraph ``StateGraph`` (not compiled) of the graph as it is, or of ``mask``: one node per call
+        (``agent@round``) and a ``decision`` node; compile it with any checkpointer and invoke or stream it with
+        ``{"question": ..., "strategy": "graph"}``."""
+        with self._run_lock:
+            self._active = self.graph.apply(mask) if mask is not None else self.graph
+            self._active.check_budget()
+            return self.build()
 
     def run(self, question: str, *, thread_id: str | None = None, checkpoints: Checkpoints | str | Path | None = None,
             recursion_limit: int = 200, mask: Mask | None = None) -> GraphResult:  # type: ignore[override]
         """Answer ``question``; ``mask`` overrides the graph's own (and the policy's)."""
         with self._run_lock:
             self._active = self.graph.apply(mask) if mask is not None else self.realize(question)
+            self._active.check_budget()
             self._check_min_budget(question)
             return super().run(question, thread_id=thread_id, checkpoints=checkpoints,  # type: ignore[return-value]
                                recursion_limit=recursion_limit)

@@ -106,9 +106,11 @@ class Simulator:
 
     def best_mask(self, graph: AgentGraph) -> Mask:
         """The known best mask of ``team()`` over ``graph`` (which must hold its edges)."""
-        return Mask(frozenset({"reader", "alpha", "beta"}),
+        mask = Mask(frozenset({"reader", "alpha", "beta"}),
                     frozenset({Edge("reader", "alpha"), Edge("alpha", DECISION, "decision"),
                                Edge("beta", DECISION, "decision")}), 1)
+        graph.apply(mask)  # an error if the graph lacks one of them
+        return mask
 
     def graph(self, preset: str = "mesh", **kw: object) -> AgentGraph:
         """A preset over the simulated agents (decided by the simulated solver, if there is one)."""

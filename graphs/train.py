@@ -22,7 +22,7 @@ from tokenomy.errors import TokenomyError
 from tokenomy.kernels import Usage
 
 from .graph import AgentGraph, Mask
-from .policy import EdgePolicy, mask_f1
+from .policy import EdgePolicy, effective_items, mask_f1
 from .runtime import GraphResult, GraphTeam, normalize
 
 __all__ = ["TeamTask", "TrainConfig", "TrainReport", "IterationRecord", "train_policy", "is_correct", "evaluate",
@@ -118,8 +118,7 @@ class TrainReport:
 
 
 def _threshold_f1(policy: EdgePolicy, graph: AgentGraph, questions: Sequence[str], oracle: Mask) -> float:
-    with torch.no_grad():
-        scores = [mask_f1(graph, policy.realize(graph, q).mask, oracle) for q in questions]
+    scores = [mask_f1(graph, policy.mask_for(graph, q), oracle) for q in questions]
     return sum(scores) / len(scores)
 
 
@@ -190,8 +189,7 @@ def train_policy(policy: EdgePolicy, team: GraphTeam, tasks: Sequence[TeamTask],
         if cfg.prune_every and (it + 1) % cfg.prune_every == 0:
             policy.prune(cfg.prune_rate, probe)
         f1 = _threshold_f1(policy, graph, probe, oracle) if oracle is not None else None
-        with torch.no_grad():
-            kept = len(graph.apply(policy.realize(graph, batch[0].question).mask).schedule().edge_uses())
+        kept = len(effective_items(graph, policy.mask_for(graph, batch[0].question)))
         rec = IterationRecord(it + 1, sum(rewards_all) / len(rewards_all), sum(correct_all) / len(correct_all),
                               sum(tokens_all) / len(tokens_all), f1, kept)
         report.history.append(rec)

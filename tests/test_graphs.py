@@ -75,8 +75,9 @@ def test_order_is_topological_with_ties_by_the_given_order_not_by_edge_order():
     (lambda: AgentGraph(["a", "a"]), "two agents are named 'a'"),
     (lambda: AgentGraph(["decision"]), "decision node's name"),
     (lambda: AgentGraph(["a"], spatial=[("a", "a")]), "loop"),
-    (lambda: AgentGraph.mesh(["a", "b", "c"], budget=Budget(max_edges=3)), "over its budget"),
-    (lambda: AgentGraph.mesh(["a", "b"], rounds=3, budget=Budget(max_rounds=2)), r"3 rounds \(budget 2\)"),
+    (lambda: AgentGraph.mesh(["a", "b", "c"], budget=Budget(max_edges=3)).check_budget(), "over its budget"),
+    (lambda: GraphTeam(AgentGraph.mesh(["a", "b"], rounds=3, budget=Budget(max_rounds=2)), echo_engine()).run("q"),
+     r"3 rounds \(budget 2\)"),
     (lambda: AgentGraph([]), "at least one agent"),
     (lambda: AgentGraph(["a"], decision="random"), "decision must be"),
 ])
@@ -251,9 +252,9 @@ def test_runs_stream_checkpoint_and_resume_without_repeating_calls(tmp_path):
     r = team.resume("t1", db)
     assert r.answer == "c" and calls_by_agent(eng) == {"a": 1, "b": 1, "c": 2}
     # The compiled graph streams like any LangGraph graph.
-    team2 = GraphTeam(g, echo_engine())
-    team2._active = g
-    app = team2.compile()
+    from tokenomy.planners import Checkpoints
+
+    app = GraphTeam(g, echo_engine()).state_graph().compile(checkpointer=Checkpoints().saver)
     steps = list(app.stream({"question": "q?", "strategy": "graph"}, {"configurable": {"thread_id": "s"}}))
     assert [next(iter(s)) for s in steps] == ["a@0", "b@0", "c@0", "decision"]
 
@@ -350,8 +351,7 @@ def test_policies_keep_the_budget():
         p.edge.fill_(3.0)
         p.agent.fill_(3.0)
         p.round.fill_(3.0)
-    tight = AgentGraph.mesh(["a", "b", "c", "d"], rounds=2)
-    tight.budget = Budget(max_agents=2, max_edges=1, max_rounds=1)
+    tight = AgentGraph.mesh(["a", "b", "c", "d"], rounds=2, budget=Budget(max_agents=2, max_edges=1, max_rounds=1))
     m = p.realize(tight, "q").mask
     assert len(m.agents) == 2 and len([e for e in m.edges if e.kind != "decision"]) <= 1 and m.rounds == 1
     tight.apply(m)
