@@ -1,7 +1,18 @@
-"""tokenomy.agents: ``Agent`` (name, role, model, system prompt, tools, token limit) and the standard roles
-(worker, solver, critic, planner). Long/short-thought collaboration policies come with issue 6. Agents talk to
-models only through ``tokenomy.kernels``."""
+"""tokenomy.agents: ``Agent`` (name, role, model, system prompt, tools, token limit), the standard roles (worker,
+solver, critic, planner), and the reasoning policies that decide how much model to spend on a question:
+
+- ``tokenomy.agents.collab``: a long and a short model sharing the reasoning (``ThoughtInject``, ``PlanExpand``,
+  ``StepRoute``, ``SentenceLead``, ``AlternatingTurns``, ``Consensus``);
+- ``tokenomy.agents.budget``: difficulty routers and budgets (``EntropyRouter``, ``ProbeRouter``, ``TaleBudget``,
+  ``PlanAndBudget``, ``BudgetForcing``, ``ThinkingCap``);
+- ``tokenomy.agents.sampling``: self-consistency with early stopping (``ESC``, ``AdaptiveConsistency``,
+  ``ShortMK``) and answer normalizers.
+
+Every policy is usable as an agent's model (``policy.as_engine()``). Agents talk to models only through
+``tokenomy.kernels``.
+"""
 
 from .agent import ROLES, Agent, Role
+from .policy import Format, Policy, PolicyEngine, PolicyResult, Problem
 
-__all__ = ["Agent", "Role", "ROLES"]
+__all__ = ["Agent", "Role", "ROLES", "Problem", "Format", "Policy", "PolicyEngine", "PolicyResult"]

@@ -10,13 +10,15 @@ from .engine import Engine
 from .radix import RadixCache
 from .registry import default_spec, load_engine, parse_spec, shared_engine
 from .scripted import ScriptedEngine
-from .types import Capabilities, Completion, Grammar, Request, SamplingParams
+from .types import CAPABILITY_NAMES, Capabilities, Completion, Grammar, Request, SamplingParams, Scored
 from .usage import Usage, UsageLedger
 from .worker import Router, Worker
 
 __all__ = [
     "Engine",
     "Capabilities",
+    "CAPABILITY_NAMES",
+    "Scored",
     "Completion",
     "Grammar",
     "Request",

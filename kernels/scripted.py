@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tokenomy.errors import ContextLengthExceeded, EngineError, RequestCancelled, TokenomyError
@@ -19,7 +20,7 @@ from tokenomy.errors import ContextLengthExceeded, EngineError, RequestCancelled
 from .engine import Engine, now
 from .radix import RadixCache
 from .tokens import TokenCounter
-from .types import Capabilities, Completion, PromptInput, Request, chat_messages, token_ids
+from .types import Capabilities, Completion, PromptInput, Request, Scored, chat_messages, token_ids
 from .usage import Usage
 
 __all__ = ["ScriptedEngine"]
@@ -30,6 +31,9 @@ Script = Iterable[Reply] | Callable[[Request], Reply]
 
 def render_chatml(messages: Sequence[dict]) -> str:
     """The ChatML text the scripted engine 'sees' for chat messages (with the assistant header at the end)."""
+    if messages and messages[-1].get("role") == "assistant":  # a prefill: continue that message
+        head = render_chatml(messages[:-1])
+        return head + str(messages[-1].get("content", ""))
     text = "".join(f"<|im_start|>{m['role']}\n{m.get('content', '')}<|im_end|>\n" for m in messages)
     return text + "<|im_start|>assistant\n"
 
@@ -45,13 +49,25 @@ class ScriptedEngine(Engine):
         prefix_cache: track cached prefixes (usage then reports ``cached_prompt_tokens``).
         tokenizer: a HuggingFace tokenizer to count with (prompts after its chat template, replies without
             special tokens) instead of UTF-8 bytes.
+        scorer: ``(prompt_text, continuation) -> log-probabilities`` (one per continuation token); gives the
+            engine the ``prompt_logprobs`` capability (``score``).
+        embedder: ``prompt_text -> vector``; gives it the ``hidden_states`` capability (``embed``).
+        flops_per_token: what each computed token is said to cost (for FLOPs accounting tests).
     """
 
-    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=False, logprobs=False, token_ids=True)
+    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=False, logprobs=False, token_ids=True,
+                                prefill=True)
 
     def __init__(self, script: Script | None = None, *, context_window: int = 1 << 20, delay_s: float = 0.0,
-                 prefix_cache: bool = True, tokenizer: Any = None) -> None:
+                 prefix_cache: bool = True, tokenizer: Any = None,
+                 scorer: Callable[[str, str], Sequence[float]] | None = None,
+                 embedder: Callable[[str], Sequence[float]] | None = None,
+                 flops_per_token: float | None = None) -> None:
         super().__init__()
+        self._scorer, self._embedder, self._flops = scorer, embedder, flops_per_token
+        if scorer is not None or embedder is not None:
+            self.capabilities = replace(type(self).capabilities, prompt_logprobs=scorer is not None,
+                                        hidden_states=embedder is not None)
         self.tokenizer = tokenizer
         self._counter = TokenCounter(tokenizer) if tokenizer is not None else None
         self.spec = "scripted"
@@ -81,6 +97,42 @@ class ScriptedEngine(Engine):
 
     def cached_prefix_length(self, token_ids: Sequence[int]) -> int:
         return self.cache.peek(token_ids) if self.cache is not None else 0
+
+    @property
+    def flops_per_token(self) -> float | None:
+        return self._flops
+
+    def _text(self, prompt: PromptInput) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        messages = chat_messages(prompt)
+        return render_chatml(messages) if messages is not None else bytes(token_ids(prompt) or []).decode(
+            "utf-8", errors="replace")
+
+    def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+              tags: Sequence[str] = ()) -> Scored:
+        if self._scorer is None:
+            return super().score(prompt, continuation, agent=agent, tags=tags)
+        ids = self.prompt_token_ids(prompt)
+        cont = list(continuation.encode("utf-8")) if self.tokenizer is None else list(
+            self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            self.requests.append(Request(prompt=prompt, agent=agent, tags=("score", *tags)))
+            logprobs = [float(x) for x in self._scorer(self._text(prompt), continuation)]
+            cached = 0
+            if self.cache is not None:
+                cached = self.cache.match(ids[:-1]).length
+                self.cache.insert(ids + cont)
+        if len(logprobs) != len(cont):  # a scorer may give one value per step: spread it over the tokens
+            mean = sum(logprobs) / len(logprobs) if logprobs else 0.0
+            logprobs = [mean] * len(cont)
+        return Scored(cont, logprobs, Usage(prompt_tokens=len(ids) + len(cont), cached_prompt_tokens=cached,
+                                            completion_tokens=0, calls=1))
+
+    def embed(self, prompt: PromptInput) -> list[float]:
+        if self._embedder is None:
+            return super().embed(prompt)
+        return [float(x) for x in self._embedder(self._text(prompt))]
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
         self.batches.append([r.request_id for r in requests])

@@ -19,6 +19,8 @@ __all__ = [
     "Request",
     "Completion",
     "Capabilities",
+    "Scored",
+    "CAPABILITY_NAMES",
     "chat_messages",
     "token_ids",
 ]
@@ -45,6 +47,9 @@ class SamplingParams:
     """Generation stops before the first of these strings; the string is not part of the text."""
     logprobs: bool = False
     """Return the log-probability of each generated token."""
+    min_tokens: int = 0
+    """No end of sequence and no stop string before this many tokens (engines with the ``min_tokens``
+    capability; s1's budget forcing needs it)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -53,6 +58,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"SamplingParams.min_tokens must be in [0, max_tokens], got {self.min_tokens}")
         if self.top_k < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
         if isinstance(self.stop, str):
@@ -165,15 +172,57 @@ class Completion:
     latency_s: float = 0.0
 
 
+CAPABILITY_NAMES = ("batching", "prefix_cache", "grammar", "logprobs", "token_ids", "stop_strings", "prefill",
+                    "min_tokens", "n", "prompt_logprobs", "hidden_states", "thinking_cap")
+
+
+@dataclass
+class Scored:
+    """Log-probabilities of a given continuation after a prompt (``Engine.score``)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    usage: Usage
+    """The scoring pass: the prompt and the continuation count as prompt tokens, nothing is generated."""
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine can do; a policy that needs more says so at construction."""
+    """What an engine can do; a policy that needs more says so at construction (``require``)."""
 
     batching: bool = False
     """Gains from running several requests in one call."""
     prefix_cache: bool = False
     grammar: bool = False
     logprobs: bool = False
+    """Returns the log-probability of each generated token (``SamplingParams.logprobs``)."""
     token_ids: bool = False
     """Accepts prompts as token ids and returns generated token ids."""
     stop_strings: bool = True
+    prefill: bool = False
+    """Continues a final assistant message (or a raw text prompt) instead of starting a new reply."""
+    min_tokens: bool = False
+    """Honours ``SamplingParams.min_tokens`` (no end of sequence or stop string before that many tokens)."""
+    n: bool = False
+    """Returns several samples of one prompt from one request."""
+    prompt_logprobs: bool = False
+    """Scores given text: ``Engine.score(prompt, continuation)`` returns each continuation token's log-probability."""
+    hidden_states: bool = False
+    """``Engine.embed(prompt)`` returns the last layer's hidden state at the prompt's last token."""
+    thinking_cap: bool = False
+    """Enforces a cap on thinking tokens itself (else policies cap thinking with ``max_tokens`` and stop strings)."""
+
+    def missing(self, needs: Sequence[str]) -> list[str]:
+        """The capabilities of ``needs`` this engine lacks (unknown names raise ``ValueError``)."""
+        unknown = [n for n in needs if n not in CAPABILITY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITY_NAMES)}")
+        return [n for n in needs if not getattr(self, n)]
+
+    def names(self) -> list[str]:
+        """The capabilities this engine has."""
+        return [n for n in CAPABILITY_NAMES if getattr(self, n)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-__all__ = ["Usage", "UsageLedger"]
+__all__ = ["Usage", "UsageLedger", "ModelCost", "CostLedger"]
 
 
 def _add(a: int | None, b: int | None) -> int | None:
@@ -137,3 +137,82 @@ class UsageLedger:
 
 def _s(v: int | None) -> str:
     return "?" if v is None else str(v)
+
+
+@dataclass
+class ModelCost:
+    """What one model spent: its usage, the tokens it generated that were thrown away, and FLOPs."""
+
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    discarded_tokens: int = 0
+    """Generated tokens that did not make it into the answer (a rejected draft step, a losing sample)."""
+    flops_per_token: float | None = None
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens computed (not read from a prefix cache)."""
+        return (self.usage.prompt_tokens or 0) - (self.usage.cached_prompt_tokens or 0)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.usage.cached_prompt_tokens or 0
+
+    @property
+    def decode_tokens(self) -> int:
+        return self.usage.completion_tokens or 0
+
+    @property
+    def flops(self) -> float | None:
+        """Forward FLOPs of every computed token (prefill and decode; cached prompt tokens cost none)."""
+        if self.flops_per_token is None:
+            return None
+        return self.flops_per_token * (self.prefill_tokens + self.decode_tokens)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "calls": self.usage.calls, "prefill_tokens": self.prefill_tokens,
+                "cached_tokens": self.cached_tokens, "decode_tokens": self.decode_tokens,
+                "discarded_tokens": self.discarded_tokens, "flops": self.flops}
+
+
+class CostLedger:
+    """Cost per model (``long``, ``short``, ...): prefill, cached, decode and discarded tokens, and FLOPs."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelCost] = {}
+
+    def add(self, model: str, usage: Usage, *, discarded: int = 0, flops_per_token: float | None = None) -> None:
+        cost = self.models.get(model)
+        if cost is None:
+            cost = self.models[model] = ModelCost(model, flops_per_token=flops_per_token)
+        cost.usage = cost.usage + usage
+        cost.discarded_tokens += discarded
+        if cost.flops_per_token is None:
+            cost.flops_per_token = flops_per_token
+
+    def discard(self, model: str, tokens: int) -> None:
+        """Mark ``tokens`` already added for ``model`` as thrown away."""
+        self.models.setdefault(model, ModelCost(model)).discarded_tokens += tokens
+
+    def merge(self, other: CostLedger) -> None:
+        for name, c in other.models.items():
+            self.add(name, c.usage, discarded=c.discarded_tokens, flops_per_token=c.flops_per_token)
+
+    @property
+    def usage(self) -> Usage:
+        return sum((c.usage for c in self.models.values()), Usage())
+
+    @property
+    def tokens(self) -> int:
+        """Every prompt and completion token of every model (cached prompt tokens included)."""
+        return self.usage.total_tokens or 0
+
+    @property
+    def flops(self) -> float | None:
+        """Total FLOPs; ``None`` if a model that spent tokens has no FLOPs figure."""
+        vals = [c.flops for c in self.models.values()]
+        return None if any(v is None for v in vals) else float(sum(v for v in vals if v is not None))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"models": {k: c.to_dict() for k, c in self.models.items()}, "tokens": self.tokens,
+                "flops": self.flops}

@@ -88,7 +88,8 @@ class VLLMEngine(Engine):
         ModelNotFound: ``model_dir`` has no ``config.json``.
     """
 
-    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=True, logprobs=True, token_ids=True)
+    capabilities = Capabilities(batching=True, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
+                                prefill=True, min_tokens=True)
 
     def __init__(self, model_dir: str | Path, *, enable_prefix_caching: bool = True, dtype: str = "auto",
                  max_model_len: int = 2048, block_size: int | None = None,
@@ -196,8 +197,9 @@ class VLLMEngine(Engine):
             from vllm.sampling_params import StructuredOutputsParams
 
             structured = StructuredOutputsParams(**_structured(req.grammar))
+        max_tokens = min(p.max_tokens, self._max_len - prompt_len)
         return self._vllm.SamplingParams(
-            max_tokens=min(p.max_tokens, self._max_len - prompt_len), temperature=p.temperature, top_p=p.top_p,
+            max_tokens=max_tokens, min_tokens=min(p.min_tokens, max_tokens), temperature=p.temperature, top_p=p.top_p,
             top_k=p.top_k or -1, seed=p.seed, stop=list(p.stop) or None,
             logprobs=0 if p.logprobs else None,  # 0: only the chosen token's log-probability
             structured_outputs=structured)

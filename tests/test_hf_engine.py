@@ -213,3 +213,60 @@ def test_a_cancelled_request_keeps_the_kv_it_computed(tiny_engine_factory, tiny_
     e._forward = real
     assert e.cached_prefix_length(ids + [0]) == len(ids)  # the prompt's KV survived the cancellation
     assert e.cache.cached_tokens == len(ids) + 2  # and the two generated tokens that were fed back
+
+
+def test_score_gives_the_logprobs_greedy_decoding_saw(tiny_engine_factory, tiny_tokenizer):
+    # Scoring a continuation is one forward pass over it; its log-probabilities are those of generating it.
+    on, off = tiny_engine_factory(True), tiny_engine_factory(False)
+    prompt = "the quick brown fox jumps over the lazy dog " * 3
+    gen = off.generate(prompt, SamplingParams(max_tokens=6, logprobs=True))
+    cont = tiny_tokenizer.decode(gen.token_ids)
+    if tiny_tokenizer(cont, add_special_tokens=False)["input_ids"] != gen.token_ids:
+        pytest.skip("the continuation does not re-tokenize to the same ids")
+    for eng in (off, on, on):  # the second `on` call finds the prompt cached
+        s = eng.score(prompt, cont)
+        assert s.token_ids == gen.token_ids
+        assert s.logprobs == pytest.approx(gen.logprobs, abs=1e-4)
+        assert s.usage.prompt_tokens == gen.usage.prompt_tokens + len(gen.token_ids)
+        assert s.usage.completion_tokens == 0
+    assert on.score(prompt, cont).usage.cached_prompt_tokens > 0
+
+
+def test_min_tokens_holds_off_eos_and_stop_strings(tiny_engine_factory, tiny_tokenizer):
+    eng = tiny_engine_factory(False)
+    prompt = "a b c d"
+    free = eng.generate(prompt, SamplingParams(max_tokens=12))
+    eos = eng.eos_token_ids[0]
+    # Make EOS the greedy choice everywhere: without min_tokens, generation ends at once.
+    real = eng._forward
+
+    def eos_first(ids, past):
+        logits = real(ids, past)
+        logits[eos] = logits.max() + 10
+        return logits
+
+    eng._forward = eos_first
+    assert eng.generate(prompt, SamplingParams(max_tokens=12)).usage.completion_tokens == 1
+    held = eng.generate(prompt, SamplingParams(max_tokens=12, min_tokens=5))
+    assert held.usage.completion_tokens == 6 and held.token_ids[-1] == eos
+    eng._forward = real
+    text = free.text
+    if text.strip():
+        stop = text.strip()[0]
+        cut = eng.generate(prompt, SamplingParams(max_tokens=12, stop=(stop,), min_tokens=12))
+        assert cut.usage.completion_tokens == 12  # no stop string before min_tokens
+    with pytest.raises(ValueError):
+        SamplingParams(max_tokens=4, min_tokens=5)
+
+
+def test_embed_and_flops(tiny_engine_factory):
+    eng = tiny_engine_factory(False)
+    vec = eng.embed("a b c")
+    assert len(vec) == eng.model.config.hidden_size
+    assert eng.embed("a b c") == vec and eng.embed("c b a") != vec
+    emb = eng.model.get_input_embeddings().weight
+    total = sum(p.numel() for p in eng.model.parameters())
+    assert eng.model.config.tie_word_embeddings
+    # Non-embedding parameters plus the (tied) LM head's d x V: here that is every parameter once.
+    assert eng.flops_per_token == 2 * (total - emb.numel() + emb.shape[0] * emb.shape[1])
+    assert {"prefill", "min_tokens", "prompt_logprobs", "hidden_states"} <= set(eng.capabilities.names())

@@ -8,6 +8,7 @@ Every error tokenomy raises on purpose is a ``TokenomyError``; catch that to cat
      │    ├── MissingExtra         a backend needs an optional extra that is not installed
      │    ├── ModelNotFound        a model directory or file that is not a model
      │    ├── GrammarError         a grammar that does not compile
+     │    ├── CapabilityError      an engine lacks what a policy needs (said at construction)
      │    └── ContextLengthExceeded  a prompt longer than the model's context window
      ├── RunError                  something failed while running; the input may be fine
      │    ├── EngineError          an engine failed (crashed, died mid-batch, bad server reply)
@@ -27,6 +28,7 @@ __all__ = [
     "MissingExtra",
     "ModelNotFound",
     "GrammarError",
+    "CapabilityError",
     "ContextLengthExceeded",
     "RunError",
     "EngineError",
@@ -71,6 +73,15 @@ class ModelNotFound(UserError, FileNotFoundError):
 
 class GrammarError(UserError):
     """A grammar (EBNF, Lark, regex or JSON schema) that does not compile."""
+
+
+class CapabilityError(UserError):
+    """An engine lacks a capability that a policy needs; raised when the policy is built, not mid-run."""
+
+    def __init__(self, who: str, engine: str, missing: list[str], hint: str = "") -> None:
+        self.who, self.engine, self.missing = who, engine, list(missing)
+        super().__init__(f"{who} needs {', '.join(missing)} from the {engine} engine, which lacks "
+                         f"{'it' if len(missing) == 1 else 'them'}" + (f"; {hint}" if hint else ""))
 
 
 class ContextLengthExceeded(UserError):
