@@ -53,6 +53,9 @@ class Agent(BaseModel):
         tools: names of the tools it may use (a ``planner`` with tools writes and runs a plan).
         codified: whether its messages are codified (``answer = "..."`` or a plan); default: the role's.
         max_tokens: the most tokens one of its replies may have.
+        budget: the completion tokens it grants the agents it speaks to: its codified messages carry
+            ``budget = N``, and an agent answers within the smallest budget it receives (and its own
+            ``max_tokens``). Budgets so flow along a graph's edges, from planners and critics to workers.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -64,6 +67,7 @@ class Agent(BaseModel):
     tools: tuple[str, ...] = ()
     codified: bool | None = None
     max_tokens: int = Field(default=64, ge=1)
+    budget: int | None = Field(default=None, ge=1)
 
     @field_validator("name")
     @classmethod

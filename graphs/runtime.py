@@ -89,6 +89,15 @@ def codified(answer: str | None) -> str:
     return f"answer = {json.dumps(answer if answer is not None else '', ensure_ascii=False)}"
 
 
+_BUDGET_LINE = re.compile(r"^\s*budget\s*=\s*(\d+)\s*$", re.MULTILINE)
+
+
+def granted_budget(blocks: Sequence[str]) -> int | None:
+    """The smallest ``budget = N`` granted in the incoming blocks (``None`` if none grants one)."""
+    found = [int(m.group(1)) for b in blocks for m in _BUDGET_LINE.finditer(b)]
+    return min(found) if found else None
+
+
 def block_text(edge: Edge, message: str) -> str:
     """The exact text an edge inserts into its receiver's prompt."""
     if edge.kind == "temporal":
@@ -372,12 +381,17 @@ class GraphTeam(Strategy):
                ) -> dict[str, Any]:
         worker = self.worker_of(agent)
         messages = prompt_messages(agent, s.question, [b for _, b in blocks])
+        max_tokens = agent.max_tokens
+        granted = granted_budget([b for _, b in blocks])
+        if granted is not None:
+            max_tokens = min(max_tokens, granted)
         limit = self._active.budget.max_tokens
         if limit is not None:  # a call whose prompt alone would take the run over its budget is not made
             spent = sum((d.get("prompt_tokens") or 0) + (d.get("completion_tokens") or 0) for d in s.usage.values())
             needed = spent + self._prompt_tokens(agent, messages)
-            if needed > limit:
-                raise BudgetExceeded("tokens (spent by finished calls plus this call's prompt)", needed, limit)
+            if needed >= limit:
+                raise BudgetExceeded("tokens (spent by finished calls plus this call's prompt)", needed + 1, limit)
+            max_tokens = min(max_tokens, limit - needed)  # and its reply cannot either
         tags = ("graph", f"round:{rnd}", f"agent:{agent.name}")
         if agent.plans:
             text, usage = self._plan(agent, worker, messages[1]["content"])
@@ -385,7 +399,7 @@ class GraphTeam(Strategy):
             message = text
         else:
             grammar = _CODIFIED if (agent.is_codified and self.grammar and worker.engine.capabilities.grammar) else None
-            c: Completion = worker.generate(messages, SamplingParams(max_tokens=agent.max_tokens), grammar=grammar,
+            c: Completion = worker.generate(messages, SamplingParams(max_tokens=max_tokens), grammar=grammar,
                                             agent=agent.name, tags=tags)
             usage = c.usage
             text = c.text
@@ -395,6 +409,8 @@ class GraphTeam(Strategy):
                        "gen_ai.request.model": worker.engine.spec, **usage.to_otel(), "latency_s": c.latency_s,
                        "finish_reason": c.finish_reason, "prompt": messages, "output": text,
                        "edges": [str(e) for e, _ in blocks]})
+        if agent.budget is not None and agent.is_codified:  # its grant flows along its out-edges
+            message += f"\nbudget = {agent.budget}"
         edge_tokens = {str(e): text_tokens(worker.engine, b) for e, b in blocks}
         return {"outputs": {key: {"text": text, "message": message, "answer": answer}},
                 "calls": [{"agent": agent.name, "round": rnd, "usage": usage.to_dict(), "edges": edge_tokens}],

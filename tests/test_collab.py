@@ -313,3 +313,39 @@ def test_real_pair_step_route_and_consensus(gemma_engine, embedded_engine):
         assert res.ledger.models["short"].decode_tokens > 0
         assert res.flops is not None and res.flops > 0
         check(item, res.text)  # reads the answer (right or not) without raising
+
+
+def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path):
+    # The whole benchmark on two random-weight models (every capability, nothing right): the mechanics, the
+    # records and the replay of a stored record, not the numbers.
+    from tests.conftest import make_tiny_config
+    from tokenomy.benchmarks import collab
+    from tokenomy.kernels.hf import TransformersEngine
+
+    cfg = make_tiny_config(len(tiny_tokenizer), max_position_embeddings=4096)
+    long, short = (TransformersEngine.from_config(cfg, tiny_tokenizer, seed=s) for s in (1, 2))
+    seen: list[str] = []
+    rec = tmp_path / "record.json"
+    report = collab.run_collab_bench(quick=True, long=long, short=short, items=3, calibration=1, samples=4,
+                                     record=str(rec), progress=seen.append, families=("arithmetic", "carry"),
+                                     levels=(1, 2),
+                                     policies=["consensus", "step-route", "entropy-router", "probe-router"])
+    names = [r.policy for r in report.records]
+    assert names[:3] == ["long", "short", "long-think"]
+    assert {"consensus", "step-route", "entropy-router", "probe-router", "oracle-router"} <= set(names)
+    assert any(n.startswith("long-capped(") for n in names)
+    assert any(n.startswith("esc(") for n in names) and any(n.startswith("short-") for n in names)
+    for r in report.records:
+        assert r.n == 3 and 0 <= r.accuracy <= 1 and r.tokens >= 0
+        if r.kind in ("control", "policy"):
+            assert r.flops and r.flops > 0 and r.flops_vs_long is not None
+            assert set(r.by_model) <= {"long", "short"} and r.calls >= 1
+    step = next(r for r in report.records if r.policy == "step-route")
+    assert step.by_model["short"]["decode"] > 0
+    assert len(report.scores) == 4 and report.kept and report.note
+    text = collab.format_report(report)
+    assert "goals (BENCHMARKS.md collab)" in text and "samples to match" in text
+    pools, gold = collab.load_record(str(rec))
+    assert len(pools) == 3 and all(len(p) == 4 for p in pools) and len(gold) == 3
+    again = collab.replay_sampling(pools, gold, k=4)
+    assert [r.policy for r in again] == [r.policy for r in report.records if r.kind == "sampling"]

@@ -233,6 +233,22 @@ def test_token_budgets():
     assert 1 <= len(eng.requests) < 3
 
 
+def test_budgets_flow_along_edges_and_the_graph_budget_caps_replies():
+    # A critic that grants 5 tokens: the worker it speaks to answers within them; the graph's own token budget
+    # caps every reply at what is left of it.
+    eng = ScriptedEngine(lambda r: 'answer = "7"' if r.agent == "boss" else "seven " * 20, prefix_cache=False)
+    agents = [Agent(name="boss", role="critic", budget=5), Agent(name="hand", max_tokens=64)]
+    g = AgentGraph.chain(agents)
+    GraphTeam(g, eng).run("q?")
+    boss, hand = eng.requests
+    assert boss.params.max_tokens == 64 and hand.params.max_tokens == 5
+    assert "budget = 5" in hand.prompt[-1]["content"]
+    eng2 = ScriptedEngine(lambda r: "x" * 400, prefix_cache=False)
+    solo = AgentGraph.single(Agent(name="solo", max_tokens=1000), budget=Budget(max_tokens=800))
+    result = GraphTeam(solo, eng2).run("q?")
+    assert result.total.total_tokens <= 800 and eng2.requests[0].params.max_tokens < 800
+
+
 def test_runs_stream_checkpoint_and_resume_without_repeating_calls(tmp_path):
     db = tmp_path / "graph.sqlite"
     state = {"fail": True}

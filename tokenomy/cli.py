@@ -10,6 +10,8 @@
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
     tokenomy bench graph [--quick] [--json PATH] [--model S] [--no-live] [--iterations N] [--tasks N]
                                           presets vs pruned communication graphs, simulator and live
+    tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
+                                          long/short policies, routers, budgets and early-stopping sampling
 """
 
 from __future__ import annotations
@@ -198,7 +200,31 @@ def _bench_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("prefix", "plans", "planning", "graph")
+def _bench_collab(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import collab
+
+    def progress(m: str) -> None:
+        print(f"[collab] {m}", file=sys.stderr, flush=True)
+
+    if args.replay:
+        pools, gold = collab.load_record(args.replay)
+        records = collab.replay_sampling(pools, gold, k=max(len(p) for p in pools), seed=args.seed)
+        for r in records:
+            print(f"{r.policy:<24} accuracy {r.accuracy:.3f}  samples {r.samples:.2f}  tokens {r.tokens:.1f}  "
+                  f"{'; '.join(r.notes)}")
+        if args.json:
+            _write_records(args.json, records, [])
+        return 0
+    report = collab.run_collab_bench(quick=args.quick, long_spec=args.long, short_spec=args.short, seed=args.seed,
+                                     items=args.tasks, record=args.record, progress=progress)
+    print(collab.format_report(report))
+    if args.json:
+        _write_records(args.json, report.records, collab.goals(report), calibration=report.scores,
+                       kept=report.kept, note=report.note, long=report.long, short=report.short)
+    return 0
+
+
+BENCHES = ("prefix", "plans", "planning", "graph", "collab")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -209,6 +235,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_planning(args)
     if args.name == "graph":
         return _bench_graph(args)
+    if args.name == "collab":
+        return _bench_collab(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -263,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph)")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab)")
     bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
-                                    "(tokens per strategy on multi-hop tasks) or graph (pruned agent graphs)")
+                                    "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs) or "
+                                    "collab (long/short policies on a difficulty ladder)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--json", default=None, help="write the records to this file")
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
@@ -275,11 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-live", action="store_true", help="planning, graph: no model runs (oracle replay, "
                                                               "simulator)")
     bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle); graph: "
-                                                            "simulator evaluation questions")
+                                                            "simulator evaluation questions; collab: items")
     bench.add_argument("--iterations", type=int, default=50, help="graph: training iterations of each policy "
                                                                   "on the simulator")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
-    bench.add_argument("--seed", type=int, default=0, help="planning, graph: the seed")
+    bench.add_argument("--seed", type=int, default=0, help="planning, graph, collab: the seed")
+    bench.add_argument("--long", default=None, help="collab: the long model (default embedded:gemma-3-270m)")
+    bench.add_argument("--short", default=None, help="collab: the short model (default embedded)")
+    bench.add_argument("--record", default=None, help="collab: store the sampled pools here (JSON)")
+    bench.add_argument("--replay", default=None, help="collab: score the stopping rules on a stored record, "
+                                                      "no model")
     bench.set_defaults(fn=cmd_bench)
     return p
 
