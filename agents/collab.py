@@ -306,7 +306,7 @@ class Consensus(PairPolicy):
         self.think, self.short_think, self.answer_tokens = think, short_think, answer_tokens
 
     def _solve(self, run: _Run, p: Problem) -> str:
-        norm = self.normalizer or (lambda t: (first_line(t).casefold() or None) if t is not None else None)
+        norm = p.normalizer or self.normalizer or (lambda t: (first_line(t).casefold() or None) if t else None)
         direct = self._direct(run, "short", p, self.answer_tokens, kind="direct").text
         thought = self._think(run, "short", p, self.short_think, kind="cot").text
         cot = self._answer_after(run, "short", p, thought, self.answer_tokens).text

@@ -21,7 +21,7 @@ use a long/short pair as its model.
 from __future__ import annotations
 
 import abc
-import random
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,11 +53,14 @@ class Problem:
         question: the question.
         context: text put before every prompt (instructions, few-shot examples ending with a blank line).
         stop: where a direct answer ends.
+        normalizer: how this question's answers are compared (policies that vote or check agreement use it
+            before their own).
     """
 
     question: str
     context: str = ""
     stop: tuple[str, ...] = ("\n",)
+    normalizer: Normalizer | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.question.strip():
@@ -207,7 +210,8 @@ class Policy(abc.ABC):
             problem = Problem(problem)
         run = _Run(self, problem)
         text = first_line(self._solve(run, problem))
-        answer = self.normalizer(text) if self.normalizer is not None else (text or None)
+        norm = problem.normalizer or self.normalizer
+        answer = norm(text) if norm is not None else (text or None)
         return PolicyResult(text, answer, run.ledger, run.steps, run.notes, run.escalated)
 
     @abc.abstractmethod
@@ -235,10 +239,6 @@ class Policy(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{r}={e.spec!r}' for r, e in self.engines.items())})"
-
-
-def _seeded(seed: int | None, problem: Problem) -> random.Random:
-    return random.Random(f"{seed}-{problem.question}")
 
 
 class PolicyEngine(Engine):
@@ -281,4 +281,5 @@ def _problem(prompt: PromptInput) -> Problem:
     system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system").strip()
     earlier = "\n".join(users[:-1]).strip()
     context = "\n".join(x for x in (system, earlier) if x)
-    return Problem(users[-1], context=f"{context}\n" if context else "")
+    question = re.sub(r"^\s*(question|q)\s*:\s*", "", users[-1], flags=re.IGNORECASE)  # Format adds its own
+    return Problem(question, context=f"{context}\n" if context else "")

@@ -285,10 +285,17 @@ def run_collab_bench(*, quick: bool = False, long_spec: str | None = None, short
         pools.append([Sample(s.text, norm(s.text), s.completion_tokens, s.prompt_tokens, s.cached_prompt_tokens,
                              s.seed) for s in pool])
     progress(f"sampled {samples} x {len(evals)} from the short model")
-    if record:
-        Path(record).write_text(json.dumps({"items": [asdict(it) for it in evals],
-                                            "pools": [[s.to_dict() for s in p] for p in pools]}))
     records += replay_sampling(pools, [it.answer for it in evals], samples, seed)
+    # Routing rules replayed on stored per-item outcomes: the short model's surprisal decides who answers.
+    router = EntropyRouter(long, short)
+    surprise = [router.uncertainty(problem(it)) for it in evals]
+    outcomes = {"short_correct": low.correct, "long_correct": base.correct, "surprisal": surprise,
+                "short_flops": low.flops, "long_flops": base.flops, "short_tokens": low.tokens,
+                "long_tokens": base.tokens}
+    records += replay_routing(outcomes)
+    if record:  # what --replay scores again without a model
+        Path(record).write_text(json.dumps({"items": [asdict(it) for it in evals], "routing": outcomes,
+                                            "pools": [[s.to_dict() for s in p] for p in pools]}))
     for r in records:
         if r.kind in ("policy", "control", "router") and r is not base and len(r.correct) == len(base.correct):
             r.ci_low, r.ci_high = paired_bootstrap(r.correct, base.correct, seed=seed)
@@ -326,10 +333,36 @@ def replay_sampling(pools: Sequence[Sequence[Sample]], gold: Sequence[str], k: i
     return out
 
 
-def load_record(path: str) -> tuple[list[list[Sample]], list[str]]:
-    data = json.loads(Path(path).read_text())
-    pools = [[Sample.from_dict(d) for d in p] for p in data["pools"]]
-    return pools, [it["answer"] for it in data["items"]]
+def replay_routing(outcomes: dict[str, Any], rates: Sequence[float] = (0.25, 0.5, 0.75)) -> list[CollabRecord]:
+    """Entropy routing at several escalation rates, scored on stored outcomes (the short and the long model's
+    correctness and the short model's surprisal per item; cost: the short call, plus the long one if escalated)."""
+    s_ok, l_ok, sur = outcomes["short_correct"], outcomes["long_correct"], outcomes["surprisal"]
+    n = len(sur)
+    out = []
+    for rate in rates:
+        k = round(rate * n)
+        order = sorted(range(n), key=lambda i: -sur[i])[:k]
+        up = set(order)
+        correct = [l_ok[i] if i in up else s_ok[i] for i in range(n)]
+        flops = None
+        if outcomes.get("short_flops") is not None and outcomes.get("long_flops") is not None:
+            flops = outcomes["short_flops"] + outcomes["long_flops"] * k / max(n, 1)
+        tokens = outcomes["short_tokens"] + outcomes["long_tokens"] * k / max(n, 1)
+        out.append(CollabRecord(f"entropy-replay@{rate:.2f}", "router", sum(correct) / max(n, 1), None, None,
+                                tokens, flops, n=n, escalation=k / max(n, 1), correct=correct))
+    return out
+
+
+def load_record(path: str) -> tuple[list[list[Sample]], list[str], dict[str, Any]]:
+    """The pools, gold answers and routing outcomes a run stored with ``record=``."""
+    from tokenomy.errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        pools = [[Sample.from_dict(d) for d in p] for p in data["pools"]]
+        return pools, [it["answer"] for it in data["items"]], dict(data.get("routing") or {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a record of tokenomy bench collab: {exc}") from exc
 
 
 def goals(report: CollabReport) -> list[tuple[str, str, bool]]:

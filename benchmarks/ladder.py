@@ -281,7 +281,8 @@ def few_shot_prompt(item: Item, shots: int = 3, *, seed: int = 0) -> str:
 def problem(item: Item, shots: int = 3, *, seed: int = 0) -> Problem:
     """The item as a policy's ``Problem``: its direct prompt (``Format().direct``) is ``few_shot_prompt``."""
     examples = "".join(f"Q: {ex.question}\nA: {ex.answer}\n\n" for ex in _shots(item, shots, seed))
-    return Problem(item.question, context=f"{INSTRUCTIONS[item.family]}\n\n{examples}", stop=STOP)
+    return Problem(item.question, context=f"{INSTRUCTIONS[item.family]}\n\n{examples}", stop=STOP,
+                   normalizer=normalizer(item.family))
 
 
 def chat_prompt(item: Item, shots: int = 0, *, seed: int = 0) -> list[dict[str, str]]:

@@ -128,6 +128,14 @@ def test_step_route_discards_rejected_steps_and_counts_them():
     assert "4 + 3 = 7" in text_of(short.requests[-1])  # the answer reads the long model's step
 
 
+def test_step_route_ends_a_model_that_never_stops_at_the_step_cap():
+    long = engine(lambda t: "x", scorer=lambda p, c: [0.0])
+    short = engine(lambda t: " 7" if t.endswith("A:") else "and another step")
+    res = StepRoute(long, short, max_steps=3).run(P)
+    assert res.text == "7" and any("step cap (3)" in n for n in res.notes)
+    assert sum(1 for s in res.steps if s.kind == "step") == 3
+
+
 def test_step_route_judge_scorer():
     long = engine(lambda t: "yes" if "correct?" in t else "x")
     short = engine(lambda t: " 7" if t.endswith("A:") else ("" if "step one" in t else "step one"))
@@ -172,6 +180,16 @@ def test_consensus_calls_the_long_model_only_on_disagreement():
     split = engine(lambda t: " 8" if t.endswith("is") else (" 7" if t.endswith("A:") else "3+4"))
     res = Consensus(long, split).run(P)
     assert res.escalated and res.calls("long") == 2
+
+
+def test_consensus_compares_answers_with_the_problems_normalizer():
+    from tokenomy.agents.sampling import normalize_number
+
+    long = engine(lambda t: " 7")
+    short = engine(lambda t: " 7." if t.endswith("A:") else (" 7, of course" if t.endswith("is") else "3+4"))
+    assert Consensus(long, short).run(P).escalated  # "7." and "7, of course" differ as text
+    res = Consensus(long, short).run(Problem(P.question, normalizer=normalize_number))
+    assert not res.escalated and res.answer == "7"
 
 
 def test_entropy_router_escalates_unsure_answers_and_calibrates():
@@ -313,6 +331,14 @@ def test_real_pair_step_route_and_consensus(gemma_engine, embedded_engine):
         assert res.ledger.models["short"].decode_tokens > 0
         assert res.flops is not None and res.flops > 0
         check(item, res.text)  # reads the answer (right or not) without raising
+    # s1's budget forcing on a real engine (min_tokens) and early-stopping sampling on the short model.
+    forced = BudgetForcing(embedded_engine, budget=24, min_think=12, max_waits=1).run(problem(item))
+    assert forced.ledger.models["model"].decode_tokens >= 1
+    from tokenomy.agents.sampling import ESC, SelfConsistency
+
+    vote = SelfConsistency(embedded_engine, ESC(window=3, max_samples=6), normalizer="number", max_tokens=8,
+                           stop=("\n",)).run(Format().direct(problem(item)))
+    assert vote.n_samples in (3, 6) and vote.usage.calls == vote.n_samples
 
 
 def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path):
@@ -345,7 +371,23 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     assert len(report.scores) == 4 and report.kept and report.note
     text = collab.format_report(report)
     assert "goals (BENCHMARKS.md collab)" in text and "samples to match" in text
-    pools, gold = collab.load_record(str(rec))
+    pools, gold, routing = collab.load_record(str(rec))
     assert len(pools) == 3 and all(len(p) == 4 for p in pools) and len(gold) == 3
     again = collab.replay_sampling(pools, gold, k=4)
     assert [r.policy for r in again] == [r.policy for r in report.records if r.kind == "sampling"]
+    routed = collab.replay_routing(routing)
+    assert [r.policy for r in routed] == [r.policy for r in report.records if r.policy.startswith("entropy-replay")]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not a record"):
+        collab.load_record(str(bad))
+
+
+def test_routing_replay_escalates_the_most_surprised_items():
+    from tokenomy.benchmarks.collab import replay_routing
+
+    outcomes = {"short_correct": [True, False, True, False], "long_correct": [False, True, True, True],
+                "surprisal": [0.1, 3.0, 0.2, 2.0], "short_flops": 1.0, "long_flops": 4.0, "short_tokens": 10.0,
+                "long_tokens": 20.0}
+    half = next(r for r in replay_routing(outcomes) if r.policy == "entropy-replay@0.50")
+    assert half.correct == [True, True, True, True] and half.flops == 1.0 + 4.0 * 0.5 and half.escalation == 0.5

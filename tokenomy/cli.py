@@ -207,8 +207,9 @@ def _bench_collab(args: argparse.Namespace) -> int:
         print(f"[collab] {m}", file=sys.stderr, flush=True)
 
     if args.replay:
-        pools, gold = collab.load_record(args.replay)
+        pools, gold, routing = collab.load_record(args.replay)
         records = collab.replay_sampling(pools, gold, k=max(len(p) for p in pools), seed=args.seed)
+        records += collab.replay_routing(routing) if routing else []
         for r in records:
             print(f"{r.policy:<24} accuracy {r.accuracy:.3f}  samples {r.samples:.2f}  tokens {r.tokens:.1f}  "
                   f"{'; '.join(r.notes)}")
