@@ -408,6 +408,9 @@ def format_report(report: CollabReport) -> str:
         rr = f"{r.random_router_accuracy:.2f}" if r.random_router_accuracy is not None else "-"
         lines.append(f"{r.policy:<40} {r.kind:<8} {r.accuracy:>5.2f} {ci:>15} {r.tokens:>7.0f} {fl:>9} {vs:>6} "
                      f"{r.escalation:>5.2f} {rr:>8} {r.samples:>7.1f}")
+    lines += ["tokens: per item, prompt + completion of every model (sampling rows: completion tokens charged); "
+              "FLOPs count computed tokens only (cached prompt tokens cost none); CI: accuracy minus the long "
+              "model's, paired bootstrap; rand@esc: a random router at the policy's escalation rate"]
     lines += ["", "goals (BENCHMARKS.md collab):"]
     for g, m, ok in goals(report):
         lines.append(f"  [{'met' if ok else 'MISSED'}] {g}: {m}")

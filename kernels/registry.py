@@ -51,8 +51,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
         from .embedded import EMBEDDED_MODELS
 
         if arg not in EMBEDDED_MODELS:
-            raise UnknownModelSpec(f"{spec!r}: no embedded model {arg!r}; the embedded models are "
-                                   f"{', '.join(EMBEDDED_MODELS)}")
+            raise UnknownModelSpec(f"{spec!r}: no embedded model {arg!r} (the embedded models are "
+                                   f"{', '.join(EMBEDDED_MODELS)}); use one of {_forms()}")
         return kind, arg
     if kind in ("hf", "vllm", "openai") and sep and arg:
         if kind == "openai" and "@" not in arg:

@@ -46,7 +46,8 @@ def test_error_tree():
 
 
 @pytest.mark.parametrize("spec,expected", [
-    ("embedded", ("embedded", "")), ("scripted", ("scripted", "")), ("hf:/m", ("hf", "/m")),
+    ("embedded", ("embedded", "")), ("embedded:gemma-3-270m", ("embedded", "gemma-3-270m")),
+    ("scripted", ("scripted", "")), ("hf:/m", ("hf", "/m")),
     ("vllm:/m", ("vllm", "/m")), ("openai:gpt@http://h:1/v1", ("openai", "gpt@http://h:1/v1")),
 ])
 def test_parse_spec(spec, expected):
