@@ -108,7 +108,7 @@ class ThoughtInject(PairPolicy):
 
     def _solve(self, run: _Run, p: Problem) -> str:
         steps = run.call("short", f"{self.fmt.head(p)}{self.STEPS}Steps:\n", kind="steps",
-                         max_tokens=self.steps_tokens, stop=("\n\n", self.fmt.close_tag)).text.strip()
+                         max_tokens=self.steps_tokens, stop=("\n\n", *self.fmt.think_stops)).text.strip()
         if not steps or "STOP" in steps:
             run.notes.append("short model handed over (STOP or no steps): the long model thinks normally")
             run.escalated = True
@@ -276,7 +276,7 @@ class AlternatingTurns(PairPolicy):
         run.escalated = True
         for turn in range(self.max_turns):
             more = run.call("long", self.fmt.reasoning(p, thoughts), kind="think", max_tokens=self.turn_tokens,
-                            stop=(self.fmt.close_tag,)).text.strip()
+                            stop=self.fmt.think_stops).text.strip()
             thoughts += more + "\n"
             last = turn == self.max_turns - 1
             ask = f"{self.fmt.head(p)}Thoughts:\n{thoughts}{self.ASK}" + ("Answer:" if last else "")

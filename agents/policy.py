@@ -94,6 +94,12 @@ class Format:
     def close_tag(self) -> str:
         return self.think_close.strip()
 
+    @property
+    def think_stops(self) -> tuple[str, ...]:
+        """Where thinking ends: the closing tag, or a new question (a small model that continues its few-shot
+        examples instead of thinking)."""
+        return (self.close_tag, "\n" + self.question.strip())
+
 
 @dataclass
 class Step:
@@ -227,7 +233,7 @@ class Policy(abc.ABC):
     def _think(self, run: _Run, role: str, p: Problem, budget: int, so_far: str = "",
                kind: str = "think", **kw: Any) -> Completion:
         return run.call(role, self.fmt.reasoning(p, so_far), kind=kind, max_tokens=budget,
-                        stop=(self.fmt.close_tag,), **kw)
+                        stop=self.fmt.think_stops, **kw)
 
     def _answer_after(self, run: _Run, role: str, p: Problem, thinking: str, max_tokens: int = 24,
                       **kw: Any) -> Completion:

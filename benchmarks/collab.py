@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,29 +118,37 @@ def _direct_correct(engine: Engine, items: Sequence[Item]) -> list[bool]:
 
 def calibrate(long: Engine, short: Engine, n: int, seed: int, progress: Progress,
               families: Sequence[str] = FAMILIES, levels: Sequence[int] = LEVELS) -> dict[str, dict[str, float]]:
-    """Direct few-shot accuracy of both models on ``n`` dev items of every (family, level)."""
+    """Direct few-shot accuracy of both models on ``n`` dev items of every (family, level), and ``chance``: what
+    always giving the level's most common gold answer would score on them (50% on coin flips)."""
     scores: dict[str, dict[str, float]] = {}
     for fam in families:
         for lvl in levels:
             items = level_items(fam, lvl, n=n, seed=seed, split="dev")
-            scores[_key(fam, lvl)] = {
+            chance = Counter(it.answer for it in items).most_common(1)[0][1] / n
+            s = scores[_key(fam, lvl)] = {
                 "long": sum(_direct_correct(long, items)) / n,
                 "short": sum(_direct_correct(short, items)) / n,
+                "chance": chance,
             }
-            progress(f"calibrate {fam}-{lvl}: long {scores[_key(fam, lvl)]['long']:.2f} "
-                     f"short {scores[_key(fam, lvl)]['short']:.2f}")
+            progress(f"calibrate {fam}-{lvl}: long {s['long']:.2f} short {s['short']:.2f} chance {chance:.2f}")
     return scores
 
 
 def keep(scores: dict[str, dict[str, float]], lo: float = 0.2, hi: float = 0.8) -> tuple[list[str], str]:
-    both = [k for k, s in scores.items() if all(lo <= v <= hi for v in s.values())]
+    """The levels to evaluate on: where both models score in [lo, hi] and above chance (a constant answer);
+    failing that, where the long model does; failing that, every level. The note says which rule applied."""
+    def fits(s: dict[str, float], model: str) -> bool:
+        return lo <= s[model] <= hi and s[model] > s.get("chance", 0.0)
+
+    both = [k for k, s in scores.items() if fits(s, "long") and fits(s, "short")]
     if both:
-        return both, f"{len(both)} levels where both models score in [{lo:.0%}, {hi:.0%}]"
-    long_only = [k for k, s in scores.items() if lo <= s["long"] <= hi]
+        return both, f"{len(both)} levels where both models score in [{lo:.0%}, {hi:.0%}] and above chance"
+    long_only = [k for k, s in scores.items() if fits(s, "long")]
     if long_only:
-        return long_only, (f"no level has both models in [{lo:.0%}, {hi:.0%}]: kept the {len(long_only)} where the "
-                           f"long model is")
-    return list(scores), f"no level has the long model in [{lo:.0%}, {hi:.0%}]: every level kept"
+        return long_only, (f"no level has both models in [{lo:.0%}, {hi:.0%}] and above chance: kept the "
+                           f"{len(long_only)} where the long model is")
+    return list(scores), (f"no level has the long model in [{lo:.0%}, {hi:.0%}] and above chance: every level kept "
+                          f"(accuracies here are near the floor)")
 
 
 def _items(kept: Sequence[str], n: int, seed: int) -> list[Item]:
@@ -396,7 +405,8 @@ def goals(report: CollabReport) -> list[tuple[str, str, bool]]:
 
 def format_report(report: CollabReport) -> str:
     lines = [f"long = {report.long}, short = {report.short}; {report.note}", ""]
-    cal = "  ".join(f"{k}: L {v['long']:.2f} S {v['short']:.2f}" for k, v in report.scores.items())
+    cal = "  ".join(f"{k}: L {v['long']:.2f} S {v['short']:.2f} C {v.get('chance', 0):.2f}"
+                    for k, v in report.scores.items())
     lines += ["calibration (direct, dev items): " + cal, ""]
     head = (f"{'policy':<40} {'kind':<8} {'acc':>5} {'CI vs long':>15} {'tokens':>7} {'FLOPs':>9} {'vs L':>6} "
             f"{'esc':>5} {'rand@esc':>8} {'samples':>7}")

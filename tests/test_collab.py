@@ -260,6 +260,12 @@ def test_thinking_cap_forces_the_answer():
     assert res.ledger.models["model"].decode_tokens == 16 + 2
 
 
+def test_thinking_ends_where_a_small_model_starts_a_new_question():
+    model = engine(lambda t: " 7" if t.endswith("A:") else "3 + 4 = 7\nQ: What is 5 + 5?\nA: 10")
+    res = ThinkingCap(model, cap=64).run(P)
+    assert res.steps[0].text == "3 + 4 = 7" and "<think>\n3 + 4 = 7\n</think>" in text_of(model.requests[1])
+
+
 def test_budget_forcing_appends_wait_on_an_early_stop():
     model = LogprobEngine(lambda t: " 7" if t.endswith("A:") else "short", lambda t: 0.0)
     res = BudgetForcing(model, budget=64, min_think=20, max_waits=2).run(P)
@@ -381,6 +387,20 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not a record"):
         collab.load_record(str(bad))
+
+
+def test_levels_are_kept_only_above_chance():
+    from tokenomy.benchmarks.collab import keep
+
+    scores = {"coin_flip-1": {"long": 0.5, "short": 0.5, "chance": 0.6},     # a constant answer does as well
+              "arithmetic-1": {"long": 0.4, "short": 0.3, "chance": 0.1},
+              "carry-1": {"long": 0.1, "short": 0.8, "chance": 0.1}}
+    assert keep(scores)[0] == ["arithmetic-1"]
+    kept, note = keep({"a-1": {"long": 0.5, "short": 0.9, "chance": 0.2}, "b-1": {"long": 0.0, "short": 0.5,
+                                                                                "chance": 0.1}})
+    assert kept == ["a-1"] and "where the long model is" in note
+    kept, note = keep({"a-1": {"long": 0.5, "short": 0.5, "chance": 0.5}})
+    assert kept == ["a-1"] and "every level kept" in note
 
 
 def test_routing_replay_escalates_the_most_surprised_items():
