@@ -152,7 +152,7 @@ class TransformersEngine(Engine):
         ids = self.prompt_token_ids(prompt)
         cont = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
         if not cont:
-            return Scored([], [], Usage(prompt_tokens=len(ids), cached_prompt_tokens=len(ids), calls=1))
+            return Scored([], [], Usage())  # nothing to score: no pass is made
         seq = ids + cont
         if len(seq) >= self.context_window:
             raise ContextLengthExceeded(len(seq), 0, self.context_window)
