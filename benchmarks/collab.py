@@ -55,6 +55,7 @@ from .ladder import FAMILIES, LEVELS, Item, check, level_items, normalizer, prob
 __all__ = ["CollabRecord", "CollabReport", "run_collab_bench", "replay_sampling", "goals", "format_report"]
 
 LONG_SPEC = "embedded:gemma-3-270m"
+CAP_GRID = (8, 16, 32, 64, 128, 256)
 SHORT_SPEC = "embedded"
 Progress = Callable[[str], None]
 
@@ -81,6 +82,8 @@ class CollabRecord:
     flops_vs_long: float | None = None
     random_router_accuracy: float | None = None
     """A router that escalates the same share of items at random (from the two models' own answers)."""
+    capped_long_accuracy: float | None = None
+    """The long model capped at this policy's mean spend (rounded up to ``CAP_GRID``)."""
     discarded: float = 0.0
     by_model: dict[str, dict[str, float]] = field(default_factory=dict)
     correct: list[bool] = field(default_factory=list)
@@ -277,13 +280,18 @@ def run_collab_bench(*, quick: bool = False, long_spec: str | None = None, short
             picks = [rng.random() < r.escalation for _ in range(n)]
             r.random_router_accuracy = sum(lg if p else s for p, s, lg in zip(picks, low.correct, base.correct,
                                                                                strict=True)) / max(n, 1)
-    best = _best(records, base)
-    if best is not None:
-        spend = max(1, int(round(best.by_model.get("long", {}).get("decode", 0) + best.by_model.get("short", {})
-                                 .get("decode", 0))))
-        capped = LongOnly(long, short, think=max(spend - 4, 0), answer_tokens=min(16, spend))
-        rec = _evaluate(f"long-capped({spend} tokens, as {best.policy})", "control", capped, evals, progress)
-        records.append(rec)
+    # The long model capped at each policy's mean spend (decode tokens of both models, rounded up to a grid so
+    # that policies of similar spend share one run of the control).
+    capped: dict[int, CollabRecord] = {}
+    for r in [r for r in records if r.kind == "policy"]:
+        spend = sum(d.get("decode", 0.0) for d in r.by_model.values())
+        cap = next((c for c in CAP_GRID if c >= spend), CAP_GRID[-1])
+        if cap not in capped:
+            pol = LongOnly(long, short, think=max(cap - 8, 0), answer_tokens=min(16, cap))
+            capped[cap] = _evaluate(f"long-capped({cap})", "control", pol, evals, progress)
+        r.capped_long_accuracy = capped[cap].accuracy
+        r.notes.insert(0, f"capped long: {capped[cap].policy}")
+    records += [capped[c] for c in sorted(capped)]
     # Sampling: a pool per item from the short model, replayed under each stopping rule.
     sc = SelfConsistency(short, FixedN(samples), normalizer=lambda t: t, temperature=0.7, max_tokens=16,
                          stop=("\n",), seed=seed)
@@ -315,14 +323,6 @@ def run_collab_bench(*, quick: bool = False, long_spec: str | None = None, short
 
 def _mix(a: float | None, b: float | None, rate: float) -> float | None:
     return None if a is None or b is None else (1 - rate) * a + rate * b
-
-
-def _best(records: Sequence[CollabRecord], base: CollabRecord) -> CollabRecord | None:
-    pols = [r for r in records if r.kind == "policy" and r.flops is not None]
-    if not pols:
-        return None
-    near = [r for r in pols if r.accuracy >= base.accuracy - 0.01]
-    return min(near, key=lambda r: r.flops or 0.0) if near else max(pols, key=lambda r: r.accuracy)
 
 
 def replay_sampling(pools: Sequence[Sequence[Sample]], gold: Sequence[str], k: int = 16, seed: int = 0,
@@ -408,19 +408,21 @@ def format_report(report: CollabReport) -> str:
     cal = "  ".join(f"{k}: L {v['long']:.2f} S {v['short']:.2f} C {v.get('chance', 0):.2f}"
                     for k, v in report.scores.items())
     lines += ["calibration (direct, dev items): " + cal, ""]
-    head = (f"{'policy':<40} {'kind':<8} {'acc':>5} {'CI vs long':>15} {'tokens':>7} {'FLOPs':>9} {'vs L':>6} "
-            f"{'esc':>5} {'rand@esc':>8} {'samples':>7}")
+    head = (f"{'policy':<24} {'kind':<8} {'acc':>5} {'CI vs long':>15} {'tokens':>7} {'FLOPs':>9} {'vs L':>6} "
+            f"{'esc':>5} {'rand@esc':>8} {'capped L':>8} {'samples':>7}")
     lines += [head, "-" * len(head)]
     for r in report.records:
         ci = f"[{r.ci_low:+.2f},{r.ci_high:+.2f}]" if r.ci_low is not None and r.ci_high is not None else "-"
         fl = f"{r.flops / 1e9:.1f}G" if r.flops is not None else "-"
         vs = f"{r.flops_vs_long:.0%}" if r.flops_vs_long is not None else "-"
         rr = f"{r.random_router_accuracy:.2f}" if r.random_router_accuracy is not None else "-"
-        lines.append(f"{r.policy:<40} {r.kind:<8} {r.accuracy:>5.2f} {ci:>15} {r.tokens:>7.0f} {fl:>9} {vs:>6} "
-                     f"{r.escalation:>5.2f} {rr:>8} {r.samples:>7.1f}")
+        cl = f"{r.capped_long_accuracy:.2f}" if r.capped_long_accuracy is not None else "-"
+        lines.append(f"{r.policy:<24} {r.kind:<8} {r.accuracy:>5.2f} {ci:>15} {r.tokens:>7.0f} {fl:>9} {vs:>6} "
+                     f"{r.escalation:>5.2f} {rr:>8} {cl:>8} {r.samples:>7.1f}")
     lines += ["tokens: per item, prompt + completion of every model (sampling rows: completion tokens charged); "
               "FLOPs count computed tokens only (cached prompt tokens cost none); CI: accuracy minus the long "
-              "model's, paired bootstrap; rand@esc: a random router at the policy's escalation rate"]
+              "model's, paired bootstrap; rand@esc: a random router at the policy's escalation rate;",
+              "capped L: the long model capped at the policy's mean decode spend"]
     lines += ["", "goals (BENCHMARKS.md collab):"]
     for g, m, ok in goals(report):
         lines.append(f"  [{'met' if ok else 'MISSED'}] {g}: {m}")

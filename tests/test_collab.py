@@ -366,6 +366,9 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     assert names[:3] == ["long", "short", "long-think"]
     assert {"consensus", "step-route", "entropy-router", "probe-router", "oracle-router"} <= set(names)
     assert any(n.startswith("long-capped(") for n in names)
+    for r in report.records:
+        if r.kind == "policy":
+            assert r.capped_long_accuracy is not None and r.notes[0].startswith("capped long: long-capped(")
     assert any(n.startswith("esc(") for n in names) and any(n.startswith("short-") for n in names)
     for r in report.records:
         assert r.n == 3 and 0 <= r.accuracy <= 1 and r.tokens >= 0
