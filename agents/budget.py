@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
+from tokenomy.kernels.usage import Usage
 
 from .collab import PairPolicy
 from .policy import Format, Normalizer, Policy, Problem, _Run
@@ -155,8 +156,6 @@ class ProbeRouter(PairPolicy):
         tier = self.tier_of(p)
         # The probe reads a prompt the short model prefills anyway: count it as one prefill of the direct prompt.
         emb_tokens = len(self.short.prompt_token_ids(self.fmt.direct(p)) or [])
-        from tokenomy.kernels.usage import Usage
-
         run.ledger.add("short", Usage(prompt_tokens=emb_tokens, calls=1), flops_per_token=self.short.flops_per_token)
         run.notes.append(f"tier {tier.name}")
         run.escalated = tier.role == "long"
