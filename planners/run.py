@@ -379,9 +379,14 @@ class Strategy:
                     if made_by != self.name:
                         raise UserError(f"run {thread_id!r} was made by the {made_by!r} strategy; resume it with "
                                         "that one")
-                    if not snapshot.next:
+                    # Finished is the run's own flag, not ``snapshot.next``: a process killed between a node's
+                    # writes and the next checkpoint leaves pending writes for which LangGraph reports no next
+                    # node, though invoking goes on from them.
+                    if snapshot.values.get("done") and not snapshot.next:
                         return self.result(snapshot.values, thread_id)
-                values = app.invoke(inp, config)
+                # "sync": each step's checkpoint is on disk before the next step starts, so a process killed
+                # mid-step resumes from the step before it (LangGraph's default "async" may not have written it).
+                values = app.invoke(inp, config, durability="sync")
             finally:
                 self._journal = None
                 if not isinstance(checkpoints, Checkpoints):

@@ -213,6 +213,32 @@ def test_resume_after_a_crash_repeats_no_finished_call(tmp_path):
         React(by_agent(), ts).resume("t1", db)
 
 
+
+def test_crash_between_a_nodes_writes_and_its_checkpoint_still_resumes(tmp_path, monkeypatch):
+    """A process killed after a node's writes are saved but before the next checkpoint is: LangGraph reports no
+    next node for that state, and resume must not take it for a finished run (it once answered None)."""
+    db = tmp_path / "ck.sqlite"
+    ts = echo_tools()
+    plan = "Plan: a\n#E1 = echo[one]\nPlan: b\n#E2 = echo[#E1]"
+    store = Checkpoints(db)
+    puts = []
+
+    def put(*args, **kwargs):  # the fourth checkpoint (after the first work step) never reaches the disk
+        puts.append(1)
+        if len(puts) == 4:
+            raise KeyboardInterrupt("killed")
+        return type(store.saver).put(store.saver, *args, **kwargs)
+
+    monkeypatch.setattr(store.saver, "put", put)
+    with pytest.raises(KeyboardInterrupt):
+        RewooNL(by_agent(planner=[plan], solver=[]), ts).run("q", thread_id="t", checkpoints=store)
+    store.close()
+    assert len(ts[0].calls) == 1
+    again = by_agent(planner=[], solver=["<<one>>"])
+    r = RewooNL(again, ts).resume("t", db)
+    assert r.answer == "<<one>>" and [q.agent for q in again.requests] == ["solver"]
+    assert [c["text"] for c in ts[0].calls] == ["one", "<one>"]  # the first step was not run again
+
 def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(UserError, match="no checkpoint of run 'nope'"):
         Rewoo(by_agent(), echo_tools()).resume("nope", tmp_path / "ck.sqlite")
