@@ -68,3 +68,22 @@ def test_debate_pruned_runs_on_the_embedded_model(embedded_engine):
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training: 4 runs" in out.stdout and "tokens/question" in out.stdout and "decision" in out.stdout
+
+
+def test_rag_pipeline_is_wired(capsys):
+    from .rag_doubles import HashEmbedder
+
+    spent = load("rag_pipeline").main([], engine=ScriptedEngine(lambda req: "Tormos"), embedder=HashEmbedder())
+    out = capsys.readouterr().out
+    assert "question: What is" in out and out.count("answer: Tormos") == 2
+    bm25, graph = spent.values()
+    assert 0 < graph <= 64 < bm25  # the graph context is within its budget, the top-5 chunks are not
+
+
+@pytest.mark.embedded
+def test_rag_pipeline_runs_on_the_embedded_model(embedded_engine):
+    env = {k: v for k, v in os.environ.items() if k != "TOKENOMY_MODEL"}
+    out = subprocess.run([sys.executable, str(EXAMPLES / "rag_pipeline.py")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("answer:") == 2 and "context" in out.stdout and "sources:" in out.stdout

@@ -225,7 +225,23 @@ def _bench_collab(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("prefix", "plans", "planning", "graph", "collab")
+def _bench_rag(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import rag
+
+    def progress(m: str) -> None:
+        print(m, file=sys.stderr, flush=True)
+
+    result = rag.run_rag_bench(quick=args.quick, seed=args.seed, questions=args.tasks, progress=progress)
+    print(rag.format_rag_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"records": [r.to_json() for r in result["records"]], "goal": result["goal"],
+                       "ingest": result["ingest"], "questions": result["questions"]}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -238,6 +254,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_graph(args)
     if args.name == "collab":
         return _bench_collab(args)
+    if args.name == "rag":
+        return _bench_rag(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -292,10 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab)")
+    from tokenomy.tools.rag.cli import add_rag_parser
+
+    add_rag_parser(sub)
+
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag)")
     bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
                                     "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs) or "
-                                    "collab (long/short policies on a difficulty ladder)")
+                                    "collab (long/short policies on a difficulty ladder) or rag (context tokens "
+                                    "per retriever)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--json", default=None, help="write the records to this file")
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
@@ -305,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-live", action="store_true", help="planning, graph: no model runs (oracle replay, "
                                                               "simulator)")
     bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle); graph: "
-                                                            "simulator evaluation questions; collab: items")
+                                                            "simulator evaluation questions; collab: items; rag: "
+                                                            "questions per hop count")
     bench.add_argument("--iterations", type=int, default=50, help="graph: training iterations of each policy "
                                                                   "on the simulator")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
@@ -332,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run" and not args.resume and not args.question.strip():
         print("tokenomy: error: give a question (or --resume ID)", file=sys.stderr)
         return 2
-    if args.command in ("chat", "bench", "run"):
+    if args.command in ("chat", "bench", "run", "rag"):
         _quiet_progress_bars()
     try:
         return int(args.fn(args))

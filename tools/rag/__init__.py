@@ -1,0 +1,41 @@
+"""tokenomy.tools.rag: retrieval that hands a model the knowledge it needs in as few tokens as possible.
+
+``RagStore`` (SQLite: chunks, an FTS5 index, sentence embeddings, knowledge triplets) is filled by ``ingest``;
+retrievers (BM25, dense, hybrid, graph) find chunks; compressors fill a token budget with the best chunks,
+sentences or triplets; ``RagPipeline`` runs retrieve -> compress -> generate and serves as a plan tool or an
+agent. The embedding model and torch load only when an embedder is used.
+"""
+
+from .pipeline import COMPRESSORS, NO_MATCH, RagAnswer, RagPipeline
+from .retrievers import (
+                         RETRIEVERS,
+                         BM25Retriever,
+                         DenseRetriever,
+                         GraphRetriever,
+                         HybridRetriever,
+                         Retriever,
+                         make_retriever,
+)
+from .store import IngestStats, RagStore
+from .types import Chunk, Context, Embedder, Hit, Triplet
+
+__all__ = [
+    "RagStore",
+    "IngestStats",
+    "RagPipeline",
+    "RagAnswer",
+    "COMPRESSORS",
+    "NO_MATCH",
+    "Retriever",
+    "BM25Retriever",
+    "DenseRetriever",
+    "HybridRetriever",
+    "GraphRetriever",
+    "RETRIEVERS",
+    "make_retriever",
+    "Chunk",
+    "Triplet",
+    "Hit",
+    "Context",
+    "Embedder",
+]

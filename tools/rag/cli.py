@@ -1,0 +1,96 @@
+"""``tokenomy rag ingest DIR`` and ``tokenomy rag ask "question"``: the RAG pipeline from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_rag_parser", "default_store_path"]
+
+
+def default_store_path() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tokenomy")) / "rag" / "store.sqlite"
+
+
+def add_rag_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    rag = sub.add_parser("rag", help="ingest documents and answer questions from them (RAG)")
+    cmds = rag.add_subparsers(dest="rag_command", required=True)
+    ingest = cmds.add_parser("ingest", help="add a directory (or files) of .txt/.md/.html/.pdf to a store")
+    ingest.add_argument("paths", nargs="+", help="a directory or files")
+    ingest.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
+    ingest.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (BM25 and graph only)")
+    ingest.add_argument("--max-tokens", type=int, default=200, help="the most tokens of a chunk")
+    ingest.set_defaults(fn=cmd_ingest)
+    ask = cmds.add_parser("ask", help="answer a question from a store, with citations")
+    ask.add_argument("question")
+    ask.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
+    ask.add_argument("--model", default=None, help="model spec (default: $TOKENOMY_MODEL or 'embedded')")
+    ask.add_argument("--retriever", default=None, help="bm25, dense, hybrid (default with vectors) or graph")
+    ask.add_argument("--compressor", default="graph", help="chunks, sentences, triplets or graph (default)")
+    ask.add_argument("--budget", type=int, default=200, help="the most context tokens")
+    ask.add_argument("-k", type=int, default=5, help="chunks retrieved")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--show-context", action="store_true", help="print the context the model read")
+    ask.set_defaults(fn=cmd_ask)
+
+
+def _store(path: str | None) -> Path:
+    p = Path(path) if path else default_store_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .graph import extract_triplets
+    from .store import RagStore
+
+    embedder = None
+    if not args.no_vectors:
+        from .embed import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    path = _store(args.store)
+    with RagStore(path) as store:
+        for source in args.paths:
+            stats = store.ingest(source, embedder=embedder, extract=extract_triplets, max_tokens=args.max_tokens)
+            print(f"{source}: {stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
+                  f"{stats.removed} removed, {stats.chunks} new chunks ({stats.seconds:.1f} s)")
+            for skipped, why in stats.skipped:
+                print(f"  skipped {skipped}: {why}")
+        s = store.stats()
+    print(f"store {path}: {s['docs']} documents, {s['chunks']} chunks, {s['vectors']} vectors, "
+          f"{s['triplets']} triplets")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from tokenomy.errors import UserError
+    from tokenomy.kernels import default_spec, load_engine
+
+    from .pipeline import RagPipeline
+    from .store import RagStore
+
+    path = _store(args.store)
+    if not path.exists():
+        raise UserError(f"no store at {path}: run `tokenomy rag ingest DIR --store {path}` first")
+    with RagStore(path) as store:
+        if store.stats()["chunks"] == 0:
+            raise UserError(f"the store {path} is empty: run `tokenomy rag ingest DIR --store {path}` first")
+        retriever = args.retriever or ("hybrid" if store.stats().get("embedder") else "bm25")
+        pipe = RagPipeline(store, model=load_engine(args.model or default_spec()), retriever=retriever,
+                           compressor=args.compressor, budget_tokens=args.budget, k=args.k)
+        answer = pipe.ask(args.question)
+    if args.json:
+        print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+        return 0
+    if args.show_context:
+        print(f"context ({answer.context.tokens} tokens):\n{answer.context.text}\n")
+    print(answer.text)
+    print("sources: " + (", ".join(answer.cites) or "none"))
+    u = answer.usage
+    print(f"tokens: context {answer.context.tokens}"
+          + (f", prompt {u.prompt_tokens}, completion {u.completion_tokens}" if u is not None else ", no model call"))
+    return 0

@@ -1,0 +1,185 @@
+"""``RagPipeline``: retrieve -> compress -> generate, with the context tokens of every step on the record.
+
+    from tokenomy.tools.rag import RagPipeline, RagStore
+    store = RagStore("docs.sqlite"); store.ingest("docs/", embedder=MiniLMEmbedder(), extract=extract_triplets)
+    pipe = RagPipeline(store, model="embedded", retriever="hybrid", compressor="graph", budget_tokens=200)
+    answer = pipe.ask("Who founded Kelmar Works?")   # answer.text, answer.cites, answer.context.tokens
+    plan_tool = pipe.as_tool()                       # `retrieve(query)` inside codified plans
+
+The compressor is where the tokens go: ``chunks`` packs whole chunks (the usual RAG baseline), ``sentences``
+the sentences that share most with the question, ``triplets`` the knowledge-graph facts ranked by Personalized
+PageRank, and ``graph`` (TeaRAG-style) facts first, sentences after, all within ``budget_tokens``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tokenomy.errors import UserError
+
+from .retrievers import GraphRetriever, Retriever, make_retriever
+from .types import Context, Embedder, Hit
+
+if TYPE_CHECKING:
+    from tokenomy.agents import Agent
+    from tokenomy.kernels import Engine, Usage
+    from tokenomy.tools import Tool
+
+    from .store import RagStore
+
+__all__ = ["RagPipeline", "RagAnswer", "COMPRESSORS", "NO_MATCH", "RAG_SYSTEM"]
+
+COMPRESSORS = ("chunks", "sentences", "triplets", "graph")
+NO_MATCH = "no passage in the store matches the question"
+RAG_SYSTEM = ("Answer the question from the facts below only. Reply with the answer, as short as possible, then "
+              "its source in brackets, e.g. Tormos [cities.md#3]. If the facts do not give the answer, reply: "
+              "not found.")
+_CITE = re.compile(r"\[([^\[\]\s]+#\d+)\]")
+
+
+@dataclass
+class RagAnswer:
+    """One answered question."""
+
+    question: str
+    text: str
+    """The model's answer without its bracketed citations (``NO_MATCH`` when nothing was retrieved)."""
+    context: Context
+    hits: list[Hit] = field(default_factory=list)
+    cited: list[str] = field(default_factory=list)
+    """The ``path#n`` the model cited that are in its context (a citation of anything else is dropped)."""
+    usage: Usage | None = None
+    """The generator's usage (``None``: no model call, e.g. nothing matched)."""
+
+    @property
+    def cites(self) -> list[str]:
+        """What the answer rests on: the model's own citations, else every chunk of its context."""
+        return self.cited or list(self.context.cites)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.text, "cites": self.cites, "cited_by_model": self.cited,
+                "context_tokens": self.context.tokens, "retrieved": [h.chunk.cite for h in self.hits],
+                "usage": None if self.usage is None else self.usage.to_dict()}
+
+
+class RagPipeline:
+    """Retrieve, compress, generate.
+
+    Args:
+        store: a ``RagStore`` or the path of one.
+        model: an engine or a model spec for ``ask`` (``None``: retrieval and context only).
+        embedder: the store's embedder, for ``dense``/``hybrid`` and for sentence scoring; ``None``: the
+            all-MiniLM-L6-v2 embedder when the store has its vectors.
+        retriever: ``bm25``, ``dense``, ``hybrid`` or ``graph``, or a ``Retriever``.
+        compressor: ``chunks``, ``sentences``, ``triplets`` or ``graph`` (see the module docstring).
+        budget_tokens: the most context tokens (o200k_base) handed to the model.
+        k: chunks retrieved per question.
+        max_answer_tokens: the most tokens of an answer.
+    """
+
+    def __init__(self, store: RagStore | str | Path, *, model: Engine | str | None = None,
+                 embedder: Embedder | None = None, retriever: str | Retriever = "hybrid", compressor: str = "graph",
+                 budget_tokens: int = 256, k: int = 5, max_answer_tokens: int = 48) -> None:
+        from .store import RagStore
+
+        if compressor not in COMPRESSORS:
+            raise UserError(f"unknown compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
+        if budget_tokens < 1 or k < 1:
+            raise UserError(f"budget_tokens and k must be >= 1 (got {budget_tokens} and {k})")
+        self.store = store if isinstance(store, RagStore) else RagStore(store)
+        if embedder is None and self.store.stats().get("embedder"):
+            from .embed import MiniLMEmbedder
+
+            if self.store.stats()["embedder"] == MiniLMEmbedder.name:
+                embedder = MiniLMEmbedder()
+        self.embedder = embedder
+        self.retriever = retriever if not isinstance(retriever, str) else make_retriever(retriever, self.store,
+                                                                                          embedder)
+        self.compressor, self.budget_tokens, self.k = compressor, budget_tokens, k
+        self._graph = self.retriever if isinstance(self.retriever, GraphRetriever) else None
+        if isinstance(model, str):
+            from tokenomy.kernels import load_engine
+
+            model = load_engine(model)
+        self.model: Engine | None = model
+        self.max_answer_tokens = max_answer_tokens
+        self.calls = 0
+        self.context_tokens = 0
+        """Context tokens handed out so far (``context`` calls, the tool's included)."""
+
+    # -- the steps -----------------------------------------------------------------------------------------
+
+    def retrieve(self, question: str) -> list[Hit]:
+        return self.retriever.retrieve(question, self.k)
+
+    def context(self, question: str, hits: list[Hit] | None = None) -> Context:
+        """The compressed context for ``question`` (``hits``: already retrieved ones)."""
+        from .compress import compress_chunks, compress_hybrid, compress_sentences, compress_triplets
+
+        hits = self.retrieve(question) if hits is None else hits
+        if self.compressor == "chunks":
+            ctx = compress_chunks(hits, self.budget_tokens)
+        elif self.compressor == "sentences":
+            ctx = compress_sentences(question, hits, self.budget_tokens, embedder=self.embedder)
+        else:
+            graph = self._graph or GraphRetriever(self.store)
+            self._graph = graph
+            ranked = graph.triplets(question)
+            if self.compressor == "triplets":
+                ctx = compress_triplets(ranked, self.budget_tokens, cite=self._cite)
+            else:
+                ctx = compress_hybrid(question, ranked, hits, self.budget_tokens, cite=self._cite)
+        self.calls += 1
+        self.context_tokens += ctx.tokens
+        return ctx
+
+    def _cite(self, chunk_id: int) -> str:
+        return self.store.chunk(chunk_id).cite
+
+    def ask(self, question: str) -> RagAnswer:
+        """Answer ``question`` from the store with one model call (none when nothing matches)."""
+        if not question.strip():
+            raise UserError("the question is empty")
+        if self.model is None:
+            raise UserError("this pipeline has no model: give RagPipeline(model=...) to answer questions")
+        hits = self.retrieve(question)
+        ctx = self.context(question, hits)
+        if not ctx.text.strip():
+            return RagAnswer(question, NO_MATCH, ctx, hits)
+        messages = [{"role": "system", "content": RAG_SYSTEM},
+                    {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
+        c = self.model.chat(messages, max_tokens=self.max_answer_tokens, agent="rag")
+        raw = c.text.strip().split("\n")[0].strip()
+        allowed = set(ctx.cites)
+        cited = [m for m in dict.fromkeys(_CITE.findall(raw)) if m in allowed]
+        text = _CITE.sub("", raw).strip() or raw
+        return RagAnswer(question, text, ctx, hits, cited, c.usage)
+
+    # -- as parts of bigger workflows ----------------------------------------------------------------------
+
+    def as_tool(self, name: str = "retrieve") -> Tool:
+        """A tool ``name(query) -> str`` for codified plans: the compressed context for ``query`` (or
+        ``NO_MATCH``), each fact tagged with its source."""
+        from tokenomy.tools import tool
+
+        def retrieve(query: str) -> str:
+            """Facts from the document store about the query, each with its source [file#n].
+
+            Args:
+                query: what to look for, e.g. "founder of Kelmar Works".
+            """
+            return self.context(query).text or NO_MATCH
+
+        retrieve.__name__ = name
+        return tool(retrieve)
+
+    def as_agent(self, name: str = "retriever", *, tool_name: str = "retrieve", max_tokens: int = 96) -> Agent:
+        """An agent for an ``AgentGraph`` that plans over this pipeline's tool; run the team with
+        ``tools=[pipeline.as_tool(tool_name)]``."""
+        from tokenomy.agents import Agent
+
+        return Agent(name=name, role="planner", tools=(tool_name,), max_tokens=max_tokens)
+
