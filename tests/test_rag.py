@@ -213,3 +213,24 @@ def test_rag_ask_on_the_real_models(tmp_path):
     assert answer.usage is not None and answer.usage.prompt_tokens > answer.context.tokens
     assert answer.cites and answer.context.tokens <= 64 and answer.text
     store.close()
+
+
+def test_model_extractor_keeps_only_grounded_facts(tmp_path, capsys):
+    from tokenomy.tools.rag.model_extract import ModelExtractor, parse_triplet_lines
+
+    text = "Orvel is a town of 8200 people. Its mayor is Ana Toll."
+    reply = ("Orvel | population | 8200\n- Orvel | mayor | Ana Toll\nOrvel | mayor | Bob Invented\n"
+             "just chatter\nOrvel | | x\nOrvel | mayor | Ana Toll")
+    assert parse_triplet_lines(reply, text) == [("Orvel", "population", "8200", "Orvel is a town of 8200 people."),
+                                                ("Orvel", "mayor", "Ana Toll", "Its mayor is Ana Toll.")]
+    engine = ScriptedEngine(lambda req: reply)
+    ex = ModelExtractor(engine)
+    assert len(ex(text)) == 2 and ex("  ") == [] and ex.usage.calls == 1
+    assert engine.requests[0].agent == "extractor"
+    corpus = tmp_path / "d"
+    corpus.mkdir()
+    (corpus / "o.md").write_text(f"# Orvel\n\n{text}\n")
+    db = tmp_path / "s.sqlite"
+    assert main(["rag", "ingest", str(corpus), "--store", str(db), "--no-vectors", "--extractor", "model",
+                 "--model", "scripted"]) == 0
+    assert "extraction: 1 model calls" in capsys.readouterr().out

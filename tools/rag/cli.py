@@ -23,6 +23,9 @@ def add_rag_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     ingest.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
     ingest.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (BM25 and graph only)")
     ingest.add_argument("--max-tokens", type=int, default=200, help="the most tokens of a chunk")
+    ingest.add_argument("--extractor", choices=["rules", "model"], default="rules",
+                        help="how triplets are extracted: English rules (default) or a model (one call per chunk)")
+    ingest.add_argument("--model", default=None, help="with --extractor model: the model spec")
     ingest.set_defaults(fn=cmd_ingest)
     ask = cmds.add_parser("ask", help="answer a question from a store, with citations")
     ask.add_argument("question")
@@ -45,8 +48,16 @@ def _store(path: str | None) -> Path:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .graph import extract_triplets
-    from .store import RagStore
+    from .store import Extractor, RagStore
 
+    from .model_extract import ModelExtractor
+
+    extract: Extractor = extract_triplets
+    model_extract = None
+    if args.extractor == "model":
+        from tokenomy.kernels import default_spec, load_engine
+
+        extract = model_extract = ModelExtractor(load_engine(args.model or default_spec()))
     embedder = None
     if not args.no_vectors:
         from .embed import MiniLMEmbedder
@@ -55,7 +66,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     path = _store(args.store)
     with RagStore(path) as store:
         for source in args.paths:
-            stats = store.ingest(source, embedder=embedder, extract=extract_triplets, max_tokens=args.max_tokens)
+            stats = store.ingest(source, embedder=embedder, extract=extract, max_tokens=args.max_tokens)
             print(f"{source}: {stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
                   f"{stats.removed} removed, {stats.chunks} new chunks ({stats.seconds:.1f} s)")
             for skipped, why in stats.skipped:
@@ -63,6 +74,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         s = store.stats()
     print(f"store {path}: {s['docs']} documents, {s['chunks']} chunks, {s['vectors']} vectors, "
           f"{s['triplets']} triplets")
+    if model_extract is not None and model_extract.usage is not None:
+        u = model_extract.usage
+        print(f"extraction: {u.calls} model calls, prompt {u.prompt_tokens}, completion {u.completion_tokens} tokens")
     return 0
 
 
