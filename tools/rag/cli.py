@@ -48,9 +48,8 @@ def _store(path: str | None) -> Path:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .graph import extract_triplets
-    from .store import Extractor, RagStore
-
     from .model_extract import ModelExtractor
+    from .store import Extractor, RagStore
 
     extract: Extractor = extract_triplets
     model_extract = None
