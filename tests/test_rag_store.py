@@ -346,3 +346,33 @@ def test_foreign_files_and_other_versions_are_refused_untouched(tmp_path):
         RagStore(tmp_path / "new" / "s.sqlite")
     with pytest.raises(UserError, match="directory"):
         RagStore(tmp_path)
+
+
+def _minimal_pdf(lines):
+    """A one-page PDF with ``lines`` of text in Helvetica, built by hand (offsets computed, so it is valid)."""
+    ops = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({s}) Tj T*" for s in lines) + " ET"
+    objs = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+            b"/Resources << /Font << /F1 5 0 R >> >> >>",
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (len(ops), ops.encode()),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = b"%PDF-1.4\n", []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (i, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return out
+
+
+def test_pdf_text_is_ingested_and_searchable(tmp_path):
+    pytest.importorskip("pypdf")
+    pdf = write(tmp_path / "docs" / "report.pdf", _minimal_pdf(["Orvel is a town of 8200 people.",
+                                                                  "Its mayor is Ana Toll."]))
+    doc = read_document(pdf)
+    assert doc.kind == "pdf" and "Orvel is a town of 8200 people." in doc.text and "Ana Toll" in doc.text
+    with RagStore(tmp_path / "s.sqlite") as store:
+        assert store.ingest(tmp_path / "docs").added == 1
+        assert store.bm25("mayor of Orvel", 1)[0].chunk.path == "report.pdf"
