@@ -29,7 +29,7 @@ from typing import Any
 
 from tokenomy.tools.rag.types import Context, Embedder, Hit
 
-from .world import Task, World
+from .world import Task, World, slug
 
 __all__ = ["RagRecord", "run_rag_bench", "format_rag_report", "support_recall", "BUDGETS"]
 
@@ -57,10 +57,6 @@ class RagRecord:
         return asdict(self)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def _has(line: str, value: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", line.lower()) is not None
 
@@ -79,8 +75,8 @@ def support_recall(context: str, facts: Sequence[tuple[str, str]]) -> float:
         lines.append((source, line))
     found = 0
     for entity, value in facts:
-        slug = _slug(entity)
-        found += any(_has(line, value) and (_has(line, entity) or src == slug) for src, line in lines)
+        stem = slug(entity)
+        found += any(_has(line, value) and (_has(line, entity) or src == stem) for src, line in lines)
     return found / len(facts)
 
 
@@ -106,7 +102,6 @@ def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, bud
         workdir: where the corpus and the store go (default: a temporary directory).
     """
     from tokenomy.tools.rag.graph import extract_triplets
-    from tokenomy.tools.rag.pipeline import RagPipeline
     from tokenomy.tools.rag.store import RagStore
 
     say = progress or (lambda _: None)
@@ -123,21 +118,22 @@ def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, bud
         t0 = time.perf_counter()
         with RagStore(base / "store.sqlite") as store:
             stats = store.ingest(corpus, embedder=embedder, extract=extract_triplets)
-            ingest = {"docs": store.stats()["docs"], "chunks": store.stats()["chunks"],
-                      "triplets": store.stats()["triplets"], "seconds": round(time.perf_counter() - t0, 2),
-                      "skipped": len(stats.skipped)}
+            counts = store.stats()
+            ingest = {"docs": counts["docs"], "chunks": counts["chunks"], "triplets": counts["triplets"],
+                      "seconds": round(time.perf_counter() - t0, 2), "skipped": len(stats.skipped)}
             say(f"[rag] ingested {ingest['docs']} documents, {ingest['chunks']} chunks, {ingest['triplets']} "
                 f"triplets in {ingest['seconds']} s")
-            records = _measure(store, embedder, tasks, budgets, say, RagPipeline)
+            records = _measure(store, embedder, tasks, budgets, say)
     reference = next(r for r in records if r.retriever == "bm25" and r.budget_tokens is None
                      and r.k == REFERENCE_K)
     return {"records": records, "reference": reference, "goal": _goal(records, reference), "ingest": ingest,
             "questions": len(tasks)}
 
 
-def _measure(store: Any, embedder: Embedder, tasks: list[Task], budgets: Sequence[int], say: Callable[[str], None],
-             pipeline_cls: Any) -> list[RagRecord]:
+def _measure(store: Any, embedder: Embedder, tasks: list[Task], budgets: Sequence[int], say: Callable[[str], None]
+             ) -> list[RagRecord]:
     from tokenomy.tools.rag.compress import compress_chunks
+    from tokenomy.tools.rag.pipeline import RagPipeline
 
     records: list[RagRecord] = []
 
@@ -155,12 +151,12 @@ def _measure(store: Any, embedder: Embedder, tasks: list[Task], budgets: Sequenc
             f"support {rec.support_recall:.2f}, answer {rec.answer_recall:.2f}")
 
     # The reference curve: BM25 top-k whole chunks, no budget.
-    bm25 = pipeline_cls(store, retriever="bm25", compressor="chunks", k=max(10, REFERENCE_K), embedder=embedder)
+    bm25 = RagPipeline(store, retriever="bm25", compressor="chunks", k=max(10, REFERENCE_K), embedder=embedder)
     deep = [bm25.retrieve(t.question) for t in tasks]
     for k in sorted({1, 2, 3, REFERENCE_K, 10}):
         record("bm25", "chunks", None, k, [compress_chunks(h[:k], 10**9) for h in deep])
     for retriever in ("bm25", "dense", "hybrid", "graph"):
-        pipes = {c: pipeline_cls(store, retriever=retriever, compressor=c, k=REFERENCE_K, embedder=embedder)
+        pipes = {c: RagPipeline(store, retriever=retriever, compressor=c, k=REFERENCE_K, embedder=embedder)
                  for c in ("chunks", "sentences", "triplets", "graph")}
         hits: list[list[Hit]] = [pipes["chunks"].retrieve(t.question) for t in tasks]
         for compressor, pipe in pipes.items():

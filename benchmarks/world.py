@@ -36,7 +36,7 @@ from typing import Any
 
 from tokenomy.planners.exemplars import Exemplar
 
-__all__ = ["World", "Task", "GoldStep", "plain", "normalize_answer", "answer_matches"]
+__all__ = ["World", "Task", "GoldStep", "plain", "slug", "normalize_answer", "answer_matches"]
 
 # type -> relation -> target type
 RELATIONS: dict[str, dict[str, str]] = {
@@ -298,8 +298,7 @@ class World:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for e in [*self.entities.values(), *self.distractors]:
-            slug = re.sub(r"[^a-z0-9]+", "-", e.name.lower()).strip("-")
-            (out / f"{slug}.md").write_text(f"# {e.name}\n\n{self.paragraph(e)}\n", encoding="utf-8")
+            (out / f"{slug(e.name)}.md").write_text(f"# {e.name}\n\n{self.paragraph(e)}\n", encoding="utf-8")
         return out
 
     def notes(self, key: str, tokens: int) -> str:
@@ -477,6 +476,11 @@ def _twin(name: str, rng: random.Random) -> str:
 
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def slug(name: str) -> str:
+    """The file stem of an entity in ``World.write_corpus``: ``"Kelmar Works"`` -> ``"kelmar-works"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def normalize_answer(text: Any) -> str:

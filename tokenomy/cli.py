@@ -225,6 +225,12 @@ def _bench_collab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rag(args: argparse.Namespace) -> int:
+    from tokenomy.tools.rag import cli as rag_cli
+
+    return {"ingest": rag_cli.cmd_ingest, "ask": rag_cli.cmd_ask}[args.rag_command](args)
+
+
 def _bench_rag(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import rag
 
@@ -310,9 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
 
-    from tokenomy.tools.rag.cli import add_rag_parser
-
-    add_rag_parser(sub)
+    rag = sub.add_parser("rag", help="ingest documents and answer questions from them (RAG)")
+    cmds = rag.add_subparsers(dest="rag_command", required=True)
+    ingest = cmds.add_parser("ingest", help="add a directory (or files) of .txt/.md/.html/.pdf to a store")
+    ingest.add_argument("paths", nargs="+", help="a directory or files")
+    ingest.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
+    ingest.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (BM25 and graph only)")
+    ingest.add_argument("--max-tokens", type=int, default=200, help="the most tokens of a chunk")
+    ingest.add_argument("--extractor", choices=["rules", "model"], default="rules",
+                        help="how triplets are extracted: English rules (default) or a model (one call per chunk)")
+    ingest.add_argument("--model", default=None, help="with --extractor model: the model spec")
+    ingest.set_defaults(fn=cmd_rag)
+    ask = cmds.add_parser("ask", help="answer a question from a store, with citations")
+    ask.add_argument("question")
+    ask.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
+    ask.add_argument("--model", default=None, help="model spec (default: $TOKENOMY_MODEL or 'embedded')")
+    ask.add_argument("--retriever", default=None, help="bm25, dense, hybrid (default with vectors) or graph")
+    ask.add_argument("--compressor", default="graph", help="chunks, sentences, triplets or graph (default)")
+    ask.add_argument("--budget", type=int, default=200, help="the most context tokens")
+    ask.add_argument("-k", type=int, default=5, help="chunks retrieved")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--show-context", action="store_true", help="print the context the model read")
+    ask.set_defaults(fn=cmd_rag)
 
     bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag)")
     bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "

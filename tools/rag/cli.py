@@ -1,4 +1,4 @@
-"""``tokenomy rag ingest DIR`` and ``tokenomy rag ask "question"``: the RAG pipeline from the command line."""
+"""``tokenomy rag ingest DIR`` and ``tokenomy rag ask "question"`` (their arguments: ``tokenomy.cli``)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["add_rag_parser", "default_store_path"]
+__all__ = ["cmd_ingest", "cmd_ask", "default_store_path"]
 
 
 def default_store_path() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("tokenomy")) / "rag" / "store.sqlite"
-
-
-def add_rag_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    rag = sub.add_parser("rag", help="ingest documents and answer questions from them (RAG)")
-    cmds = rag.add_subparsers(dest="rag_command", required=True)
-    ingest = cmds.add_parser("ingest", help="add a directory (or files) of .txt/.md/.html/.pdf to a store")
-    ingest.add_argument("paths", nargs="+", help="a directory or files")
-    ingest.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
-    ingest.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (BM25 and graph only)")
-    ingest.add_argument("--max-tokens", type=int, default=200, help="the most tokens of a chunk")
-    ingest.add_argument("--extractor", choices=["rules", "model"], default="rules",
-                        help="how triplets are extracted: English rules (default) or a model (one call per chunk)")
-    ingest.add_argument("--model", default=None, help="with --extractor model: the model spec")
-    ingest.set_defaults(fn=cmd_ingest)
-    ask = cmds.add_parser("ask", help="answer a question from a store, with citations")
-    ask.add_argument("question")
-    ask.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
-    ask.add_argument("--model", default=None, help="model spec (default: $TOKENOMY_MODEL or 'embedded')")
-    ask.add_argument("--retriever", default=None, help="bm25, dense, hybrid (default with vectors) or graph")
-    ask.add_argument("--compressor", default="graph", help="chunks, sentences, triplets or graph (default)")
-    ask.add_argument("--budget", type=int, default=200, help="the most context tokens")
-    ask.add_argument("-k", type=int, default=5, help="chunks retrieved")
-    ask.add_argument("--json", action="store_true", help="print one JSON object")
-    ask.add_argument("--show-context", action="store_true", help="print the context the model read")
-    ask.set_defaults(fn=cmd_ask)
 
 
 def _store(path: str | None) -> Path:
@@ -92,7 +67,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     with RagStore(path) as store:
         if store.stats()["chunks"] == 0:
             raise UserError(f"the store {path} is empty: run `tokenomy rag ingest DIR --store {path}` first")
-        retriever = args.retriever or ("hybrid" if store.stats().get("embedder") else "bm25")
+        retriever = args.retriever or ("hybrid" if store.embedder_name else "bm25")
         pipe = RagPipeline(store, model=load_engine(args.model or default_spec()), retriever=retriever,
                            compressor=args.compressor, budget_tokens=args.budget, k=args.k)
         answer = pipe.ask(args.question)

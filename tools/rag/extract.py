@@ -143,7 +143,7 @@ def _norm_rel(rel: str) -> str:
 
 
 class _Clause:
-    """One clause with its entities replaced by ``@E<i>@`` placeholders."""
+    """One clause with its entities replaced by ``@E<i>@`` stand-ins."""
 
     def __init__(self, text: str, names: list[str], main: str) -> None:
         self.text, self.names, self.main = text, names, main
@@ -311,7 +311,7 @@ def _extract(text: str, subject_hint: str) -> list[tuple[str, str, str, str]]:
         if len(sent) > 2000:
             continue
         spans = _entities(sent)
-        safe = sent.replace("@", "\uff20")  # the text's own "@E0@" cannot pose as a placeholder
+        safe = sent.replace("@", "\uff20")  # the text's own "@E0@" cannot pose as a stand-in
         names: list[str] = []
         marked: list[str] = []
         last = 0

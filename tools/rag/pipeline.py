@@ -90,10 +90,10 @@ class RagPipeline:
         if budget_tokens < 1 or k < 1:
             raise UserError(f"budget_tokens and k must be >= 1 (got {budget_tokens} and {k})")
         self.store = store if isinstance(store, RagStore) else RagStore(store)
-        if embedder is None and self.store.stats().get("embedder"):
+        if embedder is None and self.store.embedder_name:
             from .embed import MiniLMEmbedder
 
-            if self.store.stats()["embedder"] == MiniLMEmbedder.name:
+            if self.store.embedder_name == MiniLMEmbedder.name:
                 embedder = MiniLMEmbedder()
         self.embedder = embedder
         self.retriever = retriever if not isinstance(retriever, str) else make_retriever(retriever, self.store,

@@ -56,7 +56,7 @@ class DenseRetriever:
     name = "dense"
 
     def __init__(self, store: RagStore, embedder: Embedder, *, min_score: float = 0.2) -> None:
-        stored = store.stats().get("embedder")
+        stored = store.embedder_name
         if stored and stored != embedder.name:
             raise UserError(f"the store's vectors were made by {stored!r}, not {embedder.name!r}: retrieve with "
                             "the embedder it was ingested with")
@@ -121,7 +121,7 @@ class GraphRetriever:
         from .graph import KnowledgeGraph
 
         with self._lock:
-            version = self.store.stats()["generation"]  # bumped by every write, from any process
+            version = self.store.generation  # bumped by every write, from any process
             if self._graph is None or version != self._built_for:
                 self._graph, self._built_for = KnowledgeGraph(self.store.triplets()), version
             return self._graph

@@ -386,7 +386,7 @@ class RagStore:
     def vectors(self) -> tuple[list[int], np.ndarray]:
         """Chunk ids and their vectors, an ``(n, dim)`` float32 matrix (read-only; cached until the store changes)."""
         with self._lock:
-            generation = int(self._meta()["generation"])
+            generation = self.generation
             if self._cache is None or self._cache[0] != generation:
                 rows = self._conn.execute("SELECT chunk_id, vec FROM vectors ORDER BY chunk_id").fetchall()
                 dim = int(self._meta().get("embedder_dim", 0))
@@ -407,6 +407,16 @@ class RagStore:
             rows += self._select(f"SELECT id, subject, relation, object, sentence, chunk_id FROM triplets "
                                  f"WHERE chunk_id IN ({','.join('?' * len(part))})", part)
         return [Triplet(*r[1:]) for r in sorted(rows)]
+
+    @property
+    def generation(self) -> int:
+        """A number that changes with every write, from any process: the cache key for derived structures."""
+        return int(self._meta()["generation"])
+
+    @property
+    def embedder_name(self) -> str | None:
+        """The name of the embedder the store's vectors were made by (``None``: no vectors yet)."""
+        return self._meta().get("embedder_name")
 
     def stats(self) -> dict[str, Any]:
         """Counts of ``docs``, ``chunks``, ``vectors``, ``triplets``; ``embedder`` (name or ``None``), ``dim``, and
