@@ -15,12 +15,15 @@ the list of its per-iteration values.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenomy.errors import TokenomyError, UserError
+from tokenomy.trace import in_step
 
 from . import ast as A
 from .validate import free_refs
@@ -113,8 +116,15 @@ class PlanExecutor:
                             max_concurrency=self.max_concurrency)
 
     def run(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
-        """Run ``plan`` to the end (from synchronous code)."""
-        return asyncio.run(self.arun(plan, known))
+        """Run ``plan`` to the end (from synchronous code). Under a running event loop (a notebook, an async
+        app, a test driving a browser) the plan runs on a thread of its own, with the caller's context."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(plan, known))
+        ctx = contextvars.copy_context()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenomy-plan") as pool:
+            return pool.submit(ctx.run, asyncio.run, self.arun(plan, known)).result()
 
     async def arun(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
         """Run ``plan``; ``known`` are results it may read without computing them (a re-plan of only the
@@ -255,7 +265,8 @@ class _Run:
             record.attempts = attempt + 1
             try:
                 async with self.sem:
-                    value = await asyncio.wait_for(tool.ainvoke(**args), self.ex.timeout_s)
+                    with in_step(name):  # the tool's trace event names the step it ran for
+                        value = await asyncio.wait_for(tool.ainvoke(**args), self.ex.timeout_s)
                 record.value = self.clip(value)
                 break
             except asyncio.TimeoutError:

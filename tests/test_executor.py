@@ -167,3 +167,24 @@ def test_positional_arguments_bind_to_the_tools_parameters():
     assert result.answer == "born of mayor of Telmar"
     bad = PlanExecutor([lookup]).run(parse_plan('a = lookup("x", "y", "z")\nanswer(a)'))
     assert isinstance(bad.values["a"], StepError) and "got more" in bad.values["a"].message
+
+
+def test_run_works_under_a_running_event_loop_and_keeps_the_callers_context():
+    """A notebook or an async app calls the synchronous ``run`` with a loop already running in its thread."""
+    from tokenomy.trace import in_node, trace_context
+
+    seen = []
+
+    class Probe:
+        name = "probe"
+
+        async def ainvoke(self, **kwargs):
+            seen.append(trace_context())
+            return "ok"
+
+    async def main():
+        with in_node("execute"):
+            return PlanExecutor({"probe": Probe()}).run(parse_plan("a = probe()\nanswer(a)"))
+
+    result = asyncio.run(main())
+    assert result.answer == "ok" and seen == [{"node": "execute", "step": "a"}]
