@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.agents.budget import EntropyRouter, PlanAndBudget, ProbeRouter, TaleBudget, ThinkingCap, Tier
 from tokenomy.agents.collab import (
     AlternatingTurns,
@@ -52,7 +53,8 @@ from tokenomy.kernels.engine import Engine
 from .graph import paired_bootstrap
 from .ladder import FAMILIES, LEVELS, Item, check, level_items, normalizer, problem
 
-__all__ = ["CollabRecord", "CollabReport", "run_collab_bench", "replay_sampling", "goals", "format_report"]
+__all__ = ["CollabRecord", "CollabReport", "run_collab_bench", "replay_sampling", "goals", "format_report",
+           "plot_records"]
 
 LONG_SPEC = "embedded:gemma-3-270m"
 CAP_GRID = (8, 16, 32, 64, 128, 256)
@@ -401,6 +403,27 @@ def goals(report: CollabReport) -> list[tuple[str, str, bool]]:
                     f"{fewest.accuracy:.3f} vs {sc.accuracy:.3f}" if fewest else "no rule matches its accuracy",
                     bool(fewest and fewest.samples <= 0.3 * sc.samples)))
     return out
+
+
+def plot_records(records: Sequence[CollabRecord], path: str | Path) -> Path:
+    """A PNG of accuracy against cost per item (log scale), one point per record, the controls highlighted:
+    policies, controls and routers against FLOPs (tokens where a record has no FLOPs), and the sampling rules
+    in a panel of their own against samples per item. ``records``: a report's, or those ``--replay`` scores."""
+    main = [r for r in records if r.kind != "sampling"]
+    sampling = [r for r in records if r.kind == "sampling"]
+    flops = bool(main) and all(r.flops is not None for r in main)
+    panels: dict[str, list[tuple[str, float, float]]] = {}
+    xlabels = []
+    if main or not sampling:
+        panels["policies, controls and routers"] = [(r.policy, (r.flops or 0.0) if flops else r.tokens, r.accuracy)
+                                                    for r in main]
+        xlabels.append("FLOPs per item" if flops else "tokens per item (prompt + completion)")
+    if sampling:
+        panels["sampling rules (short model)"] = [(r.policy, r.samples, r.accuracy) for r in sampling]
+        xlabels.append("samples per item")
+    return plot.scatter(panels, path, title="collab: accuracy against cost per item", xlabel=xlabels,
+                        ylabel="accuracy", logx=True, highlight={r.policy for r in main if r.kind == "control"},
+                        highlight_label="controls")
 
 
 def format_report(report: CollabReport) -> str:

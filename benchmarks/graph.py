@@ -20,8 +20,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.agents import Agent
 from tokenomy.graphs import AgentGraph, GraphTeam, Simulator
 from tokenomy.graphs.policy import POLICIES, EdgePolicy, StaticPolicy, effective_items
@@ -30,7 +32,7 @@ from tokenomy.graphs.train import EvalReport, TeamTask, TrainConfig, TrainReport
 from .world import World
 
 __all__ = ["GraphRecord", "run_graph_bench", "run_simulator", "run_live", "goals", "format_report", "live_tasks",
-           "live_team", "paired_bootstrap"]
+           "live_team", "paired_bootstrap", "plot_records"]
 
 NON_INFERIOR = -0.015
 
@@ -317,6 +319,20 @@ def format_report(records: Sequence[GraphRecord]) -> str:
     for goal, measured, met in goals(records):
         lines.append(f"  [{'met' if met else 'MISSED'}] {goal}: {measured}")
     return "\n".join(lines)
+
+
+def plot_records(records: Sequence[GraphRecord], path: str | Path) -> Path:
+    """A PNG of accuracy against tokens per question (log scale), one point per topology, the pruned graphs
+    highlighted; one panel per setting present (simulator, live)."""
+    panels = {}
+    for setting in ("simulator", "live"):
+        rows = [r for r in records if r.setting == setting]
+        if rows:
+            panels[f"{setting} ({rows[0].questions} questions)"] = [(r.topology, r.tokens, r.accuracy) for r in rows]
+    return plot.scatter(panels, path, title="graph: accuracy against tokens per question, per topology",
+                        xlabel="tokens per question (prompt + completion)", ylabel="accuracy", logx=True,
+                        highlight={r.topology for r in records if r.topology.startswith("pruned:")},
+                        highlight_label="pruned")
 
 
 def effective_summary(graph: AgentGraph, record: GraphRecord) -> list[str]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.errors import PlanError
 from tokenomy.kernels import Usage
 
@@ -104,3 +106,12 @@ def format_table(records: list[PlanRecord]) -> str:
 
 def to_json(records: list[PlanRecord]) -> dict[str, Any]:
     return {"summary": summary(records), "records": [asdict(r) for r in records]}
+
+
+def plot_records(records: list[PlanRecord], path: str | Path) -> Path:
+    """A PNG of the valid-plan rate per mode (grammar, free), on the first try beside after the repair call."""
+    rows = [(f"{s['mode']}\n{s['plans']} plans", {"valid on the first try": s["valid_first"],
+                                                  "valid after repair": s["valid_after_repair"]})
+            for s in summary(records)]
+    return plot.bars(rows, path, title="plans: the rewoo planner's valid-plan rate", ylabel="share of plans valid",
+                     stacked=False)

@@ -24,15 +24,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.kernels.engine import Engine
 from tokenomy.kernels.radix import RadixCache
 from tokenomy.kernels.types import Completion, Request, SamplingParams
 from tokenomy.kernels.worker import Router, Worker
 
 __all__ = ["PrefixConfig", "Record", "run_prefix_bench", "limit_tokens", "format_table", "pressure_records",
-           "pressure_replay", "agent_trace", "to_json"]
+           "pressure_replay", "agent_trace", "to_json", "plot_records"]
 
 Step = list[tuple[list[int], SamplingParams, str]]  # (prompt ids, params, agent) submitted together
 RunStep = Callable[[Step], list[Completion]]
@@ -426,3 +428,12 @@ def format_table(records: list[Record]) -> str:
 
 def to_json(records: list[Record]) -> list[dict[str, Any]]:
     return [asdict(r) for r in records]
+
+
+def plot_records(records: list[Record], path: str | Path) -> Path:
+    """A PNG of each record's prefill efficiency eta (L* / tokens computed; 1 is the limit) beside its cache hit
+    rate, one pair of bars per (workload, engine, cache)."""
+    rows = [(f"{r.workload} | {r.engine}{f' (B={r.block_size})' if r.block_size > 1 else ''} | cache {r.cache}",
+             {"eta = L* / computed": r.eta, "hit rate": r.hit_rate}) for r in records]
+    return plot.bars(rows, path, title="prefix: prefill efficiency against the limit L*",
+                     ylabel="share (eta 1.0 = at the limit)", stacked=False)

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.tools.rag.types import Context, Embedder, Hit
 
 from .world import Task, World, slug
 
-__all__ = ["RagRecord", "run_rag_bench", "format_rag_report", "support_recall", "BUDGETS"]
+__all__ = ["RagRecord", "run_rag_bench", "format_rag_report", "support_recall", "BUDGETS", "plot_records"]
 
 BUDGETS = (16, 32, 64, 128, 256)
 REFERENCE_K = 5
@@ -209,3 +210,15 @@ def format_rag_report(result: dict[str, Any]) -> str:
         lines.append("  none at the budgets measured")
     lines.append(f"goal: {g['goal']}: {'met' if g['met'] else 'missed'}")
     return "\n".join(lines)
+
+
+def plot_records(records: Sequence[RagRecord], path: str | Path) -> Path:
+    """A PNG of supporting-fact recall against context tokens (log scale): the reference's BM25 top-k whole
+    chunks over k, and one line per retriever and compressor over the token budgets. ``records``: the
+    ``"records"`` of what ``run_rag_bench`` returns."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        name = f"{r.retriever} top-k chunks (reference)" if r.budget_tokens is None else f"{r.retriever}+{r.compressor}"
+        series.setdefault(name, []).append((r.context_tokens, r.support_recall))
+    return plot.lines(series, path, title="rag: supporting-fact recall against context tokens",
+                      xlabel="context tokens per question (o200k_base)", ylabel="supporting-fact recall", logx=True)
