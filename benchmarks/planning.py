@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenomy import plot
 from tokenomy.kernels.scripted import ScriptedEngine
 from tokenomy.kernels.types import Request
 from tokenomy.planners.grammar import result_index
@@ -216,6 +217,7 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
               tokens_per_step: int = 40) -> PlanningRecord:
     """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger."""
     from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
+    from tokenomy.trace import input_messages, output_text
 
     first = tasks[0]
     rec = PlanningRecord(strategy=strategy, hops=first.hops, mode=mode, tasks=len(tasks), branches=first.branches,
@@ -242,9 +244,9 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
         rec.t_min_tokens += t_min(task, model_count)
         rec.t_min_o200k_tokens += t_min(task, count_text)
         calls = [e for e in events if e["event"] == "model_call"]
-        rec.o200k_prompt_tokens += sum(count_messages(e["prompt"]) for e in calls)
-        rec.o200k_completion_tokens += sum(count_text(e["output"]) for e in calls)
-        plan = next((e["output"] for e in calls if e["agent"] == "planner"), "")
+        rec.o200k_prompt_tokens += sum(count_messages(input_messages(e)) for e in calls)
+        rec.o200k_completion_tokens += sum(count_text(output_text(e)) for e in calls)
+        plan = next((output_text(e) for e in calls if e["agent"] == "planner"), "")
         rec.plan_tokens += model_count(plan) if strategy != "react" else 0
         if mode == "live":
             correct += answer_matches(result.answer, task.answer)
@@ -446,52 +448,10 @@ def format_report(records: Sequence[PlanningRecord]) -> str:
 
 
 def plot_records(records: Sequence[PlanningRecord], path: str | Path) -> Path:
-    """A PNG of total tokens per task against hops, one line per strategy (oracle replay)."""
-    from PIL import Image, ImageDraw
-
-    main = _main(records, "oracle")
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in main:
+    """A PNG of total tokens (prompt + completion) per task against hops, one line per strategy (oracle replay,
+    the main table); a strategy whose tokens equal an earlier one's (rewoo-parallel: rewoo's) is labelled so."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in _main(records, "oracle"):
         series.setdefault(r.strategy, []).append((r.hops, r.total_tokens / max(r.tasks, 1)))
-    w, h, left, right, top, bottom = 980, 560, 80, 270, 40, 60
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    all_pts = [p for pts in series.values() for p in pts] or [(1, 1.0)]
-    xmin, xmax = min(p[0] for p in all_pts), max(p[0] for p in all_pts)
-    ymax = max(p[1] for p in all_pts) * 1.05 or 1.0
-    xmax = xmax if xmax > xmin else xmin + 1
-
-    def xy(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - xmin) / (xmax - xmin) * (w - left - right), h - bottom - y / ymax * (h - top - bottom))
-
-    d.line([xy(xmin, 0), xy(xmax, 0)], fill="black")
-    d.line([xy(xmin, 0), (left, top)], fill="black")
-    for x in range(int(xmin), int(xmax) + 1):
-        px, py = xy(x, 0)
-        d.line([(px, py), (px, py + 5)], fill="black")
-        d.text((px - 3, py + 8), str(x), fill="black")
-    for i in range(6):
-        y = ymax * i / 5
-        px, py = xy(xmin, y)
-        d.line([(px - 5, py), (px, py)], fill="black")
-        d.text((8, py - 6), f"{y:,.0f}", fill="black")
-    d.text((w // 2 - 40, h - 25), "hops per task", fill="black")
-    d.text((left, 12), "total tokens per task (oracle replay, embedded tokenizer)", fill="black")
-    colours = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
-    drawn: dict[str, list[tuple[int, float]]] = {}
-    for i, (name, pts) in enumerate(series.items()):
-        pts.sort()
-        c = colours[i % len(colours)]
-        same = next((other for other, p in drawn.items() if p == pts), None)  # rewoo-parallel: rewoo's tokens
-        label = f"{name} (= {same})" if same else name
-        drawn[name] = pts
-        d.line([xy(x, y) for x, y in pts], fill=c, width=3)
-        for x, y in pts:
-            px, py = xy(x, y)
-            d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=c)
-        d.line([(w - right + 20, top + 20 * i + 6), (w - right + 45, top + 20 * i + 6)], fill=c, width=3)
-        d.text((w - right + 52, top + 20 * i), label, fill="black")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+    return plot.lines(series, path, title="total tokens per task (oracle replay, embedded tokenizer)",
+                      xlabel="hops per task", ylabel="total tokens per task (prompt + completion)")

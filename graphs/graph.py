@@ -249,6 +249,11 @@ class AgentGraph:
         """The active part as a ``Mask``."""
         return Mask(frozenset(self.active_agents), frozenset(self.edges(active_only=True)), self.active_rounds)
 
+    def _repr_html_(self) -> str:
+        from .render import to_svg
+
+        return to_svg(self)
+
     def full_mask(self) -> Mask:
         return Mask(frozenset(self.agents), frozenset(self.edges()), self.rounds)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from .graph import DECISION, AgentGraph, Edge
 
-__all__ = ["to_mermaid", "to_dot", "to_ascii"]
+__all__ = ["to_mermaid", "to_dot", "to_ascii", "to_json", "to_svg"]
 
 
 def _states(graph: AgentGraph) -> tuple[dict[str, str], dict[Edge, str]]:
@@ -163,3 +163,28 @@ def to_ascii(graph: AgentGraph, result: Any = None, *, show_pruned: bool = True,
             info = "pruned" if state == "pruned" else "dead"
         lines.append(f"  {str(e):<{ew}}  {e.kind:<8}  {info}")
     return "\n".join(lines) + "\n"
+
+
+def to_json(graph: AgentGraph, result: Any = None) -> dict[str, Any]:
+    """The graph as plain data (what a trace's ``graph`` event holds): agents and edges with their state and,
+    given a run's ``GraphResult``, their tokens."""
+    agents, edges = _states(graph)
+    a_tok, e_tok = _agent_tokens(result), _edge_tokens(result)
+    members = [graph.agents[n] for n in graph.order] + ([graph.solver] if graph.solver is not None else [])
+    return {
+        "name": graph.name, "decision": graph.decision, "rounds": graph.rounds, "active_rounds": graph.active_rounds,
+        "solver": graph.solver.name if graph.solver is not None else None,
+        "agents": [{"name": a.name, "role": a.role, "model": a.model,
+                    "state": agents.get(a.name, "runs"), **({"tokens": a_tok[a.name]} if a.name in a_tok else {})}
+                   for a in members],
+        "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind, "state": edges[e],
+                   **({"tokens": e_tok[str(e)]} if str(e) in e_tok else {})} for e in graph.edges()],
+    }
+
+
+def to_svg(graph: AgentGraph, result: Any = None) -> str:
+    """An SVG picture (the one ``tokenomy viz`` draws): agents sized by tokens, edges weighted by tokens, pruned
+    and dead parts dashed grey."""
+    from tokenomy.viz import graph_svg
+
+    return graph_svg(to_json(graph, result))

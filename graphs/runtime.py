@@ -21,6 +21,7 @@ import json
 import operator
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from tokenomy.agents import Agent
 from tokenomy.errors import BudgetExceeded, TokenomyError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.kernels.registry import default_spec, shared_engine
+from tokenomy.kernels.tokens import text_tokens
 from tokenomy.planners.run import (
     Checkpoints,
     EventSink,
@@ -111,22 +113,6 @@ def prompt_messages(agent: Agent, question: str, blocks: Sequence[str]) -> list[
     system = agent.system_prompt + ("\n" + CODIFIED_FORMAT if agent.is_codified and not agent.plans else "")
     user = f"Question: {question}" + "".join(blocks)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def text_tokens(engine: Engine, text: str) -> int:
-    """Tokens of ``text`` as the engine's tokenizer splits it inside a prompt (no special tokens added); engines
-    with no local tokenizer count with o200k_base."""
-    counter = getattr(engine, "counter", None) or getattr(engine, "_counter", None)
-    if counter is not None:
-        return int(counter.count_completion(text))
-    if getattr(engine, "spec", "") == "scripted":
-        return len(text.encode("utf-8"))
-    from tokenomy.kernels.tokens import count_text
-
-    return count_text(text)
-
-
-# -- state and result ---------------------------------------------------------------------------------------
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +280,10 @@ class GraphTeam(Strategy):
     def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Any, recursion_limit: int) -> RunResult:
         if inp is not None:
             inp = {**inp, "mask": self._active.mask().to_json()}
+        if self.on_event is not None:
+            from .render import to_json
+
+            self.emit({"event": "graph", "gen_ai.conversation.id": thread_id, **to_json(self._active)})
         return super()._invoke(inp, thread_id, checkpoints, recursion_limit)
 
     def _check_min_budget(self, question: str) -> None:
@@ -399,19 +389,21 @@ class GraphTeam(Strategy):
             message = text
         else:
             grammar = _CODIFIED if (agent.is_codified and self.grammar and worker.engine.capabilities.grammar) else None
+            start = time.time()
             c: Completion = worker.generate(messages, SamplingParams(max_tokens=max_tokens), grammar=grammar,
                                             agent=agent.name, tags=tags)
             usage = c.usage
             text = c.text
             answer = extract_answer(text)
             message = codified(answer) if agent.is_codified else text.strip()
-            self.emit({"event": "model_call", "gen_ai.operation.name": "chat", "agent": agent.name, "round": rnd,
-                       "gen_ai.request.model": worker.engine.spec, **usage.to_otel(), "latency_s": c.latency_s,
-                       "finish_reason": c.finish_reason, "prompt": messages, "output": text,
-                       "edges": [str(e) for e, _ in blocks]})
+            self.emit_call(agent.name, worker.engine, messages, c, start, round=rnd,
+                           edges=[str(e) for e, _ in blocks])
         if agent.budget is not None and agent.is_codified:  # its grant flows along its out-edges
             message += f"\nbudget = {agent.budget}"
         edge_tokens = {str(e): text_tokens(worker.engine, b) for e, b in blocks}
+        for e, _ in blocks:
+            self.emit({"event": "message", "src": e.src, "dst": e.dst, "edge": str(e), "kind": e.kind, "round": rnd,
+                       "tokens": edge_tokens[str(e)]})
         return {"outputs": {key: {"text": text, "message": message, "answer": answer}},
                 "calls": [{"agent": agent.name, "round": rnd, "usage": usage.to_dict(), "edges": edge_tokens}],
                 "usage": {agent.name: _usage_to_dict(usage)}}

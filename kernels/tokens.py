@@ -29,7 +29,7 @@ from tokenomy.errors import MissingExtra, UserError
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["ENCODINGS", "tiktoken_encoding", "count_text", "count_messages", "TokenCounter", "counts"]
+__all__ = ["ENCODINGS", "tiktoken_encoding", "count_text", "count_messages", "text_tokens", "TokenCounter", "counts"]
 
 #: The encodings served offline, with the URLs tiktoken_ext/openai_public.py loads them from.
 _URLS = {
@@ -104,6 +104,17 @@ def count_text(text: str, encoding: str = "o200k_base") -> int:
     """Tokens of ``text`` with an OpenAI encoding; special-token strings such as ``<|endoftext|>`` in it
     count as plain text (as they do in a user's message), not as an error."""
     return len(tiktoken_encoding(encoding).encode(text, disallowed_special=()))
+
+
+def text_tokens(engine: Any, text: str) -> int:
+    """Tokens of ``text`` as ``engine``'s tokenizer splits it inside a prompt (no special tokens added); engines
+    with no local tokenizer count with o200k_base, the scripted test double counts bytes."""
+    counter = getattr(engine, "counter", None) or getattr(engine, "_counter", None)
+    if counter is not None:
+        return int(counter.count_completion(text))
+    if getattr(engine, "spec", "") == "scripted":
+        return len(text.encode("utf-8"))
+    return count_text(text)
 
 
 def count_messages(messages: Sequence[Mapping[str, Any]], encoding: str = "o200k_base") -> int:

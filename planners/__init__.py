@@ -18,7 +18,7 @@ from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
 from .exemplars import ORVEL, Exemplar
 from .grammar import PLAN_GRAMMAR, for_tools
 from .parser import PlanParseError, close_plan, parse_plan
-from .printer import print_expr, print_plan, print_rewoo
+from .printer import plan_steps, print_expr, print_plan, print_rewoo
 from .rewoo import Rewoo
 from .run import Checkpoints, RunResult, RunState, Strategy
 from .validate import Issue, PlanValidationError, check_plan, validate_plan
@@ -46,6 +46,7 @@ __all__ = [
     "close_plan",
     "PlanParseError",
     "print_plan",
+    "plan_steps",
     "print_expr",
     "print_rewoo",
     "validate_plan",

@@ -168,6 +168,13 @@ class Plan(BaseModel):
         """The plan as plain data without source positions: equal for plans that differ only in layout."""
         return _strip(self.model_dump())
 
+    def _repr_html_(self) -> str:
+        from tokenomy.viz import plan_svg
+
+        from .printer import plan_steps
+
+        return plan_svg(plan_steps(self))
+
     def calls(self) -> list[Call]:
         """Every tool call in the plan, in source order (inside blocks too)."""
         out: list[Call] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import ast as A
 
-__all__ = ["print_plan", "print_expr", "print_rewoo"]
+__all__ = ["print_plan", "print_expr", "print_rewoo", "plan_steps"]
 
 _PREC = {"or": 1, "and": 2, "not": 3, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
          "+": 5, "-": 5, "*": 6, "/": 6, "%": 6, "neg": 7}
@@ -114,6 +114,58 @@ def _block(stmts: list[Any], indent: str) -> list[str]:
 def print_plan(plan: A.Plan) -> str:
     """The canonical text of ``plan`` (no trailing newline)."""
     return "\n".join(_block(plan.body, ""))
+
+
+def plan_steps(plan: A.Plan) -> list[dict[str, Any]]:
+    """The plan's statements as the nodes of its data-flow DAG, for traces and pictures.
+
+    Each step has ``id`` (the result it assigns, ``answer``, or ``<kind>@<line>``), ``kind`` (call, compute,
+    answer, assert, send, if, for), ``text`` (its canonical line), ``tool`` (for calls), ``reads`` (the ids of
+    earlier steps whose results it reads: the DAG's edges), ``line`` and ``parent`` (the ``if``/``for`` it is
+    inside, or ``None``). The ids are the names the executor reports results under.
+    """
+    from .validate import free_refs
+
+    steps: list[dict[str, Any]] = []
+    last: dict[str, str] = {}  # name -> id of the step that assigned it last
+
+    def refs(e: Any, local: set[str]) -> list[str]:
+        return sorted({last[n] for n in free_refs(e) if n in last and n not in local})
+
+    def walk(stmts: list[Any], parent: str | None, local: set[str]) -> None:
+        for st in stmts:
+            text = _stmt(st, "")[0].rstrip(" {")
+            step: dict[str, Any] = {"line": st.line, "parent": parent, "text": text, "tool": None}
+            if isinstance(st, A.Assign):
+                call = isinstance(st.value, A.Call)
+                step |= {"id": st.target, "kind": "call" if call else "compute", "reads": refs(st.value, local),
+                         "tool": st.value.tool if isinstance(st.value, A.Call) else None}
+            elif isinstance(st, A.CallStmt):
+                step |= {"id": f"{st.call.tool}@{st.line}", "kind": "call", "tool": st.call.tool,
+                         "reads": refs(st.call, local)}
+            elif isinstance(st, A.Answer):
+                step |= {"id": "answer", "kind": "answer", "reads": refs(st.value, local)}
+            elif isinstance(st, A.Assert):
+                step |= {"id": f"assert@{st.line}", "kind": "assert", "reads": refs(st.cond, local)}
+            elif isinstance(st, A.Send):
+                step |= {"id": f"send@{st.line}", "kind": "send", "reads": refs(st.value, local)}
+            elif isinstance(st, A.If):
+                step |= {"id": f"if@{st.line}", "kind": "if", "reads": refs(st.cond, local)}
+            elif isinstance(st, A.For):
+                step |= {"id": f"for@{st.line}", "kind": "for", "reads": refs(st.iter, local)}
+            if parent is not None:
+                step["reads"] = sorted({*step["reads"], parent})
+            steps.append(step)
+            if isinstance(st, A.If):
+                walk(st.body, step["id"], local)
+                walk(st.orelse, step["id"], local)
+            elif isinstance(st, A.For):
+                walk(st.body, step["id"], local | {st.var})
+            if isinstance(st, A.Assign):
+                last[st.target] = st.target
+
+    walk(plan.body, None, set())
+    return steps
 
 
 # -- ReWOO's natural-language format ---------------------------------------------------------------------------

@@ -22,13 +22,15 @@ from pydantic import Field
 
 from tokenomy.errors import PlanError
 from tokenomy.kernels import Completion, Engine, Grammar, Worker
+from tokenomy.kernels.tokens import text_tokens
+from tokenomy.trace import clip
 
 from . import ast as A
-from .executor import PlanExecutor, StepError
+from .executor import ExecutionResult, PlanExecutor, StepError
 from .exemplars import ORVEL, Exemplar
 from .grammar import for_tools, numbered_for_tools
 from .parser import close_plan, parse_plan
-from .printer import print_plan
+from .printer import plan_steps, print_plan
 from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
 from .validate import check_plan, free_refs, merge_repeated_calls, number_results, rename_reassigned
 
@@ -223,13 +225,62 @@ class Rewoo(Strategy):
             return candidate
         return None
 
+    # -- trace events --------------------------------------------------------------------------------------
+
+    def _emit_plan(self, text: str, plan: A.Plan | None, err: PlanError | None, **flags: bool) -> None:
+        if self.on_event is None:
+            return
+        event: dict[str, Any] = {"event": "plan", "agent": "planner", "text": text, "valid": err is None, **flags}
+        if plan is not None:
+            event["steps"] = plan_steps(plan)
+            self.emit({"event": "message", "src": "planner", "dst": "executor", "edge": "planner->executor",
+                       "kind": "plan", "tokens": text_tokens(self.worker.engine, print_plan(plan))})
+        if err is not None:
+            event["error"] = str(err)
+        self.emit(event)
+
+    def _emit_execution(self, plan: A.Plan, result: ExecutionResult, known: set[str]) -> None:
+        """Each step's status and value after ``plan`` ran (the plan viewer colours its DAG by them)."""
+        if self.on_event is None:
+            return
+        records = {r.name: r for r in result.steps}
+        failed_lines = {a.split(":", 1)[0] for a in result.failed_asserts}
+
+        def status(v: Any) -> str:
+            return v.kind if isinstance(v, StepError) else "ok"
+
+        def shown(v: Any) -> str:
+            return clip(v.message if isinstance(v, StepError) else to_state(v))
+
+        out: dict[str, dict[str, Any]] = {}
+        for st in plan_steps(plan):
+            sid = st["id"]
+            entry: dict[str, Any]
+            if sid == "answer":
+                entry = {"status": status(result.answer), "value": shown(result.answer)}
+            elif sid in result.values and sid not in known:
+                v = result.values[sid]
+                entry = {"status": status(v), "value": shown(v)}
+            elif sid in records:
+                v = records[sid].value
+                entry = {"status": status(v), "value": shown(v)}
+            elif st["kind"] == "assert":
+                entry = {"status": "failed" if f"line {st['line']}" in failed_lines else "ok"}
+            else:
+                entry = {"status": "ok"}
+            if sid in records:
+                entry |= {"attempts": records[sid].attempts, "seconds": round(records[sid].seconds, 4)}
+            out[sid] = entry
+        self.emit({"event": "execution", "plan": print_plan(plan), "steps": plan_steps(plan), "results": out,
+                   "failed_asserts": result.failed_asserts})
+
     # -- nodes ---------------------------------------------------------------------------------------------
 
     def node_plan(self, s: RewooState) -> dict[str, Any]:
         c, usage = self.ask("planner", self.planner_messages(s.question, s.extra), self.plan_tokens,
                             grammar=self._state_grammar(s))
         text, plan, err, notes = self._accept(c, self._known(s) if s.extra else ())
-        self.emit({"event": "plan", "text": text, "valid": err is None, "replan": bool(s.extra)})
+        self._emit_plan(text, plan, err, replan=bool(s.extra))
         update: dict[str, Any] = {"usage": usage, "plans": [text], "notes": notes}
         if not s.extra:
             cut = self.grammar is not None and c.finish_reason == "length"
@@ -246,7 +297,7 @@ class Rewoo(Strategy):
         c, usage = self.ask("planner", messages, self.plan_tokens, grammar=self._state_grammar(s))
         known = self._known(s) if s.extra else {}
         text, plan, err, notes = self._accept(c, known)
-        self.emit({"event": "plan", "text": text, "valid": err is None, "repair": True})
+        self._emit_plan(text, plan, err, repair=True)
         update: dict[str, Any] = {"usage": usage, "plans": [text], "draft": "", "feedback": ""}
         if plan is not None and plan.calls():
             return update | {"current": print_plan(plan), "notes": notes}
@@ -268,6 +319,7 @@ class Rewoo(Strategy):
         known = self._known(s) if s.replans else {}
         executor = self.executor.with_tools(self.journaled(f"execute:{s.replans}"))
         result = executor.run(plan, known=known)
+        self._emit_execution(plan, result, set(known))
         values = {k: to_state(v) for k, v in result.values.items()}
         steps = [{"name": r.name, "tool": r.tool, "args": to_state(r.args), "ok": r.ok, "attempts": r.attempts,
                   "seconds": round(r.seconds, 4)} for r in result.steps]
@@ -300,6 +352,8 @@ class Rewoo(Strategy):
         # The evidence lines name each result (``name = value``); the plan text itself is left out: it costs
         # tokens and small models copy it instead of answering.
         user = f"Question: {s.question}\nEvidence:\n{evidence}\nAnswer:"
+        self.emit({"event": "message", "src": "executor", "dst": "solver", "edge": "executor->solver",
+                   "kind": "evidence", "tokens": text_tokens(self.worker.engine, evidence)})
         c, usage = self.ask("solver", [{"role": "system", "content": SOLVER_RULES},
                                        {"role": "user", "content": user}], self.answer_tokens)
         return {"answer": c.text.strip(), "usage": usage, "done": True}

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenomy.errors import MissingExtra, UserError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
+from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context
 
 from .executor import StepError
 
@@ -226,21 +227,23 @@ class _JournaledTool:
         n = self.counters.get(base, 0)
         self.counters[base] = n + 1
         key = f"{base}:{n}"
+        base_event = {"event": "tool_call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": self.name,
+                      "gen_ai.tool.call.arguments": kwargs}
         if self.journal is not None:
             found, value = self.journal.get(key)
             if found:
-                self.strategy.emit({"event": "tool_call", "gen_ai.tool.name": self.name, "arguments": kwargs,
-                                    "replayed": True, "duration_s": 0.0})
+                self.strategy.emit({**base_event, "replayed": True, "start_time": time.time(), "duration_s": 0.0,
+                                    "gen_ai.tool.call.result": clip(value)})
                 return value
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         try:
             value = await self.tool.ainvoke(**kwargs)
         except BaseException as exc:
-            self.strategy.emit({"event": "tool_call", "gen_ai.tool.name": self.name, "arguments": kwargs,
-                                "error": f"{type(exc).__name__}: {exc}", "duration_s": time.perf_counter() - start})
+            self.strategy.emit({**base_event, "error.type": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}",
+                                "start_time": wall, "duration_s": time.perf_counter() - start})
             raise
-        self.strategy.emit({"event": "tool_call", "gen_ai.tool.name": self.name, "arguments": kwargs,
-                            "duration_s": time.perf_counter() - start, "result_chars": len(str(value))})
+        self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
+                            "gen_ai.tool.call.result": clip(value), "result_chars": len(str(value))})
         if self.journal is not None:
             self.journal.put(key, to_state(value))
         return value
@@ -252,8 +255,18 @@ def new_graph(state: type[RunState], nodes: Mapping[str, Callable[[Any], dict[st
 
     g: Any = StateGraph(state)
     for name, fn in nodes.items():
-        g.add_node(name, fn)
+        g.add_node(name, _traced(name, fn))
     return g
+
+
+def _traced(name: str, fn: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """``fn`` with its trace events marked as emitted in node ``name``."""
+
+    def node(s: Any) -> dict[str, Any]:
+        with in_node(name):
+            return fn(s)
+
+    return node
 
 
 # -- calling a tool from text (the natural-language baselines) ------------------------------------------
@@ -323,18 +336,28 @@ class Strategy:
     # -- helpers for nodes ---------------------------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> None:
+        """Hand ``event`` to ``on_event`` with the strategy, the time and the node and step it happened in."""
         if self.on_event is not None:
-            self.on_event({"strategy": self.name, "time": time.time(), **event})
+            self.on_event({"strategy": self.name, "time": time.time(), **trace_context(), **event})
+
+    def emit_call(self, agent: str, engine: Engine, messages: Sequence[Mapping[str, str]], c: Completion,
+                  start: float, **extra: Any) -> None:
+        """The trace event of one model call (``start``: ``time.time()`` before it)."""
+        if self.on_event is None:
+            return
+        self.emit({"event": "model_call", "gen_ai.operation.name": "chat", "agent": agent, "gen_ai.agent.name": agent,
+                   "gen_ai.request.model": engine.spec, **c.usage.to_otel(), "start_time": start,
+                   "latency_s": c.latency_s, "gen_ai.response.finish_reasons": [c.finish_reason],
+                   "gen_ai.input.messages": otel_input(messages),
+                   "gen_ai.output.messages": otel_output(c.text, c.finish_reason), **extra})
 
     def ask(self, agent: str, messages: Sequence[Mapping[str, str]], max_tokens: int, *,
             grammar: Grammar | None = None, stop: Sequence[str] = ()) -> tuple[Completion, dict[str, Any]]:
         """One model call; returns the completion and the state update of its usage."""
+        start = time.time()
         c = self.worker.generate(list(messages), SamplingParams(max_tokens=max_tokens, stop=tuple(stop)),
                                  grammar=grammar, agent=agent, tags=(self.name, *self.tags))
-        self.emit({"event": "model_call", "gen_ai.operation.name": "chat", "agent": agent,
-                   "gen_ai.request.model": self.worker.engine.spec, **c.usage.to_otel(),
-                   "latency_s": c.latency_s, "finish_reason": c.finish_reason, "prompt": list(messages),
-                   "output": c.text})
+        self.emit_call(agent, self.worker.engine, messages, c, start)
         return c, {agent: _usage_to_dict(c.usage)}
 
     def journaled(self, scope: str) -> dict[str, _JournaledTool]:
@@ -384,14 +407,42 @@ class Strategy:
                     # node, though invoking goes on from them.
                     if snapshot.values.get("done") and not snapshot.next:
                         return self.result(snapshot.values, thread_id)
-                # "sync": each step's checkpoint is on disk before the next step starts, so a process killed
-                # mid-step resumes from the step before it (LangGraph's default "async" may not have written it).
-                values = app.invoke(inp, config, durability="sync")
+                values = self._stream(app, inp, config, thread_id)
             finally:
                 self._journal = None
                 if not isinstance(checkpoints, Checkpoints):
                     store.close()
-        return self.result(values, thread_id)
+        result = self.result(values, thread_id)
+        self.emit({"event": "run", "status": "finished", "gen_ai.conversation.id": thread_id,
+                   "answer": to_state(result.answer), "notes": result.notes,
+                   "usage": {a: u.to_dict() for a, u in result.usage.items()}})
+        return result
+
+    def _stream(self, app: Any, inp: dict[str, Any] | None, config: dict[str, Any], thread_id: str
+                ) -> dict[str, Any]:
+        """Run the compiled graph to its end; trace the run's start, each checkpoint and a failure."""
+        self.emit({"event": "run", "status": "started" if inp is not None else "resumed",
+                   "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.name,
+                   "gen_ai.conversation.id": thread_id, **({"question": inp["question"]} if inp else {})})
+        values: dict[str, Any] = {}
+        try:
+            # "sync": each step's checkpoint is on disk before the next step starts, so a process killed
+            # mid-step resumes from the step before it (LangGraph's default "async" may not have written it).
+            modes = ["values", "checkpoints"] if self.on_event is not None else ["values"]
+            for mode, chunk in app.stream(inp, config, stream_mode=modes, durability="sync"):
+                if mode == "values":
+                    values = chunk
+                elif mode == "checkpoints":
+                    meta = chunk.get("metadata") or {}
+                    cfg = (chunk.get("config") or {}).get("configurable") or {}
+                    self.emit({"event": "checkpoint", "checkpoint_id": cfg.get("checkpoint_id"),
+                               "step": meta.get("step"), "source": meta.get("source"),
+                               "next": list(chunk.get("next") or ())})
+        except BaseException as exc:
+            self.emit({"event": "run", "status": "failed", "gen_ai.conversation.id": thread_id,
+                       "error.type": type(exc).__name__, "error": str(exc)})
+            raise
+        return values
 
     def result(self, values: Mapping[str, Any], thread_id: str) -> RunResult:
         state = self.state_model.model_validate(dict(values))

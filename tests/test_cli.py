@@ -75,6 +75,7 @@ def test_run_json_trace_and_resume_with_the_scripted_double(tmp_path):
     assert any("no valid plan" in n for n in out["notes"])
     trace = [json.loads(line) for line in open(out["trace"])]
     assert [e["event"] for e in trace].count("model_call") == 2
+    assert [e.get("status") for e in trace if e["event"] == "run"] == ["started", "finished"]
     again = run("run", "--resume", "t1", "--model", "scripted", "--json", "--runs-dir", str(tmp_path))
     assert json.loads(again.stdout)["usage"] == out["usage"]  # finished: nothing runs again
 
@@ -99,3 +100,10 @@ def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
     assert results["react"]["usage"]["prompt_tokens"] > results["rewoo"]["usage"]["prompt_tokens"]
     text = run("run", "How long is the River Orrin?", "--runs-dir", str(tmp_path))
     assert "plan (rewoo" in text.stdout and "TOTAL" in text.stdout and "trace:" in text.stdout
+    # The run's trace turns into a page: its model calls, the plan that ran and its tool calls are on it.
+    trace_path = results["rewoo"]["trace"]
+    page = run("viz", trace_path, "-o", str(tmp_path / "run.html"))
+    assert page.returncode == 0, page.stderr
+    html = (tmp_path / "run.html").read_text()
+    assert 'data-agent="planner"' in html and 'data-agent="executor"' in html and 'tk plan-dag' in html
+    assert "Who founded Halvane Instruments?" in html

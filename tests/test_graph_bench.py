@@ -33,9 +33,12 @@ def test_goals_read_the_records():
 
 def test_bench_graph_command_writes_records(tmp_path, capsys):
     out = tmp_path / "graph.json"
-    assert main(["bench", "graph", "--no-live", "--iterations", "2", "--tasks", "6", "--json", str(out)]) == 0
+    assert main(["bench", "graph", "--no-live", "--iterations", "2", "--tasks", "6", "--json", str(out),
+                 "--plot", str(tmp_path / "graph.png")]) == 0
     text = capsys.readouterr().out
     assert "simulator" in text and "goals (BENCHMARKS.md, graph)" in text
+    assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {tmp_path / 'graph.png'}" in text
     data = json.loads(out.read_text())
     tops = [r["topology"] for r in data["records"]]
     assert tops[:5] == ["mesh", "chain", "star", "layered", "debate"]

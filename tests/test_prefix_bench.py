@@ -42,9 +42,10 @@ def test_workloads_reach_the_limit_on_the_scripted_engine():
 def test_cli_bench_writes_json(tmp_path):
     out = tmp_path / "prefix.json"
     proc = subprocess.run([sys.executable, "-m", "tokenomy.cli", "bench", "prefix", "--quick", "--model",
-                           "scripted", "--no-vllm", "--json", str(out)], capture_output=True, text=True,
-                          timeout=300)
+                           "scripted", "--no-vllm", "--json", str(out), "--plot", str(tmp_path / "prefix.png")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "prefix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = json.loads(out.read_text())
     keys = {"workload", "engine", "cache", "prompt_tokens", "computed_prefill_tokens", "limit_tokens", "eta",
             "wall_s"}

@@ -2,8 +2,11 @@
 
     tokenomy run "question" [--corpus DIR] [--model S] [--strategy S] [--json]
                                           the main job: plan, tools, answer, usage per agent, a trace
+    tokenomy viz TRACE [-o run.html] [--png PATH] [--run ID]
+                                          a run's trace as one self-contained HTML page (and a PNG of its tokens)
     tokenomy info                         versions, engines available, where the embedded model is
     tokenomy chat "question" [--model S]  one answer from a model, with its token usage
+    tokenomy bench NAME ... [--plot PATH]     every benchmark can also draw its results as a PNG
     tokenomy bench prefix [--quick] [--json PATH]
     tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
     tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live]
@@ -157,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ledger.record(usage, agent)
         print(ledger.table())
         print(f"\nmodel: {engine.spec}   run: {thread_id}   trace: {trace_path}")
+        print(f"see it: tokenomy viz {trace_path}")
     return 0 if result.answer is not None else 1
 
 
@@ -197,6 +201,8 @@ def _bench_graph(args: argparse.Namespace) -> int:
     print(graph.format_report(records))
     if args.json:
         _write_records(args.json, records, graph.goals(records))
+    if args.plot:
+        print(f"wrote {graph.plot_records(records, args.plot)}")
     return 0
 
 
@@ -215,6 +221,8 @@ def _bench_collab(args: argparse.Namespace) -> int:
                   f"{'; '.join(r.notes)}")
         if args.json:
             _write_records(args.json, records, [])
+        if args.plot:
+            print(f"wrote {collab.plot_records(records, args.plot)}")
         return 0
     report = collab.run_collab_bench(quick=args.quick, long_spec=args.long, short_spec=args.short, seed=args.seed,
                                      items=args.tasks, record=args.record, progress=progress)
@@ -222,6 +230,27 @@ def _bench_collab(args: argparse.Namespace) -> int:
     if args.json:
         _write_records(args.json, report.records, collab.goals(report), calibration=report.scores,
                        kept=report.kept, note=report.note, long=report.long, short=report.short)
+    if args.plot:
+        print(f"wrote {collab.plot_records(report.records, args.plot)}")
+    return 0
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from tokenomy.errors import UserError
+    from tokenomy.trace import Trace
+    from tokenomy.viz import write_html, write_png
+
+    trace = Trace.load(args.trace)
+    if args.run:
+        trace = trace.select(args.run)
+    out = Path(args.output) if args.output else Path(args.trace).with_suffix("").with_suffix(".html")
+    if out.resolve() == Path(args.trace).resolve():
+        raise UserError(f"the page would overwrite the trace {args.trace}; give -o PATH")
+    print(f"wrote {write_html(trace, out, title=args.title)}")
+    if args.png:
+        print(f"wrote {write_png(trace, args.png)}")
+    if trace.skipped:
+        print(f"note: {trace.skipped} lines of {args.trace} were not events and were skipped", file=sys.stderr)
     return 0
 
 
@@ -244,6 +273,8 @@ def _bench_rag(args: argparse.Namespace) -> int:
             json.dump({"records": [r.to_json() for r in result["records"]], "goal": result["goal"],
                        "ingest": result["ingest"], "questions": result["questions"]}, f, indent=2)
         print(f"\nwrote {args.json}")
+    if args.plot:
+        print(f"wrote {rag.plot_records(result['records'], args.plot)}")
     return 0
 
 
@@ -273,8 +304,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 json.dump(plans.to_json(precords), f, indent=2)
             print(f"\nwrote {args.json}")
+        if args.plot:
+            print(f"wrote {plans.plot_records(precords, args.plot)}")
         return 0
-    from tokenomy.benchmarks.prefix import format_table, run_prefix_bench, to_json
+    from tokenomy.benchmarks.prefix import format_table, plot_records, run_prefix_bench, to_json
 
     with_vllm = False if args.no_vllm else None
     records = run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=with_vllm,
@@ -285,6 +318,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(to_json(records), f, indent=2)
         print(f"\nwrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot_records(records, args.plot)}")
     return 0
 
 
@@ -315,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", default=None, help="the trace file (default: <runs dir>/<id>.trace.jsonl)")
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)
+
+    viz = sub.add_parser("viz", help="turn a run's trace into one self-contained HTML page (works offline)")
+    viz.add_argument("trace", help="a trace file (JSON lines; `tokenomy run` prints its path)")
+    viz.add_argument("-o", "--output", default=None, help="the HTML file (default: the trace's name with .html)")
+    viz.add_argument("--png", default=None, help="also draw the tokens per agent as a PNG here")
+    viz.add_argument("--run", default=None, help="only this run of the trace file (its id)")
+    viz.add_argument("--title", default=None, help="the page's title")
+    viz.set_defaults(fn=cmd_viz)
 
     rag = sub.add_parser("rag", help="ingest documents and answer questions from them (RAG)")
     cmds = rag.add_subparsers(dest="rag_command", required=True)
@@ -349,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
     bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
     bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
-    bench.add_argument("--plot", default=None, help="planning: save a PNG of tokens against hops here")
+    bench.add_argument("--plot", default=None, metavar="PATH", help="also draw the results as a PNG here")
     bench.add_argument("--no-live", action="store_true", help="planning, graph: no model runs (oracle replay, "
                                                               "simulator)")
     bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle); graph: "

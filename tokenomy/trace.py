@@ -1,19 +1,47 @@
-"""The trace of a run: one JSON object per line for every model call, tool call and plan.
+"""The trace of a run: one JSON object per line for every model call, tool call, plan, message and checkpoint.
 
-Field names follow the OpenTelemetry GenAI semantic conventions where one exists (``gen_ai.operation.name``,
-``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
-``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.tool.name``). Strategies hand their events to
-``TraceWriter`` through their ``on_event`` argument.
+Attribute names follow the OpenTelemetry GenAI semantic conventions where one exists (``gen_ai.operation.name``,
+``gen_ai.agent.name``, ``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
+``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.input.messages``, ``gen_ai.output.messages``,
+``gen_ai.tool.name``, ``gen_ai.tool.call.arguments``, ``gen_ai.tool.call.result``, ``gen_ai.conversation.id``,
+``error.type``); tokenomy's own fields have plain names. Every event has ``event`` (its kind), ``time`` (Unix
+seconds when it ended) and, where it applies, ``start_time``, ``node`` (the LangGraph node it ran in) and
+``step`` (the plan step it ran for). The kinds:
+
+- ``run``: ``status`` started, resumed, finished or failed; the question, then the answer, usage and notes.
+- ``model_call``: one per model call, with its agent, prompt, output, tokens and latency (``round`` in graphs).
+- ``tool_call``: one per tool call, with its arguments, result (cut to ``RESULT_CHARS``), duration and error.
+- ``plan``: a plan's text, whether it is valid, and its statements as ``steps`` (``planners.plan_steps``).
+- ``execution``: each plan result's status (ok, error, timeout, skipped, eval) and value after a plan ran.
+- ``message``: text sent along an edge of the agent graph, with its tokens.
+- ``graph``: the agent graph a run used (agents and edges with their state: runs, pruned or dead).
+- ``checkpoint``: LangGraph saved a checkpoint (its id, step and the nodes that run next).
+
+Strategies hand their events to ``TraceWriter`` through their ``on_event`` argument; ``Trace.load`` reads a trace
+back (``tokenomy viz`` draws it) and ``export_otel`` sends it to OpenTelemetry when its SDK is installed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TraceWriter", "runs_dir", "read_trace"]
+from tokenomy.errors import MissingExtra, UserError
+
+__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "in_node", "in_step", "trace_context",
+           "input_messages", "output_text", "otel_input", "otel_output", "clip", "RESULT_CHARS"]
+
+RESULT_CHARS = 2000  # tool results and plan values are cut to this many characters in a trace
+
+_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("tokenomy_node", default=None)
+_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("tokenomy_step", default=None)
 
 
 def runs_dir() -> Path:
@@ -24,18 +52,96 @@ def runs_dir() -> Path:
     return cache_root() / "runs"
 
 
+@contextmanager
+def in_node(name: str) -> Iterator[None]:
+    """Events emitted inside this block (and in tasks it starts) carry ``node=name``."""
+    token = _node.set(name)
+    try:
+        yield
+    finally:
+        _node.reset(token)
+
+
+@contextmanager
+def in_step(name: str) -> Iterator[None]:
+    """Events emitted inside this block (and in tasks it starts) carry ``step=name``."""
+    token = _step.set(name)
+    try:
+        yield
+    finally:
+        _step.reset(token)
+
+
+def trace_context() -> dict[str, str]:
+    """The ``node`` and ``step`` the current code runs in, where known."""
+    out = {}
+    if (n := _node.get()) is not None:
+        out["node"] = n
+    if (s := _step.get()) is not None:
+        out["step"] = s
+    return out
+
+
+def clip(value: Any, limit: int = RESULT_CHARS) -> str:
+    """``value`` as text (JSON where it is JSON data), cut to ``limit`` characters with a marker."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = str(value)
+    return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
+
+
+def otel_input(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages in the GenAI conventions' ``gen_ai.input.messages`` form (role and text parts)."""
+    return [{"role": str(m.get("role", "user")), "parts": [{"type": "text", "content": str(m.get("content", ""))}]}
+            for m in messages]
+
+
+def otel_output(text: str, finish_reason: str | None = None) -> list[dict[str, Any]]:
+    """A completion in the ``gen_ai.output.messages`` form."""
+    out: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
+    if finish_reason:
+        out["finish_reason"] = finish_reason
+    return [out]
+
+
+def _text(parts: Any) -> str:
+    if isinstance(parts, list):
+        return "".join(str(p.get("content", "")) if isinstance(p, dict) else str(p) for p in parts)
+    return "" if parts is None else str(parts)
+
+
+def input_messages(event: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A ``model_call`` event's prompt as ``{"role", "content"}`` messages."""
+    msgs = event.get("gen_ai.input.messages") or []
+    return [{"role": str(m.get("role", "")), "content": _text(m.get("parts", m.get("content")))}
+            for m in msgs if isinstance(m, dict)]
+
+
+def output_text(event: Mapping[str, Any]) -> str:
+    """A ``model_call`` event's completion text."""
+    msgs = event.get("gen_ai.output.messages") or []
+    return "".join(_text(m.get("parts")) for m in msgs if isinstance(m, dict))
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, str | int | float | bool):
+    if v is None or isinstance(v, str | int | bool):
         return v
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else str(v)
     return str(v)
 
 
 class TraceWriter:
-    """Appends events to a JSON-lines file (thread-safe); usable as a strategy's ``on_event``."""
+    """Appends events to a JSON-lines file (thread-safe); usable as a strategy's ``on_event``. ``common`` fields
+    (say ``run=thread_id``) are added to every event."""
 
     def __init__(self, path: str | Path, **common: Any) -> None:
         self.path = Path(path)
@@ -62,11 +168,231 @@ class TraceWriter:
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
-    """The events of a trace file; a line cut off by a crash (the last one) is skipped."""
-    events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """The events of a trace file. Lines that are not JSON objects with an ``event`` (a line cut off by a crash)
+    are skipped; ``Trace.load`` says how many."""
+    return Trace.load(path).events
+
+
+def _tokens(e: Mapping[str, Any]) -> tuple[int, int, int]:
+    return (int(e.get("gen_ai.usage.input_tokens") or 0), int(e.get("gen_ai.usage.cache_read.input_tokens") or 0),
+            int(e.get("gen_ai.usage.output_tokens") or 0))
+
+
+@dataclass
+class Trace:
+    """The events of one trace file (one or more runs), with the sums a viewer needs.
+
+    ``skipped`` counts lines that were not events (cut off, or not JSON objects).
+    """
+
+    events: list[dict[str, Any]]
+    path: Path | None = None
+    skipped: int = 0
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """Read a trace file.
+
+        Raises:
+            UserError: the file is missing, not text, or holds no trace events at all.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"no trace file at {p}")
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            raise UserError(f"{p} is not a tokenomy trace (JSON lines): {exc}") from exc
+        events, skipped = [], 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if isinstance(e, dict) and isinstance(e.get("event"), str):
+                events.append(e)
+            else:
+                skipped += 1
+        if not events:
+            raise UserError(f"{p} holds no trace events ({skipped} lines that are not events); a trace is the "
+                            "JSON-lines file `tokenomy run` writes (its path is printed at the end)")
+        return cls(events, p, skipped)
+
+    def select(self, run: str) -> Trace:
+        """The events of one run (by its id, the ``run`` field ``tokenomy run`` writes).
+
+        Raises:
+            UserError: no event of the trace belongs to that run.
+        """
+        events = [e for e in self.events if str(e.get("run") or e.get("gen_ai.conversation.id")) == run]
+        if not events:
+            known = ", ".join(sorted({str(r["run"]) for r in self.runs})) or "none"
+            raise UserError(f"no run {run!r} in {self.path or 'this trace'} (runs: {known})")
+        return Trace(events, self.path, self.skipped)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+    @property
+    def model_calls(self) -> list[dict[str, Any]]:
+        return self.of("model_call")
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.of("tool_call")
+
+    @property
+    def plans(self) -> list[dict[str, Any]]:
+        return self.of("plan")
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.of("message")
+
+    @property
+    def graph(self) -> dict[str, Any] | None:
+        """The last ``graph`` event (the agent graph of the last graph run), if any."""
+        g = self.of("graph")
+        return g[-1] if g else None
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """One summary per run id: question, strategy, status, answer (from its ``run`` events)."""
+        out: dict[str, dict[str, Any]] = {}
+        for e in self.events:
+            rid = str(e.get("run") or e.get("gen_ai.conversation.id") or "")
+            r = out.setdefault(rid, {"run": rid, "strategy": e.get("strategy"), "status": None})
+            if e.get("event") == "run":
+                for k in ("question", "answer", "status", "notes", "error"):
+                    if k in e:
+                        r[k] = e[k]
+        return list(out.values())
+
+    def tokens_by(self, key: str) -> dict[str, dict[str, int]]:
+        """Prompt, cached, completion tokens and calls of model calls, summed by an event field (``agent``,
+        ``node``, ``gen_ai.request.model``, ``round``)."""
+        out: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "cached": 0, "completion": 0,
+                                                              "calls": 0})
+        for e in self.model_calls:
+            k = e.get(key)
+            if k is None and key == "agent":
+                k = e.get("gen_ai.agent.name")
+            p, c, o = _tokens(e)
+            d = out[str(k) if k is not None else "?"]
+            d["prompt"] += p
+            d["cached"] += c
+            d["completion"] += o
+            d["calls"] += 1
+        return dict(out)
+
+    def tokens_by_edge(self) -> dict[str, int]:
+        """Tokens sent along each edge of the agent graph (``message`` events)."""
+        out: dict[str, int] = defaultdict(int)
+        for e in self.messages:
+            out[str(e.get("edge") or f"{e.get('src')}->{e.get('dst')}")] += int(e.get("tokens") or 0)
+        return dict(out)
+
+    def total(self) -> dict[str, int]:
+        t = {"prompt": 0, "cached": 0, "completion": 0, "calls": 0}
+        for d in self.tokens_by("agent").values():
+            for k in t:
+                t[k] += d[k]
+        return t
+
+    def to_html(self, *, title: str | None = None) -> str:
+        """The whole self-contained page ``tokenomy viz`` writes."""
+        from tokenomy.viz import render_html
+
+        return render_html(self, title=title)
+
+    def _repr_html_(self) -> str:
+        from tokenomy.viz import iframe
+
+        return iframe(self.to_html())
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        t = self.total()
+        text = (f"Trace({self.path or 'in memory'}: {len(self.events)} events, {t['calls']} model calls, "
+                f"{t['prompt']} prompt + {t['completion']} completion tokens)")
+        return {"text/plain": text, "text/html": self._repr_html_()}
+
+
+# -- OpenTelemetry -----------------------------------------------------------------------------------------
+
+
+def _attr(v: Any) -> Any:
+    """An OpenTelemetry attribute value: primitives and lists of one primitive type; anything else as JSON."""
+    if isinstance(v, str | bool | int | float):
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return v
+    return json.dumps(v, ensure_ascii=False, default=str)
+
+
+def _ns(t: Any) -> int | None:
+    return int(float(t) * 1e9) if isinstance(t, int | float) else None
+
+
+_SPAN_KINDS = {"model_call", "tool_call"}
+_SKIP = {"event", "time", "start_time", "latency_s", "duration_s"}
+
+
+def export_otel(trace: Trace | Sequence[Mapping[str, Any]], tracer_provider: Any = None) -> int:
+    """Send a trace to OpenTelemetry as spans: one ``invoke_agent`` span per run, a ``chat`` span per model call
+    and an ``execute_tool`` span per tool call under it (with their own start and end times), and the other
+    events (plans, messages, checkpoints) as span events of the run. Returns the number of spans.
+
+    ``tracer_provider``: an SDK ``TracerProvider`` with its exporters; default: the global one.
+
+    Raises:
+        MissingExtra: ``opentelemetry-sdk`` is not installed (``pip install 'tokenomy[otel]'``).
+    """
+    try:
+        from opentelemetry import trace as ot
+        from opentelemetry.trace import Status, StatusCode
+    except ImportError as exc:
+        raise MissingExtra("opentelemetry-sdk", "otel", "exporting a trace to OpenTelemetry") from exc
+    events = trace.events if isinstance(trace, Trace) else [dict(e) for e in trace]
+    tracer = (tracer_provider or ot.get_tracer_provider()).get_tracer("tokenomy")
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        by_run[str(e.get("run") or e.get("gen_ai.conversation.id") or "")].append(e)
+    spans = 0
+    for rid, evs in by_run.items():
+        times = [t for e in evs for t in (e.get("start_time"), e.get("time")) if isinstance(t, int | float)]
+        if not times:
             continue
-    return events
+        strategy = next((e.get("strategy") for e in evs if e.get("strategy")), "tokenomy")
+        root = tracer.start_span(f"invoke_agent {strategy}", start_time=_ns(min(times)), attributes={
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": str(strategy),
+            "gen_ai.conversation.id": rid})
+        spans += 1
+        ctx = ot.set_span_in_context(root)
+        failed = None
+        for e in evs:
+            kind = e.get("event")
+            attrs = {k: _attr(v) for k, v in e.items() if k not in _SKIP and v is not None}
+            if kind in _SPAN_KINDS:
+                end = e.get("time")
+                start = e.get("start_time")
+                if start is None and isinstance(end, int | float):
+                    start = end - float(e.get("latency_s") or e.get("duration_s") or 0.0)
+                name = (f"chat {e.get('gen_ai.request.model', '')}".strip() if kind == "model_call"
+                        else f"execute_tool {e.get('gen_ai.tool.name', '')}".strip())
+                span = tracer.start_span(name, context=ctx, start_time=_ns(start), attributes=attrs)
+                if e.get("error"):
+                    span.set_status(Status(StatusCode.ERROR, str(e["error"])))
+                span.end(end_time=_ns(end))
+                spans += 1
+            else:
+                root.add_event(str(kind), attributes=attrs, timestamp=_ns(e.get("time")))
+                if kind == "run" and e.get("status") == "failed":
+                    failed = str(e.get("error") or "failed")
+        if failed:
+            root.set_status(Status(StatusCode.ERROR, failed))
+        root.end(end_time=_ns(max(times)))
+    return spans
