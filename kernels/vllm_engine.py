@@ -42,6 +42,9 @@ _CONSTANT_LABELS = ("model_name", "engine")  # the same on every series of one L
 _MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
+CPU_KV_CACHE_BYTES = 1 << 30  # the KV cache on CPUs unless the caller sizes it
+
+
 def _import_vllm() -> Any:
     try:
         import vllm
@@ -75,7 +78,10 @@ class VLLMEngine(Engine):
         block_size: KV block size in tokens; ``None`` is vLLM's default (16 on GPUs, 128 on CPUs, where it must
             be a multiple of 32). Only whole blocks are shared, so smaller blocks reuse more.
         gpu_memory_utilization: Share of device memory (on CPUs, of RAM) for weights and KV cache; ``None`` is
-            0.3 on CPUs, 0.9 on GPUs.
+            0.3 on CPUs, 0.9 on GPUs. On CPUs, where the engine core runs in this process, vLLM sizes the KV cache
+            as that share of RAM minus this whole process's memory, which fails once the process holds other
+            models; so unless this, ``kv_cache_memory_bytes`` or ``VLLM_CPU_KVCACHE_SPACE`` is given, the KV
+            cache gets ``CPU_KV_CACHE_BYTES`` (1 GiB) there.
         enforce_eager: No graph capture / compilation; ``None`` is on for CPUs (faster start-up).
         seed: vLLM's global seed (requests with ``SamplingParams.seed`` use their own).
         **llm_kwargs: Passed to ``vllm.LLM``. Grammars use the xgrammar backend (tokenomy's EBNF dialect; it
@@ -109,6 +115,9 @@ class VLLMEngine(Engine):
             structured_outputs_config={"backend": "xgrammar"})
         if block_size is not None:
             kwargs["block_size"] = block_size
+        if (on_cpu and gpu_memory_utilization is None and "kv_cache_memory_bytes" not in llm_kwargs
+                and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kwargs.update(llm_kwargs)
         kwargs["disable_log_stats"] = False  # vLLM's default (True) hides the prefix-cache counters
         self._vllm = vllm

@@ -149,3 +149,14 @@ def test_fallback_without_enqueue(engine, monkeypatch):
                                      Request(prompt="hello", params=SamplingParams(max_tokens=2))],
                                     return_exceptions=True)
     assert isinstance(bad, GrammarError) and isinstance(ok, Completion) and ok.usage.completion_tokens == 2
+
+
+@pytest.mark.vllm
+def test_on_cpus_the_kv_cache_is_sized_explicitly_not_from_this_process_s_memory(engine):
+    """vLLM's CPU default (a share of RAM minus this process's RSS) failed in the full suite once the process
+    held other models; the engine gives the cache a fixed size instead."""
+    from tokenomy.kernels.vllm_engine import CPU_KV_CACHE_BYTES, _on_cpu
+
+    if not _on_cpu():
+        pytest.skip("a GPU sizes its KV cache by gpu_memory_utilization")
+    assert engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == CPU_KV_CACHE_BYTES
