@@ -85,11 +85,6 @@ def _circle(names: Sequence[str]) -> tuple[dict[str, tuple[float, float]], float
     return pos, cx + r + 250, cy + r + 90
 
 
-_DEFS = ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="9" markerHeight="9" '
-         'markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#556"/></marker>'
-         '<marker id="arrow-off" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="9" markerHeight="9" '
-         'markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#bbb"/></marker></defs>')
-
 _SVG_STYLE = ("<style>svg.tk{max-width:100%;height:auto}.tk text{font:12px sans-serif;fill:#223}"
               ".tk .sub{font-size:10px;fill:#667}"
               ".tk .node,.tk .step,.tk .call{cursor:pointer}.tk .off text{fill:#999}"
@@ -191,7 +186,7 @@ def graph_svg(g: Mapping[str, Any]) -> str:
     radius = {a["name"]: 16 + 22 * math.sqrt((a.get("tokens") or 0) / top_a) for a in agents}
     out = [f'<svg class="tk agent-graph" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
            f'height="{height + 30:.0f}" viewBox="0 0 {width:.0f} {height + 30:.0f}" role="img" '
-           f'aria-label="agent graph {_e(g.get("name", ""))}">', _SVG_STYLE, _DEFS]
+           f'aria-label="agent graph {_e(g.get("name", ""))}">', _SVG_STYLE]
     pairs = {(e["src"], e["dst"]) for e in edges}
     for e in edges:
         (x1, y1), (x2, y2) = pos[e["src"]], pos[e["dst"]]
@@ -270,12 +265,14 @@ def plan_svg(steps: Sequence[Mapping[str, Any]], results: Mapping[str, Mapping[s
     pos, width, height = _positions(ids, _layers(ids, edges), 250, 64, 120, 40)
     bw, bh = 220, 44
     out = [f'<svg class="tk plan-dag" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-           f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="plan">', _SVG_STYLE, _DEFS]
-    for u, v in edges:
+           f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="plan">', _SVG_STYLE]
+    for u, v in edges:  # a curve from u's right side into v's left side, ending in a drawn arrowhead
         (x1, y1), (x2, y2) = pos[u], pos[v]
-        out.append(f'<path d="M{x1 + bw / 2:.1f},{y1:.1f} C{x1 + bw / 2 + 18:.1f},{y1:.1f} {x2 - bw / 2 - 18:.1f},'
-                   f'{y2:.1f} {x2 - bw / 2 - 2:.1f},{y2:.1f}" fill="none" stroke="#778" stroke-width="1.3" '
-                   'marker-end="url(#arrow)"/>')
+        tip = x2 - bw / 2
+        out.append(f'<path d="M{x1 + bw / 2:.1f},{y1:.1f} C{x1 + bw / 2 + 18:.1f},{y1:.1f} {tip - 26:.1f},'
+                   f'{y2:.1f} {tip - 8:.1f},{y2:.1f}" fill="none" stroke="#778" stroke-width="1.3"/>'
+                   f'<polygon points="{tip:.1f},{y2:.1f} {tip - 8:.1f},{y2 - 4:.1f} {tip - 8:.1f},{y2 + 4:.1f}" '
+                   'fill="#778"/>')
     for s in steps:
         x, y = pos[s["id"]]
         res = (results or {}).get(s["id"])
