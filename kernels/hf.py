@@ -5,17 +5,32 @@ engine looks every prompt up in a ``RadixCache`` first and prefills only the unc
 decode loop rather than ``generate()`` to control exactly which KV it reuses and keeps, to apply grammar
 masks, stop strings, logprobs and cancellation per token. Requests run one at a time, in the order the
 worker chose (longest shared prefix first), so each one finds the prefixes its predecessors left behind.
+
+With ``batch=True`` (the default on a GPU) the requests of one batch decode together: each prefills its own
+uncached suffix (reusing its cached prefix, which includes the prompts prefilled before it in the same batch),
+then their KV is left-padded into one batch cache and every step
+decodes all of them in one forward pass (an attention mask hides the padding, position ids keep each request's
+own positions); a request that finishes leaves the batch, its KV kept in the prefix cache. Greedy decoding gives
+the same tokens either way (tested).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenomy.errors import ContextLengthExceeded, ModelNotFound, RequestCancelled, UserError
+from tokenomy.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    ModelNotFound,
+    RequestCancelled,
+    TokenomyError,
+    UserError,
+)
 
 from .engine import Engine, now
 from .grammar import GrammarCompiler
@@ -38,14 +53,16 @@ class TransformersEngine(Engine):
         model: a loaded ``PreTrainedModel`` (causal LM).
         tokenizer: its tokenizer (with a chat template for chat prompts).
         prefix_cache: reuse the KV of cached prompt prefixes.
-        cache_budget_bytes: the most KV bytes the prefix cache may hold.
+        cache_budget_bytes: the most KV bytes the prefix cache may hold (on the model's device).
+        batch: decode the requests of one batch together; ``None``: on a GPU, not on a CPU (where the 2-core
+            machines gain nothing from it and one request at a time reuses more prefixes).
     """
 
     capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
                                 prefill=True, min_tokens=True, prompt_logprobs=True, hidden_states=True)
 
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
-                 cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "") -> None:
+                 cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None) -> None:
         super().__init__()
         import torch
 
@@ -55,6 +72,9 @@ class TransformersEngine(Engine):
         self.spec = spec
         self.device = next(model.parameters()).device
         self._torch = torch
+        self.batch = self.device.type == "cuda" if batch is None else batch
+        if self.batch:
+            self.capabilities = dataclasses.replace(type(self).capabilities, batching=True)
         config = model.config
         if prefix_cache and not _sliceable_cache(config):
             # Sliding-window and linear-attention layers keep KV that cannot be cut at a token boundary.
@@ -114,6 +134,18 @@ class TransformersEngine(Engine):
         model = AutoModelForCausalLM.from_config(config, dtype=dt).to(dev)
         return cls(model, tokenizer, spec=f"random:{config.model_type}", **options)
 
+    @classmethod
+    def dummy(cls, arch: str, *, seed: int = 0, dtype: str | None = None, device: str | None = None,
+              overrides: dict[str, Any] | None = None, **options: Any) -> TransformersEngine:
+        """Random weights of a real architecture (``kernels.archs.ARCHS``: ``qwen2.5-1.5b``, ``llama-3-8b``),
+        with ``byte_tokenizer``; ``overrides`` change config fields (fewer layers for a test)."""
+        from .archs import arch_config, byte_tokenizer
+
+        engine = cls.from_config(arch_config(arch, **(overrides or {})), byte_tokenizer(), seed=seed, dtype=dtype,
+                                 device=device, **options)
+        engine.spec = f"random:{arch}"
+        return engine
+
     # -- Engine -----------------------------------------------------------------------------------------
 
     @property
@@ -127,6 +159,8 @@ class TransformersEngine(Engine):
         return self.cache.peek(token_ids) if self.cache is not None else 0
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
+        if self.batch and len(requests) > 1:
+            return self._generate_together(requests)
         return self._run_each(requests, self._generate_one)
 
     def close(self) -> None:
@@ -191,44 +225,34 @@ class TransformersEngine(Engine):
 
     def _generate_one(self, req: Request) -> Completion:
         torch = self._torch
-        start = now()
-        if req.cancelled:
-            raise RequestCancelled(f"{req.request_id} was cancelled before it started")
-        ids = self.prompt_token_ids(req.prompt)
-        window = self.context_window
-        if len(ids) >= window:
-            raise ContextLengthExceeded(len(ids), req.params.max_tokens, window)
-        max_new = min(req.params.max_tokens, window - len(ids))
-        constraint = self.grammars.constraint(req.grammar) if req.grammar is not None else None
-
-        match = self.cache.match(ids) if self.cache is not None else PrefixMatch()
-        gen: list[int] = []
+        item = self._start(0, req)
+        d = item.decoding
         past = None
-        if self.cache is not None:
-            self.cache.lock(match)
         try:
             with torch.inference_mode():
-                past = self._past(match)
-                logits = self._forward(ids[match.length:], past)
-                logprobs, finish, text = self._decode(req, logits, past, max_new, constraint, gen)
+                past = self._past(item.match)
+                logits = self._forward(item.ids[item.match.length:], past)
+                while not d.step(logits):
+                    logits = self._forward([d.gen[-1]], past)
         finally:
             if self.cache is not None:
                 # Even a cancelled or failed request leaves behind the KV it computed, for the next one.
                 if past is not None:
-                    self._keep(ids + gen, past)
-                self.cache.unlock(match)
-        usage = Usage(prompt_tokens=len(ids), cached_prompt_tokens=match.length,
-                      completion_tokens=len(gen), calls=1)
-        return Completion(text=text, token_ids=gen, finish_reason=finish, usage=usage, prompt_token_ids=ids,
-                          logprobs=logprobs if req.params.logprobs else None, request_id=req.request_id,
-                          engine=self.spec, latency_s=now() - start)
+                    self._keep(item.ids + d.gen, past)
+                self.cache.unlock(item.match)
+            item.released = True
+        return self._completion(item)
 
     def _keep(self, seq: list[int], past: Any) -> None:
         """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back)."""
-        assert self.cache is not None
         kv = [(layer.keys, layer.values) for layer in past.layers if getattr(layer, "keys", None) is not None]
+        if len(kv) == len(past.layers):
+            self._keep_kv(seq, kv)
+
+    def _keep_kv(self, seq: list[int], kv: list[tuple[Any, Any]]) -> None:
+        assert self.cache is not None
         lengths = {k.shape[2] for k, _ in kv}
-        if len(kv) != len(past.layers) or len(lengths) != 1:
+        if len(lengths) != 1:
             return  # a forward pass that failed half-way: layers disagree, keep nothing
         (n,) = lengths
         if 0 < n <= len(seq):
@@ -247,60 +271,228 @@ class TransformersEngine(Engine):
         out = self.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()
 
-    def _decode(self, req: Request, logits: Any, past: Any, max_new: int, constraint: Any,
-                gen: list[int]) -> tuple[list[float], FinishReason, str]:
-        """Decode into ``gen`` (filled in place, so a caller sees the tokens even if decoding fails)."""
+    # -- a batch decoding together ----------------------------------------------------------------------
+
+    def _generate_together(self, requests: list[Request]) -> list[Completion | BaseException]:
+        """Prefill each request on its own (with its cached prefix), then decode all of them in one batch."""
+        results: list[Completion | BaseException | None] = [None] * len(requests)
+        live: list[_Live] = []
         torch = self._torch
-        params = req.params
-        logprobs: list[float] = []
-        generator = None
-        if not params.greedy:
-            generator = torch.Generator(device=self.device)
-            if params.seed is not None:
-                generator.manual_seed(params.seed)
-            else:
-                generator.seed()
-        longest_stop = max((len(s) for s in params.stop), default=0)
-        text, cut, floor = "", None, 0
-        finish: FinishReason = "length"
-        while True:
-            if req.cancelled:
-                raise RequestCancelled(f"{req.request_id} was cancelled after {len(gen)} tokens")
-            scores = logits.unsqueeze(0)
-            if constraint is not None:
-                scores = scores.clone()
-                constraint.mask_logits(scores)
-            if len(gen) < params.min_tokens and self.eos_token_ids:
-                scores = scores.clone()
-                scores[0, self.eos_token_ids] = float("-inf")
-            tok = _sample(torch, scores[0], params, generator)
-            if params.logprobs:
-                logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
-            gen.append(tok)
-            if constraint is not None:
-                constraint.accept(tok)
-            if tok in self.eos_token_ids:
-                finish = "stop"
-                break
-            if params.stop:
-                prev = len(text)
-                text = self.tokenizer.decode(gen, skip_special_tokens=True)
-                if len(gen) <= params.min_tokens:  # stop strings count only after min_tokens
-                    floor = len(text)
+        try:
+            for i, req in enumerate(requests):
+                item = None
+                try:
+                    item = self._start(i, req)
+                    with torch.inference_mode():
+                        item.past = self._past(item.match)
+                        logits = self._forward(item.ids[item.match.length:], item.past)
+                    if self.cache is not None and (kv := item.past_kv()) is not None:
+                        self._keep_kv(item.ids, kv)  # the next request of the batch can reuse its prompt now
+                    if item.decoding.step(logits):
+                        results[i] = self._finish(item, item.past_kv())
+                    else:
+                        live.append(item)
+                except Exception as exc:  # noqa: BLE001 - confined to its slot, like _run_each
+                    results[i] = self._failed(req, exc, item)
+            if live:
+                self._decode_together(live, results)
+        finally:
+            for item in live:
+                if not item.released:
+                    self._release(item, None)
+        return [r if r is not None else EngineError(f"request {requests[i].request_id} got no result")
+                for i, r in enumerate(results)]
+
+    def _start(self, index: int, req: Request) -> _Live:
+        """Check a request, find and lock its cached prefix: what both paths do before prefilling."""
+        start = now()
+        if req.cancelled:
+            raise RequestCancelled(f"{req.request_id} was cancelled before it started")
+        ids = self.prompt_token_ids(req.prompt)
+        window = self.context_window
+        if len(ids) >= window:
+            raise ContextLengthExceeded(len(ids), req.params.max_tokens, window)
+        max_new = min(req.params.max_tokens, window - len(ids))
+        constraint = self.grammars.constraint(req.grammar) if req.grammar is not None else None
+        match = self.cache.match(ids) if self.cache is not None else PrefixMatch()
+        if self.cache is not None:
+            self.cache.lock(match)
+        return _Live(index, req, ids, match, _Decoding(self, req, max_new, constraint, []), start)
+
+    def _decode_together(self, live: list[_Live], results: list[Any]) -> None:
+        """One forward pass per step for every live request; finished ones leave the batch."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        lengths = [len(item.ids) + len(item.decoding.gen) - 1 for item in live]  # tokens whose KV is cached
+        width = max(lengths)
+        layers = len(live[0].past.layers)
+        data = []
+        for li in range(layers):
+            ks, vs = [], []
+            for item, n in zip(live, lengths, strict=True):
+                k, v = item.past.layers[li].keys, item.past.layers[li].values
+                pad = width - n
+                ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            data.append((torch.cat(ks), torch.cat(vs)))
+        for item in live:
+            item.past = None  # the batch cache holds its KV now
+        cache: Any = DynamicCache(ddp_cache_data=data)
+        mask = torch.zeros(len(live), width, dtype=torch.long, device=self.device)
+        for row, n in enumerate(lengths):
+            mask[row, width - n:] = 1
+        while live:
+            tokens = torch.tensor([[item.decoding.gen[-1]] for item in live], device=self.device)
+            positions = torch.tensor([[len(item.ids) + len(item.decoding.gen) - 1] for item in live],
+                                     device=self.device)
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=self.device)], dim=1)
+            with torch.inference_mode():
+                out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            keep = []
+            for row, item in enumerate(live):
+                try:
+                    done = item.decoding.step(logits[row])
+                except Exception as exc:  # noqa: BLE001 - confined to its slot
+                    results[item.index] = self._failed(item.req, exc, item, self._row_kv(cache, mask, row))
+                    continue
+                if done:
+                    results[item.index] = self._finish(item, self._row_kv(cache, mask, row))
                 else:
-                    cut = _find_stop(text, params.stop, max(floor, prev - longest_stop))
-                if cut is not None:
-                    text, finish = text[:cut], "stop"
+                    keep.append(row)
+            if len(keep) < len(live):
+                live = [live[r] for r in keep]
+                if not live:
                     break
-            if constraint is not None and constraint.finished:
-                finish = "stop"
-                break
-            if len(gen) >= max_new:
-                break
-            logits = self._forward([tok], past)
-        if cut is None:  # not cut at a stop string: the text is all that was generated
-            text = self.tokenizer.decode(gen, skip_special_tokens=True)
-        return logprobs, finish, text
+                idx = torch.tensor(keep, device=self.device)
+                mask = mask[idx]
+                for lay in cache.layers:
+                    lay.keys, lay.values = lay.keys[idx], lay.values[idx]
+            first = int((mask.sum(dim=0) > 0).nonzero()[0])  # columns that are padding for every row left
+            if first:
+                mask = mask[:, first:]
+                for lay in cache.layers:
+                    lay.keys, lay.values = lay.keys[:, :, first:], lay.values[:, :, first:]
+
+    @staticmethod
+    def _row_kv(cache: Any, mask: Any, row: int) -> list[tuple[Any, Any]]:
+        """One request's KV out of the batch cache, without its padding."""
+        pad = int((mask[row, : cache.layers[0].keys.shape[2]] == 0).sum())
+        return [(layer.keys[row:row + 1, :, pad:], layer.values[row:row + 1, :, pad:]) for layer in cache.layers]
+
+    def _release(self, item: _Live, kv: list[tuple[Any, Any]] | None) -> None:
+        if self.cache is not None:
+            if kv is not None:
+                self._keep_kv(item.ids + item.decoding.gen, kv)
+            self.cache.unlock(item.match)
+        item.released = True
+
+    def _finish(self, item: _Live, kv: list[tuple[Any, Any]] | None) -> Completion:
+        self._release(item, kv)
+        return self._completion(item)
+
+    def _completion(self, item: _Live) -> Completion:
+        d, req = item.decoding, item.req
+        logprobs, finish, text = d.result()
+        usage = Usage(prompt_tokens=len(item.ids), cached_prompt_tokens=item.match.length,
+                      completion_tokens=len(d.gen), calls=1)
+        return Completion(text=text, token_ids=list(d.gen), finish_reason=finish, usage=usage,
+                          prompt_token_ids=item.ids, logprobs=logprobs if req.params.logprobs else None,
+                          request_id=req.request_id, engine=self.spec, latency_s=now() - item.start)
+
+    def _failed(self, req: Request, exc: Exception, item: _Live | None,
+                kv: list[tuple[Any, Any]] | None = None) -> BaseException:
+        if item is not None and not item.released:
+            self._release(item, kv if kv is not None else item.past_kv())
+        if isinstance(exc, TokenomyError):
+            return exc
+        err = EngineError(f"request {req.request_id} failed: {exc!r}")
+        err.__cause__ = exc
+        return err
+
+
+class _Live:
+    """A request of a batch between its prefill and its end."""
+
+    def __init__(self, index: int, req: Request, ids: list[int], match: PrefixMatch, decoding: _Decoding,
+                 start: float) -> None:
+        self.index, self.req, self.ids, self.match, self.decoding, self.start = index, req, ids, match, decoding, start
+        self.past: Any = None
+        self.released = False
+
+    def past_kv(self) -> list[tuple[Any, Any]] | None:
+        if self.past is None:
+            return None
+        kv = [(layer.keys, layer.values) for layer in self.past.layers if getattr(layer, "keys", None) is not None]
+        return kv if kv and len(kv) == len(self.past.layers) else None
+
+
+class _Decoding:
+    """One request's decoding: sampling, grammar, min tokens, logprobs and the ways it ends (EOS, a stop string,
+    the grammar's end, the token limit, cancellation), one token per ``step``."""
+
+    def __init__(self, engine: TransformersEngine, req: Request, max_new: int, constraint: Any,
+                 gen: list[int]) -> None:
+        torch = engine._torch
+        self.engine, self.req, self.max_new, self.constraint, self.gen = engine, req, max_new, constraint, gen
+        self.params = req.params
+        self.logprobs: list[float] = []
+        self.generator = None
+        if not self.params.greedy:
+            self.generator = torch.Generator(device=engine.device)
+            if self.params.seed is not None:
+                self.generator.manual_seed(self.params.seed)
+            else:
+                self.generator.seed()
+        self.longest_stop = max((len(st) for st in self.params.stop), default=0)
+        self.text, self.floor = "", 0
+        self.cut: int | None = None
+        self.finish: FinishReason = "length"
+
+    def step(self, logits: Any) -> bool:
+        """Pick the next token from ``logits`` (``[V]``); ``True`` when the request is finished."""
+        engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
+        torch = engine._torch
+        if self.req.cancelled:
+            raise RequestCancelled(f"{self.req.request_id} was cancelled after {len(gen)} tokens")
+        scores = logits.unsqueeze(0)
+        if constraint is not None:
+            scores = scores.clone()
+            constraint.mask_logits(scores)
+        if len(gen) < params.min_tokens and engine.eos_token_ids:
+            scores = scores.clone()
+            scores[0, engine.eos_token_ids] = float("-inf")
+        tok = _sample(torch, scores[0], params, self.generator)
+        if params.logprobs:
+            self.logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
+        gen.append(tok)
+        if constraint is not None:
+            constraint.accept(tok)
+        if tok in engine.eos_token_ids:
+            self.finish = "stop"
+            return True
+        if params.stop:
+            prev = len(self.text)
+            self.text = engine.tokenizer.decode(gen, skip_special_tokens=True)
+            if len(gen) <= params.min_tokens:  # stop strings count only after min_tokens
+                self.floor = len(self.text)
+            else:
+                self.cut = _find_stop(self.text, params.stop, max(self.floor, prev - self.longest_stop))
+            if self.cut is not None:
+                self.text, self.finish = self.text[:self.cut], "stop"
+                return True
+        if constraint is not None and constraint.finished:
+            self.finish = "stop"
+            return True
+        return len(gen) >= self.max_new
+
+    def result(self) -> tuple[list[float], FinishReason, str]:
+        text = self.text
+        if self.cut is None:  # not cut at a stop string: the text is all that was generated
+            text = self.engine.tokenizer.decode(self.gen, skip_special_tokens=True)
+        return self.logprobs, self.finish, text
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -270,3 +270,86 @@ def test_embed_and_flops(tiny_engine_factory):
     # Non-embedding parameters plus the (tied) LM head's d x V: here that is every parameter once.
     assert eng.flops_per_token == 2 * (total - emb.numel() + emb.shape[0] * emb.shape[1])
     assert {"prefill", "min_tokens", "prompt_logprobs", "hidden_states"} <= set(eng.capabilities.names())
+
+
+# -- requests decoding together (batch=True) ----------------------------------------------------------------
+
+
+def test_a_batch_decoding_together_gives_the_plain_path_s_greedy_tokens(tiny_engine_factory, tiny_tokenizer):
+    """Different prompt lengths, shared prefixes, different stop points: token for token the same as one
+    request at a time without any cache."""
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    assert fast.capabilities.batching and not plain.capabilities.batching
+    prompts = prompts_sharing_prefixes(tiny_tokenizer)
+    params = [SamplingParams(max_tokens=n) for n in (12, 3, 9, 1, 16)]
+    want = [plain.generate(p, sp) for p, sp in zip(prompts, params, strict=True)]
+    for _ in range(2):  # the second time, prefixes come from the cache the first batch left
+        got = fast.generate_batch([Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)])
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert [c.text for c in got] == [c.text for c in want]
+        assert [c.finish_reason for c in got] == [c.finish_reason for c in want]
+    assert sum(c.usage.cached_prompt_tokens for c in got) > 0
+    # What the batch left in the cache is right too: one request at a time from it gives the same tokens.
+    again = tiny_engine_factory(prefix_cache=True, batch=False)
+    again.cache = fast.cache
+    assert [again.generate(p, sp).token_ids for p, sp in zip(prompts, params, strict=True)] == \
+        [c.token_ids for c in want]
+
+
+def test_in_a_batch_a_failing_request_fails_alone(tiny_engine_factory, tiny_tokenizer):
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    ok = tiny_tokenizer("the quick brown fox")["input_ids"]
+    too_long = [5] * (fast.context_window + 3)
+    cancelled = Request(prompt=ok, params=GREEDY)
+    cancelled.cancel()
+    bad_grammar = Request(prompt=ok, params=GREEDY, grammar=Grammar.regex("("))
+    got = fast.generate_batch([Request(prompt=ok, params=GREEDY), Request(prompt=too_long, params=GREEDY),
+                               cancelled, bad_grammar, Request(prompt=ok + ok, params=GREEDY)],
+                              return_exceptions=True)
+    assert got[0].token_ids == plain.generate(ok, GREEDY).token_ids
+    assert isinstance(got[1], ContextLengthExceeded) and isinstance(got[2], RequestCancelled)
+    assert isinstance(got[3], GrammarError)
+    assert got[4].token_ids == plain.generate(ok + ok, GREEDY).token_ids
+    # Every request, failed or not, released its cached prefix: all of it can be evicted again.
+    assert [n for n in fast.cache._nodes() if n is not fast.cache.root and n.lock_ref] == []
+    assert fast.cache.evict(fast.cache.nbytes) > 0 and fast.cache.nbytes == 0
+
+
+@pytest.mark.embedded
+def test_the_embedded_model_decoding_a_batch_together_gives_one_at_a_time_s_tokens(embedded_engine):
+    from tokenomy.kernels.hf import TransformersEngine
+
+    together = TransformersEngine(embedded_engine.model, embedded_engine.tokenizer, batch=True)
+    alone = TransformersEngine(embedded_engine.model, embedded_engine.tokenizer, prefix_cache=False, batch=False)
+    system = {"role": "system", "content": "You are one of several agents. Answer in one short sentence."}
+    prompts = [[system, {"role": "user", "content": q}] for q in
+               ("What is the capital of France?", "Name a colour.", "What is 2 + 2? Explain briefly.")]
+    params = SamplingParams(max_tokens=24)
+    got = together.generate_batch([Request(prompt=p, params=params) for p in prompts])
+    assert [c.token_ids for c in got] == [alone.generate(p, params).token_ids for p in prompts]
+    # Each prompt is cached as soon as it is prefilled: the next ones of the same batch reuse the system prompt.
+    assert got[0].usage.cached_prompt_tokens == 0
+    assert got[1].usage.cached_prompt_tokens > 10 and got[2].usage.cached_prompt_tokens > 10
+
+
+@pytest.mark.parametrize("arch", ["qwen2.5-1.5b", "llama-3-8b"])
+def test_real_architectures_load_with_random_weights_and_batch_like_the_plain_path(arch):
+    """The configs of real models, shrunk in depth and width for a CPU test (the GPU bench uses them whole)."""
+    from tokenomy.kernels.archs import ARCHS, arch_config
+    from tokenomy.kernels.hf import TransformersEngine
+
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 1024}
+    cfg = arch_config(arch)
+    assert cfg.model_type == ARCHS[arch]["model_type"] and cfg.num_key_value_heads == ARCHS[arch]["num_key_value_heads"]
+    plain = TransformersEngine.dummy(arch, overrides=small, prefix_cache=False, batch=False)
+    fast = TransformersEngine.dummy(arch, overrides=small, batch=True)
+    assert plain.spec == f"random:{arch}" and type(plain.model).__name__.lower().startswith(cfg.model_type)
+    prompts = [[7] * 40 + [i, i + 1, i + 2][: 1 + i % 3] for i in range(5)]
+    params = SamplingParams(max_tokens=10)
+    want = [plain.generate(p, params).token_ids for p in prompts]
+    assert [c.token_ids for c in fast.generate_batch([Request(prompt=p, params=params) for p in prompts])] == want
+    with pytest.raises(UserError, match="unknown architecture"):
+        TransformersEngine.dummy("gpt-7")
