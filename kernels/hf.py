@@ -39,11 +39,12 @@ from .tokens import TokenCounter
 from .types import Capabilities, Completion, FinishReason, PromptInput, Request, Scored
 from .usage import Usage
 
-__all__ = ["TransformersEngine", "DEFAULT_CACHE_BYTES"]
+__all__ = ["TransformersEngine", "DEFAULT_CACHE_BYTES", "MIN_SHARED_PREFIX"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
+MIN_SHARED_PREFIX = 16  # fewer shared tokens than this decode with plain attention
 
 
 class TransformersEngine(Engine):
@@ -56,13 +57,17 @@ class TransformersEngine(Engine):
         cache_budget_bytes: the most KV bytes the prefix cache may hold (on the model's device).
         batch: decode the requests of one batch together; ``None``: on a GPU, not on a CPU (where the 2-core
             machines gain nothing from it and one request at a time reuses more prefixes).
+        shared_prefix: when the requests decoding together start with the same tokens (at least
+            ``MIN_SHARED_PREFIX``), read that prefix's KV once per step for the whole batch
+            (``kernels.shared_prefix``: the Triton kernel on a GPU); ``None``: with ``batch`` and the prefix cache.
     """
 
     capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
                                 prefill=True, min_tokens=True, prompt_logprobs=True, hidden_states=True)
 
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
-                 cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None) -> None:
+                 cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None,
+                 shared_prefix: bool | None = None) -> None:
         super().__init__()
         import torch
 
@@ -82,6 +87,13 @@ class TransformersEngine(Engine):
                         config.model_type)
             prefix_cache = False
         self.cache: RadixCache | None = RadixCache(cache_budget_bytes) if prefix_cache else None
+        # The shared prefix is read from one row of the batch: rows must hold the same KV for it, which the
+        # prefix cache guarantees (every row after the first reuses the first one's prefill).
+        self.shared_prefix = (self.batch and prefix_cache) if shared_prefix is None else shared_prefix
+        if self.shared_prefix:
+            from .shared_prefix import install
+
+            install(model)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -324,24 +336,34 @@ class TransformersEngine(Engine):
         from transformers import DynamicCache
 
         torch = self._torch
+        from .shared_prefix import SHARED_PREFIX_LEN
+
         lengths = [len(item.ids) + len(item.decoding.gen) - 1 for item in live]  # tokens whose KV is cached
         width = max(lengths)
+        shared = self._common_prefix([item.ids for item in live]) if self.shared_prefix else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        extra = {SHARED_PREFIX_LEN: shared} if shared else {}
         layers = len(live[0].past.layers)
         data = []
         for li in range(layers):
             ks, vs = [], []
             for item, n in zip(live, lengths, strict=True):
                 k, v = item.past.layers[li].keys, item.past.layers[li].values
-                pad = width - n
-                ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                # Left padding; right padding when the rows share a prefix, so it sits at the same columns in all.
+                pad = (0, 0, 0, width - n) if shared else (0, 0, width - n, 0)
+                ks.append(torch.nn.functional.pad(k, pad))
+                vs.append(torch.nn.functional.pad(v, pad))
             data.append((torch.cat(ks), torch.cat(vs)))
         for item in live:
             item.past = None  # the batch cache holds its KV now
         cache: Any = DynamicCache(ddp_cache_data=data)
         mask = torch.zeros(len(live), width, dtype=torch.long, device=self.device)
         for row, n in enumerate(lengths):
-            mask[row, width - n:] = 1
+            if shared:
+                mask[row, :n] = 1
+            else:
+                mask[row, width - n:] = 1
         while live:
             tokens = torch.tensor([[item.decoding.gen[-1]] for item in live], device=self.device)
             positions = torch.tensor([[len(item.ids) + len(item.decoding.gen) - 1] for item in live],
@@ -349,7 +371,7 @@ class TransformersEngine(Engine):
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=self.device)], dim=1)
             with torch.inference_mode():
                 out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+                                 past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
             logits = out.logits[:, -1].float()
             keep = []
             for row, item in enumerate(live):
@@ -378,9 +400,18 @@ class TransformersEngine(Engine):
 
     @staticmethod
     def _row_kv(cache: Any, mask: Any, row: int) -> list[tuple[Any, Any]]:
-        """One request's KV out of the batch cache, without its padding."""
-        pad = int((mask[row, : cache.layers[0].keys.shape[2]] == 0).sum())
-        return [(layer.keys[row:row + 1, :, pad:], layer.values[row:row + 1, :, pad:]) for layer in cache.layers]
+        """One request's KV out of the batch cache, without its padding (wherever the padding is)."""
+        keep = mask[row, : cache.layers[0].keys.shape[2]].bool()
+        return [(layer.keys[row:row + 1, :, keep], layer.values[row:row + 1, :, keep]) for layer in cache.layers]
+
+    @staticmethod
+    def _common_prefix(seqs: list[list[int]]) -> int:
+        n = min(len(x) for x in seqs)
+        first = seqs[0]
+        for i in range(n):
+            if any(x[i] != first[i] for x in seqs[1:]):
+                return i
+        return n
 
     def _release(self, item: _Live, kv: list[tuple[Any, Any]] | None) -> None:
         if self.cache is not None:

@@ -24,7 +24,7 @@ import math
 from typing import Any
 
 __all__ = ["shared_prefix_attention", "shared_prefix_attention_torch", "reference_attention", "merge_partials",
-           "triton_available"]
+           "prefix_partial", "masked_partial", "triton_available", "install", "SHARED_PREFIX_LEN", "COUNTERS"]
 
 
 def triton_available() -> bool:
@@ -87,17 +87,11 @@ def shared_prefix_attention_torch(q: Any, prefix_k: Any, prefix_v: Any, suffix_k
     import torch
 
     b, hq, d, hkv, p, s = _check(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens)
-    g = hq // hkv
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    # Prefix: per KV head, the B*G queries as rows: [Hkv, B*G, D] against [Hkv, P, D].
-    rows = q.view(b, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, b * g, d)
-    o_p, l_p = _partial_torch(rows, prefix_k, prefix_v, torch.ones(hkv, p, dtype=torch.bool, device=q.device), scale)
-    o_p = o_p.view(hkv, b, g, d).permute(1, 0, 2, 3).reshape(b, hq, d)
-    l_p = l_p.view(hkv, b, g).permute(1, 0, 2).reshape(b, hq)
-    # Suffix: per request and KV head, its G queries: [B, Hkv, G, D] against [B, Hkv, S, D].
-    valid = torch.arange(s, device=q.device)[None, :] < suffix_lens.to(q.device)[:, None]
-    o_s, l_s = _partial_torch(q.view(b, hkv, g, d), suffix_k, suffix_v, valid[:, None, :].expand(b, hkv, s), scale)
-    out, _ = merge_partials(torch.stack([o_p, o_s.reshape(b, hq, d)]), torch.stack([l_p, l_s.reshape(b, hq)]))
+    o_p, l_p = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=False)
+    valid = torch.arange(suffix_k.shape[2], device=q.device)[None, :] < suffix_lens.to(q.device)[:, None]
+    o_s, l_s = masked_partial(q, suffix_k, suffix_v, valid, scale=scale)
+    out, _ = merge_partials(torch.stack([o_p, o_s]), torch.stack([l_p, l_s]))
     return out.to(q.dtype)
 
 
@@ -206,6 +200,10 @@ def _kernel() -> Any:
     return _KERNEL
 
 
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pow2(n: int, lo: int) -> int:
     return max(lo, 1 << max(n - 1, 0).bit_length())
 
@@ -226,38 +224,117 @@ def shared_prefix_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any,
         raise ValueError(f"head dim {d}: the kernel takes a power of two >= 16")
     g = hq // hkv
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    kernel = _kernel()
+    o_p, l_p = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=True, block_n=block_n,
+                              block_m=block_m, splits=prefix_splits)
     q = q.contiguous()
-    prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
     suffix_k, suffix_v = suffix_k.contiguous(), suffix_v.contiguous()
     lens = suffix_lens.to(device=q.device, dtype=torch.int32).contiguous()
-    ieee = q.dtype == torch.float32
-    rows = b * g
-    bm = min(_pow2(rows, 16), _pow2(block_m, 16))
-    row_blocks = -(-rows // bm)
-    splits = prefix_splits or max(1, min(-(-p // (4 * block_n)), 4))
-    split_len = -(-max(p, 1) // splits)
-    split_len = -(-split_len // block_n) * block_n
-    splits = max(1, -(-p // split_len))
-    # Partials: the prefix splits, then the suffix (index ``splits``); NaN first, so a row left unwritten shows.
-    outs = torch.full((splits + 1, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
-    lses = torch.full((splits + 1, b, hq), float("nan"), dtype=torch.float32, device=q.device)
-    kernel[(hkv, row_blocks, splits)](
-        q, prefix_k, prefix_v, lens, outs, lses, scale,
-        q.stride(0), q.stride(1),
-        0, prefix_k.stride(0), prefix_k.stride(1),
-        outs.stride(0), outs.stride(1), outs.stride(2),
-        lses.stride(0), lses.stride(1),
-        rows, g, p, split_len,
-        SHARED=True, BLOCK_M=bm, BLOCK_N=block_n, HEAD_DIM=d, IEEE=ieee)
-    suffix_split_len = -(-max(s, 1) // block_n) * block_n
-    kernel[(hkv, b, 1)](
-        q, suffix_k, suffix_v, lens, outs[splits:], lses[splits:], scale,
+    # NaN first, so a row the kernel left unwritten shows in the result.
+    o_s = torch.full((1, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
+    l_s = torch.full((1, b, hq), float("nan"), dtype=torch.float32, device=q.device)
+    _kernel()[(hkv, b, 1)](
+        q, suffix_k, suffix_v, lens, o_s, l_s, scale,
         q.stride(0), q.stride(1),
         suffix_k.stride(0), suffix_k.stride(1), suffix_k.stride(2),
-        outs.stride(0), outs.stride(1), outs.stride(2),
-        lses.stride(0), lses.stride(1),
-        g, g, s, suffix_split_len,
-        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, IEEE=ieee)
-    out, _ = merge_partials(outs, lses)
+        o_s.stride(0), o_s.stride(1), o_s.stride(2),
+        l_s.stride(0), l_s.stride(1),
+        g, g, s, _ceil(max(s, 1), block_n) * block_n,
+        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
+    out, _ = merge_partials(torch.cat([o_p[None], o_s]), torch.cat([l_p[None], l_s]))
     return out.to(q.dtype)
+
+
+def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_triton: bool | None = None,
+                   block_n: int = 64, block_m: int = 128, splits: int | None = None) -> tuple[Any, Any]:
+    """Attention of every request's queries (``[B, Hq, D]``) over one shared prefix (``[Hkv, P, D]``): the
+    float32 output ``[B, Hq, D]`` and log-sum-exp ``[B, Hq]``, the prefix's KV read once for the batch. The
+    Triton kernel where it can run (``use_triton=None``: on a GPU with triton), else one batched matmul."""
+    import torch
+
+    b, hq, d = q.shape
+    hkv, p, _ = prefix_k.shape
+    g = hq // hkv
+    if use_triton is None:
+        use_triton = q.is_cuda and triton_available() and not (d & (d - 1)) and d >= 16
+    if not use_triton:
+        rows = q.reshape(b, hkv, g, d).permute(1, 0, 2, 3).reshape(hkv, b * g, d)
+        o, lse = _partial_torch(rows, prefix_k, prefix_v, torch.ones(hkv, p, dtype=torch.bool, device=q.device),
+                                scale)
+        return (o.view(hkv, b, g, d).permute(1, 0, 2, 3).reshape(b, hq, d),
+                lse.view(hkv, b, g).permute(1, 0, 2).reshape(b, hq))
+    q = q.contiguous()
+    prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
+    rows = b * g
+    bm = min(_pow2(rows, 16), _pow2(block_m, 16))
+    # Split the prefix along its length so the GPU has programs to spare; each split is still read once.
+    splits = splits or max(1, min(_ceil(p, 4 * block_n), 4))
+    split_len = _ceil(_ceil(max(p, 1), splits), block_n) * block_n
+    splits = max(1, _ceil(p, split_len))
+    # NaN first, so a row the kernel left unwritten shows in the result.
+    outs = torch.full((splits, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
+    lses = torch.full((splits, b, hq), float("nan"), dtype=torch.float32, device=q.device)
+    lens = torch.zeros(1, dtype=torch.int32, device=q.device)
+    _kernel()[(hkv, _ceil(rows, bm), splits)](
+        q, prefix_k, prefix_v, lens, outs, lses, scale, q.stride(0), q.stride(1),
+        0, prefix_k.stride(0), prefix_k.stride(1), outs.stride(0), outs.stride(1), outs.stride(2),
+        lses.stride(0), lses.stride(1), rows, g, p, split_len,
+        SHARED=True, BLOCK_M=bm, BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
+    return merge_partials(outs, lses)
+
+
+def masked_partial(q: Any, k: Any, v: Any, valid: Any, *, scale: float) -> tuple[Any, Any]:
+    """Each request's queries (``[B, Hq, D]``) over its own KV (``[B, Hkv, N, D]``) where ``valid``
+    (``[B, N]``): float32 output and log-sum-exp (``-inf`` where nothing is valid)."""
+    b, hq, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    o, lse = _partial_torch(q.reshape(b, hkv, g, d), k, v, valid[:, None, :].expand(b, hkv, valid.shape[1]), scale)
+    return o.reshape(b, hq, d), lse.reshape(b, hq)
+
+
+COUNTERS = {"shared_prefix_calls": 0}
+"""Attention calls (per layer and step) that took the shared-prefix path: how tests see that it ran."""
+
+SHARED_PREFIX_LEN = "tokenomy_shared_prefix_len"
+"""The keyword a model's forward passes down to its attention layers: how many leading KV positions every
+row of the batch has in common (0 or missing: plain attention)."""
+
+
+def install(model: Any) -> None:
+    """Make ``model``'s attention take the shared-prefix path in decode steps that pass ``SHARED_PREFIX_LEN``;
+    every other call goes to the model's own attention implementation, unchanged. Idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    current = model.config._attn_implementation
+    if current.startswith("tokenomy_shared_prefix:"):
+        return
+    plain = ALL_ATTENTION_FUNCTIONS[current] if current != "eager" else None
+    name = f"tokenomy_shared_prefix:{current}"
+
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                  scaling: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        import torch
+
+        p = int(kwargs.pop(SHARED_PREFIX_LEN, 0) or 0)
+        if p <= 0 or query.shape[2] != 1 or attention_mask is None or key.shape[2] <= p:
+            if plain is not None:
+                return plain(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+            from transformers.models.llama.modeling_llama import eager_attention_forward
+
+            return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling if scaling is not None else module.scaling, **kwargs)
+        COUNTERS["shared_prefix_calls"] += 1
+        scale = scaling if scaling is not None else module.scaling
+        q = query[:, :, 0]
+        mask = attention_mask[:, 0, -1]  # [B, L]: the decode token's row
+        valid = mask if mask.dtype == torch.bool else mask == 0
+        o_p, l_p = prefix_partial(q, key[0, :, :p], value[0, :, :p], scale=scale)  # row 0's copy, read once
+        o_s, l_s = masked_partial(q, key[:, :, p:], value[:, :, p:], valid[:, p:], scale=scale)
+        out, _ = merge_partials(torch.stack([o_p, o_s]), torch.stack([l_p, l_s]))
+        return out.to(query.dtype).unsqueeze(1), None  # [B, 1, Hq, D], as the layer expects
+
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
+    model.set_attn_implementation(name)

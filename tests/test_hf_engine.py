@@ -353,3 +353,28 @@ def test_real_architectures_load_with_random_weights_and_batch_like_the_plain_pa
     assert [c.token_ids for c in fast.generate_batch([Request(prompt=p, params=params) for p in prompts])] == want
     with pytest.raises(UserError, match="unknown architecture"):
         TransformersEngine.dummy("gpt-7")
+
+
+def test_a_batch_sharing_a_prefix_reads_it_once_per_step_and_gives_the_same_tokens(tiny_engine_factory,
+                                                                                   tiny_tokenizer):
+    from tokenomy.kernels import shared_prefix
+
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    without = tiny_engine_factory(prefix_cache=True, batch=True, shared_prefix=False)
+    assert fast.shared_prefix and not without.shared_prefix
+    system = tiny_tokenizer("you are one agent of a team; the shared tools are search and lookup. " * 3)["input_ids"]
+    prompts = [system + tiny_tokenizer(f" agent {i}: " + "go " * i)["input_ids"] for i in range(6)]
+    params = [SamplingParams(max_tokens=n) for n in (14, 6, 14, 1, 10, 14)]
+    want = [plain.generate(p, sp).token_ids for p, sp in zip(prompts, params, strict=True)]
+    before = shared_prefix.COUNTERS["shared_prefix_calls"]
+    got = fast.generate_batch([Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)])
+    layers = fast.model.config.num_hidden_layers
+    assert shared_prefix.COUNTERS["shared_prefix_calls"] - before >= layers * 13  # every step, every layer
+    assert [c.token_ids for c in got] == want
+    before = shared_prefix.COUNTERS["shared_prefix_calls"]
+    assert [c.token_ids for c in without.generate_batch(
+        [Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)])] == want
+    assert shared_prefix.COUNTERS["shared_prefix_calls"] == before
+    # The model's own attention still serves every other call unchanged.
+    assert plain.generate(prompts[0], params[0]).token_ids == want[0]
