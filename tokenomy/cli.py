@@ -13,6 +13,7 @@
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
     tokenomy bench graph [--quick] [--json PATH] [--model S] [--no-live] [--iterations N] [--tasks N]
                                           presets vs pruned communication graphs, simulator and live
+    tokenomy bench gpu [--quick] [--arch A] [--json PATH] [--smoke]   fast paths on one GPU, random weights
     tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
                                           long/short policies, routers, budgets and early-stopping sampling
 """
@@ -278,7 +279,29 @@ def _bench_rag(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag")
+def _bench_gpu(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import gpu
+
+    if args.smoke:
+        cfg = gpu.GpuConfig.smoke()
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("tokenomy: bench gpu needs a CUDA GPU (--smoke runs a tiny version on the CPU, to test the code)",
+                  file=sys.stderr)
+            return 2
+        cfg = gpu.GpuConfig(arch=args.arch, **({"batch": 8, "prefix": 1024, "new": 32} if args.quick else {}))
+    records = gpu.run_gpu_bench(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(gpu.format_gpu_table(records))
+    if args.json:
+        _write_records(args.json, records, [], config=cfg.__dict__)
+    if args.plot:
+        print(f"wrote {gpu.plot_records(records, args.plot)}")
+    return 0
+
+
+BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -293,6 +316,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_collab(args)
     if args.name == "rag":
         return _bench_rag(args)
+    if args.name == "gpu":
+        return _bench_gpu(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -407,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--record", default=None, help="collab: store the sampled pools here (JSON)")
     bench.add_argument("--replay", default=None, help="collab: score the stopping rules on a stored record, "
                                                       "no model")
+    bench.add_argument("--arch", default="llama-3-8b", help="gpu: the architecture (random weights): llama-3-8b or "
+                                                            "qwen2.5-1.5b")
+    bench.add_argument("--smoke", action="store_true", help="gpu: a tiny model on the CPU (tests the code only)")
     bench.set_defaults(fn=cmd_bench)
     return p
 
