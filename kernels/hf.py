@@ -335,9 +335,9 @@ class TransformersEngine(Engine):
         """One forward pass per step for every live request; finished ones leave the batch."""
         from transformers import DynamicCache
 
-        torch = self._torch
         from .shared_prefix import SHARED_PREFIX_LEN
 
+        torch = self._torch
         lengths = [len(item.ids) + len(item.decoding.gen) - 1 for item in live]  # tokens whose KV is cached
         width = max(lengths)
         shared = self._common_prefix([item.ids for item in live]) if self.shared_prefix else 0
@@ -369,9 +369,14 @@ class TransformersEngine(Engine):
             positions = torch.tensor([[len(item.ids) + len(item.decoding.gen) - 1] for item in live],
                                      device=self.device)
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=self.device)], dim=1)
-            with torch.inference_mode():
-                out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+            try:
+                with torch.inference_mode():
+                    out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                     past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+            except Exception as exc:  # noqa: BLE001 - the step failed for the live requests, not the finished ones
+                for item in live:
+                    results[item.index] = self._failed(item.req, exc, item)
+                return
             logits = out.logits[:, -1].float()
             keep = []
             for row, item in enumerate(live):

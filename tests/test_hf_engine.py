@@ -378,3 +378,29 @@ def test_a_batch_sharing_a_prefix_reads_it_once_per_step_and_gives_the_same_toke
     assert shared_prefix.COUNTERS["shared_prefix_calls"] == before
     # The model's own attention still serves every other call unchanged.
     assert plain.generate(prompts[0], params[0]).token_ids == want[0]
+
+
+def test_a_batch_step_that_fails_fails_only_the_requests_still_decoding(tiny_engine_factory, tiny_tokenizer,
+                                                                        monkeypatch):
+    from tokenomy.errors import EngineError
+
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    prompts = prompts_sharing_prefixes(tiny_tokenizer)[:3]
+    params = [SamplingParams(max_tokens=2), SamplingParams(max_tokens=12), SamplingParams(max_tokens=12)]
+    real = fast.model.forward
+    calls = {"batched": 0}
+
+    def flaky(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 1:  # a decode step of the batch
+            calls["batched"] += 1
+            if calls["batched"] == 3:
+                raise RuntimeError("device lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fast.model, "forward", flaky)
+    got = fast.generate_batch([Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)],
+                              return_exceptions=True)
+    assert got[0].token_ids == plain.generate(prompts[0], params[0]).token_ids  # finished before the failure
+    assert all(isinstance(g, EngineError) and "device lost" in str(g) for g in got[1:])
+    assert [n for n in fast.cache._nodes() if n is not fast.cache.root and n.lock_ref] == []
