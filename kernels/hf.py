@@ -6,12 +6,12 @@ decode loop rather than ``generate()`` to control exactly which KV it reuses and
 masks, stop strings, logprobs and cancellation per token. Requests run one at a time, in the order the
 worker chose (longest shared prefix first), so each one finds the prefixes its predecessors left behind.
 
-With ``batch=True`` (the default on a GPU) the requests of one batch decode together: each prefills its own
-uncached suffix (reusing its cached prefix, which includes the prompts prefilled before it in the same batch),
-then their KV is left-padded into one batch cache and every step
-decodes all of them in one forward pass (an attention mask hides the padding, position ids keep each request's
-own positions); a request that finishes leaves the batch, its KV kept in the prefix cache. Greedy decoding gives
-the same tokens either way (tested).
+With ``batch=True`` (the default on a GPU) the requests of one batch run together: the first prefills alone and
+its prompt is cached at once; the others prefill their uncached suffixes together, in one forward pass, on top
+of what they find cached (the first one's prompt included); then their KV is left-padded into one batch cache
+and every step decodes all of them in one forward pass (an attention mask hides the padding, position ids keep
+each request's own positions); a request that finishes leaves the batch, its KV kept in the prefix cache. Greedy
+decoding gives the same tokens either way (tested).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 MIN_SHARED_PREFIX = 16  # fewer shared tokens than this decode with plain attention
+PREFILL_BATCH_TOKENS = 16384  # the most (padded) tokens one batched prefill takes
 
 
 class TransformersEngine(Engine):
@@ -286,26 +287,35 @@ class TransformersEngine(Engine):
     # -- a batch decoding together ----------------------------------------------------------------------
 
     def _generate_together(self, requests: list[Request]) -> list[Completion | BaseException]:
-        """Prefill each request on its own (with its cached prefix), then decode all of them in one batch."""
+        """Prefill the first request alone (its prompt is cached at once), the others together on top of what
+        they find cached (in groups of at most ``PREFILL_BATCH_TOKENS`` padded tokens), then decode all of them
+        in one batch."""
         results: list[Completion | BaseException | None] = [None] * len(requests)
         live: list[_Live] = []
-        torch = self._torch
         try:
+            first = True
+            group: list[_Live] = []
             for i, req in enumerate(requests):
                 item = None
                 try:
                     item = self._start(i, req)
-                    with torch.inference_mode():
-                        item.past = self._past(item.match)
-                        logits = self._forward(item.ids[item.match.length:], item.past)
-                    if self.cache is not None and (kv := item.past_kv()) is not None:
-                        self._keep_kv(item.ids, kv)  # the next request of the batch can reuse its prompt now
-                    if item.decoding.step(logits):
-                        results[i] = self._finish(item, item.past_kv())
-                    else:
-                        live.append(item)
+                    # Gathered now: a later request's match may split the nodes this match points to.
+                    item.prefix_kv = self.cache.gather(item.match) if self.cache is not None and item.match.length \
+                        else []
                 except Exception as exc:  # noqa: BLE001 - confined to its slot, like _run_each
                     results[i] = self._failed(req, exc, item)
+                    continue
+                if first:  # alone: its prompt is what the others reuse
+                    self._prefill_group([item], results, live)
+                    first = False
+                    continue
+                width = max(len(x.ids) - x.match.length for x in [*group, item])
+                if group and width * (len(group) + 1) > PREFILL_BATCH_TOKENS:
+                    self._prefill_group(group, results, live)
+                    group = []
+                group.append(item)
+            if group:
+                self._prefill_group(group, results, live)
             if live:
                 self._decode_together(live, results)
         finally:
@@ -314,6 +324,71 @@ class TransformersEngine(Engine):
                     self._release(item, None)
         return [r if r is not None else EngineError(f"request {requests[i].request_id} got no result")
                 for i, r in enumerate(results)]
+
+    def _prefill_group(self, group: list[_Live], results: list[Any], live: list[_Live]) -> None:
+        """Prefill ``group`` (one forward pass), cache each prompt, take each first token; finished requests get
+        their result, the others join ``live``."""
+        try:
+            with self._torch.inference_mode():
+                logits = self._prefill_together(group)
+        except Exception as exc:  # noqa: BLE001 - the group failed, not the batch
+            for item in group:
+                results[item.index] = self._failed(item.req, exc, item)
+            return
+        for row, item in enumerate(group):
+            try:
+                if self.cache is not None and (kv := item.past_kv()) is not None:
+                    self._keep_kv(item.ids, kv)  # later requests of the batch can reuse this prompt now
+                if item.decoding.step(logits[row]):
+                    results[item.index] = self._finish(item, item.past_kv())
+                else:
+                    live.append(item)
+            except Exception as exc:  # noqa: BLE001 - confined to its slot
+                results[item.index] = self._failed(item.req, exc, item)
+
+    def _prefill_together(self, items: list[_Live]) -> Any:
+        """One forward pass over every item's uncached suffix on top of its cached prefix (both left-padded,
+        masked, each row at its own positions); each item's ``past`` is then its own cache. Returns the logits
+        of every row's last prompt token, ``[B, V]``."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        cached = [item.match.length for item in items]
+        kvs = [item.prefix_kv for item in items]
+        if len(items) == 1:
+            item = items[0]
+            item.past = DynamicCache(ddp_cache_data=kvs[0]) if cached[0] else DynamicCache(config=self.model.config)
+            return self._forward(item.ids[cached[0]:], item.past).unsqueeze(0)
+        news = [item.ids[c:] for item, c in zip(items, cached, strict=True)]
+        wp, wn = max(cached), max(len(n) for n in news)
+        past: Any
+        if wp:
+            template = next(kv for kv in kvs if kv)
+            data = []
+            for li, (k0, _) in enumerate(template):
+                ks, vs = [], []
+                for kv, c in zip(kvs, cached, strict=True):
+                    k, v = (kv[li][0][:, :, :c], kv[li][1][:, :, :c]) if c else (k0[:, :, :0], k0[:, :, :0])
+                    ks.append(torch.nn.functional.pad(k, (0, 0, wp - c, 0)))
+                    vs.append(torch.nn.functional.pad(v, (0, 0, wp - c, 0)))
+                data.append((torch.cat(ks), torch.cat(vs)))
+            past = DynamicCache(ddp_cache_data=data)
+        else:
+            past = DynamicCache(config=self.model.config)
+        b = len(items)
+        ids = torch.zeros(b, wn, dtype=torch.long, device=self.device)
+        positions = torch.zeros(b, wn, dtype=torch.long, device=self.device)
+        mask = torch.zeros(b, wp + wn, dtype=torch.long, device=self.device)
+        for row, (c, new) in enumerate(zip(cached, news, strict=True)):
+            ids[row, wn - len(new):] = torch.tensor(new, device=self.device)
+            positions[row, wn - len(new):] = torch.arange(c, c + len(new), device=self.device)
+            mask[row, wp - c:wp] = 1
+            mask[row, wp + wn - len(new):] = 1
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                         use_cache=True, logits_to_keep=1)
+        for row, item in enumerate(items):
+            item.past = DynamicCache(ddp_cache_data=self._row_kv(past, mask, row))
+        return out.logits[:, -1].float()
 
     def _start(self, index: int, req: Request) -> _Live:
         """Check a request, find and lock its cached prefix: what both paths do before prefilling."""
@@ -456,6 +531,7 @@ class _Live:
                  start: float) -> None:
         self.index, self.req, self.ids, self.match, self.decoding, self.start = index, req, ids, match, decoding, start
         self.past: Any = None
+        self.prefix_kv: list[tuple[Any, Any]] = []  # the cached prefix's KV, gathered when it was matched
         self.released = False
 
     def past_kv(self) -> list[tuple[Any, Any]] | None:

@@ -404,3 +404,20 @@ def test_a_batch_step_that_fails_fails_only_the_requests_still_decoding(tiny_eng
     assert got[0].token_ids == plain.generate(prompts[0], params[0]).token_ids  # finished before the failure
     assert all(isinstance(g, EngineError) and "device lost" in str(g) for g in got[1:])
     assert [n for n in fast.cache._nodes() if n is not fast.cache.root and n.lock_ref] == []
+
+
+@pytest.mark.parametrize("budget", [300, 600])
+def test_batched_prefill_in_groups_under_a_token_budget_gives_the_same_tokens(tiny_engine_factory, tiny_tokenizer,
+                                                                               monkeypatch, budget):
+    from tokenomy.kernels import hf
+
+    monkeypatch.setattr(hf, "PREFILL_BATCH_TOKENS", budget)  # ~236-token prompts: groups of 1, then of 2
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    together = tiny_engine_factory(prefix_cache=False, batch=True)  # no cache: every prompt prefills in full
+    prompts = prompts_sharing_prefixes(tiny_tokenizer)
+    calls = []
+    real = together._prefill_together
+    monkeypatch.setattr(together, "_prefill_together", lambda items: calls.append(len(items)) or real(items))
+    got = together.generate_batch([Request(prompt=p, params=GREEDY) for p in prompts])
+    assert [c.token_ids for c in got] == [plain.generate(p, GREEDY).token_ids for p in prompts]
+    assert sum(calls) == len(prompts) and max(calls) == (1 if budget == 300 else 2)
