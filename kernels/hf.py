@@ -258,8 +258,8 @@ class TransformersEngine(Engine):
 
     def _keep(self, seq: list[int], past: Any) -> None:
         """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back)."""
-        kv = [(layer.keys, layer.values) for layer in past.layers if getattr(layer, "keys", None) is not None]
-        if len(kv) == len(past.layers):
+        kv = _cache_kv(past)
+        if kv is not None:
             self._keep_kv(seq, kv)
 
     def _keep_kv(self, seq: list[int], kv: list[tuple[Any, Any]]) -> None:
@@ -535,10 +535,7 @@ class _Live:
         self.released = False
 
     def past_kv(self) -> list[tuple[Any, Any]] | None:
-        if self.past is None:
-            return None
-        kv = [(layer.keys, layer.values) for layer in self.past.layers if getattr(layer, "keys", None) is not None]
-        return kv if kv and len(kv) == len(self.past.layers) else None
+        return _cache_kv(self.past) if self.past is not None else None
 
 
 class _Decoding:
@@ -605,6 +602,13 @@ class _Decoding:
         if self.cut is None:  # not cut at a stop string: the text is all that was generated
             text = self.engine.tokenizer.decode(self.gen, skip_special_tokens=True)
         return self.logprobs, self.finish, text
+
+
+def _cache_kv(past: Any) -> list[tuple[Any, Any]] | None:
+    """A ``DynamicCache``'s ``(K, V)`` per layer; ``None`` unless every layer holds some (a forward pass that
+    failed half-way leaves layers without)."""
+    kv = [(layer.keys, layer.values) for layer in past.layers if getattr(layer, "keys", None) is not None]
+    return kv if kv and len(kv) == len(past.layers) else None
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:

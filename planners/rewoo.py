@@ -252,8 +252,9 @@ class Rewoo(Strategy):
         def shown(v: Any) -> str:
             return clip(v.message if isinstance(v, StepError) else to_state(v))
 
+        steps = plan_steps(plan)
         out: dict[str, dict[str, Any]] = {}
-        for st in plan_steps(plan):
+        for st in steps:
             sid = st["id"]
             entry: dict[str, Any]
             if sid == "answer":
@@ -271,7 +272,7 @@ class Rewoo(Strategy):
             if sid in records:
                 entry |= {"attempts": records[sid].attempts, "seconds": round(records[sid].seconds, 4)}
             out[sid] = entry
-        self.emit({"event": "execution", "plan": print_plan(plan), "steps": plan_steps(plan), "results": out,
+        self.emit({"event": "execution", "plan": print_plan(plan), "steps": steps, "results": out,
                    "failed_asserts": result.failed_asserts})
 
     # -- nodes ---------------------------------------------------------------------------------------------

@@ -29,14 +29,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenomy.errors import MissingExtra, UserError
 
 __all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "in_node", "in_step", "trace_context",
-           "input_messages", "output_text", "otel_input", "otel_output", "clip", "RESULT_CHARS"]
+           "input_messages", "output_text", "otel_input", "otel_output", "clip", "edge_name", "RESULT_CHARS"]
 
 RESULT_CHARS = 2000  # tool results and plan values are cut to this many characters in a trace
 
@@ -127,6 +127,11 @@ def output_text(event: Mapping[str, Any]) -> str:
     return "".join(_text(m.get("parts")) for m in msgs if isinstance(m, dict))
 
 
+def edge_name(message: Mapping[str, Any]) -> str:
+    """The edge a ``message`` event went along (``a -> b`` in graphs, ``planner->executor`` in ReWOO)."""
+    return str(message.get("edge") or f"{message.get('src')}->{message.get('dst')}")
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -188,7 +193,6 @@ class Trace:
     events: list[dict[str, Any]]
     path: Path | None = None
     skipped: int = 0
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
@@ -279,8 +283,6 @@ class Trace:
                                                               "calls": 0})
         for e in self.model_calls:
             k = e.get(key)
-            if k is None and key == "agent":
-                k = e.get("gen_ai.agent.name")
             p, c, o = _tokens(e)
             d = out[str(k) if k is not None else "?"]
             d["prompt"] += p
@@ -293,7 +295,7 @@ class Trace:
         """Tokens sent along each edge of the agent graph (``message`` events)."""
         out: dict[str, int] = defaultdict(int)
         for e in self.messages:
-            out[str(e.get("edge") or f"{e.get('src')}->{e.get('dst')}")] += int(e.get("tokens") or 0)
+            out[edge_name(e)] += int(e.get("tokens") or 0)
         return dict(out)
 
     def total(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenomy.trace import Trace, input_messages, output_text
+from tokenomy.trace import Trace, edge_name, input_messages, output_text
 
 __all__ = ["render_html", "write_html", "write_png", "trace_graph", "graph_svg", "plan_svg", "timeline_svg",
            "iframe"]
@@ -383,7 +383,7 @@ def _edge_table(trace: Trace) -> str:
     total = sum(rows.values()) or 1
     counts: dict[str, int] = defaultdict(int)
     for m in trace.messages:
-        counts[str(m.get("edge") or f"{m.get('src')}->{m.get('dst')}")] += 1
+        counts[edge_name(m)] += 1
     body = "".join(f"<tr><td>{_e(k)}</td><td>{counts[k]}</td><td>{v}</td><td><span class='bar' "
                    f"style='width:{100 * v / total:.1f}px'></span> {100 * v / total:.0f}%</td></tr>"
                    for k, v in sorted(rows.items(), key=lambda kv: -kv[1]))
