@@ -15,11 +15,12 @@ Variants (each on a fresh prefix cache, after a warm-up run):
 * ``radix+kernel``: the same with the shared-prefix attention (the prefix's KV read once per step).
 
 TTFT is the time until every request of the batch has its first token (a run with ``max_tokens=1``); decode
-tokens/s counts the tokens after the first over the time after TTFT. The ideal TTFT speedup is what the trie
-allows: tokens prefilled without reuse over the distinct tokens (the prefix once, each suffix once); achieved is
-the plain variant's TTFT over the variant's. ``kernel`` rows time the shared-prefix attention alone (all layers'
-worth of one step) and give its achieved memory bandwidth (the prefix's KV bytes it must read over its time)
-against the device's measured device-to-device copy bandwidth.
+tokens/s counts the tokens after the first over the time after TTFT, and is compared with the roofline of a step
+that reads the weights and the KV once at the copy bandwidth (``roofline``; the prefix read once for the batch).
+The ideal TTFT speedup is what the trie allows: tokens prefilled without reuse over the distinct tokens (the prefix
+once, each suffix once); achieved is the plain variant's TTFT over the variant's. ``kernel`` rows time the shared-
+prefix attention alone (all layers' worth of one step) and give its achieved memory bandwidth (the prefix's KV
+bytes it must read over its time) against the device's measured device-to-device copy bandwidth.
 
 This module imports only torch, transformers and (for the kernel) triton, as installed on the GPU machine.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["GpuConfig", "GpuRecord", "run_gpu_bench", "format_gpu_table", "copy_bandwidth", "kernel_record",
-           "plot_records", "VARIANTS"]
+           "roofline", "plot_records", "VARIANTS"]
 
 VARIANTS = {  # name -> (prefix cache, batch, shared-prefix attention)
     "plain": (False, False, False),
@@ -82,6 +83,8 @@ class GpuRecord:
     achieved_speedup: float | None = None
     bandwidth_gb_s: float | None = None
     copy_bandwidth_gb_s: float | None = None
+    roofline_tok_s: float | None = None
+    of_roofline: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +113,23 @@ def copy_bandwidth(device: str | None = None, nbytes: int = 1 << 30, repeats: in
     dst = torch.empty_like(src)
     best = min(_timed(torch, dev, lambda: dst.copy_(src))[0] for _ in range(repeats))
     return 2 * nbytes / best / 1e9
+
+
+def roofline(model: Any, batch: int, shared: int, own: float, bandwidth_gb_s: float) -> float:
+    """Decode tokens/s if a step took only the time to read the weights and the KV it needs once at
+    ``bandwidth_gb_s`` (the copy bandwidth, bytes read plus written, as BENCHMARKS.md's anchor counts it):
+    ``shared`` context tokens read once for the batch, ``own`` tokens per request read per request. The input
+    embedding is left out unless tied to the output (a step reads only its rows)."""
+    conf = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    if emb is not model.get_output_embeddings().weight:
+        weights -= emb.numel() * emb.element_size()
+    hq, hkv = conf.num_attention_heads, conf.num_key_value_heads
+    d = getattr(conf, "head_dim", None) or conf.hidden_size // hq
+    per_token = 2 * conf.num_hidden_layers * hkv * d * emb.element_size()
+    step_bytes = weights + per_token * (shared + batch * own)
+    return batch * bandwidth_gb_s * 1e9 / step_bytes
 
 
 def _prompts(cfg: GpuConfig, vocab: int) -> list[list[int]]:
@@ -145,6 +165,7 @@ def run_gpu_bench(cfg: GpuConfig | None = None, *, variants: Sequence[str] = tup
                                     overrides=cfg.overrides, prefix_cache=False, batch=False)
     model, tokenizer, device = base.model, base.tokenizer, base.device
     vocab = model.config.vocab_size
+    bandwidth = copy_bandwidth(str(device), nbytes=1 << 30 if device.type == "cuda" else 1 << 24)
     records: list[GpuRecord] = []
     for workload in workloads:
         batch = cfg.batch if workload == "shared" else 1
@@ -173,14 +194,26 @@ def run_gpu_bench(cfg: GpuConfig | None = None, *, variants: Sequence[str] = tup
             rec.decode_tok_s = (generated - batch) / (tn - t1) if tn > t1 and generated > batch else None
             rec.prefilled_tokens = sum(c.usage.prompt_tokens - (c.usage.cached_prompt_tokens or 0) for c in first)
             rec.ideal_speedup = total / distinct if prefix_cache else 1.0
+            # The roofline the goals name: the prefix read once per step for the batch (shared), each request's
+            # own tokens per request; a single request reads its whole context.
+            own = cfg.suffix + cfg.new / 2 if batch > 1 else cfg.prefix + cfg.suffix + cfg.new / 2
+            rec.roofline_tok_s = roofline(model, batch, cfg.prefix if batch > 1 else 0, own, bandwidth)
+            rec.copy_bandwidth_gb_s = bandwidth
+            if rec.decode_tok_s:
+                rec.of_roofline = rec.decode_tok_s / rec.roofline_tok_s
             tokens = [c.token_ids for c in outs]
             if reference is None:
                 reference, plain_ttft = tokens, rec.ttft_ms
             elif tokens != reference:
-                rec.notes.append("greedy tokens differ from the plain variant's")
+                same = sum(a == b for a, b in zip(tokens, reference, strict=True))
+                first = min(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+                            for a, b in zip(tokens, reference, strict=True) if a != b)
+                rec.notes.append(f"greedy tokens differ from the plain variant's: {same}/{len(tokens)} requests "
+                                 f"equal, the first difference at token {first}")
             rec.achieved_speedup = plain_ttft / rec.ttft_ms if plain_ttft and rec.ttft_ms else None
             progress(f"[gpu] {workload:6} {name:13} ttft {rec.ttft_ms:9.1f} ms  decode "
-                     f"{rec.decode_tok_s or 0:9.1f} tok/s  prefilled {rec.prefilled_tokens}")
+                     f"{rec.decode_tok_s or 0:9.1f} tok/s ({rec.of_roofline or 0:.0%} of roofline)  prefilled "
+                     f"{rec.prefilled_tokens}")
             records.append(rec)
             del engine
     if kernel:
@@ -225,15 +258,16 @@ def kernel_record(cfg: GpuConfig, model: Any, *, repeats: int = 20,
 
 
 def format_gpu_table(records: Sequence[GpuRecord]) -> str:
-    head = ("| workload | variant | TTFT ms | decode tok/s | prefilled | ideal speedup | achieved | of ideal | "
-            "notes |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| workload | variant | TTFT ms | decode tok/s | roofline tok/s | of roofline | prefilled | "
+            "ideal speedup | achieved | of ideal | notes |\n|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in records:
         if r.workload == "kernel":
             continue
         frac = (r.achieved_speedup / r.ideal_speedup) if r.achieved_speedup and r.ideal_speedup else None
         rows.append(f"| {r.workload} | {r.variant} | {r.ttft_ms:.1f} | {r.decode_tok_s or 0:.1f} | "
-                    f"{r.prefilled_tokens} | {r.ideal_speedup:.2f} | {r.achieved_speedup or 0:.2f} | "
+                    f"{r.roofline_tok_s or 0:.0f} | {r.of_roofline or 0:.2f} | {r.prefilled_tokens} | "
+                    f"{r.ideal_speedup:.2f} | {r.achieved_speedup or 0:.2f} | "
                     f"{frac or 0:.2f} | {'; '.join(r.notes)} |")
     out = [head, *rows]
     for r in records:

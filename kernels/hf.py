@@ -8,10 +8,11 @@ worker chose (longest shared prefix first), so each one finds the prefixes its p
 
 With ``batch=True`` (the default on a GPU) the requests of one batch run together: the first prefills alone and
 its prompt is cached at once; the others prefill their uncached suffixes together, in one forward pass, on top
-of what they find cached (the first one's prompt included); then their KV is left-padded into one batch cache
-and every step decodes all of them in one forward pass (an attention mask hides the padding, position ids keep
-each request's own positions); a request that finishes leaves the batch, its KV kept in the prefix cache. Greedy
-decoding gives the same tokens either way (tested).
+of what they find cached (the first one's prompt included); then their KV goes into one ``kernels.batch``
+``BatchCache`` (the prefix they all share stored once, each request's rest in a buffer with room for its new
+tokens) and every step decodes all of them in one forward pass, each at its own position, replayed as a CUDA
+graph on a GPU; a request that finishes stops there, its KV kept in the prefix cache. Greedy decoding gives the
+same tokens either way (tested).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 MIN_SHARED_PREFIX = 16  # fewer shared tokens than this decode with plain attention
 PREFILL_BATCH_TOKENS = 16384  # the most (padded) tokens one batched prefill takes
+DECODE_CHUNK = 256  # a decoding batch's KV buffers grow by at least this many tokens per row at a time
 
 
 class TransformersEngine(Engine):
@@ -61,6 +63,8 @@ class TransformersEngine(Engine):
         shared_prefix: when the requests decoding together start with the same tokens (at least
             ``MIN_SHARED_PREFIX``), read that prefix's KV once per step for the whole batch
             (``kernels.shared_prefix``: the Triton kernel on a GPU); ``None``: with ``batch`` and the prefix cache.
+        cuda_graphs: capture a batch's decode step as a CUDA graph and replay it (``kernels.batch``); ``None``:
+            with ``batch`` on a GPU.
     """
 
     capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
@@ -68,7 +72,7 @@ class TransformersEngine(Engine):
 
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
                  cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None,
-                 shared_prefix: bool | None = None) -> None:
+                 shared_prefix: bool | None = None, cuda_graphs: bool | None = None) -> None:
         super().__init__()
         import torch
 
@@ -79,9 +83,15 @@ class TransformersEngine(Engine):
         self.device = next(model.parameters()).device
         self._torch = torch
         self.batch = self.device.type == "cuda" if batch is None else batch
+        config = model.config
+        if self.batch and not _sliceable_cache(config):
+            # The batch cache and its attention know no sliding window: such models decode one request at a time.
+            log.warning("batch decoding disabled: %s has sliding-window or linear-attention layers",
+                        config.model_type)
+            self.batch = False
+        self.cuda_graphs = self.batch and self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.batch:
             self.capabilities = dataclasses.replace(type(self).capabilities, batching=True)
-        config = model.config
         if prefix_cache and not _sliceable_cache(config):
             # Sliding-window and linear-attention layers keep KV that cannot be cut at a token boundary.
             log.warning("prefix cache disabled: %s has sliding-window or linear-attention layers",
@@ -90,8 +100,8 @@ class TransformersEngine(Engine):
         self.cache: RadixCache | None = RadixCache(cache_budget_bytes) if prefix_cache else None
         # The shared prefix is read from one row of the batch: rows must hold the same KV for it, which the
         # prefix cache guarantees (every row after the first reuses the first one's prefill).
-        self.shared_prefix = (self.batch and prefix_cache) if shared_prefix is None else shared_prefix
-        if self.shared_prefix:
+        self.shared_prefix = self.batch and (prefix_cache if shared_prefix is None else shared_prefix)
+        if self.batch:  # the batch decodes through its own attention (kernels.batch)
             from .shared_prefix import install
 
             install(model)
@@ -144,7 +154,9 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dt).to(dev)
+        with dev:  # initialised where it runs: an 8B model's random weights take seconds on a GPU, minutes on CPUs
+            model = AutoModelForCausalLM.from_config(config, dtype=dt)
+        model = model.to(dev)  # a no-op where the context was heeded
         return cls(model, tokenizer, spec=f"random:{config.model_type}", **options)
 
     @classmethod
@@ -172,7 +184,7 @@ class TransformersEngine(Engine):
         return self.cache.peek(token_ids) if self.cache is not None else 0
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
-        if self.batch and len(requests) > 1:
+        if self.batch:  # one request too: its steps run over a batch cache (a CUDA graph on a GPU)
             return self._generate_together(requests)
         return self._run_each(requests, self._generate_one)
 
@@ -407,76 +419,72 @@ class TransformersEngine(Engine):
         return _Live(index, req, ids, match, _Decoding(self, req, max_new, constraint, []), start)
 
     def _decode_together(self, live: list[_Live], results: list[Any]) -> None:
-        """One forward pass per step for every live request; finished ones leave the batch."""
+        """One forward pass per step for every live request, over a ``BatchCache`` (the prefix all rows share
+        stored and read once when ``shared_prefix``); finished rows stop advancing, and when half the rows have
+        finished the batch goes on with the others alone. A greedy request (no grammar, no logprobs) takes the
+        step's argmax, computed on the device: the host reads one token per row, not its logits."""
+        torch = self._torch
+        with torch.inference_mode():
+            while live:
+                live = self._decode_batch(live, results)
+
+    def _decode_batch(self, live: list[_Live], results: list[Any]) -> list[_Live]:
+        """Decode ``live`` over one batch cache until every row finished (returns ``[]``) or until at most half of
+        them are left (returns those, whose KV is back in their ``past``)."""
         from transformers import DynamicCache
 
-        from .shared_prefix import SHARED_PREFIX_LEN
+        from .batch import BatchCache, DecodeStep
 
-        torch = self._torch
         lengths = [len(item.ids) + len(item.decoding.gen) - 1 for item in live]  # tokens whose KV is cached
-        width = max(lengths)
         shared = self._common_prefix([item.ids for item in live]) if self.shared_prefix else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
-        extra = {SHARED_PREFIX_LEN: shared} if shared else {}
-        layers = len(live[0].past.layers)
-        data = []
-        for li in range(layers):
-            ks, vs = [], []
-            for item, n in zip(live, lengths, strict=True):
-                k, v = item.past.layers[li].keys, item.past.layers[li].values
-                # Left padding; right padding when the rows share a prefix, so it sits at the same columns in all.
-                pad = (0, 0, 0, width - n) if shared else (0, 0, width - n, 0)
-                ks.append(torch.nn.functional.pad(k, pad))
-                vs.append(torch.nn.functional.pad(v, pad))
-            data.append((torch.cat(ks), torch.cat(vs)))
+        # Room for every token a row may still generate, but allocated in steps of DECODE_CHUNK as rows need it.
+        need = max(n - shared + item.decoding.max_new - len(item.decoding.gen) + 1
+                   for item, n in zip(live, lengths, strict=True))
+        capacity = min(need, max(lengths) - shared + DECODE_CHUNK)
+        rows = [_cache_kv(item.past) or [] for item in live]
+        cache = BatchCache.from_rows(rows, lengths, shared, capacity)
+        del rows
         for item in live:
             item.past = None  # the batch cache holds its KV now
-        cache: Any = DynamicCache(ddp_cache_data=data)
-        mask = torch.zeros(len(live), width, dtype=torch.long, device=self.device)
-        for row, n in enumerate(lengths):
-            if shared:
-                mask[row, :n] = 1
-            else:
-                mask[row, width - n:] = 1
-        while live:
-            tokens = torch.tensor([[item.decoding.gen[-1]] for item in live], device=self.device)
-            positions = torch.tensor([[len(item.ids) + len(item.decoding.gen) - 1] for item in live],
-                                     device=self.device)
-            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=self.device)], dim=1)
+        own = [n - shared for n in lengths]
+        step = DecodeStep(self.model, cache, graph=self.cuda_graphs)
+        alive = list(range(len(live)))
+        while alive:
+            if max(own[r] for r in alive) >= cache.capacity:  # a row's next token would not fit: grow
+                cache = cache.grown(min(need, 2 * cache.capacity))
+                step = DecodeStep(self.model, cache, graph=self.cuda_graphs)
+            tokens = [item.decoding.gen[-1] for item in live]
             try:
-                with torch.inference_mode():
-                    out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                     past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
+                step(tokens)
             except Exception as exc:  # noqa: BLE001 - the step failed for the live requests, not the finished ones
-                for item in live:
-                    results[item.index] = self._failed(item.req, exc, item)
-                return
-            logits = out.logits[:, -1].float()
-            keep = []
-            for row, item in enumerate(live):
+                for r in alive:
+                    results[live[r].index] = self._failed(live[r].req, exc, live[r])
+                return []
+            # The argmax on the device serves every greedy row; the others pick from their logits.
+            picked = step.argmax.tolist() if any(live[r].decoding.fast for r in alive) else None
+            finished = []
+            for r in alive:
+                item = live[r]
+                own[r] += 1
                 try:
-                    done = item.decoding.step(logits[row])
+                    done = item.decoding.step(step.logits[r], picked[r] if picked is not None else None)
                 except Exception as exc:  # noqa: BLE001 - confined to its slot
-                    results[item.index] = self._failed(item.req, exc, item, self._row_kv(cache, mask, row))
+                    results[item.index] = self._failed(item.req, exc, item, cache.row_kv(r, own[r]))
+                    finished.append(r)
                     continue
                 if done:
-                    results[item.index] = self._finish(item, self._row_kv(cache, mask, row))
-                else:
-                    keep.append(row)
-            if len(keep) < len(live):
-                live = [live[r] for r in keep]
-                if not live:
-                    break
-                idx = torch.tensor(keep, device=self.device)
-                mask = mask[idx]
-                for lay in cache.layers:
-                    lay.keys, lay.values = lay.keys[idx], lay.values[idx]
-            first = int((mask.sum(dim=0) > 0).nonzero()[0])  # columns that are padding for every row left
-            if first:
-                mask = mask[:, first:]
-                for lay in cache.layers:
-                    lay.keys, lay.values = lay.keys[:, :, first:], lay.values[:, :, first:]
+                    results[item.index] = self._finish(item, cache.row_kv(r, own[r]))
+                    finished.append(r)
+            if finished:
+                alive = [r for r in alive if r not in finished]
+                cache.active[finished] = 0
+                if alive and len(live) >= 4 and len(alive) <= len(live) // 2:  # go on in a smaller batch
+                    for r in alive:
+                        live[r].past = DynamicCache(ddp_cache_data=cache.row_kv(r, own[r]))
+                    return [live[r] for r in alive]
+        return []
 
     @staticmethod
     def _row_kv(cache: Any, mask: Any, row: int) -> list[tuple[Any, Any]]:
@@ -560,20 +568,32 @@ class _Decoding:
         self.cut: int | None = None
         self.finish: FinishReason = "length"
 
-    def step(self, logits: Any) -> bool:
-        """Pick the next token from ``logits`` (``[V]``); ``True`` when the request is finished."""
+    @property
+    def fast(self) -> bool:
+        """Whether the next token is the argmax of the raw logits (greedy, no grammar, no logprobs, EOS not held
+        off): then a batch's argmax, taken on the device, is this request's token."""
+        params = self.params
+        return params.greedy and self.constraint is None and not params.logprobs and (
+            len(self.gen) >= params.min_tokens or not self.engine.eos_token_ids)
+
+    def step(self, logits: Any, token: int | None = None) -> bool:
+        """Pick the next token from ``logits`` (``[V]``), or take ``token`` (the argmax, when ``fast``); ``True``
+        when the request is finished."""
         engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
         torch = engine._torch
         if self.req.cancelled:
             raise RequestCancelled(f"{self.req.request_id} was cancelled after {len(gen)} tokens")
-        scores = logits.unsqueeze(0)
-        if constraint is not None:
-            scores = scores.clone()
-            constraint.mask_logits(scores)
-        if len(gen) < params.min_tokens and engine.eos_token_ids:
-            scores = scores.clone()
-            scores[0, engine.eos_token_ids] = float("-inf")
-        tok = _sample(torch, scores[0], params, self.generator)
+        if token is not None and self.fast:
+            tok = token
+        else:
+            scores = logits.unsqueeze(0)
+            if constraint is not None:
+                scores = scores.clone()
+                constraint.mask_logits(scores)
+            if len(gen) < params.min_tokens and engine.eos_token_ids:
+                scores = scores.clone()
+                scores[0, engine.eos_token_ids] = float("-inf")
+            tok = _sample(torch, scores[0], params, self.generator)
         if params.logprobs:
             self.logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
         gen.append(tok)

@@ -20,11 +20,13 @@ the input dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 __all__ = ["shared_prefix_attention", "shared_prefix_attention_torch", "reference_attention", "merge_partials",
-           "prefix_partial", "masked_partial", "triton_available", "install", "SHARED_PREFIX_LEN", "COUNTERS"]
+           "decode_attention", "prefix_partial", "masked_partial", "triton_available", "install", "BATCH_CACHE",
+           "COUNTERS"]
 
 
 def triton_available() -> bool:
@@ -210,38 +212,96 @@ def _pow2(n: int, lo: int) -> int:
 
 def shared_prefix_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suffix_v: Any, suffix_lens: Any, *,
                             scale: float | None = None, prefix_splits: int | None = None, block_n: int = 64,
-                            block_m: int = 128) -> Any:
+                            block_m: int = 128, suffix_splits: int | None = None) -> Any:
     """The cascade with the Triton kernel; returns ``[B, Hq, D]`` in ``q``'s dtype.
 
-    ``prefix_splits``: programs along the prefix per block of rows (default: enough to give the GPU about four
-    programs per KV head and row block, each over at least ``4 * block_n`` tokens). ``block_m`` caps the rows a
-    program takes: with ``B * Hq / Hkv <= block_m`` the prefix's KV is read exactly once.
+    ``prefix_splits``/``suffix_splits``: programs along the prefix (per block of rows) and along each suffix
+    (default: ``_splits``, enough programs to fill the GPU without the partial outputs outweighing the KV they
+    summarise). ``block_m`` caps the rows a program takes: with ``B * Hq / Hkv <= block_m`` the prefix's KV is read
+    exactly once.
     """
-    import torch
-
-    b, hq, d, hkv, p, s = _check(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens)
+    _check(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens)
+    d = q.shape[2]
     if d & (d - 1) or d < 16:
         raise ValueError(f"head dim {d}: the kernel takes a power of two >= 16")
-    g = hq // hkv
-    scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    o_p, l_p = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=True, block_n=block_n,
-                              block_m=block_m, splits=prefix_splits)
-    q = q.contiguous()
-    suffix_k, suffix_v = suffix_k.contiguous(), suffix_v.contiguous()
-    lens = suffix_lens.to(device=q.device, dtype=torch.int32).contiguous()
-    # NaN first, so a row the kernel left unwritten shows in the result.
-    o_s = torch.full((1, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
-    l_s = torch.full((1, b, hq), float("nan"), dtype=torch.float32, device=q.device)
-    _kernel()[(hkv, b, 1)](
-        q, suffix_k, suffix_v, lens, o_s, l_s, scale,
-        q.stride(0), q.stride(1),
-        suffix_k.stride(0), suffix_k.stride(1), suffix_k.stride(2),
-        o_s.stride(0), o_s.stride(1), o_s.stride(2),
-        l_s.stride(0), l_s.stride(1),
-        g, g, s, _ceil(max(s, 1), block_n) * block_n,
-        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
-    out, _ = merge_partials(torch.cat([o_p[None], o_s]), torch.cat([l_p[None], l_s]))
+    return decode_attention(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens,
+                            scale=scale if scale is not None else 1.0 / math.sqrt(d), use_triton=True,
+                            block_n=block_n, block_m=block_m, prefix_splits=prefix_splits,
+                            suffix_splits=suffix_splits)
+
+
+def decode_attention(q: Any, prefix_k: Any, prefix_v: Any, own_k: Any, own_v: Any, own_lens: Any, *, scale: float,
+                     use_triton: bool | None = None, block_n: int = 64, block_m: int = 128,
+                     prefix_splits: int | None = None, suffix_splits: int | None = None) -> Any:
+    """One decode step's attention for a batch: every request's queries (``[B, Hq, D]``) over the prefix they
+    share (``[Hkv, P, D]``, read once for the batch; ``P`` may be 0) and over its own KV (``[B, Hkv, S, D]``, the
+    first ``own_lens[b]`` positions valid), merged by log-sum-exp; ``[B, Hq, D]`` in ``q``'s dtype. The Triton
+    kernel where it can run (``use_triton=None``: on a GPU with triton), else PyTorch."""
+    import torch
+
+    d = q.shape[2]
+    if use_triton is None:
+        use_triton = q.is_cuda and triton_available() and not (d & (d - 1)) and d >= 16
+    own = _own_partial(q, own_k, own_v, own_lens, scale=scale, use_triton=use_triton, block_n=block_n,
+                       splits=suffix_splits)
+    if not prefix_k.shape[1]:
+        return own[0].to(q.dtype)
+    pre = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=use_triton, block_n=block_n,
+                         block_m=block_m, splits=prefix_splits)
+    out, _ = merge_partials(torch.stack([pre[0], own[0]]), torch.stack([pre[1], own[1]]))
     return out.to(q.dtype)
+
+
+def _own_partial(q: Any, k: Any, v: Any, lens: Any, *, scale: float, use_triton: bool, block_n: int = 64,
+                 splits: int | None = None) -> tuple[Any, Any]:
+    """Each request's queries over its own KV (the first ``lens[b]`` of ``S`` positions): float32 output and
+    log-sum-exp (``-inf`` where a request has none)."""
+    import torch
+
+    b, hq, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    g = hq // hkv
+    if not use_triton:
+        valid = torch.arange(s, device=q.device)[None, :] < lens.to(q.device)[:, None]
+        return masked_partial(q, k, v, valid, scale=scale)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    lens = lens.to(device=q.device, dtype=torch.int32)
+    # Split each request's KV along its length when the batch alone does not give the GPU enough programs.
+    splits = splits or _splits(q.device, hkv * b, s, hkv * s * d * k.element_size() * 2 * b, b * hq * d * 4, block_n)
+    split_len = _ceil(_ceil(max(s, 1), splits), block_n) * block_n
+    splits = max(1, _ceil(s, split_len))
+    # NaN first, so a row the kernel left unwritten shows in the result.
+    outs = torch.full((splits, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
+    lses = torch.full((splits, b, hq), float("nan"), dtype=torch.float32, device=q.device)
+    _kernel()[(hkv, b, splits)](
+        q, k, v, lens, outs, lses, scale,
+        q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), k.stride(2),
+        outs.stride(0), outs.stride(1), outs.stride(2),
+        lses.stride(0), lses.stride(1),
+        g, g, s, split_len,
+        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
+    if splits == 1:
+        return outs[0], lses[0]
+    return merge_partials(outs, lses)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device: Any) -> int:
+    import torch
+
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _splits(device: Any, programs: int, length: int, kv_bytes: int, out_bytes: int, block_n: int) -> int:
+    """How many programs to split a KV length over: enough for about one program per SM of the GPU (4 where
+    there is none, the interpreter), but no more than the KV's bytes over the bytes of one split's partial
+    output (more splits would write more than they read) and no split under one block."""
+    sms = _sm_count(device)
+    want = _ceil(sms, max(programs, 1)) if sms else 4
+    return max(1, min(want, kv_bytes // max(out_bytes, 1), _ceil(max(length, 1), block_n)))
 
 
 def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_triton: bool | None = None,
@@ -267,7 +327,8 @@ def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_tr
     rows = b * g
     bm = min(_pow2(rows, 16), _pow2(block_m, 16))
     # Split the prefix along its length so the GPU has programs to spare; each split is still read once.
-    splits = splits or max(1, min(_ceil(p, 4 * block_n), 4))
+    splits = splits or _splits(q.device, hkv * _ceil(rows, bm), p, hkv * p * d * prefix_k.element_size() * 2,
+                               b * hq * d * 4, block_n)
     split_len = _ceil(_ceil(max(p, 1), splits), block_n) * block_n
     splits = max(1, _ceil(p, split_len))
     # NaN first, so a row the kernel left unwritten shows in the result.
@@ -292,17 +353,20 @@ def masked_partial(q: Any, k: Any, v: Any, valid: Any, *, scale: float) -> tuple
     return o.reshape(b, hq, d), lse.reshape(b, hq)
 
 
-COUNTERS = {"shared_prefix_calls": 0}
-"""Attention calls (per layer and step) that took the shared-prefix path: how tests see that it ran."""
+COUNTERS = {"shared_prefix_calls": 0, "batch_cache_calls": 0}
+"""Attention calls (per layer and step) that decoded a batch from a ``BatchCache``, and those of them with a
+shared prefix read once: how tests see which path ran."""
 
-SHARED_PREFIX_LEN = "tokenomy_shared_prefix_len"
-"""The keyword a model's forward passes down to its attention layers: how many leading KV positions every
-row of the batch has in common (0 or missing: plain attention)."""
+BATCH_CACHE = "tokenomy_batch_cache"
+"""The keyword a model's forward passes down to its attention layers: the ``kernels.batch.BatchCache`` the batch
+decodes from (missing: the model's own attention, unchanged)."""
 
 
 def install(model: Any) -> None:
-    """Make ``model``'s attention take the shared-prefix path in decode steps that pass ``SHARED_PREFIX_LEN``;
-    every other call goes to the model's own attention implementation, unchanged. Idempotent."""
+    """Make ``model``'s attention decode from a ``BatchCache`` in forward passes given one as ``BATCH_CACHE``
+    (``decode_attention``: the shared prefix read once for the batch, each row's own KV up to its length; the
+    attention mask is not used, the cache's lengths are); every other call goes to the model's own attention
+    implementation, unchanged. Idempotent."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -315,25 +379,23 @@ def install(model: Any) -> None:
 
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                   scaling: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
-        import torch
-
-        p = int(kwargs.pop(SHARED_PREFIX_LEN, 0) or 0)
-        if p <= 0 or query.shape[2] != 1 or attention_mask is None or key.shape[2] <= p:
+        cache = kwargs.pop(BATCH_CACHE, None)
+        if cache is None:
             if plain is not None:
                 return plain(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
             from transformers.models.llama.modeling_llama import eager_attention_forward
 
             return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling if scaling is not None else module.scaling, **kwargs)
-        COUNTERS["shared_prefix_calls"] += 1
-        scale = scaling if scaling is not None else module.scaling
-        q = query[:, :, 0]
-        mask = attention_mask[:, 0, -1]  # [B, L]: the decode token's row
-        valid = mask if mask.dtype == torch.bool else mask == 0
-        o_p, l_p = prefix_partial(q, key[0, :, :p], value[0, :, :p], scale=scale)  # row 0's copy, read once
-        o_s, l_s = masked_partial(q, key[:, :, p:], value[:, :, p:], valid[:, p:], scale=scale)
-        out, _ = merge_partials(torch.stack([o_p, o_s]), torch.stack([l_p, l_s]))
-        return out.to(query.dtype).unsqueeze(1), None  # [B, 1, Hq, D], as the layer expects
+        if query.shape[2] != 1:
+            raise ValueError(f"a batch cache decodes one token per row, not {query.shape[2]}")
+        prefix_k, prefix_v = cache.prefix[module.layer_idx]
+        COUNTERS["batch_cache_calls"] += 1
+        if prefix_k.shape[1]:
+            COUNTERS["shared_prefix_calls"] += 1
+        out = decode_attention(query[:, :, 0], prefix_k, prefix_v, key, value, cache.seen,
+                               scale=scaling if scaling is not None else module.scaling)
+        return out.unsqueeze(1), None  # [B, 1, Hq, D], as the layer expects
 
     AttentionInterface.register(name, attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])

@@ -13,20 +13,22 @@ import torch
 
 from tokenomy.kernels.shared_prefix import reference_attention, shared_prefix_attention
 
-# (batch, query heads, KV heads, head dim, prefix, longest suffix, dtype, prefix splits)
+# (batch, query heads, KV heads, head dim, prefix, longest suffix, dtype, prefix splits, suffix splits)
 SHAPES = [
-    (4, 8, 2, 64, 300, 40, "float32", None),   # grouped-query, prefix not a multiple of the block
-    (3, 4, 4, 32, 17, 5, "float32", None),     # multi-head, short prefix
-    (1, 8, 1, 16, 129, 1, "float32", 3),       # one request, multi-query, three splits
-    (6, 6, 2, 64, 64, 0, "float32", None),     # no suffix at all
-    (5, 8, 2, 64, 200, 30, "bfloat16", 2),     # bf16 inputs
-    (40, 4, 1, 32, 96, 9, "float32", 2),       # more rows than one block: two row blocks
+    (4, 8, 2, 64, 300, 40, "float32", None, None),  # grouped-query, prefix not a multiple of the block
+    (3, 4, 4, 32, 17, 5, "float32", None, None),    # multi-head, short prefix
+    (1, 8, 1, 16, 129, 1, "float32", 3, None),      # one request, multi-query, three splits
+    (6, 6, 2, 64, 64, 0, "float32", None, None),    # no suffix at all
+    (5, 8, 2, 64, 200, 30, "bfloat16", 2, None),    # bf16 inputs
+    (40, 4, 1, 32, 96, 9, "float32", 2, None),      # more rows than one block: two row blocks
+    (3, 8, 2, 64, 0, 150, "float32", None, 3),      # no shared prefix; each row's KV split in three
+    (2, 4, 2, 32, 70, 200, "bfloat16", None, 4),    # suffixes longer than the prefix, split; bf16
 ]
 
 
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for i, (b, hq, hkv, d, p, s, dtype, splits) in enumerate(SHAPES):
+    for i, (b, hq, hkv, d, p, s, dtype, splits, own_splits) in enumerate(SHAPES):
         g = torch.Generator(device="cpu").manual_seed(1000 + i)
         dt = getattr(torch, dtype)
 
@@ -38,8 +40,11 @@ def main() -> None:
         lens = torch.randint(0, s + 1, (b,), generator=g)
         if s:
             lens[0] = s  # the longest suffix is there
+        if not p:
+            lens.clamp_(min=1)  # with no prefix, every row attends to something
         ref = reference_attention(q, pk, pv, sk, sv, lens)
-        out = shared_prefix_attention(q, pk, pv, sk, sv, lens, prefix_splits=splits, block_m=128)
+        out = shared_prefix_attention(q, pk, pv, sk, sv, lens, prefix_splits=splits, suffix_splits=own_splits,
+                                      block_m=128)
         err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
         print(json.dumps({"shape": [b, hq, hkv, d, p, s], "dtype": dtype, "rel_error": err,
                           "tolerance": 2e-2 if dtype == "bfloat16" else 1e-5,

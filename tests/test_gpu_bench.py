@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tokenomy.cli import main
@@ -59,3 +60,29 @@ def test_the_gpu_bench_needs_only_what_the_gpu_machine_has():
     out = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| single | radix |" in out.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by .ci/gpu-check on the GPU machine)")
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_on_a_gpu_a_batch_decodes_from_a_cuda_graph_with_the_plain_path_s_tokens(shared_prefix):
+    """float32 on CUDA (the Triton kernels in IEEE precision): the batch's steps replay a captured CUDA graph, a
+    batch that mostly finished is captured again smaller, and greedy tokens equal one request at a time's."""
+    from tokenomy.kernels import batch
+    from tokenomy.kernels.hf import TransformersEngine
+    from tokenomy.kernels.types import Request, SamplingParams
+
+    small = {"num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8,
+             "num_key_value_heads": 2, "vocab_size": 2048}
+    plain = TransformersEngine.dummy("qwen2.5-1.5b", overrides=small, dtype="float32", prefix_cache=False,
+                                     batch=False)
+    fast = TransformersEngine(plain.model, plain.tokenizer, batch=True, shared_prefix=shared_prefix)
+    assert fast.cuda_graphs and fast.shared_prefix is shared_prefix
+    prefix = [(7 * i) % 2000 + 3 for i in range(300)]
+    prompts = [prefix + [(11 * i + j) % 2000 + 3 for j in range(1 + i)] for i in range(8)]
+    params = [SamplingParams(max_tokens=n) for n in (4, 4, 4, 4, 4, 24, 24, 17)]
+    want = [plain.generate(p, sp).token_ids for p, sp in zip(prompts, params, strict=True)]
+    before = dict(batch.STEPS)
+    got = fast.generate_batch([Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)])
+    assert [c.token_ids for c in got] == want
+    assert batch.STEPS["captured"] - before["captured"] == 2  # 8 rows, then the 3 left
+    assert batch.STEPS["graph"] - before["graph"] >= 23 and batch.STEPS["eager"] == before["eager"]

@@ -1,0 +1,213 @@
+"""The KV cache of a batch decoding together, and one decode step over it (eagerly, or replayed as a CUDA graph).
+
+``transformers``' ``DynamicCache`` grows by concatenation: every decode step copies every row's whole KV, and a
+prefix the rows share is stored (and copied) once per row. ``BatchCache`` is allocated once per batch instead:
+
+- the prefix every row shares, stored once per layer (``[Hkv, P, D]``);
+- each row's own tokens after it, in a buffer with room for all the tokens it may still generate
+  (``[B, Hkv, S, D]``);
+- each row's length in that buffer as a tensor on the device (``lens``), so that a step writes the new KV at
+  ``lens`` and advances it without asking the host anything: the step has fixed shapes and no host sync, and on a
+  GPU it is captured once as a CUDA graph and replayed (one launch instead of hundreds of kernel launches per
+  step, which is what bounds plain ``transformers`` decoding at small batches).
+
+The model's attention reads the cache through ``kernels.shared_prefix.install`` (the ``BATCH_CACHE`` keyword):
+the prefix once for the batch, each row's own KV up to its length, merged by log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["BatchCache", "DecodeStep", "STEPS"]
+
+log = logging.getLogger(__name__)
+
+STEPS = {"eager": 0, "graph": 0, "captured": 0}
+"""Decode steps run eagerly and replayed from a CUDA graph, and graphs captured: how tests see which path ran."""
+
+
+class BatchCache:
+    """The KV of ``B`` rows decoding together: a shared prefix once per layer, each row's own tokens after it.
+
+    Args:
+        prefix: per layer, the shared prefix's ``(K, V)``, ``[Hkv, P, D]`` (``P`` may be 0).
+        own: per layer, every row's own ``(K, V)`` buffers, ``[B, Hkv, S, D]``.
+        lens: ``[B]`` (long, on the device): how many own tokens each row holds.
+    """
+
+    def __init__(self, prefix: Sequence[tuple[Any, Any]], own: Sequence[tuple[Any, Any]], lens: Any) -> None:
+        import torch
+
+        if len(prefix) != len(own):
+            raise ValueError(f"{len(prefix)} prefix layers but {len(own)} own layers")
+        self.prefix = list(prefix)
+        self.own = list(own)
+        self.lens = lens
+        b = lens.shape[0]
+        self.rows = torch.arange(b, device=lens.device)
+        self.seen = torch.zeros(b, dtype=torch.int32, device=lens.device)  # own tokens a step attends to
+        self.active = torch.ones(b, dtype=lens.dtype, device=lens.device)  # rows whose length advances
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[tuple[Any, Any]]], lengths: Sequence[int], shared: int,
+                  capacity: int) -> BatchCache:
+        """Build from each row's KV per layer (``[1, Hkv, >= lengths[r], D]``; its first ``shared`` positions
+        the same in every row, read from row 0): the prefix is copied once from row 0's, each row's rest into a
+        buffer of ``capacity`` positions."""
+        import torch
+
+        if not rows:
+            raise ValueError("a batch cache needs at least one row")
+        if any(n < shared or n - shared > capacity for n in lengths):
+            raise ValueError(f"rows of {list(lengths)} tokens do not fit a prefix of {shared} and {capacity} more")
+        prefix, own = [], []
+        for li, (k0, v0) in enumerate(rows[0]):
+            prefix.append((k0[0, :, :shared].contiguous(), v0[0, :, :shared].contiguous()))  # read as is per step
+            hkv, d = k0.shape[1], k0.shape[3]
+            ks = k0.new_zeros(len(rows), hkv, capacity, d)
+            vs = v0.new_zeros(len(rows), hkv, capacity, d)
+            for r, (kv, n) in enumerate(zip(rows, lengths, strict=True)):
+                ks[r, :, : n - shared] = kv[li][0][0, :, shared:n]
+                vs[r, :, : n - shared] = kv[li][1][0, :, shared:n]
+            own.append((ks, vs))
+        lens = torch.tensor([n - shared for n in lengths], dtype=torch.long, device=rows[0][0][0].device)
+        return cls(prefix, own, lens)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.lens.shape[0])
+
+    @property
+    def shared(self) -> int:
+        return int(self.prefix[0][0].shape[1]) if self.prefix else 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.own[0][0].shape[2]) if self.own else 0
+
+    def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """Called by each attention layer with the step's new ``(K, V)`` (``[B, Hkv, 1, D]``): written at each
+        row's length; returns the layer's own buffers (the attention reads ``seen`` positions of them)."""
+        if key.shape[2] != 1:
+            raise ValueError(f"a batch cache takes one new token per row, not {key.shape[2]}")
+        if layer_idx == 0:
+            self.seen.copy_(self.lens + 1)
+        ks, vs = self.own[layer_idx]
+        ks[self.rows, :, self.lens] = key[:, :, 0]
+        vs[self.rows, :, self.lens] = value[:, :, 0]
+        return ks, vs
+
+    def advance(self) -> None:
+        """After a step: the active rows hold one more token."""
+        self.lens += self.active
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.shared
+
+    def row_kv(self, row: int, length: int) -> list[tuple[Any, Any]]:
+        """Row ``row``'s KV per layer, its ``length`` own tokens after the prefix: ``[1, Hkv, P + length, D]``."""
+        import torch
+
+        return [(torch.cat([pk, ks[row, :, :length]], dim=1).unsqueeze(0),
+                 torch.cat([pv, vs[row, :, :length]], dim=1).unsqueeze(0))
+                for (pk, pv), (ks, vs) in zip(self.prefix, self.own, strict=True)]
+
+    def grown(self, capacity: int) -> BatchCache:
+        """The same rows with room for ``capacity`` own tokens each (copied)."""
+        own = []
+        for ks, vs in self.own:
+            k2 = ks.new_zeros(ks.shape[0], ks.shape[1], capacity, ks.shape[3])
+            v2 = vs.new_zeros(vs.shape[0], vs.shape[1], capacity, vs.shape[3])
+            k2[:, :, : ks.shape[2]] = ks
+            v2[:, :, : vs.shape[2]] = vs
+            own.append((k2, v2))
+        grown = BatchCache(self.prefix, own, self.lens.clone())
+        grown.active.copy_(self.active)
+        return grown
+
+    def select(self, rows: Sequence[int]) -> BatchCache:
+        """A cache of only ``rows`` (copied): what a batch whose other rows finished goes on with."""
+        import torch
+
+        idx = torch.tensor(list(rows), dtype=torch.long, device=self.lens.device)
+        return BatchCache(self.prefix, [(ks[idx], vs[idx]) for ks, vs in self.own], self.lens[idx].clone())
+
+
+class DecodeStep:
+    """One decode step of a batch over its ``BatchCache``: the model's forward for each row's last token at its
+    own position, the float32 logits of every row and their argmax, then the active rows' lengths advance.
+
+    Inputs and outputs live in fixed buffers (``tokens`` in; ``logits``, ``argmax`` out). With ``graph=True``
+    (CUDA only) the step is captured as a CUDA graph after two warm-up steps that leave the cache's lengths
+    unchanged, and each call replays it; if capturing fails, it logs why and runs eagerly.
+    """
+
+    def __init__(self, model: Any, cache: BatchCache, *, graph: bool = False) -> None:
+        import torch
+
+        from .shared_prefix import BATCH_CACHE
+
+        self.model, self.cache, self._torch = model, cache, torch
+        device = cache.lens.device
+        self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        self._mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)  # 4-D: transformers passes it as is
+        self._extra = {BATCH_CACHE: cache}
+        self.logits: Any = None
+        self.argmax: Any = None
+        self.graph: Any = None
+        if graph and device.type == "cuda":
+            try:
+                self._capture()
+            except Exception as exc:  # noqa: BLE001 - a model that cannot be captured still decodes eagerly
+                log.warning("decoding without a CUDA graph: capturing the step failed: %r", exc)
+                self.graph = None
+                torch.cuda.synchronize(device)
+
+    def _forward(self) -> None:
+        cache = self.cache
+        positions = (cache.lens + cache.shared).unsqueeze(1)
+        out = self.model(input_ids=self.tokens, attention_mask=self._mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1, **self._extra)
+        logits = out.logits[:, -1].float()
+        argmax = logits.argmax(dim=-1)
+        if self.logits is None:
+            self.logits, self.argmax = logits, argmax
+        else:  # graph warm-up and capture fill the same buffers
+            self.logits.copy_(logits)
+            self.argmax.copy_(argmax)
+        cache.advance()
+
+    def _capture(self) -> None:
+        torch = self._torch
+        cache = self.cache
+        active = cache.active.clone()
+        cache.active.zero_()  # warm-up steps write at each row's length but do not advance it
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph):
+                self._forward()
+            self.graph = graph
+            STEPS["captured"] += 1
+        finally:
+            cache.active.copy_(active)
+
+    def __call__(self, tokens: Sequence[int]) -> None:
+        """Run one step for ``tokens`` (one per row); results in ``logits`` and ``argmax``."""
+        torch = self._torch
+        self.tokens.copy_(torch.tensor(list(tokens), dtype=torch.long).view(-1, 1))
+        if self.graph is not None:
+            self.graph.replay()
+            STEPS["graph"] += 1
+        else:
+            with torch.inference_mode():
+                self._forward()
+            STEPS["eager"] += 1
