@@ -50,31 +50,58 @@ class BatchCache:
         self.rows = torch.arange(b, device=lens.device)
         self.seen = torch.zeros(b, dtype=torch.int32, device=lens.device)  # own tokens a step attends to
         self.active = torch.ones(b, dtype=lens.dtype, device=lens.device)  # rows whose length advances
+        self.write_at: Any = None  # a prefill pass: where each token goes, and how far each one sees
+        self.visible: Any = None
+
+    @classmethod
+    def from_parts(cls, prefix: Sequence[tuple[Any, Any]], shared: int, owns: Sequence[Sequence[tuple[Any, Any]]],
+                   capacity: int) -> BatchCache:
+        """Build from the KV the rows share (per layer, ``[1, Hkv, >= shared, D]``: its first ``shared``
+        positions, copied once) and each row's own KV after it (per row and layer, ``[1, Hkv, L_r, D]``, copied into
+        a buffer of ``capacity`` positions)."""
+        import torch
+
+        if not owns:
+            raise ValueError("a batch cache needs at least one row")
+        lengths = [int(own[0][0].shape[2]) if own else 0 for own in owns]
+        if any(n > capacity for n in lengths) or any(k.shape[2] < shared for k, _ in prefix):
+            raise ValueError(f"rows of {lengths} own tokens after a prefix of {shared} do not fit {capacity} "
+                             "positions or the prefix given")
+        layers, own = [], []
+        for li, (k0, v0) in enumerate(prefix):
+            layers.append((k0[0, :, :shared].contiguous(), v0[0, :, :shared].contiguous()))  # read as is per step
+            hkv, d = k0.shape[1], k0.shape[3]
+            ks = k0.new_zeros(len(owns), hkv, capacity, d)
+            vs = v0.new_zeros(len(owns), hkv, capacity, d)
+            for r, (kv, n) in enumerate(zip(owns, lengths, strict=True)):
+                if n:
+                    ks[r, :, :n] = kv[li][0][0]
+                    vs[r, :, :n] = kv[li][1][0]
+            own.append((ks, vs))
+        return cls(layers, own, torch.tensor(lengths, dtype=torch.long, device=prefix[0][0].device))
 
     @classmethod
     def from_rows(cls, rows: Sequence[Sequence[tuple[Any, Any]]], lengths: Sequence[int], shared: int,
                   capacity: int) -> BatchCache:
-        """Build from each row's KV per layer (``[1, Hkv, >= lengths[r], D]``; its first ``shared`` positions
-        the same in every row, read from row 0): the prefix is copied once from row 0's, each row's rest into a
-        buffer of ``capacity`` positions."""
-        import torch
-
+        """Build from each row's whole KV per layer (``[1, Hkv, >= lengths[r], D]``; its first ``shared``
+        positions the same in every row, read from row 0)."""
         if not rows:
             raise ValueError("a batch cache needs at least one row")
-        if any(n < shared or n - shared > capacity for n in lengths):
-            raise ValueError(f"rows of {list(lengths)} tokens do not fit a prefix of {shared} and {capacity} more")
-        prefix, own = [], []
-        for li, (k0, v0) in enumerate(rows[0]):
-            prefix.append((k0[0, :, :shared].contiguous(), v0[0, :, :shared].contiguous()))  # read as is per step
-            hkv, d = k0.shape[1], k0.shape[3]
-            ks = k0.new_zeros(len(rows), hkv, capacity, d)
-            vs = v0.new_zeros(len(rows), hkv, capacity, d)
-            for r, (kv, n) in enumerate(zip(rows, lengths, strict=True)):
-                ks[r, :, : n - shared] = kv[li][0][0, :, shared:n]
-                vs[r, :, : n - shared] = kv[li][1][0, :, shared:n]
-            own.append((ks, vs))
-        lens = torch.tensor([n - shared for n in lengths], dtype=torch.long, device=rows[0][0][0].device)
-        return cls(prefix, own, lens)
+        if any(n < shared for n in lengths):
+            raise ValueError(f"rows of {list(lengths)} tokens do not fit a prefix of {shared}")
+        owns = [[(k[:, :, shared:n], v[:, :, shared:n]) for k, v in kv] for kv, n in zip(rows, lengths, strict=True)]
+        return cls.from_parts(rows[0], shared, owns, capacity)
+
+    def start_prefill(self, write_at: Any, visible: Any) -> None:
+        """The next forward pass feeds ``W`` tokens per row (``[B, W]``, left-padded): token ``j`` of row ``r``
+        is written at own position ``write_at[r, j]`` and attends to the prefix and to the first
+        ``visible[r, j]`` own positions (0 for padding, which is written to a spare position past the rows')."""
+        self.write_at, self.visible = write_at, visible
+
+    def end_prefill(self, fed: Any) -> None:
+        """After the prefill pass: each row holds ``fed[r]`` more own tokens."""
+        self.lens += fed
+        self.write_at = self.visible = None
 
     @property
     def batch_size(self) -> int:
@@ -89,13 +116,20 @@ class BatchCache:
         return int(self.own[0][0].shape[2]) if self.own else 0
 
     def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        """Called by each attention layer with the step's new ``(K, V)`` (``[B, Hkv, 1, D]``): written at each
-        row's length; returns the layer's own buffers (the attention reads ``seen`` positions of them)."""
+        """Called by each attention layer with the pass's new ``(K, V)`` (``[B, Hkv, W, D]``): a decode step's
+        one token per row is written at each row's length, a prefill pass's tokens where ``start_prefill`` said;
+        returns the layer's own buffers (the attention reads ``seen``, or ``visible``, positions of them)."""
+        ks, vs = self.own[layer_idx]
+        if self.write_at is not None:
+            if tuple(key.shape[::2]) != tuple(self.write_at.shape):
+                raise ValueError(f"a prefill pass of {tuple(self.write_at.shape)} tokens got {tuple(key.shape)}")
+            ks[self.rows[:, None], :, self.write_at] = key.transpose(1, 2)
+            vs[self.rows[:, None], :, self.write_at] = value.transpose(1, 2)
+            return ks, vs
         if key.shape[2] != 1:
             raise ValueError(f"a batch cache takes one new token per row, not {key.shape[2]}")
         if layer_idx == 0:
             self.seen.copy_(self.lens + 1)
-        ks, vs = self.own[layer_idx]
         ks[self.rows, :, self.lens] = key[:, :, 0]
         vs[self.rows, :, self.lens] = value[:, :, 0]
         return ks, vs

@@ -8,7 +8,8 @@ worker chose (longest shared prefix first), so each one finds the prefixes its p
 
 With ``batch=True`` (the default on a GPU) the requests of one batch run together: the first prefills alone and
 its prompt is cached at once; the others prefill their uncached suffixes together, in one forward pass, on top
-of what they find cached (the first one's prompt included); then their KV goes into one ``kernels.batch``
+of what they find cached (the first one's prompt included; a prefix they all find cached is read from the cache
+as is, once for the batch, not copied per request); then their KV goes into one ``kernels.batch``
 ``BatchCache`` (the prefix they all share stored once, each request's rest in a buffer with room for its new
 tokens) and every step decodes all of them in one forward pass, each at its own position, replayed as a CUDA
 graph on a GPU; a request that finishes stops there, its KV kept in the prefix cache. Greedy decoding gives the
@@ -304,6 +305,7 @@ class TransformersEngine(Engine):
         in one batch."""
         results: list[Completion | BaseException | None] = [None] * len(requests)
         live: list[_Live] = []
+        gathered: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}  # one copy per cached prefix, not per request
         try:
             first = True
             group: list[_Live] = []
@@ -312,8 +314,11 @@ class TransformersEngine(Engine):
                 try:
                     item = self._start(i, req)
                     # Gathered now: a later request's match may split the nodes this match points to.
-                    item.prefix_kv = self.cache.gather(item.match) if self.cache is not None and item.match.length \
-                        else []
+                    if self.cache is not None and item.match.length:
+                        key = tuple(item.ids[:item.match.length])
+                        if key not in gathered:
+                            gathered[key] = self.cache.gather(item.match)
+                        item.prefix_kv = gathered[key]
                 except Exception as exc:  # noqa: BLE001 - confined to its slot, like _run_each
                     results[i] = self._failed(req, exc, item)
                     continue
@@ -349,10 +354,9 @@ class TransformersEngine(Engine):
             return
         for row, item in enumerate(group):
             try:
-                if self.cache is not None and (kv := item.past_kv()) is not None:
-                    self._keep_kv(item.ids, kv)  # later requests of the batch can reuse this prompt now
+                self._keep_past(item.ids, item.past)  # later requests of the batch can reuse this prompt now
                 if item.decoding.step(logits[row]):
-                    results[item.index] = self._finish(item, item.past_kv())
+                    results[item.index] = self._finish(item, item.past)
                 else:
                     live.append(item)
             except Exception as exc:  # noqa: BLE001 - confined to its slot
@@ -371,6 +375,10 @@ class TransformersEngine(Engine):
             item = items[0]
             item.past = DynamicCache(ddp_cache_data=kvs[0]) if cached[0] else DynamicCache(config=self.model.config)
             return self._forward(item.ids[cached[0]:], item.past).unsqueeze(0)
+        if self.shared_prefix:
+            shared = min(min(cached), self._common_prefix([item.ids for item in items]))
+            if shared >= MIN_SHARED_PREFIX:
+                return self._prefill_shared(items, shared)
         news = [item.ids[c:] for item, c in zip(items, cached, strict=True)]
         wp, wn = max(cached), max(len(n) for n in news)
         past: Any
@@ -400,6 +408,46 @@ class TransformersEngine(Engine):
                          use_cache=True, logits_to_keep=1)
         for row, item in enumerate(items):
             item.past = DynamicCache(ddp_cache_data=self._row_kv(past, mask, row))
+        return out.logits[:, -1].float()
+
+    def _prefill_shared(self, items: list[_Live], shared: int) -> Any:
+        """Prefill items whose first ``shared`` tokens are cached and the same, over a ``BatchCache``: that prefix's
+        KV is used from the cache as is (read once per layer for the batch, never copied per row), each row's new
+        tokens go into its own buffer, left-padded so that every row's last prompt token is the last column. Each
+        item's ``past`` is then a ``_Split`` (the prefix shared, its own KV after it). Returns ``[B, V]`` logits."""
+        from .batch import BatchCache
+        from .shared_prefix import BATCH_CACHE
+
+        torch, device = self._torch, self.device
+        cached = [item.match.length for item in items]
+        news = [item.ids[c:] for item, c in zip(items, cached, strict=True)]
+        w = max(len(n) for n in news)
+        owns = [[(k[:, :, shared:c], v[:, :, shared:c]) for k, v in item.prefix_kv]
+                for item, c in zip(items, cached, strict=True)]
+        capacity = max(c - shared for c in cached) + w + 1  # the last position takes the padding's KV
+        cache = BatchCache.from_parts(items[0].prefix_kv, shared, owns, capacity)
+        b = len(items)
+        # Built on the host, moved once: [4, B, W] = token ids, positions, where each goes, how far each sees.
+        plan = torch.zeros(4, b, w, dtype=torch.long)
+        plan[2] = capacity - 1
+        for row, (c, new) in enumerate(zip(cached, news, strict=True)):
+            m, o = len(new), c - shared
+            plan[0, row, w - m:] = torch.tensor(new)
+            plan[1, row, w - m:] = torch.arange(c, c + m)
+            plan[2, row, w - m:] = torch.arange(o, o + m)
+            plan[3, row, w - m:] = torch.arange(o + 1, o + m + 1)
+        ids, positions, write_at, visible = plan.to(device)
+        cache.start_prefill(write_at, visible)
+        try:
+            out = self.model(input_ids=ids, attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device),
+                             position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                             **{BATCH_CACHE: cache})
+        finally:
+            cache.end_prefill(torch.tensor([len(n) for n in news], dtype=torch.long, device=device))
+        prefix = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in cache.prefix]
+        for row, (item, c) in enumerate(zip(items, cached, strict=True)):
+            n = c - shared + len(news[row])
+            item.past = _Split(prefix, [(ks[row:row + 1, :, :n], vs[row:row + 1, :, :n]) for ks, vs in cache.own])
         return out.logits[:, -1].float()
 
     def _start(self, index: int, req: Request) -> _Live:
@@ -443,9 +491,9 @@ class TransformersEngine(Engine):
         need = max(n - shared + item.decoding.max_new - len(item.decoding.gen) + 1
                    for item, n in zip(live, lengths, strict=True))
         capacity = min(need, max(lengths) - shared + DECODE_CHUNK)
-        rows = [_cache_kv(item.past) or [] for item in live]
-        cache = BatchCache.from_rows(rows, lengths, shared, capacity)
-        del rows
+        owns = [_kv_range(item.past, shared, n) for item, n in zip(live, lengths, strict=True)]
+        cache = BatchCache.from_parts(_kv_range(live[0].past, 0, shared), shared, owns, capacity)
+        del owns
         for item in live:
             item.past = None  # the batch cache holds its KV now
         own = [n - shared for n in lengths]
@@ -501,14 +549,27 @@ class TransformersEngine(Engine):
                 return i
         return n
 
-    def _release(self, item: _Live, kv: list[tuple[Any, Any]] | None) -> None:
+    def _keep_past(self, seq: list[int], past: Any) -> None:
+        """Cache the tokens of ``seq`` whose KV ``past`` holds: a ``DynamicCache``, a ``_Split`` or a list of
+        ``(K, V)`` per layer (``None``: nothing)."""
+        if self.cache is None or past is None:
+            return
+        if isinstance(past, _Split):
+            n = past.length
+            if 0 < n <= len(seq):
+                self.cache.insert(seq[:n], past.own, offset=past.shared)
+            return
+        kv = past if isinstance(past, list) else _cache_kv(past)
+        if kv is not None:
+            self._keep_kv(seq, kv)
+
+    def _release(self, item: _Live, kv: Any) -> None:
         if self.cache is not None:
-            if kv is not None:
-                self._keep_kv(item.ids + item.decoding.gen, kv)
+            self._keep_past(item.ids + item.decoding.gen, kv)
             self.cache.unlock(item.match)
         item.released = True
 
-    def _finish(self, item: _Live, kv: list[tuple[Any, Any]] | None) -> Completion:
+    def _finish(self, item: _Live, kv: Any) -> Completion:
         self._release(item, kv)
         return self._completion(item)
 
@@ -521,10 +582,9 @@ class TransformersEngine(Engine):
                           prompt_token_ids=item.ids, logprobs=logprobs if req.params.logprobs else None,
                           request_id=req.request_id, engine=self.spec, latency_s=now() - item.start)
 
-    def _failed(self, req: Request, exc: Exception, item: _Live | None,
-                kv: list[tuple[Any, Any]] | None = None) -> BaseException:
+    def _failed(self, req: Request, exc: Exception, item: _Live | None, kv: Any = None) -> BaseException:
         if item is not None and not item.released:
-            self._release(item, kv if kv is not None else item.past_kv())
+            self._release(item, kv if kv is not None else item.past)
         if isinstance(exc, TokenomyError):
             return exc
         err = EngineError(f"request {req.request_id} failed: {exc!r}")
@@ -542,8 +602,21 @@ class _Live:
         self.prefix_kv: list[tuple[Any, Any]] = []  # the cached prefix's KV, gathered when it was matched
         self.released = False
 
-    def past_kv(self) -> list[tuple[Any, Any]] | None:
-        return _cache_kv(self.past) if self.past is not None else None
+
+class _Split:
+    """A request's KV as the prefix it shares with the other requests of its prefill (per layer
+    ``[1, Hkv, P, D]``, views of one tensor) and its own tokens after it (``[1, Hkv, L, D]``)."""
+
+    def __init__(self, prefix: list[tuple[Any, Any]], own: list[tuple[Any, Any]]) -> None:
+        self.prefix, self.own = prefix, own
+
+    @property
+    def shared(self) -> int:
+        return int(self.prefix[0][0].shape[2])
+
+    @property
+    def length(self) -> int:
+        return self.shared + int(self.own[0][0].shape[2])
 
 
 class _Decoding:
@@ -629,6 +702,23 @@ def _cache_kv(past: Any) -> list[tuple[Any, Any]] | None:
     failed half-way leaves layers without)."""
     kv = [(layer.keys, layer.values) for layer in past.layers if getattr(layer, "keys", None) is not None]
     return kv if kv and len(kv) == len(past.layers) else None
+
+
+def _kv_range(past: Any, start: int, stop: int) -> list[tuple[Any, Any]]:
+    """Positions ``[start, stop)`` of a ``DynamicCache``'s or a ``_Split``'s KV per layer (views where the range
+    lies in one part)."""
+    if not isinstance(past, _Split):
+        return [(layer.keys[:, :, start:stop], layer.values[:, :, start:stop]) for layer in past.layers]
+    import torch
+
+    p = past.shared
+    if start >= p:
+        return [(k[:, :, start - p:stop - p], v[:, :, start - p:stop - p]) for k, v in past.own]
+    if stop <= p:
+        return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in past.prefix]
+    return [(torch.cat([pk[:, :, start:], k[:, :, :stop - p]], dim=2),
+             torch.cat([pv[:, :, start:], v[:, :, :stop - p]], dim=2))
+            for (pk, pv), (k, v) in zip(past.prefix, past.own, strict=True)]
 
 
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:

@@ -161,10 +161,11 @@ class RadixCache:
 
     # -- insertion and eviction -------------------------------------------------------------------------
 
-    def insert(self, ids: Sequence[int], kv: KV | None = None) -> int:
-        """Cache ``ids``, whose KV for every position is ``kv`` (``None`` in token-only mode).
+    def insert(self, ids: Sequence[int], kv: KV | None = None, *, offset: int = 0) -> int:
+        """Cache ``ids``, whose KV for every position from ``offset`` on is ``kv`` (``None`` in token-only mode).
 
-        Returns how many leading tokens were already cached. The new span is cloned out of ``kv``.
+        Returns how many leading tokens were already cached. The new span is cloned out of ``kv``; nothing is
+        inserted if fewer than ``offset`` tokens were cached (the KV of the ones between is not in ``kv``).
         """
         ids = tuple(ids)
         node, i = self.root, 0
@@ -179,6 +180,8 @@ class RadixCache:
             child.last_access = stamp
             node = child
             i += n
+        if offset > i:
+            return i
         if i < len(ids):
             span = ids[i:]
             if self.bytes_per_token is not None:
@@ -186,7 +189,7 @@ class RadixCache:
             else:
                 if kv is None:
                     raise ValueError("RadixCache.insert needs kv unless bytes_per_token is set")
-                new_kv = _slice_kv(kv, i, len(ids))
+                new_kv = _slice_kv(kv, i - offset, len(ids) - offset)
                 nbytes = _kv_nbytes(new_kv)
             leaf = RadixNode(span, node, new_kv, nbytes)
             leaf.last_access = stamp

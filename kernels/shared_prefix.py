@@ -25,8 +25,8 @@ import math
 from typing import Any
 
 __all__ = ["shared_prefix_attention", "shared_prefix_attention_torch", "reference_attention", "merge_partials",
-           "decode_attention", "prefix_partial", "masked_partial", "triton_available", "install", "BATCH_CACHE",
-           "COUNTERS"]
+           "decode_attention", "prefill_attention", "prefix_partial", "masked_partial", "triton_available", "install",
+           "BATCH_CACHE", "COUNTERS"]
 
 
 def triton_available() -> bool:
@@ -137,7 +137,7 @@ def _kernel() -> Any:
                           stride_ls, stride_lb,
                           n_rows, group, kv_len, split_len,
                           SHARED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          HEAD_DIM: tl.constexpr, IEEE: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, LOWP: tl.constexpr):
         """One program: a block of query rows of one KV head against one split of its KV.
 
         SHARED (the prefix): rows are (request, query head in the group) pairs of every request, and the KV is
@@ -164,7 +164,9 @@ def _kernel() -> Any:
             kv_base = blk * stride_kb + h * stride_kh
             length = tl.load(Lens + blk)
         q = tl.load(Q + b[:, None] * stride_qb + qh[:, None] * stride_qh + dims[None, :], mask=row_ok[:, None],
-                    other=0.0).to(tl.float32)
+                    other=0.0)
+        if not LOWP:
+            q = q.to(tl.float32)
         start = split * split_len
         end = tl.minimum(start + split_len, length)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -174,12 +176,14 @@ def _kernel() -> Any:
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < end
             offs = kv_base + cols[:, None] * stride_kn + dims[None, :]
-            k = tl.load(K + offs, mask=col_ok[:, None], other=0.0).to(tl.float32)
-            v = tl.load(V + offs, mask=col_ok[:, None], other=0.0).to(tl.float32)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            k = tl.load(K + offs, mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + offs, mask=col_ok[:, None], other=0.0)
+            if IEEE:  # float32 in and out
+                s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee") * scale
+            elif LOWP:  # bf16/fp16 operands on the tensor cores, float32 accumulation
+                s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale
             else:
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k.to(tl.float32))) * scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -187,9 +191,11 @@ def _kernel() -> Any:
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
             if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            elif LOWP:
+                acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
             else:
-                acc = acc * alpha[:, None] + tl.dot(p, v)
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
             m_i = m_new
         has = l_i > 0
         out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -280,10 +286,21 @@ def _own_partial(q: Any, k: Any, v: Any, lens: Any, *, scale: float, use_triton:
         outs.stride(0), outs.stride(1), outs.stride(2),
         lses.stride(0), lses.stride(1),
         g, g, s, split_len,
-        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
+        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, **_precision(q))
     if splits == 1:
         return outs[0], lses[0]
     return merge_partials(outs, lses)
+
+
+def _precision(q: Any) -> dict[str, bool]:
+    """float32 queries: IEEE float32 dots. bf16/fp16: dots in that dtype with float32 accumulation (LOWP), except
+    under Triton's interpreter, whose bf16 ``tl.dot`` is wrong: there the operands are upcast to float32."""
+    import os
+
+    import torch
+
+    ieee = q.dtype == torch.float32
+    return {"IEEE": ieee, "LOWP": not ieee and os.environ.get("TRITON_INTERPRET") != "1"}
 
 
 @functools.lru_cache(maxsize=8)
@@ -339,7 +356,7 @@ def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_tr
         q, prefix_k, prefix_v, lens, outs, lses, scale, q.stride(0), q.stride(1),
         0, prefix_k.stride(0), prefix_k.stride(1), outs.stride(0), outs.stride(1), outs.stride(2),
         lses.stride(0), lses.stride(1), rows, g, p, split_len,
-        SHARED=True, BLOCK_M=bm, BLOCK_N=block_n, HEAD_DIM=d, IEEE=q.dtype == torch.float32)
+        SHARED=True, BLOCK_M=bm, BLOCK_N=block_n, HEAD_DIM=d, **_precision(q))
     return merge_partials(outs, lses)
 
 
@@ -351,6 +368,42 @@ def masked_partial(q: Any, k: Any, v: Any, valid: Any, *, scale: float) -> tuple
     g = hq // hkv
     o, lse = _partial_torch(q.reshape(b, hkv, g, d), k, v, valid[:, None, :].expand(b, hkv, valid.shape[1]), scale)
     return o.reshape(b, hq, d), lse.reshape(b, hq)
+
+
+def prefill_attention(q: Any, prefix_k: Any, prefix_v: Any, own_k: Any, own_v: Any, visible: Any, *, scale: float,
+                      max_bytes: int = 256 * 1024**2) -> Any:
+    """A prefill pass's attention for a batch: each row's ``W`` queries (``[B, Hq, W, D]``) over the prefix all rows
+    share (``[Hkv, P, D]``, every query sees all of it; the Triton kernel on a GPU, the queries of the whole batch
+    in blocks of rows) and over the row's own KV (``[B, Hkv, S, D]``: query ``j`` of row ``b`` sees the first
+    ``visible[b, j]`` positions, causal by construction), merged by log-sum-exp. Own scores are computed
+    ``max_bytes`` at a time. Returns ``[B, W, Hq, D]`` in ``q``'s dtype, the layout attention layers return."""
+    import torch
+
+    b, hq, w, d = q.shape
+    hkv, s = own_k.shape[1], own_k.shape[2]
+    g = hq // hkv
+    rows = q.transpose(1, 2).reshape(b * w, hq, d)  # [B*W, Hq, D]: every query of the batch against the prefix
+    out = torch.empty(b, w, hq, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, w, hq, dtype=torch.float32, device=q.device)
+    cols = torch.arange(s, device=q.device)
+    step = max(1, max_bytes // max(1, b * hq * s * 4))
+    k32, v32 = own_k.float().unsqueeze(2), own_v.float().unsqueeze(2)  # [B, Hkv, 1, S, D]
+    for j0 in range(0, w, step):
+        qs = q[:, :, j0:j0 + step].float().reshape(b, hkv, g, -1, d)  # [B, Hkv, G, w', D]
+        scores = torch.matmul(qs, k32.transpose(-1, -2)) * scale  # [B, Hkv, G, w', S]
+        valid = cols[None, None, :] < visible[:, j0:j0 + step, None]  # [B, w', S]
+        scores = scores.masked_fill(~valid[:, None, None], float("-inf"))
+        part = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G, w']
+        p = torch.exp(scores - torch.where(torch.isfinite(part), part, torch.zeros_like(part)).unsqueeze(-1))
+        o = torch.matmul(p, v32)  # [B, Hkv, G, w', D]
+        n = o.shape[3]
+        out[:, j0:j0 + n] = o.reshape(b, hq, n, d).transpose(1, 2)
+        lse[:, j0:j0 + n] = part.reshape(b, hq, n).transpose(1, 2)
+    if prefix_k.shape[1]:
+        o_p, l_p = prefix_partial(rows, prefix_k, prefix_v, scale=scale)
+        merged, _ = merge_partials(torch.stack([o_p.view(b, w, hq, d), out]), torch.stack([l_p.view(b, w, hq), lse]))
+        return merged.to(q.dtype)
+    return out.to(q.dtype)
 
 
 COUNTERS = {"shared_prefix_calls": 0, "batch_cache_calls": 0}
@@ -387,14 +440,16 @@ def install(model: Any) -> None:
 
             return eager_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling if scaling is not None else module.scaling, **kwargs)
-        if query.shape[2] != 1:
-            raise ValueError(f"a batch cache decodes one token per row, not {query.shape[2]}")
         prefix_k, prefix_v = cache.prefix[module.layer_idx]
+        scale = scaling if scaling is not None else module.scaling
         COUNTERS["batch_cache_calls"] += 1
         if prefix_k.shape[1]:
             COUNTERS["shared_prefix_calls"] += 1
-        out = decode_attention(query[:, :, 0], prefix_k, prefix_v, key, value, cache.seen,
-                               scale=scaling if scaling is not None else module.scaling)
+        if cache.visible is not None:  # a prefill pass: [B, W, Hq, D]
+            return prefill_attention(query, prefix_k, prefix_v, key, value, cache.visible, scale=scale), None
+        if query.shape[2] != 1:
+            raise ValueError(f"a batch cache decodes one token per row, not {query.shape[2]}")
+        out = decode_attention(query[:, :, 0], prefix_k, prefix_v, key, value, cache.seen, scale=scale)
         return out.unsqueeze(1), None  # [B, 1, Hq, D], as the layer expects
 
     AttentionInterface.register(name, attention)

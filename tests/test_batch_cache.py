@@ -60,16 +60,17 @@ def test_a_batch_whose_rows_mostly_finish_goes_on_smaller_with_the_same_tokens(t
     plain = tiny_engine_factory(prefix_cache=False, batch=False)
     fast = tiny_engine_factory(prefix_cache=True, batch=True)
     builds = []
-    real = batch.BatchCache.from_rows.__func__
-    monkeypatch.setattr(batch.BatchCache, "from_rows",
-                        classmethod(lambda cls, rows, *a, **k: builds.append(len(rows)) or real(cls, rows, *a, **k)))
+    real = batch.BatchCache.from_parts.__func__
+    monkeypatch.setattr(batch.BatchCache, "from_parts", classmethod(
+        lambda cls, prefix, shared, owns, capacity: builds.append(len(owns)) or real(cls, prefix, shared, owns,
+                                                                                      capacity)))
     system = tiny_tokenizer("a team of agents shares this system prompt and its tools. " * 2)["input_ids"]
     prompts = [system + tiny_tokenizer(f" agent {i} " + "x " * i)["input_ids"] for i in range(8)]
     params = [SamplingParams(max_tokens=n) for n in (3, 3, 3, 3, 3, 14, 14, 9)]
     want = [plain.generate(p, sp).token_ids for p, sp in zip(prompts, params, strict=True)]
     got = fast.generate_batch([Request(prompt=p, params=sp) for p, sp in zip(prompts, params, strict=True)])
     assert [c.token_ids for c in got] == want
-    assert builds == [8, 3]  # five finished: the three left went on in a batch of their own
+    assert builds == [7, 8, 3]  # the prefill of the 7 after the first; then decoding 8; five finished: 3 go on
     assert [n for n in fast.cache._nodes() if n is not fast.cache.root and n.lock_ref] == []
 
 
@@ -129,3 +130,52 @@ def test_one_request_alone_decodes_over_a_batch_cache_its_prompt_the_shared_part
     assert fast.generate(prompt, GREEDY).token_ids == plain.generate(prompt, GREEDY).token_ids
     layers = fast.model.config.num_hidden_layers
     assert shared_prefix.COUNTERS["shared_prefix_calls"] - before["shared_prefix_calls"] == layers * 11
+
+
+def test_prefill_attention_over_a_shared_prefix_equals_causal_attention_over_each_row():
+    """Rows of different lengths, left-padded, some with own tokens cached before the pass: every real query's
+    output equals plain causal attention over the row's whole KV (prefix, cached own tokens, new tokens)."""
+    from tokenomy.kernels.shared_prefix import prefill_attention
+
+    g = torch.Generator().manual_seed(3)
+    b, hq, hkv, d, p, w = 3, 4, 2, 8, 11, 5
+    before, fed = [0, 2, 4], [5, 3, 1]  # own tokens cached before the pass, and fed in it
+    cap = max(o + w for o in before) + 1
+    pk, pv = torch.randn(hkv, p, d, generator=g), torch.randn(hkv, p, d, generator=g)
+    ok, ov = torch.randn(b, hkv, cap, d, generator=g), torch.randn(b, hkv, cap, d, generator=g)
+    q = torch.randn(b, hq, w, d, generator=g)
+    visible = torch.zeros(b, w, dtype=torch.long)
+    for r, (o, m) in enumerate(zip(before, fed, strict=True)):
+        visible[r, w - m:] = torch.arange(o + 1, o + m + 1)
+    out = prefill_attention(q, pk, pv, ok, ov, visible, scale=d ** -0.5, max_bytes=200)  # a few queries at a time
+    assert out.shape == (b, w, hq, d)
+    for r, (o, m) in enumerate(zip(before, fed, strict=True)):
+        k = torch.cat([pk, ok[r, :, :o + m]], dim=1).repeat_interleave(hq // hkv, dim=0)
+        v = torch.cat([pv, ov[r, :, :o + m]], dim=1).repeat_interleave(hq // hkv, dim=0)
+        causal = torch.ones(m, p + o + m, dtype=torch.bool).tril(diagonal=p + o)
+        want = torch.nn.functional.scaled_dot_product_attention(q[r, :, w - m:], k, v, attn_mask=causal)
+        assert torch.allclose(out[r, w - m:].transpose(0, 1), want, atol=1e-5)
+
+
+def test_a_batch_prefills_over_its_shared_prefix_without_copying_it_per_row(tiny_engine_factory, tiny_tokenizer,
+                                                                             monkeypatch):
+    """The rows after the first prefill their own tokens over the cached prefix they share (one pass, the prefix
+    read from the cache as is); tokens and what the cache keeps are the plain path's."""
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    calls = []
+    real = fast._prefill_shared
+    monkeypatch.setattr(fast, "_prefill_shared", lambda items, shared: calls.append((len(items), shared))
+                        or real(items, shared))
+    system = tiny_tokenizer("one system prompt for the whole team of agents. " * 2)["input_ids"]
+    prompts = [system + tiny_tokenizer(f" task {i}: " + "do it " * i)["input_ids"] for i in range(5)]
+    params = SamplingParams(max_tokens=9)
+    want = [plain.generate(p, params).token_ids for p in prompts]
+    got = fast.generate_batch([Request(prompt=p, params=params) for p in prompts])
+    assert [c.token_ids for c in got] == want
+    assert calls and calls[0][0] == 4 and calls[0][1] >= len(system)
+    assert [c.usage.cached_prompt_tokens >= len(system) for c in got[1:]] == [True] * 4
+    again = tiny_engine_factory(prefix_cache=True, batch=False)  # what the batch cached gives the same tokens
+    again.cache = fast.cache
+    assert [again.generate(p, params).token_ids for p in prompts] == want
+    assert all(again.cached_prefix_length(p) == len(p) for p in prompts)  # each prompt is cached whole

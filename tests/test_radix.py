@@ -106,3 +106,15 @@ def test_budget_zero_caches_nothing():
     c = RadixCache(0, bytes_per_token=1)
     c.insert([1, 2, 3])
     assert c.cached_tokens == 0
+
+
+def test_insert_with_kv_from_an_offset_caches_only_what_it_has():
+    """A request whose KV holds only its own tokens after a shared prefix (``offset``) caches its new span; with
+    fewer than ``offset`` tokens cached, the KV between is missing and nothing is inserted."""
+    c = RadixCache(1 << 30)
+    c.insert([1, 2, 3], kv_for([1, 2, 3]))
+    assert c.insert([1, 2, 3, 4, 5], [(k[:, :, 2:], v[:, :, 2:]) for k, v in kv_for([1, 2, 3, 4, 5])], offset=2) == 3
+    kv = c.gather(c.match([1, 2, 3, 4, 5, 6]))
+    assert kv[0][0][0, 0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert c.insert([7, 8, 9], [(k[:, :, 1:], v[:, :, 1:]) for k, v in kv_for([7, 8, 9])], offset=1) == 0
+    assert c.match([7, 8, 9, 10]).length == 0
