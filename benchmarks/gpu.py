@@ -241,18 +241,39 @@ def kernel_record(cfg: GpuConfig, model: Any, *, repeats: int = 20,
     pv = torch.randn(layers, hkv, cfg.prefix, d, generator=g).to(device=device, dtype=dtype)
     use_triton = device.type == "cuda" and triton_available()
     scale = d ** -0.5
-
-    def step() -> None:
-        for layer in range(layers):
-            prefix_partial(q, pk[layer], pv[layer], scale=scale, use_triton=use_triton)
-
-    step()
-    best = min(_timed(torch, device, step)[0] for _ in range(repeats))
     kv_bytes = 2 * layers * hkv * cfg.prefix * d * pk.element_size()
+
+    def timed(block_m: int, block_n: int) -> float:
+        def step() -> None:
+            for layer in range(layers):
+                prefix_partial(q, pk[layer], pv[layer], scale=scale, use_triton=use_triton, block_m=block_m,
+                               block_n=block_n)
+
+        step()  # compiled, warm
+        return min(_timed(torch, device, step)[0] for _ in range(repeats))
+
+    # The tile sizes: rows of queries per program (the prefix is read once per block of rows) and KV positions
+    # per loop step. On a CPU only the defaults (the PyTorch path has no tiles).
+    tiles = [(m, n) for m in (64, 128) for n in (32, 64, 128)] if use_triton else [(128, 64)]
+    times, failed = {}, []
+    for tile in tiles:
+        try:
+            times[tile] = timed(*tile)
+        except Exception as exc:  # noqa: BLE001 - a tile too big for the GPU (Triton's OutOfResources) is skipped
+            failed.append(f"{tile[0]}x{tile[1]}: {type(exc).__name__}")
+    if not times:
+        raise RuntimeError(f"the shared-prefix attention ran with no tile size: {'; '.join(failed)}")
+    (block_m, block_n), best = min(times.items(), key=lambda kv: kv[1])
     rec = GpuRecord("kernel", "triton" if use_triton else "torch", cfg.arch, str(device), cfg.batch, cfg.prefix, 0,
                     0, bandwidth_gb_s=kv_bytes / best / 1e9,
                     copy_bandwidth_gb_s=copy_bandwidth(str(device), nbytes=min(1 << 30, 64 * kv_bytes)))
-    rec.notes.append(f"{best * 1e3:.3f} ms per step of {layers} layers; {kv_bytes / 1e6:.1f} MB of prefix KV")
+    rec.notes.append(f"{best * 1e3:.3f} ms per step of {layers} layers; {kv_bytes / 1e6:.1f} MB of prefix KV; "
+                     f"best tiles block_m={block_m} block_n={block_n}")
+    if len(times) > 1:
+        rec.notes.append("GB/s by (block_m, block_n): " + ", ".join(
+            f"{m}x{n} {kv_bytes / t / 1e9:.0f}" for (m, n), t in sorted(times.items())))
+    if failed:
+        rec.notes.append("tiles that did not run: " + ", ".join(failed))
     progress(f"[gpu] kernel {rec.variant}: {rec.bandwidth_gb_s:.0f} GB/s vs copy {rec.copy_bandwidth_gb_s:.0f} GB/s")
     return rec
 
