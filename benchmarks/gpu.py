@@ -11,8 +11,11 @@ Variants (each on a fresh prefix cache, after a warm-up run):
 
 * ``plain``: no prefix cache, one request at a time (what a plain ``generate`` loop does);
 * ``batch``: no prefix cache, the requests decode together;
-* ``radix``: the radix prefix cache, decoding together, plain attention;
-* ``radix+kernel``: the same with the shared-prefix attention (the prefix's KV read once per step).
+* ``radix``: the radix prefix cache, prefilling and decoding together, each request's KV read for itself;
+* ``radix+kernel``: the same with the shared-prefix attention: requests prefill over the cached prefix they share
+  (its KV read from the cache as is) and decode reading it once per step for the batch.
+
+On a GPU every variant but ``plain`` decodes from a CUDA graph (``kernels.batch``).
 
 TTFT is the time until every request of the batch has its first token (a run with ``max_tokens=1``); decode
 tokens/s counts the tokens after the first over the time after TTFT, and is compared with the roofline of a step

@@ -31,14 +31,20 @@ __all__ = ["shared_prefix_attention", "shared_prefix_attention_torch", "referenc
 
 def triton_available() -> bool:
     """Whether the Triton kernel can run here: triton imports, and there is a GPU or the interpreter is on."""
-    import importlib.util
     import os
 
-    if importlib.util.find_spec("triton") is None:
+    if not _has_triton():
         return False
     import torch
 
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:  # asked per layer and step: look once
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _check(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suffix_v: Any, suffix_lens: Any) -> tuple[int, ...]:

@@ -179,3 +179,36 @@ def test_a_batch_prefills_over_its_shared_prefix_without_copying_it_per_row(tiny
     again.cache = fast.cache
     assert [again.generate(p, params).token_ids for p in prompts] == want
     assert all(again.cached_prefix_length(p) == len(p) for p in prompts)  # each prompt is cached whole
+
+
+@pytest.mark.parametrize("arch", ["llama-3-8b", "qwen2.5-1.5b"])
+@pytest.mark.parametrize("shared", [0, 20])
+def test_a_decode_step_has_no_host_sync_so_a_cuda_graph_can_capture_it(arch, shared):
+    """What stops a CUDA graph capture (``.item()``, ``.tolist()``, a Python branch on a tensor's value) is also
+    what stops ``torch.compile(fullgraph=True)``: the step traces as one graph, and computes what it does eagerly."""
+    from tokenomy.kernels.batch import DecodeStep
+    from tokenomy.kernels.hf import TransformersEngine
+
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 512}
+    model = TransformersEngine.dummy(arch, overrides=small, dtype="float32", batch=True).model
+    g = torch.Generator().manual_seed(5)
+    first = [(torch.randn(1, 2, shared + 6, 16, generator=g), torch.randn(1, 2, shared + 6, 16, generator=g))
+             for _ in range(2)]
+    rows = [[(torch.cat([k[:, :, :shared], torch.randn(1, 2, 6, 16, generator=g)], 2),
+              torch.cat([v[:, :, :shared], torch.randn(1, 2, 6, 16, generator=g)], 2)) for k, v in first]
+            for _ in range(2)]
+    lengths = [shared + 3, shared + 6, shared + 4]
+
+    def run(compiled):
+        cache = BatchCache.from_rows([first, *rows], lengths, shared, 12)
+        step = DecodeStep(model, cache)
+        with torch.inference_mode():
+            step([1, 2, 3])  # fills the output buffers
+            step.tokens.copy_(torch.tensor([[4], [5], [6]]))
+            (torch.compile(step._forward, fullgraph=True, backend="eager") if compiled else step._forward)()
+        return step.logits.clone(), cache.lens.tolist()
+
+    eager, traced = run(False), run(True)
+    assert traced[1] == eager[1] == [n - shared + 2 for n in lengths]
+    assert torch.allclose(traced[0], eager[0], atol=1e-5)
