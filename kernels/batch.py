@@ -17,6 +17,7 @@ the prefix once for the batch, each row's own KV up to its length, merged by log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -198,7 +199,8 @@ class DecodeStep:
             except Exception as exc:  # noqa: BLE001 - a model that cannot be captured still decodes eagerly
                 log.warning("decoding without a CUDA graph: capturing the step failed: %r", exc)
                 self.graph = None
-                torch.cuda.synchronize(device)
+                with contextlib.suppress(Exception):  # a broken capture may fail this too; the eager step will say
+                    torch.cuda.synchronize(device)
 
     def _forward(self) -> None:
         cache = self.cache
