@@ -49,6 +49,7 @@ DEFAULT_CACHE_BYTES = 512 * 1024**2
 MIN_SHARED_PREFIX = 16  # fewer shared tokens than this decode with plain attention
 PREFILL_BATCH_TOKENS = 16384  # the most (padded) tokens one batched prefill takes
 DECODE_CHUNK = 256  # a decoding batch's KV buffers grow by at least this many tokens per row at a time
+GRAPH_MIN_STEPS = 8  # a batch with fewer decode steps left than this runs them eagerly, not as a CUDA graph
 
 
 class TransformersEngine(Engine):
@@ -497,12 +498,17 @@ class TransformersEngine(Engine):
         for item in live:
             item.past = None  # the batch cache holds its KV now
         own = [n - shared for n in lengths]
-        step = DecodeStep(self.model, cache, graph=self.cuda_graphs)
+
+        def graphed() -> bool:  # a capture costs about three steps: worth it only for more steps than that
+            steps = max(live[r].decoding.max_new - len(live[r].decoding.gen) for r in alive)
+            return self.cuda_graphs and steps >= GRAPH_MIN_STEPS
+
         alive = list(range(len(live)))
+        step = DecodeStep(self.model, cache, graph=graphed())
         while alive:
             if max(own[r] for r in alive) >= cache.capacity:  # a row's next token would not fit: grow
                 cache = cache.grown(min(need, 2 * cache.capacity))
-                step = DecodeStep(self.model, cache, graph=self.cuda_graphs)
+                step = DecodeStep(self.model, cache, graph=graphed())
             tokens = [item.decoding.gen[-1] for item in live]
             try:
                 step(tokens)

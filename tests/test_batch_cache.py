@@ -212,3 +212,17 @@ def test_a_decode_step_has_no_host_sync_so_a_cuda_graph_can_capture_it(arch, sha
     eager, traced = run(False), run(True)
     assert traced[1] == eager[1] == [n - shared + 2 for n in lengths]
     assert torch.allclose(traced[0], eager[0], atol=1e-5)
+
+
+def test_a_cuda_graph_is_asked_for_only_when_enough_steps_are_left(tiny_engine_factory, tiny_tokenizer, monkeypatch):
+    from tokenomy.kernels import batch
+
+    fast = tiny_engine_factory(prefix_cache=True, batch=True, cuda_graphs=True)  # on a CPU the step stays eager
+    asked = []
+    real = batch.DecodeStep.__init__
+    monkeypatch.setattr(batch.DecodeStep, "__init__",
+                        lambda self, model, cache, graph=False: asked.append(graph) or real(self, model, cache))
+    prompts = [tiny_tokenizer(f"prompt number {i}")["input_ids"] for i in range(2)]
+    fast.generate_batch([Request(prompt=p, params=SamplingParams(max_tokens=4)) for p in prompts])
+    fast.generate_batch([Request(prompt=p, params=SamplingParams(max_tokens=30)) for p in prompts])
+    assert asked == [False, True]
