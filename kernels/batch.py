@@ -50,6 +50,7 @@ class BatchCache:
         b = lens.shape[0]
         self.rows = torch.arange(b, device=lens.device)
         self.seen = torch.zeros(b, dtype=torch.int32, device=lens.device)  # own tokens a step attends to
+        self.at = torch.zeros_like(lens)  # where a step writes each row's new token
         self.active = torch.ones(b, dtype=lens.dtype, device=lens.device)  # rows whose length advances
         self.write_at: Any = None  # a prefill pass: where each token goes, and how far each one sees
         self.visible: Any = None
@@ -120,6 +121,8 @@ class BatchCache:
         """Called by each attention layer with the pass's new ``(K, V)`` (``[B, Hkv, W, D]``): a decode step's
         one token per row is written at each row's length, a prefill pass's tokens where ``start_prefill`` said;
         returns the layer's own buffers (the attention reads ``seen``, or ``visible``, positions of them)."""
+        import torch
+
         ks, vs = self.own[layer_idx]
         if self.write_at is not None:
             if tuple(key.shape[::2]) != tuple(self.write_at.shape):
@@ -130,9 +133,13 @@ class BatchCache:
         if key.shape[2] != 1:
             raise ValueError(f"a batch cache takes one new token per row, not {key.shape[2]}")
         if layer_idx == 0:
-            self.seen.copy_(self.lens + 1)
-        ks[self.rows, :, self.lens] = key[:, :, 0]
-        vs[self.rows, :, self.lens] = value[:, :, 0]
+            # A finished row's length can sit at the end of its buffer (the live rows' grow first): it writes its
+            # last position again and sees no further, never past its buffer.
+            capacity = ks.shape[2]
+            torch.clamp(self.lens, max=capacity - 1, out=self.at)
+            self.seen.copy_(self.at + 1)
+        ks[self.rows, :, self.at] = key[:, :, 0]
+        vs[self.rows, :, self.at] = value[:, :, 0]
         return ks, vs
 
     def advance(self) -> None:

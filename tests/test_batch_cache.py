@@ -226,3 +226,17 @@ def test_a_cuda_graph_is_asked_for_only_when_enough_steps_are_left(tiny_engine_f
     fast.generate_batch([Request(prompt=p, params=SamplingParams(max_tokens=4)) for p in prompts])
     fast.generate_batch([Request(prompt=p, params=SamplingParams(max_tokens=30)) for p in prompts])
     assert asked == [False, True]
+
+
+def test_a_row_that_finishes_at_the_end_of_its_buffer_does_not_write_past_it(tiny_engine_factory, monkeypatch):
+    """The long prompt fills its buffer exactly as it finishes; the short one goes on without the batch growing.
+    The finished row's later writes stay in its buffer (an index error before the fix; a stray write on a GPU)."""
+    from tokenomy.kernels import hf
+
+    monkeypatch.setattr(hf, "DECODE_CHUNK", 2)
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    reqs = [Request(prompt=list(range(40, 50)), params=SamplingParams(max_tokens=3)),
+            Request(prompt=list(range(60, 65)), params=SamplingParams(max_tokens=12))]
+    got = fast.generate_batch(reqs)
+    assert [c.token_ids for c in got] == [plain.generate(r.prompt, r.params).token_ids for r in reqs]
