@@ -157,6 +157,12 @@ class BatchCache:
                  torch.cat([pv, vs[row, :, :length]], dim=1).unsqueeze(0))
                 for (pk, pv), (ks, vs) in zip(self.prefix, self.own, strict=True)]
 
+    def row_parts(self, row: int, length: int) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
+        """Row ``row``'s KV per layer as views, without copying the prefix: the prefix
+        (``[1, Hkv, P, D]``) and its ``length`` own tokens (``[1, Hkv, length, D]``)."""
+        return ([(pk.unsqueeze(0), pv.unsqueeze(0)) for pk, pv in self.prefix],
+                [(ks[row:row + 1, :, :length], vs[row:row + 1, :, :length]) for ks, vs in self.own])
+
     def grown(self, capacity: int) -> BatchCache:
         """The same rows with room for ``capacity`` own tokens each (copied)."""
         own = []

@@ -469,76 +469,66 @@ class TransformersEngine(Engine):
 
     def _decode_together(self, live: list[_Live], results: list[Any]) -> None:
         """One forward pass per step for every live request, over a ``BatchCache`` (the prefix all rows share
-        stored and read once when ``shared_prefix``); finished rows stop advancing, and when half the rows have
-        finished the batch goes on with the others alone. A greedy request (no grammar, no logprobs) takes the
+        stored and read once when ``shared_prefix``); finished rows stop advancing, and when at most half of the
+        rows are left the batch goes on with those alone. A greedy request (no grammar, no logprobs) takes the
         step's argmax, computed on the device: the host reads one token per row, not its logits."""
-        torch = self._torch
-        with torch.inference_mode():
-            while live:
-                live = self._decode_batch(live, results)
-
-    def _decode_batch(self, live: list[_Live], results: list[Any]) -> list[_Live]:
-        """Decode ``live`` over one batch cache until every row finished (returns ``[]``) or until at most half of
-        them are left (returns those, whose KV is back in their ``past``)."""
-        from transformers import DynamicCache
-
         from .batch import BatchCache, DecodeStep
 
         lengths = [len(item.ids) + len(item.decoding.gen) - 1 for item in live]  # tokens whose KV is cached
         shared = self._common_prefix([item.ids for item in live]) if self.shared_prefix else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
-        # Room for every token a row may still generate, but allocated in steps of DECODE_CHUNK as rows need it.
-        need = max(n - shared + item.decoding.max_new - len(item.decoding.gen) + 1
-                   for item, n in zip(live, lengths, strict=True))
-        capacity = min(need, max(lengths) - shared + DECODE_CHUNK)
-        owns = [_kv_range(item.past, shared, n) for item, n in zip(live, lengths, strict=True)]
-        cache = BatchCache.from_parts(_kv_range(live[0].past, 0, shared), shared, owns, capacity)
-        del owns
-        for item in live:
-            item.past = None  # the batch cache holds its KV now
         own = [n - shared for n in lengths]
+        # Room for every token a row may still generate, but allocated in steps of DECODE_CHUNK as rows need it.
+        need = [o + item.decoding.max_new - len(item.decoding.gen) + 1 for item, o in zip(live, own, strict=True)]
+        with self._torch.inference_mode():
+            owns = [_kv_range(item.past, shared, n) for item, n in zip(live, lengths, strict=True)]
+            cache = BatchCache.from_parts(_kv_range(live[0].past, 0, shared), shared, owns,
+                                          min(max(need), max(own) + DECODE_CHUNK))
+            del owns
+            for item in live:
+                item.past = None  # the batch cache holds its KV now
+            alive = list(range(len(live)))
 
-        def graphed() -> bool:  # a capture costs about three steps: worth it only for more steps than that
-            steps = max(live[r].decoding.max_new - len(live[r].decoding.gen) for r in alive)
-            return self.cuda_graphs and steps >= GRAPH_MIN_STEPS
+            def graphed() -> bool:  # a capture costs about three steps: worth it only for more steps than that
+                steps = max(live[r].decoding.max_new - len(live[r].decoding.gen) for r in alive)
+                return self.cuda_graphs and steps >= GRAPH_MIN_STEPS
 
-        alive = list(range(len(live)))
-        step = DecodeStep(self.model, cache, graph=graphed())
-        while alive:
-            if max(own[r] for r in alive) >= cache.capacity:  # a row's next token would not fit: grow
-                cache = cache.grown(min(need, 2 * cache.capacity))
-                step = DecodeStep(self.model, cache, graph=graphed())
-            tokens = [item.decoding.gen[-1] for item in live]
-            try:
-                step(tokens)
-            except Exception as exc:  # noqa: BLE001 - the step failed for the live requests, not the finished ones
-                for r in alive:
-                    results[live[r].index] = self._failed(live[r].req, exc, live[r])
-                return []
-            # The argmax on the device serves every greedy row; the others pick from their logits.
-            picked = step.argmax.tolist() if any(live[r].decoding.fast for r in alive) else None
-            finished = []
-            for r in alive:
-                item = live[r]
-                own[r] += 1
+            step = DecodeStep(self.model, cache, graph=graphed())
+            while alive:
+                if max(own[r] for r in alive) >= cache.capacity:  # a row's next token would not fit: grow
+                    cache = cache.grown(min(max(need[r] for r in alive), 2 * cache.capacity))
+                    step = DecodeStep(self.model, cache, graph=graphed())
                 try:
-                    done = item.decoding.step(step.logits[r], picked[r] if picked is not None else None)
-                except Exception as exc:  # noqa: BLE001 - confined to its slot
-                    results[item.index] = self._failed(item.req, exc, item, cache.row_kv(r, own[r]))
-                    finished.append(r)
+                    step([item.decoding.gen[-1] for item in live])
+                except Exception as exc:  # noqa: BLE001 - the step failed for the live requests, not the finished
+                    for r in alive:
+                        results[live[r].index] = self._failed(live[r].req, exc, live[r])
+                    return
+                # The argmax on the device serves every greedy row; the others pick from their logits.
+                picked = step.argmax.tolist() if any(live[r].decoding.fast for r in alive) else None
+                finished = []
+                for r in alive:
+                    item = live[r]
+                    own[r] += 1
+                    try:
+                        done = item.decoding.step(step.logits[r], picked[r] if picked is not None else None)
+                    except Exception as exc:  # noqa: BLE001 - confined to its slot
+                        results[item.index] = self._failed(item.req, exc, item, _Split(*cache.row_parts(r, own[r])))
+                        finished.append(r)
+                        continue
+                    if done:
+                        results[item.index] = self._finish(item, _Split(*cache.row_parts(r, own[r])))
+                        finished.append(r)
+                if not finished:
                     continue
-                if done:
-                    results[item.index] = self._finish(item, cache.row_kv(r, own[r]))
-                    finished.append(r)
-            if finished:
                 alive = [r for r in alive if r not in finished]
                 cache.active[finished] = 0
                 if alive and len(live) >= 4 and len(alive) <= len(live) // 2:  # go on in a smaller batch
-                    for r in alive:
-                        live[r].past = DynamicCache(ddp_cache_data=cache.row_kv(r, own[r]))
-                    return [live[r] for r in alive]
-        return []
+                    cache = cache.select(alive)
+                    live, own, need = [live[r] for r in alive], [own[r] for r in alive], [need[r] for r in alive]
+                    alive = list(range(len(live)))
+                    step = DecodeStep(self.model, cache, graph=graphed())
 
     @staticmethod
     def _row_kv(cache: Any, mask: Any, row: int) -> list[tuple[Any, Any]]:

@@ -64,6 +64,8 @@ def test_a_batch_whose_rows_mostly_finish_goes_on_smaller_with_the_same_tokens(t
     monkeypatch.setattr(batch.BatchCache, "from_parts", classmethod(
         lambda cls, prefix, shared, owns, capacity: builds.append(len(owns)) or real(cls, prefix, shared, owns,
                                                                                       capacity)))
+    select = batch.BatchCache.select
+    monkeypatch.setattr(batch.BatchCache, "select", lambda self, rows: builds.append(len(rows)) or select(self, rows))
     system = tiny_tokenizer("a team of agents shares this system prompt and its tools. " * 2)["input_ids"]
     prompts = [system + tiny_tokenizer(f" agent {i} " + "x " * i)["input_ids"] for i in range(8)]
     params = [SamplingParams(max_tokens=n) for n in (3, 3, 3, 3, 3, 14, 14, 9)]
