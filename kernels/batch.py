@@ -121,8 +121,6 @@ class BatchCache:
         """Called by each attention layer with the pass's new ``(K, V)`` (``[B, Hkv, W, D]``): a decode step's
         one token per row is written at each row's length, a prefill pass's tokens where ``start_prefill`` said;
         returns the layer's own buffers (the attention reads ``seen``, or ``visible``, positions of them)."""
-        import torch
-
         ks, vs = self.own[layer_idx]
         if self.write_at is not None:
             if tuple(key.shape[::2]) != tuple(self.write_at.shape):
@@ -135,8 +133,7 @@ class BatchCache:
         if layer_idx == 0:
             # A finished row's length can sit at the end of its buffer (the live rows' grow first): it writes its
             # last position again and sees no further, never past its buffer.
-            capacity = ks.shape[2]
-            torch.clamp(self.lens, max=capacity - 1, out=self.at)
+            self.at.copy_(self.lens.clamp(max=ks.shape[2] - 1))
             self.seen.copy_(self.at + 1)
         ks[self.rows, :, self.at] = key[:, :, 0]
         vs[self.rows, :, self.at] = value[:, :, 0]

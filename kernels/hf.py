@@ -233,8 +233,7 @@ class TransformersEngine(Engine):
                     picked = logp.gather(1, torch.tensor(cont, device=self.device)[:, None])[:, 0]
             finally:
                 if self.cache is not None:
-                    if past is not None:
-                        self._keep(seq, past)
+                    self._keep_past(seq, past)
                     self.cache.unlock(match)
         usage = Usage(prompt_tokens=len(seq), cached_prompt_tokens=match.length, completion_tokens=0, calls=1)
         return Scored(cont, [float(v) for v in picked.tolist()], usage)
@@ -264,17 +263,10 @@ class TransformersEngine(Engine):
         finally:
             if self.cache is not None:
                 # Even a cancelled or failed request leaves behind the KV it computed, for the next one.
-                if past is not None:
-                    self._keep(item.ids + d.gen, past)
+                self._keep_past(item.ids + d.gen, past)
                 self.cache.unlock(item.match)
             item.released = True
         return self._completion(item)
-
-    def _keep(self, seq: list[int], past: Any) -> None:
-        """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back)."""
-        kv = _cache_kv(past)
-        if kv is not None:
-            self._keep_kv(seq, kv)
 
     def _keep_kv(self, seq: list[int], kv: list[tuple[Any, Any]]) -> None:
         assert self.cache is not None
@@ -546,8 +538,8 @@ class TransformersEngine(Engine):
         return n
 
     def _keep_past(self, seq: list[int], past: Any) -> None:
-        """Cache the tokens of ``seq`` whose KV ``past`` holds: a ``DynamicCache``, a ``_Split`` or a list of
-        ``(K, V)`` per layer (``None``: nothing)."""
+        """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back): a
+        ``DynamicCache``, a ``_Split`` or a list of ``(K, V)`` per layer (``None``: nothing)."""
         if self.cache is None or past is None:
             return
         if isinstance(past, _Split):

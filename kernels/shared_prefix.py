@@ -77,12 +77,13 @@ def merge_partials(outs: Any, lses: Any) -> tuple[Any, Any]:
     return out, m + torch.log(total)
 
 
-def _partial_torch(q: Any, k: Any, v: Any, valid: Any, scale: float) -> tuple[Any, Any]:
-    """q ``[..., M, D]`` against k/v ``[..., N, D]`` with ``valid`` ``[..., N]``: output and log-sum-exp."""
+def _partial_torch(q: Any, k: Any, v: Any, valid: Any, scale: float, *, per_query: bool = False) -> tuple[Any, Any]:
+    """q ``[..., M, D]`` against k/v ``[..., N, D]`` with ``valid`` ``[..., N]`` (or ``[..., M, N]``,
+    ``per_query``): output and log-sum-exp."""
     import torch
 
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    s = s.masked_fill(~valid.unsqueeze(-2), float("-inf"))
+    s = s.masked_fill(~(valid if per_query else valid.unsqueeze(-2)), float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)).unsqueeze(-1))
     return torch.matmul(p, v.float()), lse
@@ -395,13 +396,9 @@ def prefill_attention(q: Any, prefix_k: Any, prefix_v: Any, own_k: Any, own_v: A
     step = max(1, max_bytes // max(1, b * hq * s * 4))
     k32, v32 = own_k.float().unsqueeze(2), own_v.float().unsqueeze(2)  # [B, Hkv, 1, S, D]
     for j0 in range(0, w, step):
-        qs = q[:, :, j0:j0 + step].float().reshape(b, hkv, g, -1, d)  # [B, Hkv, G, w', D]
-        scores = torch.matmul(qs, k32.transpose(-1, -2)) * scale  # [B, Hkv, G, w', S]
+        qs = q[:, :, j0:j0 + step].reshape(b, hkv, g, -1, d)  # [B, Hkv, G, w', D]
         valid = cols[None, None, :] < visible[:, j0:j0 + step, None]  # [B, w', S]
-        scores = scores.masked_fill(~valid[:, None, None], float("-inf"))
-        part = torch.logsumexp(scores, dim=-1)  # [B, Hkv, G, w']
-        p = torch.exp(scores - torch.where(torch.isfinite(part), part, torch.zeros_like(part)).unsqueeze(-1))
-        o = torch.matmul(p, v32)  # [B, Hkv, G, w', D]
+        o, part = _partial_torch(qs, k32, v32, valid[:, None, None], scale, per_query=True)  # [B, Hkv, G, w', .]
         n = o.shape[3]
         out[:, j0:j0 + n] = o.reshape(b, hq, n, d).transpose(1, 2)
         lse[:, j0:j0 + n] = part.reshape(b, hq, n).transpose(1, 2)
@@ -412,9 +409,9 @@ def prefill_attention(q: Any, prefix_k: Any, prefix_v: Any, own_k: Any, own_v: A
     return out.to(q.dtype)
 
 
-COUNTERS = {"shared_prefix_calls": 0, "batch_cache_calls": 0}
-"""Attention calls (per layer and step) that decoded a batch from a ``BatchCache``, and those of them with a
-shared prefix read once: how tests see which path ran."""
+COUNTERS = {"shared_prefix_calls": 0}
+"""Attention calls (per layer and pass) over a ``BatchCache`` with a shared prefix read once: how tests see that
+the path ran."""
 
 BATCH_CACHE = "tokenomy_batch_cache"
 """The keyword a model's forward passes down to its attention layers: the ``kernels.batch.BatchCache`` the batch
@@ -448,7 +445,6 @@ def install(model: Any) -> None:
                                            scaling=scaling if scaling is not None else module.scaling, **kwargs)
         prefix_k, prefix_v = cache.prefix[module.layer_idx]
         scale = scaling if scaling is not None else module.scaling
-        COUNTERS["batch_cache_calls"] += 1
         if prefix_k.shape[1]:
             COUNTERS["shared_prefix_calls"] += 1
         if cache.visible is not None:  # a prefill pass: [B, W, Hq, D]
