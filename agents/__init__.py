@@ -12,7 +12,12 @@ Every policy is usable as an agent's model (``policy.as_engine()``). Agents talk
 ``tokenomy.kernels``.
 """
 
-from .agent import ROLES, Agent, Role
-from .policy import Format, Policy, PolicyEngine, PolicyResult, Problem
+if __name__ != "tokenomy.agents":  # found as a top-level package from the repository root
+    from tokenomy._toplevel import defer_to_installed
+
+    defer_to_installed(__name__)
+else:
+    from .agent import ROLES, Agent, Role
+    from .policy import Format, Policy, PolicyEngine, PolicyResult, Problem
 
 __all__ = ["Agent", "Role", "ROLES", "Problem", "Format", "Policy", "PolicyEngine", "PolicyResult"]

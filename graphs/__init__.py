@@ -12,10 +12,15 @@ imports torch) choose the agents, edges and rounds a question runs on and are tr
 import importlib
 from typing import Any
 
-from .graph import DECISION, PRESETS, AgentGraph, Budget, Call, Edge, GraphError, Mask, Schedule
-from .render import to_ascii, to_dot, to_mermaid
-from .runtime import GraphResult, GraphTeam
-from .simulator import SimAgent, SimQuestion, Simulator
+if __name__ != "tokenomy.graphs":  # found as a top-level package from the repository root
+    from tokenomy._toplevel import defer_to_installed
+
+    defer_to_installed(__name__)
+else:
+    from .graph import DECISION, PRESETS, AgentGraph, Budget, Call, Edge, GraphError, Mask, Schedule
+    from .render import to_ascii, to_dot, to_mermaid
+    from .runtime import GraphResult, GraphTeam
+    from .simulator import SimAgent, SimQuestion, Simulator
 
 # Training needs torch: its names load on first use, so building and running graphs does not import torch.
 _LAZY = {name: ".train" for name in ("EvalReport", "TeamTask", "TrainConfig", "TrainReport", "evaluate", "is_correct",

@@ -6,13 +6,18 @@ OpenAI-compatible server, the scripted test double), the shared ``Worker`` and i
 graphs. Heavy libraries (torch, transformers, vllm) are imported only when an engine is built.
 """
 
-from .engine import Engine
-from .radix import RadixCache
-from .registry import default_spec, load_engine, parse_spec, shared_engine
-from .scripted import ScriptedEngine
-from .types import CAPABILITY_NAMES, Capabilities, Completion, Grammar, Request, SamplingParams, Scored
-from .usage import Usage, UsageLedger
-from .worker import Router, Worker
+if __name__ != "tokenomy.kernels":  # found as a top-level package from the repository root
+    from tokenomy._toplevel import defer_to_installed
+
+    defer_to_installed(__name__)
+else:
+    from .engine import Engine
+    from .radix import RadixCache
+    from .registry import default_spec, load_engine, parse_spec, shared_engine
+    from .scripted import ScriptedEngine
+    from .types import CAPABILITY_NAMES, Capabilities, Completion, Grammar, Request, SamplingParams, Scored
+    from .usage import Usage, UsageLedger
+    from .worker import Router, Worker
 
 __all__ = [
     "Engine",

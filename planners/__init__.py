@@ -10,21 +10,28 @@ The strategies (``STRATEGIES``): ``rewoo`` (codified plans), and the baselines `
 run without repeating finished model or tool calls.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
-from . import ast
-from .baselines import PlanExecute, React, RewooNL
-from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
-from .exemplars import ORVEL, Exemplar
-from .grammar import PLAN_GRAMMAR, for_tools
-from .parser import PlanParseError, close_plan, parse_plan
-from .printer import plan_steps, print_expr, print_plan, print_rewoo
-from .rewoo import Rewoo
-from .run import Checkpoints, RunResult, RunState, Strategy
-from .validate import Issue, PlanValidationError, check_plan, validate_plan
+if __name__ != "tokenomy.planners":  # found as a top-level package from the repository root
+    from tokenomy._toplevel import defer_to_installed
 
-STRATEGIES: dict[str, type[Strategy]] = {"rewoo": Rewoo, "rewoo-nl": RewooNL, "react": React,
-                                         "plan-execute": PlanExecute}
+    defer_to_installed(__name__)
+else:
+    from . import ast
+    from .baselines import PlanExecute, React, RewooNL
+    from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
+    from .exemplars import ORVEL, Exemplar
+    from .grammar import PLAN_GRAMMAR, for_tools
+    from .parser import PlanParseError, close_plan, parse_plan
+    from .printer import plan_steps, print_expr, print_plan, print_rewoo
+    from .rewoo import Rewoo
+    from .run import Checkpoints, RunResult, RunState, Strategy
+    from .validate import Issue, PlanValidationError, check_plan, validate_plan
+
+    STRATEGIES: dict[str, type[Strategy]] = {"rewoo": Rewoo, "rewoo-nl": RewooNL, "react": React,
+                                             "plan-execute": PlanExecute}
 
 
 def make_strategy(name: str, model: Any, tools: Any, **options: Any) -> Strategy:

@@ -5,11 +5,16 @@ Importing this package imports neither LangChain nor torch/transformers: the Lan
 ``langchain-core`` when called.
 """
 
-from .base import Tool, ToolArgumentError, ToolError, ToolTimeout
-from .builtin import CorpusIndex, calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
-from .decorator import tool
-from .langchain import from_langchain, to_langchain
-from .registry import DuplicateTool, SideEffectsNotAllowed, ToolRegistry, UnknownTool
+if __name__ != "tokenomy.tools":  # found as a top-level package from the repository root
+    from tokenomy._toplevel import defer_to_installed
+
+    defer_to_installed(__name__)
+else:
+    from .base import Tool, ToolArgumentError, ToolError, ToolTimeout
+    from .builtin import CorpusIndex, calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
+    from .decorator import tool
+    from .langchain import from_langchain, to_langchain
+    from .registry import DuplicateTool, SideEffectsNotAllowed, ToolRegistry, UnknownTool
 
 __all__ = [
     "Tool",
