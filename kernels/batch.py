@@ -181,6 +181,15 @@ class BatchCache:
         return BatchCache(self.prefix, [(ks[idx], vs[idx]) for ks, vs in self.own], self.lens[idx].clone())
 
 
+def cache_keyword(model: Any) -> str:
+    """The name under which ``model``'s forward takes its KV cache: ``cache`` since transformers 5.24 (where the
+    old ``past_key_values`` warns that it goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    forward = type(model).forward  # the class's: a wrapper set on the instance (a test's, a profiler's) hides it
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 class DecodeStep:
     """One decode step of a batch over its ``BatchCache``: the model's forward for each row's last token at its
     own position, the float32 logits of every row and their argmax, then the active rows' lengths advance.
@@ -199,7 +208,7 @@ class DecodeStep:
         device = cache.lens.device
         self.tokens = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
         self._mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)  # 4-D: transformers passes it as is
-        self._extra = {BATCH_CACHE: cache}
+        self._extra = {BATCH_CACHE: cache, cache_keyword(model): cache}
         self.logits: Any = None
         self.argmax: Any = None
         self.graph: Any = None
@@ -215,8 +224,8 @@ class DecodeStep:
     def _forward(self) -> None:
         cache = self.cache
         positions = (cache.lens + cache.shared).unsqueeze(1)
-        out = self.model(input_ids=self.tokens, attention_mask=self._mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1, **self._extra)
+        out = self.model(input_ids=self.tokens, attention_mask=self._mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **self._extra)
         logits = out.logits[:, -1].float()
         argmax = logits.argmax(dim=-1)
         if self.logits is None:

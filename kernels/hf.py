@@ -34,6 +34,7 @@ from tokenomy.errors import (
     UserError,
 )
 
+from .batch import cache_keyword
 from .engine import Engine, now
 from .grammar import GrammarCompiler
 from .radix import PrefixMatch, RadixCache
@@ -79,6 +80,7 @@ class TransformersEngine(Engine):
         import torch
 
         self.model = model.eval()
+        self._cache_keyword = cache_keyword(model)
         self.tokenizer = tokenizer
         self.counter = TokenCounter(tokenizer)
         self.spec = spec
@@ -227,8 +229,7 @@ class TransformersEngine(Engine):
                 with torch.inference_mode():
                     past = self._past(match)
                     x = torch.tensor([seq[match.length:]], dtype=torch.long, device=self.device)
-                    out = self.model(input_ids=x, past_key_values=past, use_cache=True,
-                                     logits_to_keep=len(cont) + 1)
+                    out = self._run(past, input_ids=x, logits_to_keep=len(cont) + 1)
                     logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
                     picked = logp.gather(1, torch.tensor(cont, device=self.device)[:, None])[:, 0]
             finally:
@@ -287,8 +288,11 @@ class TransformersEngine(Engine):
     def _forward(self, ids: Sequence[int], past: Any) -> Any:
         torch = self._torch
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float()
+        return self._run(past, input_ids=x, logits_to_keep=1).logits[0, -1].float()
+
+    def _run(self, past: Any, **inputs: Any) -> Any:
+        """The model's forward pass over a KV cache, which it extends."""
+        return self.model(**inputs, **{self._cache_keyword: past}, use_cache=True)
 
     # -- a batch decoding together ----------------------------------------------------------------------
 
@@ -397,8 +401,7 @@ class TransformersEngine(Engine):
             positions[row, wn - len(new):] = torch.arange(c, c + len(new), device=self.device)
             mask[row, wp - c:wp] = 1
             mask[row, wp + wn - len(new):] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                         use_cache=True, logits_to_keep=1)
+        out = self._run(past, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
         for row, item in enumerate(items):
             item.past = DynamicCache(ddp_cache_data=self._row_kv(past, mask, row))
         return out.logits[:, -1].float()
@@ -432,9 +435,9 @@ class TransformersEngine(Engine):
         ids, positions, write_at, visible = plan.to(device)
         cache.start_prefill(write_at, visible)
         try:
-            out = self.model(input_ids=ids, attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device),
-                             position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                             **{BATCH_CACHE: cache})
+            mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)  # 4-D: transformers passes it as is
+            out = self._run(cache, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                            **{BATCH_CACHE: cache})
         finally:
             cache.end_prefill(torch.tensor([len(n) for n in news], dtype=torch.long, device=device))
         prefix = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in cache.prefix]

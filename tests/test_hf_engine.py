@@ -421,3 +421,23 @@ def test_batched_prefill_in_groups_under_a_token_budget_gives_the_same_tokens(ti
     got = together.generate_batch([Request(prompt=p, params=GREEDY) for p in prompts])
     assert [c.token_ids for c in got] == [plain.generate(p, GREEDY).token_ids for p in prompts]
     assert sum(calls) == len(prompts) and max(calls) == (1 if budget == 300 else 2)
+
+
+def test_no_deprecated_argument_on_the_engine_paths(tiny_engine_factory, tiny_tokenizer):
+    """transformers warns (FutureWarning) before it removes an argument: 5.24+ renamed forward's `past_key_values`
+    to `cache` (removed in 5.40). Every path the engine takes (one request, a batch prefilled over a shared
+    prefix and decoded together, scoring, embedding) must warn nothing, so the next release breaks nothing."""
+    import warnings
+
+    prompts = prompts_sharing_prefixes(tiny_tokenizer)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for batch in (False, True):
+            engine = tiny_engine_factory(prefix_cache=True, batch=batch, shared_prefix=batch)
+            engine.generate(prompts[0], SamplingParams(max_tokens=3))  # cached: the batch shares it
+            engine.generate_batch([Request(prompt=p, params=SamplingParams(max_tokens=4)) for p in prompts])
+            engine.score(prompts[1], " tail")
+            engine.embed(prompts[2])
+    deprecated = [w for w in seen if issubclass(w.category, FutureWarning)
+                  or (issubclass(w.category, DeprecationWarning) and "transformers" in (w.filename + str(w.message)))]
+    assert deprecated == [], [f"{w.category.__name__}: {w.message}" for w in deprecated]
