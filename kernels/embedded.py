@@ -16,7 +16,9 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tokenomy.errors import MissingExtra, ModelNotFound
@@ -114,6 +116,10 @@ def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Pa
     if _is_complete(target):
         return target
     src = gguf_path(name)
+    started = time.monotonic()
+    # Tens of seconds without a word would look like a hang: say what is happening, once.
+    print(f"tokenomy: converting the embedded model {name} ({src.name}, {src.stat().st_size / 1e6:.0f} MB) once into "
+          f"{target} (about a minute; later loads take a second)", file=sys.stderr, flush=True)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -139,4 +145,5 @@ def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Pa
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    print(f"tokenomy: converted {name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return target

@@ -107,3 +107,60 @@ def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
     html = (tmp_path / "run.html").read_text()
     assert 'data-agent="planner"' in html and 'data-agent="executor"' in html and 'tk plan-dag' in html
     assert "Who founded Halvane Instruments?" in html
+
+
+def _fake_checkout(where, tmp_path):
+    """A checkout's `.ci/tokenomy` (the real script) over a set-up `.venv` whose `tokenomy` is this Python's."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    repo = where / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parent.parent / ".ci" / "tokenomy", repo / ".ci" / "tokenomy")
+    (repo / ".ci" / "setup").write_text("exit 0\n")  # the environment is this one, already set up
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    entry = repo / ".venv" / "bin" / "tokenomy"
+    entry.write_text(f'#!/bin/sh\nexec {sys.executable} -m tokenomy.cli "$@"\n')
+    for script in (repo / ".ci" / "tokenomy", entry):
+        os.chmod(script, 0o755)
+    return repo
+
+
+@pytest.mark.parametrize("how", ["in the checkout", "from elsewhere"])
+def test_the_viz_command_the_run_prints_works_as_printed(tmp_path, how):
+    import shlex
+
+    repo = _fake_checkout(tmp_path, tmp_path)
+    cwd, prog = (repo, ".ci/tokenomy") if how == "in the checkout" else (tmp_path, "repo/.ci/tokenomy")
+    p = subprocess.run([prog, "run", "Who founded Halvane Instruments?", "--model", "scripted", "--runs-dir", "runs"],
+                       cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr  # the scripted double writes no plan: no answer, but a trace
+    (line,) = [line for line in p.stdout.splitlines() if line.startswith("see it: ")]
+    command = shlex.split(line.removeprefix("see it: "))
+    assert command[:2] == [prog, "viz"]
+    shown = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert list((cwd / "runs").glob("*.html")), shown.stdout
+
+
+def test_a_stopped_run_prints_a_resume_command_with_its_options(tmp_path):
+    import shlex
+
+    from tokenomy.cli import build_parser
+
+    # Nothing listens on port 9: the model call fails and the run stops with what finished checkpointed.
+    options = ["--model", "openai:m@http://127.0.0.1:9/v1", "--corpus", str(tmp_path / "my corpus"),
+               "--checkpoint", str(tmp_path / "ck.sqlite"), "--trace", str(tmp_path / "t.jsonl"), "--llm-tool"]
+    (tmp_path / "my corpus").mkdir()
+    (tmp_path / "my corpus" / "a.md").write_text("Velmora has 412,000 people.\n")
+    p = run("run", "How many people live in Velmora?", "--strategy", "react", "--thread", "t9", *options)
+    assert p.returncode == 1
+    (hint,) = [line for line in p.stderr.splitlines() if "Go on with: " in line]
+    words = shlex.split(hint.split("Go on with: ", 1)[1])
+    assert words[0] == sys.executable or words[0].endswith("tokenomy"), words
+    args = build_parser().parse_args(words[words.index("run"):])
+    assert (args.resume, args.strategy, args.model, args.corpus, args.checkpoint, args.trace, args.llm_tool) == (
+        "t9", "react", options[1], options[3], options[5], options[7], True)
+    again = subprocess.run(words, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "run t9 stopped" in again.stderr  # the same run, stopped at the same call

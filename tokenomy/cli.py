@@ -24,6 +24,9 @@ import argparse
 import importlib.metadata as md
 import importlib.util
 import json
+import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +34,37 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy.errors import TokenomyError
+
+
+def invoked_as() -> str:
+    """How the user runs tokenomy again from where they stand, for the commands this program tells them to run.
+
+    The path they ran ``.ci/tokenomy`` by (it sets ``TOKENOMY_PROG``); ``tokenomy`` where that name on the PATH is
+    this install's script; else this install's script by its path; else this Python with ``-m tokenomy.cli``.
+    """
+    prog = os.environ.get("TOKENOMY_PROG")
+    if prog:
+        return shlex.quote(prog)
+    script = Path(sys.executable).parent / "tokenomy"  # not resolved: a venv's python is a link out of the venv
+    if script.is_file():
+        on_path = shutil.which("tokenomy")
+        if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+            return "tokenomy"
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m tokenomy.cli"
+
+
+def _resume_command(args: argparse.Namespace, thread_id: str) -> str:
+    """The command that goes on with this run: every option that decides where its checkpoint, trace, corpus,
+    model and tools are."""
+    words = ["run", "--resume", thread_id, "--strategy", args.strategy]
+    for flag, value in (("--model", args.model), ("--corpus", args.corpus), ("--checkpoint", args.checkpoint),
+                        ("--trace", args.trace), ("--runs-dir", args.runs_dir)):
+        if value:
+            words += [flag, value]
+    if args.llm_tool:
+        words.append("--llm-tool")
+    return " ".join([args.prog, *map(shlex.quote, words)])
 
 
 def _version(dist: str) -> str:
@@ -135,9 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 result = strategy.run(args.question, thread_id=thread_id, checkpoints=store)
         except (TokenomyError, KeyboardInterrupt):
-            print(f"tokenomy: run {thread_id} stopped; what finished is in {checkpoint_path}. Go on with: tokenomy "
-                  f"run --resume {thread_id} --strategy {args.strategy}" + (f" --model {args.model}" if args.model
-                                                                            else ""), file=sys.stderr)
+            print(f"tokenomy: run {thread_id} stopped; what finished is in {checkpoint_path}. Go on with: "
+                  f"{_resume_command(args, thread_id)}", file=sys.stderr)
             raise
         finally:
             store.close()
@@ -161,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ledger.record(usage, agent)
         print(ledger.table())
         print(f"\nmodel: {engine.spec}   run: {thread_id}   trace: {trace_path}")
-        print(f"see it: tokenomy viz {trace_path}")
+        print(f"see it: {args.prog} viz {shlex.quote(str(trace_path))}")
     return 0 if result.answer is not None else 1
 
 
@@ -449,6 +482,7 @@ def _quiet_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.prog = invoked_as()
     if args.command == "run" and not args.resume and not args.question.strip():
         print("tokenomy: error: give a question (or --resume ID)", file=sys.stderr)
         return 2

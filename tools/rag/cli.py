@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 __all__ = ["cmd_ingest", "cmd_ask", "default_store_path"]
@@ -54,6 +55,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest_command(args: argparse.Namespace, path: Path) -> str:
+    # `prog`: how the user runs tokenomy from where they stand (tokenomy.cli sets it).
+    return f"{getattr(args, 'prog', 'tokenomy')} rag ingest DIR --store {shlex.quote(str(path))}"
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from tokenomy.errors import UserError
     from tokenomy.kernels import default_spec, load_engine
@@ -63,10 +69,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     path = _store(args.store)
     if not path.exists():
-        raise UserError(f"no store at {path}: run `tokenomy rag ingest DIR --store {path}` first")
+        raise UserError(f"no store at {path}: run `{_ingest_command(args, path)}` first")
     with RagStore(path) as store:
         if store.stats()["chunks"] == 0:
-            raise UserError(f"the store {path} is empty: run `tokenomy rag ingest DIR --store {path}` first")
+            raise UserError(f"the store {path} is empty: run `{_ingest_command(args, path)}` first")
         retriever = args.retriever or ("hybrid" if store.embedder_name else "bm25")
         pipe = RagPipeline(store, model=load_engine(args.model or default_spec()), retriever=retriever,
                            compressor=args.compressor, budget_tokens=args.budget, k=args.k)
