@@ -21,16 +21,21 @@ from tokenomy._toplevel import FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Prints, for each folder name, what `import name` gives: the file of the module, or the error's type and message.
+# Prints, for each folder name, what `import name` gives: the module's file (None for a namespace package) and
+# whether tokenomy's code ran under that name, or the error's type and message; then what transformers' probe
+# for an optional package says of the name.
 PROBE = textwrap.dedent("""
     import importlib, json, sys
+    from transformers.utils.import_utils import _is_package_available
     seen = {}
     for name in sys.argv[1:]:
+        probe = list(_is_package_available(name, return_version=True))
         try:
             module = importlib.import_module(name)
-            seen[name] = ["file", getattr(module, "__file__", None) or list(module.__path__)[0]]
+            ours = (module.__doc__ or "").startswith("tokenomy.")  # every folder's docstring starts so
+            seen[name] = ["module", getattr(module, "__file__", None), ours, probe]
         except ImportError as exc:
-            seen[name] = [type(exc).__name__, str(exc)]
+            seen[name] = [type(exc).__name__, str(exc), probe]
     print(json.dumps(seen))
 """)
 
@@ -62,7 +67,7 @@ def test_from_the_root_an_installed_package_wins_over_the_folder(tmp_path):
     _fake_packages(tmp_path / "site")
     seen = _probe(ROOT, pythonpath=tmp_path / "site")
     for name in FOLDERS:
-        assert seen[name] == ["file", str(tmp_path / "site" / name / "__init__.py")], name
+        assert seen[name][:3] == ["module", str(tmp_path / "site" / name / "__init__.py"), False], name
     # Submodules come from the installed package too, and so do its attributes.
     code = "import kernels.sub, agents; print(kernels.sub.VALUE, agents.WHO)"
     out = _python("-c", code, pythonpath=tmp_path / "site")
@@ -70,16 +75,23 @@ def test_from_the_root_an_installed_package_wins_over_the_folder(tmp_path):
 
 
 def test_from_the_root_imports_as_from_anywhere_else(tmp_path):
-    """Differential: what `import kernels` etc. give in the root equals what they give in another folder (the real
-    Hugging Face `kernels` where transformers installed it; ModuleNotFoundError where nothing is installed)."""
+    """Differential: what `import kernels` etc. give in the root is what they give in another folder (the real
+    Hugging Face `kernels` where transformers installed it), and what transformers' probe for an optional package
+    says too. Where nothing is installed, the root gives what Python gives for any folder without an __init__
+    there: an empty namespace package (transformers 5.16 imports it to probe, and crashed on an ImportError)."""
     elsewhere = _probe(tmp_path)
     at_root = _probe(ROOT)
     for name in FOLDERS:
-        if elsewhere[name][0] == "file":
+        assert at_root[name][-1] == elsewhere[name][-1], name  # transformers' probe: installed or not, the same
+        if elsewhere[name][0] == "module":
             assert at_root[name] == elsewhere[name], name
-        else:
-            assert at_root[name][0] == "ModuleNotFoundError", at_root[name]
-            assert f"import it as tokenomy.{name}" in at_root[name][1]
+        else:  # not installed: at the root, an empty namespace package (a folder's), never tokenomy's code
+            assert elsewhere[name][0] == "ModuleNotFoundError"
+            assert at_root[name][:3] == ["module", None, False], at_root[name]
+    code = "import agents\ntry:\n    agents.Agent\nexcept AttributeError as exc:\n    print(exc)\n"
+    out = _python("-c", code)
+    if elsewhere["agents"][0] != "module":
+        assert "import it so" in out.stdout and "tokenomy.agents" in out.stdout, out.stdout + out.stderr
     # tokenomy's own sub-packages are unaffected.
     out = _python("-c", "import tokenomy.kernels, tokenomy.planners as p; print(sorted(p.STRATEGIES))")
     assert out.returncode == 0 and "rewoo" in out.stdout, out.stderr
@@ -102,13 +114,10 @@ def test_transformers_imports_from_the_root(how):
 
 def test_in_this_suite_the_root_is_on_sys_path_and_kernels_is_not_the_folder():
     assert any(Path(p or ".").resolve() == ROOT for p in sys.path)  # pytest put it there (tests/__init__.py)
-    try:
-        module = importlib.import_module("kernels")
-    except ModuleNotFoundError as exc:
-        assert "tokenomy.kernels" in str(exc)
-        assert "kernels" not in sys.modules
-    else:
-        assert not Path(module.__file__ or "").resolve().is_relative_to(ROOT / "kernels")
+    module = importlib.import_module("kernels")
+    assert not (module.__doc__ or "").startswith("tokenomy.kernels")  # not tokenomy.kernels' code
+    file = getattr(module, "__file__", None)
+    assert file is None or not Path(file).resolve().is_relative_to(ROOT / "kernels")
 
 
 def test_a_failing_installed_package_fails_as_itself(tmp_path):

@@ -6,8 +6,8 @@
 ``import kernels`` finds the folder before any installed package of that name: Hugging Face's ``kernels``, which
 transformers imports, the ``agents`` of the OpenAI Agents SDK, PyPI's ``tools`` or ``graphs``. Each folder's
 ``__init__`` therefore checks the name it was imported under; imported as a top-level module, it calls
-``defer_to_installed``, which loads the installed package in its place or, where there is none, fails the way the
-import would have failed without the folder.
+``defer_to_installed``, which loads the installed package in its place or, where there is none, gives an empty
+namespace package, as Python does for a folder without an ``__init__``.
 
 This module is a leaf: it imports nothing from tokenomy.
 """
@@ -20,6 +20,8 @@ import os
 import sys
 from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 __all__ = ["FOLDERS", "defer_to_installed"]
 
@@ -63,16 +65,17 @@ def defer_to_installed(name: str) -> None:
 
     Called by a folder's ``__init__`` when it runs under its bare name. The import statement that found the folder
     then returns the installed package (``importlib`` reads the module back from ``sys.modules`` after running
-    it). Raises:
-        ModuleNotFoundError: no package of that name is installed; the message says what the folder is.
+    it). Where no package of that name is installed, it returns what Python gives for a folder without an
+    ``__init__``: an empty namespace package (no ``__file__``, no version, no submodules), never tokenomy's code.
+    Libraries that probe for an optional package by importing it (transformers does, for ``kernels``) then see
+    that it is not installed.
     """
     stand_in = sys.modules[name]
     folder = Path(stand_in.__file__ or "").resolve().parent
     spec = _installed_spec(name, folder)
     if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(
-            f"No module named {name!r} (the folder {folder} is tokenomy.{name}: import it as tokenomy.{name})",
-            name=name)
+        sys.modules[name] = _empty_namespace(name, folder)
+        return
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -81,3 +84,15 @@ def defer_to_installed(name: str) -> None:
         if sys.modules.get(name) is module:
             sys.modules[name] = stand_in  # the import machinery removes the failed module under its name
         raise
+
+
+def _empty_namespace(name: str, folder: Path) -> ModuleType:
+    module = importlib.util.module_from_spec(ModuleSpec(name, None, is_package=True))
+
+    def __getattr__(attr: str) -> Any:
+        # Dunder probes (__file__, __version__, ...) get a plain AttributeError, as on any namespace package.
+        hint = "" if attr.startswith("__") else f": the folder {folder} is tokenomy.{name}; import it so"
+        raise AttributeError(f"module {name!r} (no package of this name is installed) has no attribute {attr!r}{hint}")
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return module
