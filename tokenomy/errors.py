@@ -21,6 +21,11 @@ This module is a leaf: it imports nothing from tokenomy, so every layer (``kerne
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
+
 __all__ = [
     "TokenomyError",
     "UserError",
@@ -53,7 +58,8 @@ class UnknownModelSpec(UserError):
 class MissingExtra(UserError, ImportError):
     """An optional backend is used without its extra installed.
 
-    The message names the exact ``pip install`` command to run.
+    The message names the exact ``pip install`` command to run, for this Python: where the ``pip`` on the PATH
+    is another Python's (a ``.venv`` that is not activated, as ``.ci/tokenomy`` runs it), ``<this python> -m pip``.
     """
 
     def __init__(self, package: str, extra: str | None, what: str = "", install: str | None = None) -> None:
@@ -63,8 +69,16 @@ class MissingExtra(UserError, ImportError):
         what = what or package
         super().__init__(
             f"{what} needs the optional package {package!r}, which is not installed. "
-            f"Install it with: {self.install}"
+            f"Install it with: {_for_this_python(self.install)}"
         )
+
+
+def _for_this_python(command: str) -> str:
+    pip = shutil.which("pip")
+    mine = os.path.join(os.path.dirname(sys.executable), "pip")
+    if not command.startswith("pip ") or (pip and os.path.realpath(pip) == os.path.realpath(mine)):
+        return command
+    return f"{shlex.quote(sys.executable)} -m {command}"
 
 
 class ModelNotFound(UserError, FileNotFoundError):
