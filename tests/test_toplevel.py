@@ -74,6 +74,14 @@ def test_from_the_root_an_installed_package_wins_over_the_folder(tmp_path):
     assert out.returncode == 0 and out.stdout.split() == ["42", "installed", "agents"], out.stderr
 
 
+def test_an_installed_namespace_package_wins_too(tmp_path):
+    (tmp_path / "tools").mkdir()  # a namespace portion (no __init__), as some distributions ship
+    (tmp_path / "tools" / "sub.py").write_text("VALUE = 7\n")
+    out = _python("-c", "import tools, tools.sub; print(tools.sub.VALUE, list(tools.__path__))", pythonpath=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(maxsplit=1) == ["7", f"[{str(tmp_path / 'tools')!r}]\n"]
+
+
 def test_from_the_root_imports_as_from_anywhere_else(tmp_path):
     """Differential: what `import kernels` etc. give in the root is what they give in another folder (the real
     Hugging Face `kernels` where transformers installed it), and what transformers' probe for an optional package

@@ -73,11 +73,13 @@ def defer_to_installed(name: str) -> None:
     stand_in = sys.modules[name]
     folder = Path(stand_in.__file__ or "").resolve().parent
     spec = _installed_spec(name, folder)
-    if spec is None or spec.loader is None:
+    if spec is None:
         sys.modules[name] = _empty_namespace(name, folder)
         return
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    if spec.loader is None:  # an installed namespace package (Python 3.10): nothing to run
+        return
     try:
         spec.loader.exec_module(module)
     except BaseException:
