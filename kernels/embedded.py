@@ -12,6 +12,7 @@ reads that in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tokenomy.errors import MissingExtra, ModelNotFound
@@ -115,6 +117,31 @@ def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Pa
     target = converted_dir(name)
     if _is_complete(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Processes that start at once on a new machine (.ci/run sets up two environments side by side) convert once:
+    # the others wait for the first, then find the model complete.
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        if not _is_complete(target):
+            _convert(name, dtype, target)
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the temporary directory and rename still keep a model whole
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _convert(name: str, dtype: str, target: Path) -> None:
     src = gguf_path(name)
     started = time.monotonic()
     # Tens of seconds without a word would look like a hang: say what is happening, once.
@@ -123,7 +150,6 @@ def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Pa
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
@@ -146,4 +172,3 @@ def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"tokenomy: converted {name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    return target
