@@ -109,7 +109,7 @@ def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
     assert "Who founded Halvane Instruments?" in html
 
 
-def _fake_checkout(where, tmp_path):
+def _fake_checkout(where):
     """A checkout's `.ci/tokenomy` (the real script) over a set-up `.venv` whose `tokenomy` is this Python's."""
     import os
     import shutil
@@ -131,7 +131,7 @@ def _fake_checkout(where, tmp_path):
 def test_the_viz_command_the_run_prints_works_as_printed(tmp_path, how):
     import shlex
 
-    repo = _fake_checkout(tmp_path, tmp_path)
+    repo = _fake_checkout(tmp_path)
     cwd, prog = (repo, ".ci/tokenomy") if how == "in the checkout" else (tmp_path, "repo/.ci/tokenomy")
     p = subprocess.run([prog, "run", "Who founded Halvane Instruments?", "--model", "scripted", "--runs-dir", "runs"],
                        cwd=cwd, capture_output=True, text=True, timeout=300)
