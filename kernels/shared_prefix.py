@@ -26,7 +26,17 @@ from typing import Any
 
 __all__ = ["shared_prefix_attention", "shared_prefix_attention_torch", "reference_attention", "merge_partials",
            "decode_attention", "prefill_attention", "prefix_partial", "masked_partial", "triton_available", "install",
-           "BATCH_CACHE", "COUNTERS"]
+           "BATCH_CACHE", "COUNTERS", "TILES"]
+
+
+TILES: dict[str, int] = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+"""The Triton kernel's launch settings where a caller names none: rows of queries per program (``block_m``, the
+prefix is read once per block of rows), KV positions per loop step (``block_n``), warps per program and software
+pipeline stages. ``tokenomy bench gpu`` sweeps them on the GPU it runs on (its ``kernel`` record)."""
+
+
+def _tile(name: str, value: int | None) -> int:
+    return TILES[name] if value is None else value
 
 
 def triton_available() -> bool:
@@ -125,14 +135,9 @@ def reference_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suf
 
 # -- the Triton kernel -----------------------------------------------------------------------------------------
 
-_KERNEL: Any = None
-
-
+@functools.lru_cache(maxsize=1)
 def _kernel() -> Any:
     """Compile-on-first-use: triton is imported only when the kernel runs."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import triton
     import triton.language as tl
 
@@ -211,8 +216,48 @@ def _kernel() -> Any:
                  mask=row_ok[:, None])
         tl.store(L + split * stride_ls + b * stride_lb + qh, lse, mask=row_ok)
 
-    _KERNEL = partial_attention
-    return _KERNEL
+    return partial_attention
+
+
+@functools.lru_cache(maxsize=1)
+def _merge_kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def merge(O, L, Out, Lse, n_parts, stride_os, stride_ls,
+              PARTS: tl.constexpr, HEAD_DIM: tl.constexpr, WRITE_LSE: tl.constexpr):
+        """One program per (request, query head): the ``n_parts`` partial outputs ``O[i, row]`` with log-sum-exps
+        ``L[i, row]`` merged into ``Out[row]`` (in ``Out``'s dtype) and, with ``WRITE_LSE``, ``Lse[row]``."""
+        row = tl.program_id(0)
+        parts = tl.arange(0, PARTS)
+        ok = parts < n_parts
+        lse = tl.load(L + parts * stride_ls + row, mask=ok, other=float("-inf"))
+        m = tl.max(lse, axis=0)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        w = tl.where(ok, tl.exp(lse - m), 0.0)  # 0 for an empty part (lse -inf)
+        total = tl.sum(w, axis=0)
+        dims = tl.arange(0, HEAD_DIM)
+        o = tl.load(O + parts[:, None] * stride_os + row * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+        out = tl.sum(w[:, None] * o, axis=0) / tl.maximum(total, 1e-30)
+        tl.store(Out + row * HEAD_DIM + dims, out.to(Out.dtype.element_ty))
+        if WRITE_LSE:
+            tl.store(Lse + row, tl.where(total > 0, m + tl.log(tl.maximum(total, 1e-30)), float("-inf")))
+
+    return merge
+
+
+def _merge_triton(outs: Any, lses: Any, dtype: Any, *, with_lse: bool = False) -> tuple[Any, Any]:
+    """``merge_partials`` in one launch: ``outs`` ``[N, B, Hq, D]`` and ``lses`` ``[N, B, Hq]`` (contiguous,
+    float32) into ``[B, Hq, D]`` of ``dtype`` (and the log-sum-exp ``[B, Hq]`` with ``with_lse``, else ``None``)."""
+    import torch
+
+    n, b, hq, d = outs.shape
+    out = torch.empty(b, hq, d, dtype=dtype, device=outs.device)
+    lse = torch.empty(b, hq, dtype=torch.float32, device=outs.device) if with_lse else out
+    _merge_kernel()[(b * hq,)](outs, lses, out, lse, n, outs.stride(0), lses.stride(0),
+                               PARTS=_pow2(n, 2), HEAD_DIM=d, WRITE_LSE=with_lse, num_warps=1)
+    return out, (lse if with_lse else None)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -224,8 +269,8 @@ def _pow2(n: int, lo: int) -> int:
 
 
 def shared_prefix_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suffix_v: Any, suffix_lens: Any, *,
-                            scale: float | None = None, prefix_splits: int | None = None, block_n: int = 64,
-                            block_m: int = 128, suffix_splits: int | None = None) -> Any:
+                            scale: float | None = None, prefix_splits: int | None = None, block_n: int | None = None,
+                            block_m: int | None = None, suffix_splits: int | None = None) -> Any:
     """The cascade with the Triton kernel; returns ``[B, Hq, D]`` in ``q``'s dtype.
 
     ``prefix_splits``/``suffix_splits``: programs along the prefix (per block of rows) and along each suffix
@@ -244,59 +289,136 @@ def shared_prefix_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any,
 
 
 def decode_attention(q: Any, prefix_k: Any, prefix_v: Any, own_k: Any, own_v: Any, own_lens: Any, *, scale: float,
-                     use_triton: bool | None = None, block_n: int = 64, block_m: int = 128,
+                     use_triton: bool | None = None, block_n: int | None = None, block_m: int | None = None,
                      prefix_splits: int | None = None, suffix_splits: int | None = None) -> Any:
     """One decode step's attention for a batch: every request's queries (``[B, Hq, D]``) over the prefix they
     share (``[Hkv, P, D]``, read once for the batch; ``P`` may be 0) and over its own KV (``[B, Hkv, S, D]``, the
     first ``own_lens[b]`` positions valid), merged by log-sum-exp; ``[B, Hq, D]`` in ``q``'s dtype. The Triton
-    kernel where it can run (``use_triton=None``: on a GPU with triton), else PyTorch."""
+    kernel where it can run (``use_triton=None``: on a GPU with triton), else PyTorch.
+
+    With Triton a step is three launches whatever the splits: the prefix's partials and the own partials go into
+    one buffer, and one merge kernel combines them (a decode step runs this per layer: launches, not bytes, are
+    what it costs at these sizes)."""
     import torch
 
     d = q.shape[2]
     if use_triton is None:
         use_triton = q.is_cuda and triton_available() and not (d & (d - 1)) and d >= 16
-    own = _own_partial(q, own_k, own_v, own_lens, scale=scale, use_triton=use_triton, block_n=block_n,
-                       splits=suffix_splits)
-    if not prefix_k.shape[1]:
-        return own[0].to(q.dtype)
-    pre = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=use_triton, block_n=block_n,
-                         block_m=block_m, splits=prefix_splits)
-    out, _ = merge_partials(torch.stack([pre[0], own[0]]), torch.stack([pre[1], own[1]]))
-    return out.to(q.dtype)
+    if not use_triton:
+        own = _own_partial(q, own_k, own_v, own_lens, scale=scale, use_triton=False)
+        if not prefix_k.shape[1]:
+            return own[0].to(q.dtype)
+        pre = prefix_partial(q, prefix_k, prefix_v, scale=scale, use_triton=False)
+        out, _ = merge_partials(torch.stack([pre[0], own[0]]), torch.stack([pre[1], own[1]]))
+        return out.to(q.dtype)
+    q = q.contiguous()
+    own_launch = _OwnLaunch(q, own_k, own_v, own_lens, block_n=block_n, splits=suffix_splits)
+    pre_launch = _PrefixLaunch(q, prefix_k, prefix_v, block_n=block_n, block_m=block_m, splits=prefix_splits) \
+        if prefix_k.shape[1] else None
+    n_pre = pre_launch.splits if pre_launch is not None else 0
+    outs, lses = _partials(n_pre + own_launch.splits, q)
+    if pre_launch is not None:
+        pre_launch.run(outs[:n_pre], lses[:n_pre], scale)
+    own_launch.run(outs[n_pre:], lses[n_pre:], scale)
+    return _merge_triton(outs, lses, q.dtype)[0]
 
 
-def _own_partial(q: Any, k: Any, v: Any, lens: Any, *, scale: float, use_triton: bool, block_n: int = 64,
+POISON_PARTIALS = False
+"""Tests set this: partial buffers then start as NaN, so a slot the kernels leave unwritten shows in the result
+(otherwise they are left uninitialised: every slot is written)."""
+
+
+def _partials(n: int, q: Any) -> tuple[Any, Any]:
+    """Buffers for ``n`` partial outputs ``[n, B, Hq, D]`` and log-sum-exps ``[n, B, Hq]`` (float32)."""
+    import torch
+
+    b, hq, d = q.shape
+    make = functools.partial(torch.full, fill_value=float("nan")) if POISON_PARTIALS else torch.empty
+    return (make((n, b, hq, d), dtype=torch.float32, device=q.device),
+            make((n, b, hq), dtype=torch.float32, device=q.device))
+
+
+class _OwnLaunch:
+    """The Triton launch of each request's queries over its own KV (the first ``lens[b]`` of ``S`` positions),
+    split along ``S`` when the batch alone does not give the GPU enough programs."""
+
+    def __init__(self, q: Any, k: Any, v: Any, lens: Any, *, block_n: int | None = None, splits: int | None = None,
+                 num_warps: int | None = None, num_stages: int | None = None) -> None:
+        import torch
+
+        b, hq, d = q.shape
+        hkv, s = k.shape[1], k.shape[2]
+        self.block_n = _tile("block_n", block_n)
+        self.q, self.k, self.v = q, k.contiguous(), v.contiguous()
+        self.lens = lens.to(device=q.device, dtype=torch.int32)
+        self.g, self.hkv, self.b, self.s, self.d = hq // hkv, hkv, b, s, d
+        splits = splits or _splits(q.device, hkv * b, s, hkv * s * d * k.element_size() * 2 * b, b * hq * d * 4,
+                                   self.block_n)
+        self.split_len = _ceil(_ceil(max(s, 1), splits), self.block_n) * self.block_n
+        self.splits = max(1, _ceil(s, self.split_len))
+        self.launch = {"num_warps": _tile("num_warps", num_warps), "num_stages": _tile("num_stages", num_stages)}
+
+    def run(self, outs: Any, lses: Any, scale: float) -> None:
+        q, k, v = self.q, self.k, self.v
+        _kernel()[(self.hkv, self.b, self.splits)](
+            q, k, v, self.lens, outs, lses, scale,
+            q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), k.stride(2),
+            outs.stride(0), outs.stride(1), outs.stride(2),
+            lses.stride(0), lses.stride(1),
+            self.g, self.g, self.s, self.split_len,
+            SHARED=False, BLOCK_M=_pow2(self.g, 16), BLOCK_N=self.block_n, HEAD_DIM=self.d, **_precision(q),
+            **self.launch)
+
+
+class _PrefixLaunch:
+    """The Triton launch of every request's queries over one shared prefix: the rows of a KV head (every request's
+    queries in its group) in blocks of ``block_m``, so each block of the prefix's KV is loaded once per block of
+    rows; the prefix split along its length so that the GPU has programs to spare."""
+
+    def __init__(self, q: Any, k: Any, v: Any, *, block_n: int | None = None, block_m: int | None = None,
+                 splits: int | None = None, num_warps: int | None = None, num_stages: int | None = None) -> None:
+        b, hq, d = q.shape
+        hkv, p, _ = k.shape
+        self.block_n = _tile("block_n", block_n)
+        self.q, self.k, self.v = q, k.contiguous(), v.contiguous()
+        self.g, self.hkv, self.p, self.d = hq // hkv, hkv, p, d
+        self.rows = b * self.g
+        self.bm = min(_pow2(self.rows, 16), _pow2(_tile("block_m", block_m), 16))
+        splits = splits or _splits(q.device, hkv * _ceil(self.rows, self.bm), p, hkv * p * d * k.element_size() * 2,
+                                   b * hq * d * 4, self.block_n)
+        self.split_len = _ceil(_ceil(max(p, 1), splits), self.block_n) * self.block_n
+        self.splits = max(1, _ceil(p, self.split_len))
+        self.launch = {"num_warps": _tile("num_warps", num_warps), "num_stages": _tile("num_stages", num_stages)}
+
+    def run(self, outs: Any, lses: Any, scale: float) -> None:
+        q, k, v = self.q, self.k, self.v
+        _kernel()[(self.hkv, _ceil(self.rows, self.bm), self.splits)](
+            q, k, v, q, outs, lses, scale, q.stride(0), q.stride(1),  # q stands in for the lengths: not read
+            0, k.stride(0), k.stride(1), outs.stride(0), outs.stride(1), outs.stride(2),
+            lses.stride(0), lses.stride(1), self.rows, self.g, self.p, self.split_len,
+            SHARED=True, BLOCK_M=self.bm, BLOCK_N=self.block_n, HEAD_DIM=self.d, **_precision(q), **self.launch)
+
+
+def _own_partial(q: Any, k: Any, v: Any, lens: Any, *, scale: float, use_triton: bool, block_n: int | None = None,
                  splits: int | None = None) -> tuple[Any, Any]:
     """Each request's queries over its own KV (the first ``lens[b]`` of ``S`` positions): float32 output and
     log-sum-exp (``-inf`` where a request has none)."""
     import torch
 
-    b, hq, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    g = hq // hkv
     if not use_triton:
-        valid = torch.arange(s, device=q.device)[None, :] < lens.to(q.device)[:, None]
+        valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens.to(q.device)[:, None]
         return masked_partial(q, k, v, valid, scale=scale)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    lens = lens.to(device=q.device, dtype=torch.int32)
-    # Split each request's KV along its length when the batch alone does not give the GPU enough programs.
-    splits = splits or _splits(q.device, hkv * b, s, hkv * s * d * k.element_size() * 2 * b, b * hq * d * 4, block_n)
-    split_len = _ceil(_ceil(max(s, 1), splits), block_n) * block_n
-    splits = max(1, _ceil(s, split_len))
-    # NaN first, so a row the kernel left unwritten shows in the result.
-    outs = torch.full((splits, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
-    lses = torch.full((splits, b, hq), float("nan"), dtype=torch.float32, device=q.device)
-    _kernel()[(hkv, b, splits)](
-        q, k, v, lens, outs, lses, scale,
-        q.stride(0), q.stride(1),
-        k.stride(0), k.stride(1), k.stride(2),
-        outs.stride(0), outs.stride(1), outs.stride(2),
-        lses.stride(0), lses.stride(1),
-        g, g, s, split_len,
-        SHARED=False, BLOCK_M=_pow2(g, 16), BLOCK_N=block_n, HEAD_DIM=d, **_precision(q))
-    if splits == 1:
+    launch = _OwnLaunch(q.contiguous(), k, v, lens, block_n=block_n, splits=splits)
+    return _run_partials(launch, scale)
+
+
+def _run_partials(launch: _OwnLaunch | _PrefixLaunch, scale: float) -> tuple[Any, Any]:
+    outs, lses = _partials(launch.splits, launch.q)
+    launch.run(outs, lses, scale)
+    if launch.splits == 1:
         return outs[0], lses[0]
-    return merge_partials(outs, lses)
+    return _merge_triton(outs, lses, outs.dtype, with_lse=True)
 
 
 def _precision(q: Any) -> dict[str, bool]:
@@ -329,7 +451,8 @@ def _splits(device: Any, programs: int, length: int, kv_bytes: int, out_bytes: i
 
 
 def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_triton: bool | None = None,
-                   block_n: int = 64, block_m: int = 128, splits: int | None = None) -> tuple[Any, Any]:
+                   block_n: int | None = None, block_m: int | None = None, splits: int | None = None,
+                   num_warps: int | None = None, num_stages: int | None = None) -> tuple[Any, Any]:
     """Attention of every request's queries (``[B, Hq, D]``) over one shared prefix (``[Hkv, P, D]``): the
     float32 output ``[B, Hq, D]`` and log-sum-exp ``[B, Hq]``, the prefix's KV read once for the batch. The
     Triton kernel where it can run (``use_triton=None``: on a GPU with triton), else one batched matmul."""
@@ -346,25 +469,9 @@ def prefix_partial(q: Any, prefix_k: Any, prefix_v: Any, *, scale: float, use_tr
                                 scale)
         return (o.view(hkv, b, g, d).permute(1, 0, 2, 3).reshape(b, hq, d),
                 lse.view(hkv, b, g).permute(1, 0, 2).reshape(b, hq))
-    q = q.contiguous()
-    prefix_k, prefix_v = prefix_k.contiguous(), prefix_v.contiguous()
-    rows = b * g
-    bm = min(_pow2(rows, 16), _pow2(block_m, 16))
-    # Split the prefix along its length so the GPU has programs to spare; each split is still read once.
-    splits = splits or _splits(q.device, hkv * _ceil(rows, bm), p, hkv * p * d * prefix_k.element_size() * 2,
-                               b * hq * d * 4, block_n)
-    split_len = _ceil(_ceil(max(p, 1), splits), block_n) * block_n
-    splits = max(1, _ceil(p, split_len))
-    # NaN first, so a row the kernel left unwritten shows in the result.
-    outs = torch.full((splits, b, hq, d), float("nan"), dtype=torch.float32, device=q.device)
-    lses = torch.full((splits, b, hq), float("nan"), dtype=torch.float32, device=q.device)
-    lens = torch.zeros(1, dtype=torch.int32, device=q.device)
-    _kernel()[(hkv, _ceil(rows, bm), splits)](
-        q, prefix_k, prefix_v, lens, outs, lses, scale, q.stride(0), q.stride(1),
-        0, prefix_k.stride(0), prefix_k.stride(1), outs.stride(0), outs.stride(1), outs.stride(2),
-        lses.stride(0), lses.stride(1), rows, g, p, split_len,
-        SHARED=True, BLOCK_M=bm, BLOCK_N=block_n, HEAD_DIM=d, **_precision(q))
-    return merge_partials(outs, lses)
+    launch = _PrefixLaunch(q.contiguous(), prefix_k, prefix_v, block_n=block_n, block_m=block_m, splits=splits,
+                           num_warps=num_warps, num_stages=num_stages)
+    return _run_partials(launch, scale)
 
 
 def masked_partial(q: Any, k: Any, v: Any, valid: Any, *, scale: float) -> tuple[Any, Any]:

@@ -11,7 +11,10 @@ import sys
 
 import torch
 
-from tokenomy.kernels.shared_prefix import reference_attention, shared_prefix_attention
+from tokenomy.kernels import shared_prefix
+from tokenomy.kernels.shared_prefix import prefix_partial, reference_attention, shared_prefix_attention
+
+shared_prefix.POISON_PARTIALS = True  # partial buffers start as NaN: a slot the kernels miss shows as "not written"
 
 # (batch, query heads, KV heads, head dim, prefix, longest suffix, dtype, prefix splits, suffix splits)
 SHAPES = [
@@ -49,6 +52,17 @@ def main() -> None:
         print(json.dumps({"shape": [b, hq, hkv, d, p, s], "dtype": dtype, "rel_error": err,
                           "tolerance": 2e-2 if dtype == "bfloat16" else 1e-5,
                           "written": bool(torch.isfinite(out.float()).all()), "device": device}), flush=True)
+    # The prefix's partial alone, split in three and merged by the merge kernel with its log-sum-exp (what a
+    # prefill pass merges with each row's own part), against the PyTorch path.
+    g = torch.Generator(device="cpu").manual_seed(99)
+    q, pk, pv = (torch.randn(*shape, generator=g).to(device) for shape in ((6, 8, 64), (2, 150, 64), (2, 150, 64)))
+    out, lse = prefix_partial(q, pk, pv, scale=0.125, use_triton=True, splits=3, block_n=32)
+    ref, ref_lse = prefix_partial(q, pk, pv, scale=0.125, use_triton=False)
+    err = max(((out - ref).abs().max() / ref.abs().max()).item(), ((lse - ref_lse).abs().max() / ref_lse.abs().max())
+              .item())
+    print(json.dumps({"shape": [6, 8, 2, 64, 150, 0], "dtype": "float32", "rel_error": err, "tolerance": 1e-5,
+                      "written": bool(torch.isfinite(out).all() and torch.isfinite(lse).all()), "device": device,
+                      "what": "prefix partial and log-sum-exp"}), flush=True)
 
 
 if __name__ == "__main__":
