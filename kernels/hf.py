@@ -302,6 +302,7 @@ class TransformersEngine(Engine):
         in one batch."""
         results: list[Completion | BaseException | None] = [None] * len(requests)
         live: list[_Live] = []
+        pending: list[tuple[list[_Live], Any]] = []  # prefilled groups and their logits, first tokens not yet taken
         gathered: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}  # one copy per cached prefix, not per request
         try:
             first = True
@@ -320,28 +321,30 @@ class TransformersEngine(Engine):
                     results[i] = self._failed(req, exc, item)
                     continue
                 if first:  # alone: its prompt is what the others reuse
-                    self._prefill_group([item], results, live)
+                    self._prefill_group([item], results, pending)
                     first = False
                     continue
                 width = max(len(x.ids) - x.match.length for x in [*group, item])
                 if group and width * (len(group) + 1) > PREFILL_BATCH_TOKENS:
-                    self._prefill_group(group, results, live)
+                    self._prefill_group(group, results, pending)
                     group = []
                 group.append(item)
             if group:
-                self._prefill_group(group, results, live)
+                self._prefill_group(group, results, pending)
+            self._first_tokens(pending, results, live)
             if live:
                 self._decode_together(live, results)
         finally:
-            for item in live:
+            for item in [*live, *(x for grp, _ in pending for x in grp)]:
                 if not item.released:
                     self._release(item, None)
         return [r if r is not None else EngineError(f"request {requests[i].request_id} got no result")
                 for i, r in enumerate(results)]
 
-    def _prefill_group(self, group: list[_Live], results: list[Any], live: list[_Live]) -> None:
-        """Prefill ``group`` (one forward pass), cache each prompt, take each first token; finished requests get
-        their result, the others join ``live``."""
+    def _prefill_group(self, group: list[_Live], results: list[Any], pending: list[tuple[list[_Live], Any]]) -> None:
+        """Prefill ``group`` (one forward pass) and cache each prompt at once (later requests of the batch reuse
+        it); the group and its logits join ``pending``. Nothing here waits for the device: the host goes on to the
+        next requests while the forward pass runs, and ``_first_tokens`` reads the results of every group."""
         try:
             with self._torch.inference_mode():
                 logits = self._prefill_together(group)
@@ -349,15 +352,31 @@ class TransformersEngine(Engine):
             for item in group:
                 results[item.index] = self._failed(item.req, exc, item)
             return
-        for row, item in enumerate(group):
+        for item in group:
             try:
-                self._keep_past(item.ids, item.past)  # later requests of the batch can reuse this prompt now
-                if item.decoding.step(logits[row]):
-                    results[item.index] = self._finish(item, item.past)
-                else:
-                    live.append(item)
+                # A group's own KV (a _Split) sits in buffers of this prefill alone, never written again: the
+                # cache keeps views of them instead of a copy per request and layer.
+                self._keep_past(item.ids, item.past, clone=not isinstance(item.past, _Split))
             except Exception as exc:  # noqa: BLE001 - confined to its slot
                 results[item.index] = self._failed(item.req, exc, item)
+        pending.append((group, logits))
+
+    def _first_tokens(self, pending: list[tuple[list[_Live], Any]], results: list[Any], live: list[_Live]) -> None:
+        """Take each prefilled request's first token (a greedy request's from the group's argmax on the device:
+        one read per group); finished requests get their result, the others join ``live``."""
+        while pending:
+            group, logits = pending[0]
+            rows = [(row, item) for row, item in enumerate(group) if not item.released]
+            picked = logits.argmax(dim=-1).tolist() if any(item.decoding.fast for _, item in rows) else None
+            for row, item in rows:
+                try:
+                    if item.decoding.step(logits[row], picked[row] if picked is not None else None):
+                        results[item.index] = self._finish(item, item.past)
+                    else:
+                        live.append(item)
+                except Exception as exc:  # noqa: BLE001 - confined to its slot
+                    results[item.index] = self._failed(item.req, exc, item)
+            pending.pop(0)
 
     def _prefill_together(self, items: list[_Live]) -> Any:
         """One forward pass over every item's uncached suffix on top of its cached prefix (both left-padded,
@@ -540,15 +559,16 @@ class TransformersEngine(Engine):
                 return i
         return n
 
-    def _keep_past(self, seq: list[int], past: Any) -> None:
+    def _keep_past(self, seq: list[int], past: Any, *, clone: bool = True) -> None:
         """Cache the tokens of ``seq`` whose KV ``past`` holds (the prompt and every generated token fed back): a
-        ``DynamicCache``, a ``_Split`` or a list of ``(K, V)`` per layer (``None``: nothing)."""
+        ``DynamicCache``, a ``_Split`` or a list of ``(K, V)`` per layer (``None``: nothing). ``clone=False``: a
+        ``_Split``'s own KV is cached as views (``RadixCache.insert``), for buffers nothing writes again."""
         if self.cache is None or past is None:
             return
         if isinstance(past, _Split):
             n = past.length
             if 0 < n <= len(seq):
-                self.cache.insert(seq[:n], past.own, offset=past.shared)
+                self.cache.insert(seq[:n], past.own, offset=past.shared, clone=clone)
             return
         kv = past if isinstance(past, list) else _cache_kv(past)
         if kv is not None:

@@ -58,8 +58,10 @@ def _kv_nbytes(kv: KV) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
-def _slice_kv(kv: KV, start: int, stop: int | None) -> KV:
+def _slice_kv(kv: KV, start: int, stop: int | None, clone: bool = True) -> KV:
     # clone(): an owning copy, so the sliced parent buffer can be freed.
+    if not clone:
+        return [(k[:, :, start:stop, :], v[:, :, start:stop, :]) for k, v in kv]
     return [(k[:, :, start:stop, :].clone(), v[:, :, start:stop, :].clone()) for k, v in kv]
 
 
@@ -161,11 +163,13 @@ class RadixCache:
 
     # -- insertion and eviction -------------------------------------------------------------------------
 
-    def insert(self, ids: Sequence[int], kv: KV | None = None, *, offset: int = 0) -> int:
+    def insert(self, ids: Sequence[int], kv: KV | None = None, *, offset: int = 0, clone: bool = True) -> int:
         """Cache ``ids``, whose KV for every position from ``offset`` on is ``kv`` (``None`` in token-only mode).
 
         Returns how many leading tokens were already cached. The new span is cloned out of ``kv``; nothing is
         inserted if fewer than ``offset`` tokens were cached (the KV of the ones between is not in ``kv``).
+        ``clone=False`` keeps a view instead, for a caller whose ``kv`` is never written again: no copy, but the
+        whole buffer it views stays allocated while any view of it is cached (the budget counts the views).
         """
         ids = tuple(ids)
         node, i = self.root, 0
@@ -189,7 +193,7 @@ class RadixCache:
             else:
                 if kv is None:
                     raise ValueError("RadixCache.insert needs kv unless bytes_per_token is set")
-                new_kv = _slice_kv(kv, i - offset, len(ids) - offset)
+                new_kv = _slice_kv(kv, i - offset, len(ids) - offset, clone)
                 nbytes = _kv_nbytes(new_kv)
             leaf = RadixNode(span, node, new_kv, nbytes)
             leaf.last_access = stamp

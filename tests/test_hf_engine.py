@@ -1,6 +1,7 @@
 """The transformers engine: the radix cache never changes greedy output; errors stay in their slot."""
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -404,6 +405,40 @@ def test_a_batch_step_that_fails_fails_only_the_requests_still_decoding(tiny_eng
     assert got[0].token_ids == plain.generate(prompts[0], params[0]).token_ids  # finished before the failure
     assert all(isinstance(g, EngineError) and "device lost" in str(g) for g in got[1:])
     assert [n for n in fast.cache._nodes() if n is not fast.cache.root and n.lock_ref] == []
+
+
+def test_a_prefill_group_caches_its_rows_as_views_and_launches_every_group_before_reading_one(tiny_engine_factory,
+                                                                                             tiny_tokenizer,
+                                                                                             monkeypatch):
+    """The requests prefilled together over a shared prefix are cached as views of that pass's buffer (no copy
+    per request and layer), and the host launches every group's forward pass before it reads any first token
+    (it waits for the device once, not once per group). Tokens stay the plain path's, also for a later request
+    that reads those views back from the cache."""
+    from tokenomy.kernels import hf
+
+    monkeypatch.setattr(hf, "PREFILL_BATCH_TOKENS", 40)  # a few uncached tokens each: groups after the first
+    plain = tiny_engine_factory(prefix_cache=False, batch=False)
+    fast = tiny_engine_factory(prefix_cache=True, batch=True)
+    system = tiny_tokenizer("a shared system prompt for every agent of the team. " * 2)["input_ids"]
+    prompts = [system + tiny_tokenizer(f" agent {i:02d} go")["input_ids"] for i in range(12)]
+    events, groups = [], []
+    real_prefill, real_step = fast._prefill_together, hf._Decoding.step
+    monkeypatch.setattr(fast, "_prefill_together",
+                        lambda items: events.append("prefill") or groups.append(len(items)) or real_prefill(items))
+    monkeypatch.setattr(hf._Decoding, "step", lambda self, *a: events.append("token") or real_step(self, *a))
+    first = SamplingParams(max_tokens=1)
+    got = fast.generate_batch([Request(prompt=p, params=first) for p in prompts])
+    assert [c.token_ids for c in got] == [plain.generate(p, first).token_ids for p in prompts]
+    assert groups[0] == 1 and len(groups) >= 3 and sum(groups) == len(prompts)
+    assert events.index("token") > max(i for i, e in enumerate(events) if e == "prefill")
+    leaves = [n for n in fast.cache._nodes() if not n.children and n.kv]
+    assert len(leaves) == len(prompts)  # every prompt ends in a leaf of its own
+    # A group's rows are views of its one buffer (a node split later by another match is copied in two).
+    shared = Counter(n.kv[0][0].untyped_storage().data_ptr() for n in leaves).most_common(1)[0][1]
+    assert shared >= max(groups) // 2 + 1
+    later = prompts[5] + tiny_tokenizer(" and then")["input_ids"]
+    assert fast.cached_prefix_length(later) == len(prompts[5])  # read back from those views
+    assert fast.generate(later, GREEDY).token_ids == plain.generate(later, GREEDY).token_ids
 
 
 @pytest.mark.parametrize("budget", [300, 600])

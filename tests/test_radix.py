@@ -46,6 +46,26 @@ def test_node_tensors_own_their_memory():
     assert c.nbytes == sum(n.nbytes for n in c._nodes())
 
 
+def test_insert_without_clone_keeps_views_of_the_caller_s_buffer():
+    # A batch's prefill writes every row's KV into one buffer that nothing writes again: its rows go in as views.
+    c = RadixCache(1 << 30)
+    buffer = kv_for([7, 8, 9, 5, 6, 4])
+    c.insert([1, 2, 7, 8, 9], [(k[:, :, :3], v[:, :, :3]) for k, v in buffer], offset=2)  # nothing cached: refused
+    assert c.peek([1, 2, 7, 8, 9]) == 0
+    c.insert([1, 2], kv_for([1, 2]))
+    c.insert([1, 2, 7, 8, 9], [(k[:, :, :3], v[:, :, :3]) for k, v in buffer], offset=2, clone=False)
+    c.insert([1, 2, 5, 6, 4], [(k[:, :, 3:], v[:, :, 3:]) for k, v in buffer], offset=2, clone=False)
+    rows = [n for n in c._nodes() if n.tokens[:1] in ((7,), (5,))]
+    assert len(rows) == 2
+    for node in rows:  # views of the caller's buffer, counted at their own size
+        assert node.kv[1][0].untyped_storage().data_ptr() == buffer[1][0].untyped_storage().data_ptr()
+        assert node.nbytes == 2 * 2 * (2 * 3 * 4 * 4)
+    assert c.gather(c.match([1, 2, 5, 6, 4, 0]))[1][0][0, 0, :, 0].tolist() == [2.0, 3.0, 6.0, 7.0, 5.0]
+    c.insert([3, 4], kv_for([3, 4]))  # the default still copies
+    (copied,) = [n for n in c._nodes() if n.tokens == (3, 4)]
+    assert copied.kv[0][0].untyped_storage().nbytes() == copied.kv[0][0].numel() * 4
+
+
 def test_gather_returns_fresh_tensors():
     # Pitfall: transformers mutates the cache it is given; the tree must never hand out its own tensors.
     c = RadixCache(1 << 30)
