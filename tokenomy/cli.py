@@ -13,7 +13,8 @@
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
     tokenomy bench graph [--quick] [--json PATH] [--model S] [--no-live] [--iterations N] [--tasks N]
                                           presets vs pruned communication graphs, simulator and live
-    tokenomy bench gpu [--quick] [--arch A] [--json PATH] [--smoke]   fast paths on one GPU, random weights
+    tokenomy bench gpu [--quick] [--arch A] [--variants L] [--profile P] [--json PATH] [--smoke]
+                                          fast paths on one GPU, random weights
     tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
                                           long/short policies, routers, budgets and early-stopping sampling
 """
@@ -198,13 +199,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
-def _write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, str, bool]], **extra: Any) -> None:
+def _write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, str, bool]], quiet: bool = False,
+                   **extra: Any) -> None:
     """A benchmark's JSON: its records, anything extra, and each goal with what was measured."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump({"records": [r.to_json() for r in records], **extra,
                    "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in goals]}, f, indent=2)
-    print(f"\nwrote {path}")
+    if not quiet:
+        print(f"\nwrote {path}")
 
 
 def _bench_planning(args: argparse.Namespace) -> int:
@@ -325,10 +328,22 @@ def _bench_gpu(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         cfg = gpu.GpuConfig(arch=args.arch, **({"batch": 8, "prefix": 1024, "new": 32} if args.quick else {}))
-    records = gpu.run_gpu_bench(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    def save(records: list[Any]) -> None:  # after every record: a run cut off keeps what it measured
+        if args.json:
+            _write_records(args.json, records, gpu.goals(records), config=cfg.__dict__, quiet=True)
+
+    names = [n.strip() for n in args.variants.split(",")] if args.variants else [*gpu.VARIANTS, "kernel"]
+    unknown = sorted(set(names) - {*gpu.VARIANTS, "kernel"})
+    if unknown:
+        print(f"tokenomy: unknown gpu variants {', '.join(unknown)}; known: {', '.join(gpu.VARIANTS)}, kernel",
+              file=sys.stderr)
+        return 2
+    records = gpu.run_gpu_bench(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True), on_record=save,
+                                profile=args.profile, variants=[n for n in gpu.VARIANTS if n in names],
+                                kernel="kernel" in names)
     print(gpu.format_gpu_table(records))
     if args.json:
-        _write_records(args.json, records, [], config=cfg.__dict__)
+        _write_records(args.json, records, gpu.goals(records), config=cfg.__dict__)
     if args.plot:
         print(f"wrote {gpu.plot_records(records, args.plot)}")
     return 0
@@ -468,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--arch", default="llama-3-8b", help="gpu: the architecture (random weights): llama-3-8b or "
                                                             "qwen2.5-1.5b")
     bench.add_argument("--smoke", action="store_true", help="gpu: a tiny model on the CPU (tests the code only)")
+    bench.add_argument("--variants", default=None, metavar="LIST", help="gpu: the variants to run, comma-separated "
+                                                                        "(default all: plain, generate, batch, radix, "
+                                                                        "radix+kernel, and kernel, the sweep)")
+    bench.add_argument("--profile", default=None, metavar="PATH", help="gpu: also profile the fast paths (torch "
+                                                                       "profiler tables per kernel) into this file")
     bench.set_defaults(fn=cmd_bench)
     return p
 
