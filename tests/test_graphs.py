@@ -342,7 +342,8 @@ def test_the_known_best_mask_is_best_among_its_neighbours():
 
 
 def test_policies_realize_masks_with_log_probabilities():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import POLICIES
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=2)
@@ -358,12 +359,13 @@ def test_policies_realize_masks_with_log_probabilities():
 
 
 def test_policies_keep_the_budget():
-    pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import IndependentLogits
 
     free = AgentGraph.mesh(["a", "b", "c", "d"], rounds=2)
     p = IndependentLogits(free)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         p.edge.fill_(3.0)
         p.agent.fill_(3.0)
         p.round.fill_(3.0)
@@ -374,7 +376,8 @@ def test_policies_keep_the_budget():
 
 
 def test_magnitude_pruning_closes_the_lowest_edges_for_good():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import IndependentLogits
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=1)
@@ -390,7 +393,6 @@ def test_magnitude_pruning_closes_the_lowest_edges_for_good():
 
 
 def test_policies_save_load_and_refuse_another_graph(tmp_path):
-    pytest.importorskip("torch")
     from tokenomy.graphs.policy import GNNPolicy, LowRank, StaticPolicy, load_policy
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=2)
@@ -411,7 +413,6 @@ def test_policies_save_load_and_refuse_another_graph(tmp_path):
 
 
 def test_training_recovers_the_known_best_mask_on_the_simulator():
-    pytest.importorskip("torch")
     from tokenomy.graphs.policy import IndependentLogits, mask_f1
     from tokenomy.graphs.train import TeamTask, TrainConfig, train_policy
 
