@@ -1,5 +1,6 @@
-"""The suite's rule on skips: in CI (CI=true) a run in which anything skipped but a CUDA-only test fails, both by
-pytest's exit status (tests/conftest.py) and by `.ci/skips` reading pytest's summary (`.ci/run`)."""
+"""The suite's own rules. Skips: in CI (CI=true) a run in which anything skipped but a CUDA-only test fails, both by
+pytest's exit status (tests/conftest.py) and by `.ci/skips` reading pytest's summary (`.ci/run`). Hangs: every test
+has a timeout (pyproject's `timeout`, pytest-timeout), so a hang fails its test instead of stalling CI."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ FIXTURE_SKIP = """
     """
 
 
-def run_pytest(tmp_path: Path, source: str, ci: bool) -> subprocess.CompletedProcess[str]:
+def run_pytest(tmp_path: Path, source: str, ci: bool, *options: str) -> subprocess.CompletedProcess[str]:
     """pytest on one generated test file, with the suite's conftest as a plugin, in or out of CI."""
     (tmp_path / "test_generated.py").write_text(textwrap.dedent(source))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
@@ -62,7 +63,7 @@ def run_pytest(tmp_path: Path, source: str, ci: bool) -> subprocess.CompletedPro
     if ci:
         env["CI"] = "true"
     return subprocess.run([sys.executable, "-m", "pytest", "-ra", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                           "--rootdir", str(tmp_path), str(tmp_path / "test_generated.py")],
+                           "--rootdir", str(tmp_path), *options, str(tmp_path / "test_generated.py")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -108,3 +109,19 @@ def test_ci_skips_refuses_skips_the_summary_does_not_list():
     checked = ci_skips(text)
     assert checked.returncode == 1 and "counted 1 skipped" in checked.stdout
     assert ci_skips("....\n4 passed in 0.12s\n").returncode == 0
+
+
+def test_every_test_has_a_timeout(pytestconfig):
+    assert float(pytestconfig.getini("timeout")) >= 60  # pyproject's default: generous, but finite
+
+
+def test_a_hanging_test_fails_at_its_timeout(tmp_path):
+    hang = """
+        import threading
+
+        def test_hangs():
+            threading.Event().wait()  # never set
+        """
+    out = run_pytest(tmp_path, hang, False, "-o", "timeout=2")
+    assert out.returncode == pytest.ExitCode.TESTS_FAILED, out.stdout[-3000:]
+    assert "Timeout (>2.0s) from pytest-timeout" in out.stdout and "1 failed" in out.stdout, out.stdout[-3000:]
