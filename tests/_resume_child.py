@@ -1,15 +1,15 @@
 """A run in its own process, for the kill-and-resume tests: ``python _resume_child.py STRATEGY DB THREAD LOG MODE``.
 
-MODE ``run`` starts the run, whose ``slow`` tool hangs (after writing ``slow-hang`` to LOG) until the test kills
-the process; MODE ``resume`` goes on from the checkpoint, with a ``slow`` tool that returns. Every model call and
-tool call appends a line to LOG, so the test can count what ran twice. The last line printed is the result.
+MODE ``run`` starts the run, whose ``slow`` tool hangs (after writing ``slow-hang`` to LOG and to stdout, where
+the test waits for it) until the test kills the process; MODE ``resume`` goes on from the checkpoint, with a
+``slow`` tool that returns. Every model call and tool call appends a line to LOG, so the test can count what ran
+twice. The last line printed is the result.
 """
 
 import asyncio
 import json
 import os
 import sys
-import time
 
 from pydantic import create_model
 
@@ -42,7 +42,8 @@ async def lookup(entity, attribute):
 async def slow(query):
     if mode == "run":
         note("slow-hang")
-        await asyncio.sleep(3600)
+        print("slow-hang", flush=True)
+        await asyncio.Event().wait()  # never set: the test kills this process here
     note("tool slow")
     return f"slow result for {query}"
 
@@ -74,7 +75,6 @@ def reply(req) -> str:
 tools = [LoggedTool("lookup", lookup, entity=(str, ...), attribute=(str, ...)),
          LoggedTool("slow", slow, query=(str, ...))]
 strategy = make_strategy(strategy_name, ScriptedEngine(reply), tools)
-start = time.time()
 if mode == "run":
     result = strategy.run("what is it?", thread_id=thread, checkpoints=db)
 else:

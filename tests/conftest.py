@@ -1,17 +1,82 @@
-"""Shared fixtures: a tiny byte-level tokenizer and random-weight models (no downloads), and the embedded model."""
+"""Shared fixtures: a tiny byte-level tokenizer and random-weight models (no downloads), and the embedded model.
+
+Also the suite's rule on skips: a test whose real part is missing skips locally through `require` (or
+`require_module`) and fails in CI (CI=true); and in CI a run in which anything skipped fails, except the tests that
+need a CUDA GPU, whose skip reason starts with `CUDA_ONLY` (`.ci/skips` applies the same rule to pytest's summary).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
+from typing import Any
 
 import pytest
+
+CUDA_ONLY = "needs a CUDA GPU"
+"""The start of the skip reason of every CUDA-only test, e.g.
+``@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (...)")``: the one skip CI allows."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def require(what: str) -> None:
     """Skip a test whose real part is missing; in CI (CI=true) that is a failure, not a skip."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"CI must install {what}")
     pytest.skip(f"{what} is not installed")
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """Import ``name`` for a test, or `require` it: ``install`` says how to get it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        require(f"{name} ({install}; import failed: {exc})")
+        raise  # not reached: require skips or fails
+
+
+# -- in CI, no skips but the CUDA-only ones ------------------------------------------------------------------------
+
+
+class SkipsFailInCI:
+    """Turns a run in which a test (or a module) skipped for any reason but `CUDA_ONLY` into a failing one."""
+
+    def __init__(self) -> None:
+        self.skips: list[str] = []
+
+    def _note(self, where: str, longrepr: object) -> None:
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if not reason.startswith(CUDA_ONLY):
+            self.skips.append(f"{where}: {reason}")
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.skipped:
+            self._note(report.nodeid, report.longrepr)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped and not hasattr(report, "wasxfail"):
+            self._note(report.nodeid, report.longrepr)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.skips:
+            terminalreporter.section("skips fail in CI", sep="=", red=True, bold=True)
+            for line in self.skips:
+                terminalreporter.line(line)
+            terminalreporter.line(f"CI installs all that the tests need; only a reason starting {CUDA_ONLY!r} may skip")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if in_ci():
+        config.pluginmanager.register(SkipsFailInCI(), "tokenomy-skips-fail-in-ci")
 
 
 def make_tiny_tokenizer():

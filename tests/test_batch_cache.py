@@ -2,11 +2,10 @@
 in a preallocated buffer, lengths on the device; and the engine's batch decode over it."""
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from tokenomy.kernels import Grammar, Request, SamplingParams  # noqa: E402
-from tokenomy.kernels.batch import BatchCache  # noqa: E402
+from tokenomy.kernels import Grammar, Request, SamplingParams
+from tokenomy.kernels.batch import BatchCache
 
 LAYERS, HKV, D = 2, 2, 4
 GREEDY = SamplingParams(max_tokens=12)

@@ -81,6 +81,7 @@ def test_run_json_trace_and_resume_with_the_scripted_double(tmp_path):
 
 
 @pytest.mark.embedded
+@pytest.mark.timeout(1500)  # four runs of the command, 300 s each at most; 550 s seen on 2 busy cores
 def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
     import shutil
 

@@ -10,6 +10,8 @@ import pytest
 
 from tokenomy.kernels import ScriptedEngine
 
+from .conftest import require_module
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -33,7 +35,7 @@ def test_quickstart_over_the_bundled_corpus(capsys):
 
 
 def test_custom_tools_sync_async_and_langchain(capsys):
-    pytest.importorskip("langchain_core")
+    require_module("langchain_core", "pip install 'tokenomy[test]'")
     plan = ('h = harbour(town="Pellhaven")\nt = tide(town="Pellhaven", hour=6)\n'
             'ok = draught_ok(depth_m=h.depth_m, draught_m=9)\nanswer(ok)')
     r = load("custom_tools").main(engine=scripted(plan))

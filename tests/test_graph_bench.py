@@ -9,8 +9,6 @@ import pytest
 from tokenomy.benchmarks.graph import GraphRecord, goals, live_tasks, paired_bootstrap, run_live
 from tokenomy.cli import main
 
-pytest.importorskip("torch")
-
 
 def test_paired_bootstrap_brackets_the_difference():
     lo, hi = paired_bootstrap([True] * 90 + [False] * 10, [True] * 80 + [False] * 20)

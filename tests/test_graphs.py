@@ -3,7 +3,8 @@ simulator, pictures."""
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from tokenomy.graphs import (
 from tokenomy.graphs.runtime import block_text, codified, extract_answer
 from tokenomy.kernels import ScriptedEngine
 
-SNAPSHOTS = Path(__file__).parent / "snapshots"
+from .update_snapshots import PICTURES, SNAPSHOTS, pictured, render
 
 
 def echo_engine(answers: dict[str, str] | None = None, **kw) -> ScriptedEngine:
@@ -342,7 +343,8 @@ def test_the_known_best_mask_is_best_among_its_neighbours():
 
 
 def test_policies_realize_masks_with_log_probabilities():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import POLICIES
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=2)
@@ -358,12 +360,13 @@ def test_policies_realize_masks_with_log_probabilities():
 
 
 def test_policies_keep_the_budget():
-    pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import IndependentLogits
 
     free = AgentGraph.mesh(["a", "b", "c", "d"], rounds=2)
     p = IndependentLogits(free)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         p.edge.fill_(3.0)
         p.agent.fill_(3.0)
         p.round.fill_(3.0)
@@ -374,7 +377,8 @@ def test_policies_keep_the_budget():
 
 
 def test_magnitude_pruning_closes_the_lowest_edges_for_good():
-    torch = pytest.importorskip("torch")
+    import torch
+
     from tokenomy.graphs.policy import IndependentLogits
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=1)
@@ -390,7 +394,6 @@ def test_magnitude_pruning_closes_the_lowest_edges_for_good():
 
 
 def test_policies_save_load_and_refuse_another_graph(tmp_path):
-    pytest.importorskip("torch")
     from tokenomy.graphs.policy import GNNPolicy, LowRank, StaticPolicy, load_policy
 
     g = AgentGraph.mesh(["a", "b", "c"], rounds=2)
@@ -411,7 +414,6 @@ def test_policies_save_load_and_refuse_another_graph(tmp_path):
 
 
 def test_training_recovers_the_known_best_mask_on_the_simulator():
-    pytest.importorskip("torch")
     from tokenomy.graphs.policy import IndependentLogits, mask_f1
     from tokenomy.graphs.train import TeamTask, TrainConfig, train_policy
 
@@ -431,32 +433,37 @@ def test_training_recovers_the_known_best_mask_on_the_simulator():
 # -- pictures ----------------------------------------------------------------------------------------------------
 
 
-def _pictured():
-    sim = Simulator.team()
-    q = sim.questions(1, "pic")[0]
-    mesh = sim.graph("mesh", rounds=2)
-    g = mesh.apply(sim.best_mask(mesh))
-    return g, GraphTeam(g, sim.engine()).run(q.question)
+@pytest.mark.parametrize("name", list(PICTURES))
+def test_pictures_match_their_snapshots(name):
+    """Compares only: `python -m tests.update_snapshots` rewrites the files when a change is intended."""
+    assert render(name) == (SNAPSHOTS / name).read_text(), (
+        f"{name} changed; if that is intended, run `python -m tests.update_snapshots` and review the diff")
 
 
-@pytest.mark.parametrize("name, render, kwargs", [
-    ("graph_ascii.txt", to_ascii, {}),
-    ("graph_ascii_pruned_hidden.txt", to_ascii, {"show_pruned": False}),
-    ("graph_mermaid.txt", to_mermaid, {}),
-    ("graph_dot.txt", to_dot, {}),
-])
-def test_pictures_match_their_snapshots(name, render, kwargs):
-    g, result = _pictured()
-    text = render(g, result, **kwargs)
-    path = SNAPSHOTS / name
-    if os.environ.get("TOKENOMY_UPDATE_SNAPSHOTS"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} changed; rerun with TOKENOMY_UPDATE_SNAPSHOTS=1 if that is intended"
+def test_a_test_run_never_rewrites_a_snapshot(monkeypatch, tmp_path):
+    # TOKENOMY_UPDATE_SNAPSHOTS once made the test above write what it drew: a run could never fail then.
+    monkeypatch.setenv("TOKENOMY_UPDATE_SNAPSHOTS", "1")
+    monkeypatch.setitem(globals(), "SNAPSHOTS", tmp_path)
+    (tmp_path / "graph_dot.txt").write_text("an old picture\n")
+    with pytest.raises(AssertionError, match="graph_dot.txt changed"):
+        test_pictures_match_their_snapshots("graph_dot.txt")
+    assert (tmp_path / "graph_dot.txt").read_text() == "an old picture\n"
+
+
+def test_the_update_command_writes_every_snapshot_and_only_changes(tmp_path):
+    (tmp_path / "graph_dot.txt").write_text("an old picture\n")
+    (tmp_path / "graph_mermaid.txt").write_text(render("graph_mermaid.txt"))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "tests.update_snapshots", str(tmp_path)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(line.split()[0] for line in out.stdout.splitlines()) == ["unchanged"] + ["wrote"] * 3
+    for name in PICTURES:
+        assert (tmp_path / name).read_text() == (SNAPSHOTS / name).read_text()  # what the test compares with
 
 
 def test_pictures_mark_pruned_and_dead_parts():
-    g, result = _pictured()
+    g, result = pictured()
     ascii_ = to_ascii(g, result)
     assert "liar" in ascii_ and "PRUNED" in ascii_ and "reader -> alpha" in ascii_
     assert "pruned" in to_mermaid(g) and "style=dashed" in to_dot(g)

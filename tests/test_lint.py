@@ -5,7 +5,7 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from .conftest import require
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -14,7 +14,7 @@ def _tool(name):
     exe = pathlib.Path(sys.executable).with_name(name)
     path = str(exe) if exe.exists() else shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (pip install 'tokenomy[test]')")
+        require(f"{name} (pip install 'tokenomy[test]')")
     return path
 
 

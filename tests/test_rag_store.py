@@ -19,6 +19,7 @@ from tokenomy.tools.rag import store as store_module
 from tokenomy.tools.rag.documents import parse_document, read_document, sentences, split_chunks
 from tokenomy.tools.rag.store import RagStore
 
+from .conftest import require_module
 from .rag_doubles import HashEmbedder
 
 OLD = 1_600_000_000  # an mtime long past: files with it are not "racy" and are skipped on size + mtime alone
@@ -368,7 +369,7 @@ def _minimal_pdf(lines):
 
 
 def test_pdf_text_is_ingested_and_searchable(tmp_path):
-    pytest.importorskip("pypdf")
+    require_module("pypdf", "pip install 'tokenomy[test]'")
     pdf = write(tmp_path / "docs" / "report.pdf", _minimal_pdf(["Orvel is a town of 8200 people.",
                                                                   "Its mayor is Ana Toll."]))
     doc = read_document(pdf)

@@ -2,13 +2,23 @@
 
 import asyncio
 import builtins
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tokenomy.errors import MissingExtra
 from tokenomy.tools import ToolArgumentError, ToolError, from_langchain, to_langchain, tool
 
-lc_tools = pytest.importorskip("langchain_core.tools")
+from .conftest import require_module
+
+
+@pytest.fixture
+def lc_tools():
+    """langchain_core.tools, for the adapter tests (the test extra installs it; in CI its absence fails)."""
+    return require_module("langchain_core.tools", "pip install 'tokenomy[test]'")
 
 
 @tool
@@ -28,7 +38,7 @@ async def shout(text: str) -> str:
     return text.upper()
 
 
-def test_to_langchain_sync_and_async():
+def test_to_langchain_sync_and_async(lc_tools):
     lc = to_langchain(area)
     assert isinstance(lc, lc_tools.BaseTool)
     assert lc.name == "area" and lc.description == "Area of a rectangle."
@@ -40,7 +50,7 @@ def test_to_langchain_sync_and_async():
     assert asyncio.run(lc_async.ainvoke({"text": "b"})) == "B"
 
 
-def test_round_trip_keeps_name_schema_and_output_type():
+def test_round_trip_keeps_name_schema_and_output_type(lc_tools):
     back = from_langchain(to_langchain(area))
     assert back.name == "area" and back.description == area.description
     assert back.openai_schema() == area.openai_schema()
@@ -49,7 +59,7 @@ def test_round_trip_keeps_name_schema_and_output_type():
     assert asyncio.run(back.ainvoke(width=3)) == 3
 
 
-def test_from_langchain_tool_decorator_and_subclass():
+def test_from_langchain_tool_decorator_and_subclass(lc_tools):
     @lc_tools.tool
     def multiply(a: int, b: int = 2) -> int:
         """Multiply two numbers."""
@@ -78,7 +88,7 @@ def test_from_langchain_tool_decorator_and_subclass():
     assert isinstance(info.value.__cause__, ValueError)
 
 
-def test_from_langchain_with_a_json_schema_dict():
+def test_from_langchain_with_a_json_schema_dict(lc_tools):
     schema = {"type": "object", "required": ["q"],
               "properties": {"q": {"type": "string", "description": "query"}, "n": {"type": "integer", "default": 3}}}
     lc = lc_tools.StructuredTool.from_function(func=lambda q, n=3: f"{q}:{n}", name="find", description="Find.",
@@ -100,3 +110,19 @@ def test_missing_langchain_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_langchain)
     with pytest.raises(MissingExtra, match=r"tokenomy\[langchain\]"):
         to_langchain(area)
+
+
+def test_without_langchain_only_the_adapter_tests_skip(tmp_path):
+    """This file run where langchain_core cannot be imported: the test of its absence still runs."""
+    blocked = tmp_path / "langchain_core"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError('langchain_core is blocked for this test')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = str(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "not without_langchain"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 passed, 4 skipped" in out.stdout, out.stdout[-3000:]
+    assert "langchain_core is blocked for this test" in out.stdout  # the skips say why

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.conftest import require_module
 from tests.trace_doubles import HOSTILE, graph_trace, rewoo_trace
 from tokenomy.errors import UserError
 from tokenomy.planners import parse_plan, plan_steps
@@ -154,7 +155,7 @@ def test_plan_steps_flatten_blocks_and_read_through_them():
 
 
 def test_export_to_opentelemetry_makes_a_span_per_call_under_a_run_span(tmp_path):
-    pytest.importorskip("opentelemetry.sdk")
+    require_module("opentelemetry.sdk", "pip install 'tokenomy[test]'")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

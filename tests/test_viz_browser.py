@@ -53,6 +53,10 @@ def _install(prefix: list[str]) -> None:
                        check=False, capture_output=True, timeout=1200)
 
 
+# Installing the browser (apt-get update, then install: 600 s and 1200 s at most) falls in the first test's time.
+pytestmark = [] if _find() else [pytest.mark.timeout(600 + 1200 + 300)]
+
+
 @pytest.fixture(scope="module")
 def browser():
     path = _find()

@@ -2,13 +2,30 @@
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from tokenomy.errors import EngineError, RequestCancelled
 from tokenomy.kernels import Request, Router, ScriptedEngine, Worker
 from tokenomy.kernels.worker import order_requests
+
+
+class RunsUntilCancelled(ScriptedEngine):
+    """A scripted engine whose requests run until they are cancelled (an hour otherwise): ``started`` is set when
+    one begins to run; ``stopped`` lists the prompts of those that stopped on their cancellation."""
+
+    def __init__(self, **kwargs):
+        super().__init__(delay_s=3600.0, **kwargs)
+        self.started = threading.Event()
+        self.stopped = []
+
+    def _one(self, req):
+        self.started.set()
+        try:
+            return super()._one(req)
+        except RequestCancelled:
+            self.stopped.append(req.prompt)
+            raise
 
 
 def test_order_puts_cached_prefixes_first_then_siblings_together():
@@ -24,8 +41,9 @@ def test_concurrent_submissions_are_batched_and_ordered():
     e = ScriptedEngine()
     shared = "S" * 200
     with Worker(e, gather_s=0.05) as w:
-        futs = [w.submit(Request(prompt=shared + f"\nrole {i % 4}\nq{i}", agent=f"a{i % 2}", tags=("round0",)))
-                for i in range(8)]
+        with w._cv:  # the scheduler takes nothing while its lock is held: all 8 arrive together, however slow
+            futs = [w.submit(Request(prompt=shared + f"\nrole {i % 4}\nq{i}", agent=f"a{i % 2}",
+                                     tags=("round0",))) for i in range(8)]
         outs = [f.result(5) for f in futs]
     assert [o.text for o in outs] == [f"q{i}" for i in range(8)]
     assert len(e.batches) == 1 and len(e.batches[0]) == 8
@@ -48,26 +66,28 @@ def test_failures_come_back_in_their_slot():
 
 
 def test_cancel_a_queued_request_and_a_running_one():
-    e = ScriptedEngine(delay_s=0.5)
+    e = RunsUntilCancelled()
     with Worker(e, max_batch=1, schedule="fcfs", gather_s=0) as w:
         running = Request(prompt="slow")
         f1 = w.submit(running)
         queued = Request(prompt="never")
         f2 = w.submit(queued)
-        time.sleep(0.1)
+        assert e.started.wait(60)  # "slow" is running; "never" waits behind it (max_batch=1)
         assert f2.cancel()
         running.cancel()
         with pytest.raises(RequestCancelled):
-            f1.result(5)
-    assert [r.prompt for r in e.requests] == ["slow"]
+            f1.result(60)
+    assert [r.prompt for r in e.requests] == ["slow"] and e.stopped == ["slow"]
 
 
 def test_timeout_cancels_and_nothing_hangs():
-    with Worker(ScriptedEngine(delay_s=2.0), gather_s=0) as w:
-        t0 = time.monotonic()
+    e = RunsUntilCancelled()
+    with Worker(e, gather_s=0) as w:
         with pytest.raises(RequestCancelled):
-            w.generate("x", timeout=0.1)
-        assert time.monotonic() - t0 < 1.0
+            w.generate("x", timeout=0.1)  # returns although the request would run for an hour
+    # Closing joined the scheduler thread: the request stopped on its cancellation (or never started).
+    assert not w._thread.is_alive()
+    assert e.stopped == ["x"] or e.requests == []
 
 
 def test_asyncio_agents_share_one_worker():
@@ -86,19 +106,18 @@ def test_asyncio_agents_share_one_worker():
 
 
 def test_asyncio_cancellation_cancels_the_request():
-    e = ScriptedEngine(delay_s=1.0)
+    e = RunsUntilCancelled()
 
     async def main(w):
         task = asyncio.ensure_future(w.agenerate("slow"))
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(e.started.wait, 60)  # the request is running in the engine
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     with Worker(e, gather_s=0) as w:
-        t0 = time.monotonic()
         asyncio.run(main(w))
-    assert time.monotonic() - t0 < 0.9
+    assert not w._thread.is_alive() and e.stopped == ["slow"]  # the engine stopped it: it would run for an hour
 
 
 def test_engine_that_raises_does_not_hang_callers():
