@@ -19,7 +19,7 @@ from tokenomy.benchmarks.planning import (
     t_min,
 )
 from tokenomy.benchmarks.world import World, answer_matches, normalize_answer, plain
-from tokenomy.kernels.tokens import TokenCounter, count_text
+from tokenomy.kernels.tokens import count_text
 from tokenomy.planners import parse_plan, validate_plan
 from tokenomy.tools.base import ToolError
 
@@ -192,8 +192,12 @@ def test_ledger_counts_with_the_tokenizer_after_the_chat_template(tiny_tokenizer
     engine = OracleEngine("react", tasks, tiny_tokenizer)
     rec = run_group("react", "oracle", tasks, w, engine=engine, tokenizer=tiny_tokenizer,
                     exemplars=w.exemplars(1), obs_tokens=20, failure_rate=0.0, latency_s=0.0, tokens_per_step=200)
-    counter = TokenCounter(tiny_tokenizer)
-    prompts = sum(len(counter.encode(req.prompt)) for req, _ in engine.replies)
+    # Counted here by another path than the engine's (TokenCounter): the template rendered to text, then encoded.
+    def rendered(messages):
+        text = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompts = sum(rendered(req.prompt) for req, _ in engine.replies)
     replies = sum(len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"]) for _, text in engine.replies)
     assert rec.prompt_tokens == prompts and rec.completion_tokens == replies
     assert rec.calls == len(engine.replies) == sum(len(t.steps) + 1 for t in tasks)
