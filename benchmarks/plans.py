@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenomy import plot
 from tokenomy.errors import PlanError
-from tokenomy.kernels import Usage
+from tokenomy.kernels import Engine, Usage
 
 QUESTIONS = [
     "Who founded Halvane Instruments?",
@@ -46,12 +46,14 @@ class PlanRecord:
 
 
 def run_plans_bench(spec: str | None = None, questions: list[str] | None = None,
-                    modes: tuple[str, ...] = ("grammar", "free")) -> list[PlanRecord]:
+                    modes: tuple[str, ...] = ("grammar", "free"), engine: Engine | None = None) -> list[PlanRecord]:
+    """One record per (mode, question); ``engine``: one already loaded (else ``spec`` is loaded). The
+    ``grammar`` mode is skipped on an engine without constrained decoding."""
     from tokenomy.kernels.registry import load_engine
     from tokenomy.planners import Rewoo
     from tokenomy.tools import calc, example_corpus_dir, lookup_tool, search_tool
 
-    engine = load_engine(spec)
+    engine = engine or load_engine(spec)
     corpus = example_corpus_dir()
     tools = [search_tool(corpus), lookup_tool(corpus), calc]
     records = []

@@ -11,7 +11,8 @@ Workloads (BENCHMARKS.md "prefix"):
 
 Prompts are laid out static to dynamic and built from token ids, segment by segment, so every shared prefix is
 shared exactly. The limit L* is the number of distinct token prefixes over all prompts, minus the prompt tokens
-whose KV was computed while decoding in an earlier step; prefill efficiency eta = L* / tokens computed.
+whose KV was computed while decoding in an earlier step; prefill efficiency eta = L* / tokens computed. A run that
+computed nothing has no eta (``None``, shown as ``n/a``): an empty measurement is not a perfect score.
 For vLLM, whose cache holds whole blocks, L*_B rounds every reusable prefix down to the block size and caps it
 at the prompt length - 1.
 """
@@ -67,8 +68,10 @@ class Record:
     prompt_tokens: int
     computed_prefill_tokens: int
     limit_tokens: int
-    eta: float
-    hit_rate: float
+    eta: float | None
+    """L* / tokens computed; ``None`` when nothing was computed (nothing was measured)."""
+    hit_rate: float | None
+    """Cached / prompt tokens; ``None`` when there were no prompt tokens."""
     wall_s: float
     block_size: int = 1
     speedup: float | None = None
@@ -252,7 +255,7 @@ def pressure_replay(steps: list[list[tuple[list[int], list[int]]]], fraction: fl
     prompt_tokens = sum(len(p) for step in steps for p, _ in step)
     return {"working_set_tokens": working.cached_tokens, "budget_tokens": budget, "prompt_tokens": prompt_tokens,
             "lru_hit_tokens": lru, "optimal_hit_tokens": opt,
-            "lru_vs_optimal": round(lru / opt, 4) if opt else 1.0, "order": order}
+            "lru_vs_optimal": _ratio(lru, opt), "order": order}
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -297,10 +300,18 @@ def run_workload(name: str, engine: Engine, cfg: PrefixConfig, *, engine_label: 
         notes["routed"] = list(backend.routed)
     record = Record(workload=name, engine=engine_label, cache="on" if cache else "off", prompts=len(completions),
                     prompt_tokens=prompt_tokens, computed_prefill_tokens=computed, limit_tokens=limit,
-                    eta=round(limit / computed, 4) if computed else 1.0,
-                    hit_rate=round(cached / prompt_tokens, 4) if prompt_tokens else 0.0,
+                    eta=_ratio(limit, computed), hit_rate=_ratio(cached, prompt_tokens),
                     wall_s=round(wall, 3), block_size=block_size, notes=notes)
     return record, steps
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    """``part / whole`` to 4 places; ``None`` when ``whole`` is 0 (nothing measured: no score, least of all 1)."""
+    return round(part / whole, 4) if whole else None
+
+
+def _shown(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 Build = Callable[[], list[Engine]]  # one engine, or several replicas behind the router
@@ -365,7 +376,7 @@ def run_prefix_bench(*, quick: bool = False, spec: str = "embedded", workloads: 
                     continue  # the router is measured on the many-pairs workload
                 rec, _ = run_workload(name, engine, cfg, engine_label=label, cache=on, block_size=block,
                                       replicas=built if len(built) > 1 else None)
-                log(f"  {name:7s} {label:9s} cache={rec.cache:3s} eta={rec.eta:.3f} wall={rec.wall_s:.1f}s")
+                log(f"  {name:7s} {label:9s} cache={rec.cache:3s} eta={_shown(rec.eta)} wall={rec.wall_s:.1f}s")
                 records.append(rec)
         finally:
             for e in built:
@@ -396,8 +407,8 @@ def pressure_records(fraction: float = 0.25) -> list[Record]:
         out.append(Record(workload=f"pressure{int(fraction * 100)}", engine=f"radix-lru replay ({order})",
                           cache="on", prompts=sum(len(s) for s in steps), prompt_tokens=r["prompt_tokens"],
                           computed_prefill_tokens=computed, limit_tokens=limit,
-                          eta=round(limit / computed, 4) if computed else 1.0,
-                          hit_rate=round(r["lru_hit_tokens"] / r["prompt_tokens"], 4), wall_s=0.0, notes=r))
+                          eta=_ratio(limit, computed), hit_rate=_ratio(r["lru_hit_tokens"], r["prompt_tokens"]),
+                          wall_s=0.0, notes=r))
     return out
 
 
@@ -408,7 +419,7 @@ def format_table(records: list[Record]) -> str:
     for r in records:
         rows.append((r.workload, r.engine + (f" (B={r.block_size})" if r.block_size > 1 else ""), r.cache,
                      str(r.prompts), str(r.prompt_tokens), str(r.computed_prefill_tokens), str(r.limit_tokens),
-                     f"{r.eta:.3f}", f"{r.hit_rate:.3f}", f"{r.wall_s:.2f}",
+                     _shown(r.eta), _shown(r.hit_rate), f"{r.wall_s:.2f}",
                      f"{r.speedup:.2f}x" if r.speedup is not None else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
@@ -419,7 +430,7 @@ def format_table(records: list[Record]) -> str:
             n = r.notes
             lines.append(f"{r.workload} {r.engine}: cache {n['budget_tokens']} of {n['working_set_tokens']} tokens; "
                          f"LRU hits {n['lru_hit_tokens']} vs offline-optimal {n['optimal_hit_tokens']} "
-                         f"= {n['lru_vs_optimal']:.2f}")
+                         f"= {_shown(n['lru_vs_optimal'], 2)}")
     sched = [r.notes["scheduler_share"] for r in records if "scheduler_share" in r.notes]
     if sched:
         lines.append(f"scheduler overhead: at most {100 * max(sched):.2f}% of wall time")
@@ -432,8 +443,10 @@ def to_json(records: list[Record]) -> list[dict[str, Any]]:
 
 def plot_records(records: list[Record], path: str | Path) -> Path:
     """A PNG of each record's prefill efficiency eta (L* / tokens computed; 1 is the limit) beside its cache hit
-    rate, one pair of bars per (workload, engine, cache)."""
+    rate, one pair of bars per (workload, engine, cache); a value a record does not have (nothing measured) has no
+    bar."""
     rows = [(f"{r.workload} | {r.engine}{f' (B={r.block_size})' if r.block_size > 1 else ''} | cache {r.cache}",
-             {"eta = L* / computed": r.eta, "hit rate": r.hit_rate}) for r in records]
+             {k: v for k, v in (("eta = L* / computed", r.eta), ("hit rate", r.hit_rate)) if v is not None})
+            for r in records]
     return plot.bars(rows, path, title="prefix: prefill efficiency against the limit L*",
                      ylabel="share (eta 1.0 = at the limit)", stacked=False)

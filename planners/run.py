@@ -124,7 +124,10 @@ class RunResult:
 
     @property
     def total(self) -> Usage:
-        return sum(self.usage.values(), Usage())
+        # Summed from the first agent's usage, not from Usage() (whose zeros would turn a count no agent
+        # reported, such as cached tokens from a server that does not report them, into a known 0).
+        usages = list(self.usage.values())
+        return sum(usages[1:], usages[0]) if usages else Usage()
 
     def to_json(self) -> dict[str, Any]:
         t = self.total

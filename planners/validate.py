@@ -244,7 +244,8 @@ def validate_plan(plan: A.Plan, tools: Mapping[str, ToolSpec] | Iterable[ToolSpe
     checker.block(list(plan.body), set(), {}, top=True)
     graph = nx.DiGraph(checker.edges)
     if not nx.is_directed_acyclic_graph(graph):
-        cycle = " -> ".join(a for a, _ in nx.find_cycle(graph))
+        edges = nx.find_cycle(graph)
+        cycle = " -> ".join([a for a, _ in edges] + [edges[0][0]])  # back to where it starts: a -> b -> a
         checker.issues.append(Issue(1, 1, f"the steps depend on each other in a cycle: {cycle}"))
     return checker.issues
 

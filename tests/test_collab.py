@@ -3,6 +3,7 @@ counted and discarded), capability checks at construction, and the policy engine
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -382,10 +383,20 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     assert "goals (BENCHMARKS.md collab)" in text and "samples to match" in text
     pools, gold, routing = collab.load_record(str(rec))
     assert len(pools) == 3 and all(len(p) == 4 for p in pools) and len(gold) == 3
-    again = collab.replay_sampling(pools, gold, k=4)
-    assert [r.policy for r in again] == [r.policy for r in report.records if r.kind == "sampling"]
-    routed = collab.replay_routing(routing)
-    assert [r.policy for r in routed] == [r.policy for r in report.records if r.policy.startswith("entropy-replay")]
+    # The stored record scores again, without a model, to the run's own numbers (through the command too).
+    def numbers(records):
+        return [(r.policy, r.accuracy, r.tokens, r.samples, r.flops) for r in records]
+
+    sampled = [r for r in report.records if r.kind == "sampling"]
+    replayed = [r for r in report.records if r.policy.startswith("entropy-replay")]
+    assert numbers(collab.replay_sampling(pools, gold, k=4)) == numbers(sampled)
+    assert numbers(collab.replay_routing(routing)) == numbers(replayed)
+    from tokenomy.cli import main
+
+    assert main(["bench", "collab", "--replay", str(rec), "--json", str(tmp_path / "replay.json")]) == 0
+    cli = json.loads((tmp_path / "replay.json").read_text())["records"]
+    assert [(r["policy"], r["accuracy"], r["tokens"], r["samples"], r["flops"]) for r in cli] == numbers(
+        sampled + replayed)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UserError, match="not a record"):

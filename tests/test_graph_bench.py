@@ -50,6 +50,50 @@ def test_bench_graph_command_writes_records(tmp_path, capsys):
                for g in data["goals"])
 
 
+def test_the_token_formula_against_a_hand_counted_run():
+    """An oracle for the simulator's token formula that shares no code with it: ``Simulator.tokens`` is built
+    from the runtime's own rendering helpers (``prompt_messages``, ``block_text``, ``render_chatml``), so the
+    bench's ``formula_ok`` only says that the formula and the run agree with each other. Here a tiny team's
+    prompts are written out literally and their bytes (the scripted engine's tokens) counted by hand."""
+    from tokenomy.graphs import GraphTeam
+    from tokenomy.graphs.simulator import SimAgent, Simulator
+    from tokenomy.kernels.scripted import render_chatml
+
+    sim = Simulator([SimAgent("a", skill=1.0, length=3), SimAgent("b", skill=1.0, length=2)],
+                    solver=SimAgent("j", skill=1.0, length=1, role="solver"))
+    (q,) = sim.questions(1)
+    assert q.question == "[q0] a kind A question"
+    graph = sim.graph("chain", rounds=2)  # a -> b (spatial), b ~> a (temporal), b => the solver j
+    n = q.answer  # four digits, as every answer is
+
+    def chat(system, user):
+        return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+    question = "Question: [q0] a kind A question"
+    want = [  # (agent, prompt, its length counted by hand, the reply's length)
+        # 19 (<|im_start|>system\n) + 10 + 11 (<|im_end|>\n) + 17 (<|im_start|>user\n) + 32 + 11 + 22 = 122
+        ("a", chat("You are a.", question), 122, 21),  # reply: answer = "dddd" # ... (10 + 4 + 4 + 3)
+        # + 30: \n (1) + "a says: " (8) + a's message (21)
+        ("b", chat("You are b.", question + f'\na says: answer = "{n}" # ...'), 152, 20),
+        # round 2: + 45: \n (1) + "b's message last round: " (24) + b's message (20)
+        ("a", chat("You are a.", question + f'\nb\'s message last round: answer = "{n}" # ..'), 167, 21),
+        ("b", chat("You are b.", question + f'\na says: answer = "{n}" # ...'), 152, 20),
+        # the solver reads the last agent: + 29: \n (1) + "b says: " (8) + b's message (20)
+        ("j", chat("You are j.", question + f'\nb says: answer = "{n}" # ..'), 151, 19),
+    ]
+    for _, text, length, _ in want:
+        assert len(text.encode()) == length
+    engine = sim.engine()
+    result = GraphTeam(graph, engine).run(q.question)
+    assert [(r.agent, render_chatml(r.prompt)) for r in engine.requests] == [(a, t) for a, t, _, _ in want]
+    hand = {"prompt_tokens": 744, "completion_tokens": 101, "calls": 5}
+    assert sum(w[2] for w in want) == 744 and sum(w[3] for w in want) == 101
+    assert sim.tokens(graph, q.question) == hand
+    total = result.total
+    assert (total.prompt_tokens, total.completion_tokens, total.calls) == (744, 101, 5)
+    assert result.answer == n
+
+
 def test_live_tasks_are_answerable_from_their_text():
     for t in live_tasks(6):
         assert t.answer in t.question.replace(",", "")

@@ -1,6 +1,7 @@
 """The transformers engine: the radix cache never changes greedy output; errors stay in their slot."""
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -56,10 +57,21 @@ def test_cache_under_memory_pressure_stays_correct(tiny_engine_factory, tiny_tok
 
 
 def test_sampling_is_seeded(tiny_engine_factory, tiny_tokenizer):
+    from dataclasses import replace
+
     e = tiny_engine_factory()
     ids = tiny_tokenizer("sample me")["input_ids"]
     p = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=7)
-    assert e.generate(ids, p).token_ids == e.generate(ids, p).token_ids
+    assert e.generate(ids, p).token_ids == e.generate(ids, p).token_ids  # same seed, same tokens
+    # The seed is used: other seeds give other tokens somewhere (an engine that ignored it would repeat one).
+    assert len({tuple(e.generate(ids, replace(p, seed=s)).token_ids) for s in range(5)}) > 1
+    # The temperature is used: sampled hot, the tokens leave the greedy ones (an engine decoding greedily
+    # whatever the temperature would not); at temperature 0 the seed changes nothing.
+    greedy = e.generate(ids, SamplingParams(max_tokens=10)).token_ids
+    assert all(e.generate(ids, SamplingParams(max_tokens=10, temperature=0.0, seed=s)).token_ids == greedy
+               for s in range(3))
+    assert any(e.generate(ids, SamplingParams(max_tokens=10, temperature=2.0, seed=s)).token_ids != greedy
+               for s in range(3))
 
 
 def test_stop_string_and_logprobs(tiny_engine_factory, tiny_tokenizer):
@@ -84,9 +96,22 @@ def test_grammars_constrain_random_weights(tiny_engine_factory, tiny_tokenizer):
     assert c.text in ("up", "down")
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
               "additionalProperties": False}
-    c = e.generate(ids, SamplingParams(max_tokens=60), grammar=Grammar.json_schema(schema))
-    if c.finish_reason == "stop":
-        assert isinstance(json.loads(c.text)["a"], int)
+    # Every output is checked: a finished one is the JSON the schema asks for; one cut at the token limit is a
+    # prefix of such JSON (the grammar allows any whitespace, which random weights may fill the limit with).
+    prefix = re.compile(r'\{\s*(?:"(?:a(?:"\s*(?::\s*(?:-?(?:0|[1-9][0-9]*)?(?:\s*\}?)?)?)?)?)?)?', re.S)
+    finished = 0
+    for text in ("number:", "json please", "x"):
+        for seed in range(3):
+            c = e.generate(tiny_tokenizer(text)["input_ids"], SamplingParams(max_tokens=60, temperature=1.0, seed=seed),
+                           grammar=Grammar.json_schema(schema))
+            if c.finish_reason == "stop":
+                data = json.loads(c.text)
+                assert list(data) == ["a"] and isinstance(data["a"], int) and not isinstance(data["a"], bool)
+                finished += 1
+            else:
+                assert c.finish_reason == "length" and len(c.token_ids) == 60
+                assert prefix.fullmatch(c.text), c.text
+    assert finished >= 3, finished
 
 
 @pytest.mark.parametrize("grammar", [Grammar.ebnf("root ::= ("), Grammar.regex("[0-9"),
@@ -251,11 +276,12 @@ def test_min_tokens_holds_off_eos_and_stop_strings(tiny_engine_factory, tiny_tok
     held = eng.generate(prompt, SamplingParams(max_tokens=12, min_tokens=5))
     assert held.usage.completion_tokens == 6 and held.token_ids[-1] == eos
     eng._forward = real
-    text = free.text
-    if text.strip():
-        stop = text.strip()[0]
-        cut = eng.generate(prompt, SamplingParams(max_tokens=12, stop=(stop,), min_tokens=12))
-        assert cut.usage.completion_tokens == 12  # no stop string before min_tokens
+    text = free.text.strip()
+    assert text  # something to stop at
+    stop = text[0]
+    assert eng.generate(prompt, SamplingParams(max_tokens=12, stop=(stop,))).usage.completion_tokens < 12
+    cut = eng.generate(prompt, SamplingParams(max_tokens=12, stop=(stop,), min_tokens=12))
+    assert cut.usage.completion_tokens == 12  # no stop string before min_tokens
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=4, min_tokens=5)
 

@@ -122,6 +122,31 @@ def test_validator_reports_every_problem_with_positions():
     assert "Write the whole plan again" in info.value.feedback and len(info.value.issues) == len(messages)
 
 
+def test_validator_finds_steps_that_depend_on_each_other_in_a_cycle():
+    def cycles(text):
+        return [i.message for i in validate_plan(parse_plan(text), TOOLS) if "cycle" in i.message]
+
+    # b reads a, then a is assigned again from b: as a dataflow graph a -> b -> a
+    two = 'a = lookup(entity="X", attribute="y")\nb = lookup(entity=a, attribute="z")\n' \
+          'a = lookup(entity=b, attribute="w")\nanswer(a)'
+    assert cycles(two) == ["the steps depend on each other in a cycle: a -> b -> a"]
+    assert cycles('a = lookup(entity=a, attribute="y")\nanswer(a)') == [
+        "the steps depend on each other in a cycle: a -> a"]
+    in_loop = ('for c in [1, 2] {\n  x = calc(expression=y)\n  y = calc(expression=x)\n}\nanswer(x)')
+    (found,) = cycles(in_loop)
+    assert found.endswith(("x -> y -> x", "y -> x -> y"))
+    # a chain, a diamond and a loop that reads its own earlier results are not cycles
+    for text in ('a = search(query="q")\nb = lookup(entity=a, attribute="p")\nanswer(b)',
+                 'a = search(query="q")\nb = calc(expression=a)\nc = calc(expression=a)\n'
+                 'd = calc(expression=b + c)\nanswer(d)',
+                 'a = search(query="q")\nfor c in a {\n  p = lookup(entity=c, attribute="p")\n'
+                 '  q = calc(expression=p)\n}\nanswer(q)'):
+        assert cycles(text) == [] and validate_plan(parse_plan(text), TOOLS) == [], text
+    with pytest.raises(PlanValidationError) as info:
+        check_plan(parse_plan(two), TOOLS)
+    assert "a -> b -> a" in info.value.feedback  # what the model is told in the repair call
+
+
 def test_valid_plans_pass_and_loops_collect_results():
     plan = parse_plan('cities = search(query="rivers", k=2)\nfor c in cities {\n'
                       '  p = lookup(entity=c, attribute="p")\n}\n-> critic: p\nanswer(p)')

@@ -6,7 +6,7 @@ import pytest
 from pydantic import create_model
 
 from tokenomy.kernels import ScriptedEngine
-from tokenomy.planners import PlanExecutor
+from tokenomy.planners import PlanExecutor, check_plan, parse_plan
 from tokenomy.planners.rewoo import Rewoo, tool_signature
 
 FACTS = {("Zarvon Motors", "headquarters"): "Telmar", ("Telmar", "population"): "1204000",
@@ -118,9 +118,89 @@ def test_tool_signature_from_the_argument_model():
 
 @pytest.mark.embedded
 def test_embedded_model_plans_and_answers(embedded_engine):
-    strategy = Rewoo(embedded_engine, tools(), plan_tokens=96)
-    for q in ["What is the population of the city where Zarvon Motors is headquartered?",
-              "Where is Zarvon Motors headquartered?"]:
+    # The README's central claim: under the plan grammar the embedded model's plans parse and validate as
+    # written (no repair call), and they run.
+    ts = tools()
+    strategy = Rewoo(embedded_engine, ts, plan_tokens=96)
+    assert strategy.grammar is not None
+    for q in ["What is the population of the city where Zarvon Motors is headquartered?"]:
         r = strategy.run(q)
-        assert r.plans and r.answer is not None
+        assert r.plan_valid is True, (q, r.plan, r.notes)
+        check_plan(parse_plan(r.plan), ts)  # valid by the validator too, not only by the strategy's flag
+        assert r.plans[0] == r.plan and not any("rejected" in n for n in r.notes)
+        assert r.answer is not None
         assert r.usage["planner"].calls >= 1
+    assert any(t.calls for t in ts)  # the plans called the tools
+    # A question whose unconstrained plan the model gets wrong (it passes search() an entity and an attribute):
+    # valid only because the grammar constrains the decoding.
+    from tokenomy.tools import calc, example_corpus_dir, lookup_tool, search_tool
+
+    corpus = example_corpus_dir()
+    bundled = [search_tool(corpus), lookup_tool(corpus), calc]
+    r = Rewoo(embedded_engine, bundled, plan_tokens=96).run("Who founded Halvane Instruments?")
+    assert r.plan_valid is True and not any("rejected" in n for n in r.notes), (r.plan, r.notes)
+    check_plan(parse_plan(r.plan), bundled)
+
+
+# -- options: free names, exemplars ------------------------------------------------------------------------------
+
+NUMBERED_ORVEL = ('e1 = lookup(entity="Orvel Corp", attribute="founded")\n'
+                  'e2 = lookup(entity="Orvel Corp", attribute="founder")\n'
+                  'e3 = lookup(entity=e2, attribute="died")\n'
+                  'e4 = calc(expression=e3 + " - " + e1)\nanswer(e4)')
+
+
+def test_numbered_false_shows_free_names_and_numbered_shows_e1_e2():
+    from tokenomy.planners.exemplars import ORVEL
+
+    numbered = Rewoo(scripted([]), tools()).planner_messages("q")
+    free = Rewoo(scripted([]), tools(), numbered=False).planner_messages("q")
+    assert [m["role"] for m in numbered] == ["system", "user", "assistant", "user"]
+    assert numbered[2]["content"] == NUMBERED_ORVEL
+    assert free[2]["content"] == ORVEL.program  # as written: founded = ..., founder = ...
+    assert "e1 = tool(arg=" in numbered[0]["content"] and "e1 = tool(" not in free[0]["content"]
+    assert 'name = tool("value", earlier_name)' in free[0]["content"]
+
+
+def test_exemplars_replace_the_default_one():
+    from tokenomy.planners.exemplars import Exemplar
+
+    mine = [Exemplar("Where is Zarvon Motors?", 'hq = lookup(entity="Zarvon Motors", attribute="headquarters")\n'
+                     'answer(hq)', "", "", (), ""),
+            Exemplar("How big is Telmar?", "pop = lookup(\"Telmar\", \"population\")\nanswer(pop)", "", "", (), ""),
+            Exemplar("Broken?", "this is not a plan", "", "", (), "")]
+    msgs = Rewoo(scripted([]), tools(), exemplars=mine).planner_messages("q")
+    assert [m["content"] for m in msgs[1:]] == [
+        "Where is Zarvon Motors?", 'e1 = lookup(entity="Zarvon Motors", attribute="headquarters")\nanswer(e1)',
+        "How big is Telmar?", 'e1 = lookup("Telmar", "population")\nanswer(e1)',  # positional stays positional
+        "Broken?", "this is not a plan",  # shown as written when it does not parse
+        "q"]
+    free = Rewoo(scripted([]), tools(), exemplars=mine[:1], numbered=False).planner_messages("q")
+    assert free[2]["content"] == mine[0].program and "Orvel" not in str(free)
+    assert len(Rewoo(scripted([]), tools(), exemplars=()).planner_messages("q")) == 2  # none at all
+
+
+@pytest.mark.parametrize("numbered", [True, False])
+def test_the_decoding_grammar_names_results_as_numbered_says(numbered, tiny_tokenizer):
+    """On a grammar-capable engine (random weights: no skill, only the grammar shapes the output), numbered plans
+    name every result e1, e2 ...; free plans name them anything."""
+    import re
+
+    from tests.conftest import make_tiny_config
+    from tokenomy.kernels import SamplingParams
+    from tokenomy.kernels.hf import TransformersEngine
+    from tokenomy.planners import close_plan
+
+    cfg = make_tiny_config(len(tiny_tokenizer), max_position_embeddings=2048)
+    names = set()
+    for seed in range(3):
+        engine = TransformersEngine.from_config(cfg, tiny_tokenizer, seed=seed)
+        strategy = Rewoo(engine, tools(), numbered=numbered, plan_tokens=120)
+        assert strategy.grammar is not None
+        c = engine.chat(strategy.planner_messages("q"), grammar=strategy.grammar,
+                        params=SamplingParams(max_tokens=120, temperature=1.0, seed=seed))
+        plan = parse_plan(c.text if c.finish_reason == "stop" else close_plan(c.text))
+        names |= {s.target for s in plan.body if hasattr(s, "target")}
+    assert names
+    numbered_names = {n for n in names if re.fullmatch(r"e[1-9][0-9]*", n)}
+    assert (numbered_names == names) if numbered else (numbered_names != names)

@@ -6,7 +6,7 @@ sentences or triplets; ``RagPipeline`` runs retrieve -> compress -> generate and
 agent. The embedding model and torch load only when an embedder is used.
 """
 
-from .pipeline import COMPRESSORS, NO_MATCH, RagAnswer, RagPipeline
+from .pipeline import COMPRESSORS, NO_FIT, NO_MATCH, RagAnswer, RagPipeline
 from .retrievers import (
                          RETRIEVERS,
                          BM25Retriever,
@@ -26,6 +26,7 @@ __all__ = [
     "RagAnswer",
     "COMPRESSORS",
     "NO_MATCH",
+    "NO_FIT",
     "Retriever",
     "BM25Retriever",
     "DenseRetriever",

@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 
     from .store import RagStore
 
-__all__ = ["RagPipeline", "RagAnswer", "COMPRESSORS", "NO_MATCH", "RAG_SYSTEM"]
+__all__ = ["RagPipeline", "RagAnswer", "COMPRESSORS", "NO_MATCH", "NO_FIT", "RAG_SYSTEM"]
 
 COMPRESSORS = ("chunks", "sentences", "triplets", "graph")
 NO_MATCH = "no passage in the store matches the question"
+NO_FIT = "the passages that match do not fit the context budget; give a larger budget"
 RAG_SYSTEM = ("Answer the question from the facts below only. Reply with the answer, as short as possible, then "
               "its source in brackets, e.g. Tormos [cities.md#3]. If the facts do not give the answer, reply: "
               "not found.")
@@ -46,7 +47,8 @@ class RagAnswer:
 
     question: str
     text: str
-    """The model's answer without its bracketed citations (``NO_MATCH`` when nothing was retrieved)."""
+    """The model's answer without its bracketed citations (``NO_MATCH`` when nothing was retrieved, ``NO_FIT``
+    when what was retrieved does not fit the budget; no model call then)."""
     context: Context
     hits: list[Hit] = field(default_factory=list)
     cited: list[str] = field(default_factory=list)
@@ -148,7 +150,7 @@ class RagPipeline:
         hits = self.retrieve(question)
         ctx = self.context(question, hits)
         if not ctx.text.strip():
-            return RagAnswer(question, NO_MATCH, ctx, hits)
+            return RagAnswer(question, NO_FIT if hits else NO_MATCH, ctx, hits)
         messages = [{"role": "system", "content": RAG_SYSTEM},
                     {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
         c = self.model.chat(messages, max_tokens=self.max_answer_tokens, agent="rag")
@@ -161,8 +163,8 @@ class RagPipeline:
     # -- as parts of bigger workflows ----------------------------------------------------------------------
 
     def as_tool(self, name: str = "retrieve") -> Tool:
-        """A tool ``name(query) -> str`` for codified plans: the compressed context for ``query`` (or
-        ``NO_MATCH``), each fact tagged with its source."""
+        """A tool ``name(query) -> str`` for codified plans: the compressed context for ``query`` (or ``NO_MATCH``,
+        or ``NO_FIT``), each fact tagged with its source."""
         from tokenomy.tools import tool
 
         def retrieve(query: str) -> str:
@@ -171,7 +173,8 @@ class RagPipeline:
             Args:
                 query: what to look for, e.g. "founder of Kelmar Works".
             """
-            return self.context(query).text or NO_MATCH
+            hits = self.retrieve(query)
+            return self.context(query, hits).text or (NO_FIT if hits else NO_MATCH)
 
         retrieve.__name__ = name
         return tool(retrieve)
