@@ -14,6 +14,7 @@ dict per model call, tool call and plan (the root ``tokenomy.trace`` module writ
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenomy.errors import MissingExtra, UserError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
+from tokenomy.tools.base import collect_usage
 from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context
 
 from .executor import StepError
@@ -237,19 +239,42 @@ class _JournaledTool:
             if found:
                 self.strategy.emit({**base_event, "replayed": True, "start_time": time.time(), "duration_s": 0.0,
                                     "gen_ai.tool.call.result": clip(value)})
+                # Its model calls count once: the node that made them did not finish, so its state update (and
+                # the usage in it) was never checkpointed; the journal kept what they spent.
+                found, spent = self.journal.get(f"{key}:usage")
+                if found:
+                    _count_tool_usage(self.name, [_usage_from_dict(spent)])
                 return value
         start, wall = time.perf_counter(), time.time()
         try:
-            value = await self.tool.ainvoke(**kwargs)
+            with collect_usage() as spent:
+                value = await self.tool.ainvoke(**kwargs)
         except BaseException as exc:
             self.strategy.emit({**base_event, "error.type": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}",
                                 "start_time": wall, "duration_s": time.perf_counter() - start})
             raise
         self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
                             "gen_ai.tool.call.result": clip(value), "result_chars": len(str(value))})
+        if spent and self.journal is not None:  # first: a journaled result always has its usage beside it
+            self.journal.put(f"{key}:usage", _usage_to_dict(sum(spent[1:], spent[0])))
         if self.journal is not None:
             self.journal.put(key, to_state(value))
+        _count_tool_usage(self.name, spent)
         return value
+
+
+_NODE_TOOL_USAGE: contextvars.ContextVar[dict[str, Usage] | None] = contextvars.ContextVar(
+    "tokenomy_node_tool_usage", default=None)
+
+
+def _count_tool_usage(tool: str, spent: Sequence[Usage]) -> None:
+    """Add a tool call's model usage to the running node's, under the agent ``tool:<name>``."""
+    sink = _NODE_TOOL_USAGE.get()
+    if sink is None or not spent:
+        return
+    agent = f"tool:{tool}"
+    for u in spent:
+        sink[agent] = sink[agent] + u if agent in sink else u
 
 
 def new_graph(state: type[RunState], nodes: Mapping[str, Callable[[Any], dict[str, Any]]]) -> Any:
@@ -266,8 +291,18 @@ def _traced(name: str, fn: Callable[[Any], dict[str, Any]]) -> Callable[[Any], d
     """``fn`` with its trace events marked as emitted in node ``name``."""
 
     def node(s: Any) -> dict[str, Any]:
-        with in_node(name):
-            return fn(s)
+        # The model calls of the node's tools (the llm tool's) join the node's usage update.
+        spent: dict[str, Usage] = {}
+        token = _NODE_TOOL_USAGE.set(spent)
+        try:
+            with in_node(name):
+                update = fn(s)
+        finally:
+            _NODE_TOOL_USAGE.reset(token)
+        if spent:
+            update = {**update, "usage": merge_usage(update.get("usage") or {},
+                                                     {a: _usage_to_dict(u) for a, u in spent.items()})}
+        return update
 
     return node
 

@@ -16,12 +16,14 @@ text signature for plan prompts (tokens are the product, so it stays short).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import re
 import threading
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -29,7 +31,22 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tokenomy.errors import BudgetExceeded, RunError, UserError
 from tokenomy.kernels.usage import Usage
 
-__all__ = ["Tool", "ToolArgumentError", "ToolError", "ToolTimeout", "strip_titles", "type_text"]
+__all__ = ["Tool", "ToolArgumentError", "ToolError", "ToolTimeout", "strip_titles", "type_text", "collect_usage"]
+
+_USAGE_SINK: contextvars.ContextVar[list[Usage] | None] = contextvars.ContextVar("tokenomy_tool_usage", default=None)
+
+
+@contextlib.contextmanager
+def collect_usage() -> Iterator[list[Usage]]:
+    """Collect the model usage that tools record (``Tool.record_usage``) while the block runs in this context:
+    the caller of one tool call learns what that call spent, also when calls of one tool run concurrently (each
+    asyncio task, and each thread a sync tool runs in, carries the context it was started from)."""
+    sink: list[Usage] = []
+    token = _USAGE_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _USAGE_SINK.reset(token)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ARGS_REPR_CHARS = 200
@@ -156,9 +173,12 @@ class Tool:
                         f"use `await tool.ainvoke(...)` there instead")
 
     def record_usage(self, usage: Usage) -> None:
-        """Add one model call's usage to ``self.usage`` (thread-safe)."""
+        """Add one model call's usage to ``self.usage`` (thread-safe), and to the caller's ``collect_usage``."""
         with self._usage_lock:
             self.usage = self.usage + usage
+        sink = _USAGE_SINK.get()
+        if sink is not None:
+            sink.append(usage)
 
     # -- describing --------------------------------------------------------------------------------------
 
