@@ -472,35 +472,35 @@ def kernel_record(cfg: GpuConfig, model: Any, *, repeats: int = 20,
         del graph
         return best
 
-    times: dict[str, float] = {}
+    times: dict[str, float] = {}  # by label
+    tried: dict[str, dict[str, Any]] = {}  # label -> setting
     failed: list[str] = []
 
     def sweep(settings: list[dict[str, Any]]) -> None:
         for setting in settings:
             label = " ".join(f"{k}={v}" for k, v in setting.items())
+            tried[label] = setting
             try:
                 times[label] = timed(setting)
             except Exception as exc:  # noqa: BLE001 - a tile too big for the GPU (OutOfResources) is skipped
                 failed.append(f"{label}: {type(exc).__name__}")
 
-    base = {"block_m": TILES["block_m"], "block_n": TILES["block_n"], "num_warps": TILES["num_warps"],
-            "num_stages": TILES["num_stages"], "splits": None}
-    settings = {"defaults": base}
-    if use_triton:
-        first = [{**base, "block_m": m, "block_n": n, "num_warps": w} for m in (64, 128) for n in (32, 64, 128)
-                 for w in (4, 8)]
-        sweep(first)
+    def fastest() -> str:
         if not times:
             raise RuntimeError(f"the shared-prefix attention ran with no launch setting: {'; '.join(failed)}")
-        fastest = min(times.items(), key=lambda kv: kv[1])[0]
-        best = first[[" ".join(f"{k}={v}" for k, v in s.items()) for s in first].index(fastest)]
+        return min(times, key=lambda label: times[label])
+
+    base = {**TILES, "splits": None}
+    default_label = " ".join(f"{k}={v}" for k, v in base.items())
+    if use_triton:
+        sweep([{**base, "block_m": m, "block_n": n, "num_warps": w} for m in (64, 128) for n in (32, 64, 128)
+               for w in (4, 8)])
+        best = tried[fastest()]
         sweep([{**best, "num_stages": st} for st in (2, 4)] + [{**best, "splits": n} for n in (8, 32, 64)])
     else:
         sweep([base])
-    if not times:
-        raise RuntimeError(f"the shared-prefix attention ran with no launch setting: {'; '.join(failed)}")
-    label, best_t = min(times.items(), key=lambda kv: kv[1])
-    default_label = " ".join(f"{k}={v}" for k, v in settings["defaults"].items())
+    label = fastest()
+    best_t = times[label]
     rec = GpuRecord("kernel", "triton" if use_triton else "torch", cfg.arch, str(device), cfg.batch, cfg.prefix, 0,
                     0, bandwidth_gb_s=kv_bytes / best_t / 1e9,
                     copy_bandwidth_gb_s=copy_bandwidth(str(device), nbytes=min(1 << 30, 64 * kv_bytes)))

@@ -338,6 +338,16 @@ def _partials(n: int, q: Any) -> tuple[Any, Any]:
             make((n, b, hq), dtype=torch.float32, device=q.device))
 
 
+def _split(length: int, splits: int, block_n: int) -> tuple[int, int]:
+    """A KV length cut in about ``splits`` parts of whole blocks: each part's length and how many parts."""
+    split_len = _ceil(_ceil(max(length, 1), splits), block_n) * block_n
+    return split_len, max(1, _ceil(length, split_len))
+
+
+def _launch_options(num_warps: int | None, num_stages: int | None) -> dict[str, int]:
+    return {"num_warps": _tile("num_warps", num_warps), "num_stages": _tile("num_stages", num_stages)}
+
+
 class _OwnLaunch:
     """The Triton launch of each request's queries over its own KV (the first ``lens[b]`` of ``S`` positions),
     split along ``S`` when the batch alone does not give the GPU enough programs."""
@@ -354,9 +364,8 @@ class _OwnLaunch:
         self.g, self.hkv, self.b, self.s, self.d = hq // hkv, hkv, b, s, d
         splits = splits or _splits(q.device, hkv * b, s, hkv * s * d * k.element_size() * 2 * b, b * hq * d * 4,
                                    self.block_n)
-        self.split_len = _ceil(_ceil(max(s, 1), splits), self.block_n) * self.block_n
-        self.splits = max(1, _ceil(s, self.split_len))
-        self.launch = {"num_warps": _tile("num_warps", num_warps), "num_stages": _tile("num_stages", num_stages)}
+        self.split_len, self.splits = _split(s, splits, self.block_n)
+        self.launch = _launch_options(num_warps, num_stages)
 
     def run(self, outs: Any, lses: Any, scale: float) -> None:
         q, k, v = self.q, self.k, self.v
@@ -387,9 +396,8 @@ class _PrefixLaunch:
         self.bm = min(_pow2(self.rows, 16), _pow2(_tile("block_m", block_m), 16))
         splits = splits or _splits(q.device, hkv * _ceil(self.rows, self.bm), p, hkv * p * d * k.element_size() * 2,
                                    b * hq * d * 4, self.block_n)
-        self.split_len = _ceil(_ceil(max(p, 1), splits), self.block_n) * self.block_n
-        self.splits = max(1, _ceil(p, self.split_len))
-        self.launch = {"num_warps": _tile("num_warps", num_warps), "num_stages": _tile("num_stages", num_stages)}
+        self.split_len, self.splits = _split(p, splits, self.block_n)
+        self.launch = _launch_options(num_warps, num_stages)
 
     def run(self, outs: Any, lses: Any, scale: float) -> None:
         q, k, v = self.q, self.k, self.v

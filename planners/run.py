@@ -126,10 +126,7 @@ class RunResult:
 
     @property
     def total(self) -> Usage:
-        # Summed from the first agent's usage, not from Usage() (whose zeros would turn a count no agent
-        # reported, such as cached tokens from a server that does not report them, into a known 0).
-        usages = list(self.usage.values())
-        return sum(usages[1:], usages[0]) if usages else Usage()
+        return _sum_usage(list(self.usage.values()))
 
     def to_json(self) -> dict[str, Any]:
         t = self.total
@@ -255,9 +252,9 @@ class _JournaledTool:
             raise
         self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
                             "gen_ai.tool.call.result": clip(value), "result_chars": len(str(value))})
-        if spent and self.journal is not None:  # first: a journaled result always has its usage beside it
-            self.journal.put(f"{key}:usage", _usage_to_dict(sum(spent[1:], spent[0])))
         if self.journal is not None:
+            if spent:  # first: a journaled result always has its usage beside it
+                self.journal.put(f"{key}:usage", _usage_to_dict(_sum_usage(spent)))
             self.journal.put(key, to_state(value))
         _count_tool_usage(self.name, spent)
         return value
@@ -267,14 +264,19 @@ _NODE_TOOL_USAGE: contextvars.ContextVar[dict[str, Usage] | None] = contextvars.
     "tokenomy_node_tool_usage", default=None)
 
 
+def _sum_usage(usages: Sequence[Usage]) -> Usage:
+    """The sum, started from the first usage rather than from ``Usage()``, whose zeros would turn a count nobody
+    reported (cached tokens from a server that does not report them) into a known 0."""
+    return sum(usages[1:], usages[0]) if usages else Usage()
+
+
 def _count_tool_usage(tool: str, spent: Sequence[Usage]) -> None:
     """Add a tool call's model usage to the running node's, under the agent ``tool:<name>``."""
     sink = _NODE_TOOL_USAGE.get()
     if sink is None or not spent:
         return
     agent = f"tool:{tool}"
-    for u in spent:
-        sink[agent] = sink[agent] + u if agent in sink else u
+    sink[agent] = _sum_usage([sink[agent], *spent] if agent in sink else list(spent))
 
 
 def new_graph(state: type[RunState], nodes: Mapping[str, Callable[[Any], dict[str, Any]]]) -> Any:
