@@ -128,10 +128,35 @@ def test_cli_bench_writes_json(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "prefix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    records = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    records = written["records"]
+    assert written["dtypes"] == []  # the scripted engine has no dtypes
     keys = {"workload", "engine", "cache", "prompt_tokens", "computed_prefill_tokens", "limit_tokens", "eta",
             "wall_s"}
     assert all(keys <= set(r) for r in records)
     assert {(r["workload"], r["cache"]) for r in records} >= {("agents", "on"), ("agents", "off"), ("rewoo", "on"),
                                                               ("sc", "off")}
     assert "eta" in proc.stdout and "scheduler overhead" in proc.stdout
+
+
+def test_dtype_speed_side_by_side_on_a_model_directory(tmp_path, tiny_tokenizer):
+    """`bench prefix --dtypes`: one model in two dtypes, speeds and greedy agreement against the first."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import make_tiny_config
+    from tokenomy.benchmarks.dtype import TEST_SET, format_dtype_table, run_dtype_bench
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(make_tiny_config(len(tiny_tokenizer))).save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    logged = []
+    recs = run_dtype_bench(f"hf:{tmp_path / 'm'}", ("float32", "bfloat16"), prompt_tokens=24, new_tokens=4,
+                           check_tokens=4, repeats=1, log=logged.append)
+    assert [r.dtype for r in recs] == ["float32", "bfloat16"] and len(logged) == 2
+    assert all(r.prefill_tok_s > 0 and r.decode_tok_s > 0 and r.prompt_tokens == 24 and r.threads >= 1 for r in recs)
+    assert recs[0].agreement is None and 0 <= recs[1].agreement <= 1 and 0 <= recs[1].agreed_prefix <= 1
+    assert all(len(r.greedy) == len(TEST_SET) for r in recs)
+    table = format_dtype_table(recs)
+    assert "bfloat16" in table and "greedy = float32" in table
+    assert "greedy" not in recs[1].to_json()
