@@ -16,6 +16,7 @@ at least -1.5 points).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from tokenomy.graphs.train import EvalReport, TeamTask, TrainConfig, TrainReport
 from .world import World
 
 __all__ = ["GraphRecord", "run_graph_bench", "run_simulator", "run_live", "goals", "format_report", "live_tasks",
-           "live_team", "paired_bootstrap", "plot_records"]
+           "live_team", "paired_bootstrap", "bootstrap_interval", "plot_records"]
 
 NON_INFERIOR = -0.015
 
@@ -77,6 +78,18 @@ def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n: int = 2000, seed: 
     import numpy as np
 
     x = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def bootstrap_interval(a: Sequence[bool], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a), by resampling questions."""
+    import numpy as np
+
+    x = np.asarray(a, dtype=float)
+    if not len(x):
+        return math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

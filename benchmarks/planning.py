@@ -36,7 +36,7 @@ from tokenomy.planners.grammar import result_index
 from .world import Task, World, answer_matches
 
 __all__ = ["OracleEngine", "PlanningRecord", "run_planning_bench", "oracle_reply", "t_min", "fit_growth",
-           "strategy_for", "STRATEGIES", "format_report", "plot_records"]
+           "strategy_for", "STRATEGIES", "format_report", "plot_records", "live_summary"]
 
 STRATEGIES = ("react", "plan-execute", "rewoo-nl", "rewoo", "rewoo-parallel")
 
@@ -168,6 +168,8 @@ class PlanningRecord:
     valid_plans: float | None = None
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+    """Live: per task, whether the answer matched (a crashed task counts as wrong)."""
 
     @property
     def total_over_t_min(self) -> float:
@@ -222,7 +224,7 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
     first = tasks[0]
     rec = PlanningRecord(strategy=strategy, hops=first.hops, mode=mode, tasks=len(tasks), branches=first.branches,
                          obs_tokens=obs_tokens, failure_rate=failure_rate)
-    correct, valid, judged = 0, 0, 0
+    valid, judged = 0, 0
     model_count = TokenCounter(tokenizer).count_completion
     for task in tasks:
         events: list[dict[str, Any]] = []  # every model call's prompt and output, to count them with o200k too
@@ -234,6 +236,8 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
             result = strat.run(task.question)
         except Exception as exc:  # a strategy crash is a result too: count what is known, keep going
             rec.errors.append(f"{task.id}: {type(exc).__name__}: {exc}")
+            if mode == "live":
+                rec.correct.append(False)
             continue
         rec.wall_s += time.perf_counter() - start
         total = result.total
@@ -249,15 +253,14 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
         plan = next((output_text(e) for e in calls if e["agent"] == "planner"), "")
         rec.plan_tokens += model_count(plan) if strategy != "react" else 0
         if mode == "live":
-            correct += answer_matches(result.answer, task.answer)
+            rec.correct.append(answer_matches(result.answer, task.answer))
         if result.plan_valid is not None:
             judged += 1
             valid += bool(result.plan_valid)
     rec.total_tokens = rec.prompt_tokens + rec.completion_tokens
     rec.uncached_tokens = rec.total_tokens - rec.cached_prompt_tokens
     rec.o200k_total_tokens = rec.o200k_prompt_tokens + rec.o200k_completion_tokens
-    ran = len(tasks) - len(rec.errors)
-    rec.accuracy = round(correct / ran, 3) if mode == "live" and ran else None
+    rec.accuracy = round(sum(rec.correct) / len(rec.correct), 3) if mode == "live" and rec.correct else None
     rec.valid_plans = round(valid / judged, 3) if judged else None
     rec.wall_s = round(rec.wall_s, 3)
     return rec
@@ -364,6 +367,43 @@ def growth(records: Sequence[PlanningRecord]) -> dict[str, dict[str, float]]:
     return out
 
 
+def live_summary(records: Sequence[PlanningRecord]) -> list[dict[str, Any]]:
+    """Per strategy, its live records over all hop counts together: exact-match accuracy with a 95% bootstrap
+    interval, tokens and calls per task, and (beside ``react``, on the same tasks) the paired 95% interval of its
+    accuracy minus react's and react's tokens over its own."""
+    from .graph import bootstrap_interval, paired_bootstrap
+
+    by: dict[str, list[PlanningRecord]] = {}
+    for r in records:
+        if r.mode == "live" and r.correct:
+            by.setdefault(r.strategy, []).append(r)
+    rows: list[dict[str, Any]] = []
+    for name, recs in by.items():
+        recs = sorted(recs, key=lambda r: r.hops)
+        correct = [c for r in recs for c in r.correct]
+        n = len(correct)
+        total = sum(r.total_tokens for r in recs)
+        rows.append({"strategy": name, "tasks": n, "hops": sorted({r.hops for r in recs}),
+                     "accuracy": sum(correct) / n, "ci": bootstrap_interval(correct),
+                     "total_per_task": total / n, "uncached_per_task": sum(r.uncached_tokens for r in recs) / n,
+                     "completion_per_task": sum(r.completion_tokens for r in recs) / n,
+                     "calls_per_task": sum(r.calls for r in recs) / n, "wall_per_task": sum(r.wall_s for r in recs) / n,
+                     "valid_plans": _mean_valid(recs), "crashed": sum(len(r.errors) for r in recs),
+                     "correct": correct, "key": [(r.hops, len(r.correct)) for r in recs]})
+    react = next((row for row in rows if row["strategy"] == "react"), None)
+    for row in rows:
+        if react is not None and row is not react and row["key"] == react["key"]:
+            row["diff_vs_react"] = sum(row["correct"]) / row["tasks"] - react["accuracy"]
+            row["diff_ci_vs_react"] = paired_bootstrap(row["correct"], react["correct"])
+            row["react_tokens_over"] = react["total_per_task"] / max(row["total_per_task"], 1e-9)
+    return rows
+
+
+def _mean_valid(recs: Sequence[PlanningRecord]) -> float | None:
+    judged = [r for r in recs if r.valid_plans is not None]
+    return sum((r.valid_plans or 0.0) * r.tasks for r in judged) / sum(r.tasks for r in judged) if judged else None
+
+
 def goals(records: Sequence[PlanningRecord]) -> list[tuple[str, str, bool | None]]:
     """The goals of BENCHMARKS.md "planning" against the measured records: (goal, measured, met)."""
     out: list[tuple[str, str, bool | None]] = []
@@ -390,6 +430,19 @@ def goals(records: Sequence[PlanningRecord]) -> list[tuple[str, str, bool | None
     if calls:
         out.append(("rewoo calls per task: 2 (1 when the answer is a tool value)",
                     f"{min(calls):.1f}-{max(calls):.1f}", max(calls) <= 2))
+    summary = {row["strategy"]: row for row in live_summary(records)}
+    live_rewoo = summary.get("rewoo")
+    if live_rewoo and live_rewoo["tasks"] >= 30:
+        lo, hi = live_rewoo["ci"]
+        out.append((f"live rewoo exact match >= 70% ({live_rewoo['tasks']} tasks, hops {live_rewoo['hops']})",
+                    f"{live_rewoo['accuracy']:.0%} (95% CI {lo:.0%}-{hi:.0%})", live_rewoo["accuracy"] >= 0.7))
+    if live_rewoo and "diff_vs_react" in live_rewoo:
+        lo, hi = live_rewoo["diff_ci_vs_react"]
+        out.append(("live rewoo at least as accurate as react (paired bootstrap)",
+                    f"{live_rewoo['diff_vs_react']:+.0%} (95% CI {lo:+.0%} to {hi:+.0%})",
+                    live_rewoo["diff_vs_react"] >= 0))
+        x = live_rewoo["react_tokens_over"]
+        out.append(("live rewoo >= 6x fewer total tokens than react", f"{x:.2f}x", x >= 6))
     return out
 
 
@@ -434,6 +487,25 @@ def format_report(records: Sequence[PlanningRecord]) -> str:
                              f"new/Tmin {r.uncached_over_t_min:>6.2f} wall {r.wall_s / n:>6.3f} s")
             lines.append("")
     table("live (the model's own plans and answers):", [r for r in records if r.mode == "live"], True)
+    summary = live_summary(records)
+    if summary:
+        lines.append("live, all hop counts together (per task; 95% bootstrap intervals; vs react: paired, same tasks):")
+        lines.append(f"{'strategy':<15} {'tasks':>5} {'exact match':>20} {'total':>7} {'new':>7} {'compl':>6} "
+                     f"{'calls':>5} {'wall s':>7} {'valid':>5}  vs react")
+        for row in summary:
+            lo, hi = row["ci"]
+            val = "-" if row["valid_plans"] is None else f"{row['valid_plans']:.0%}"
+            vs = ""
+            if "diff_vs_react" in row:
+                dlo, dhi = row["diff_ci_vs_react"]
+                vs = (f"{row['diff_vs_react']:+.0%} [{dlo:+.0%}, {dhi:+.0%}], "
+                      f"{row['react_tokens_over']:.1f}x fewer tokens")
+            lines.append(f"{row['strategy']:<15} {row['tasks']:>5} {row['accuracy']:>6.0%} [{lo:>4.0%}, {hi:>4.0%}] "
+                         f"{row['total_per_task']:>7.0f} {row['uncached_per_task']:>7.0f} "
+                         f"{row['completion_per_task']:>6.0f} {row['calls_per_task']:>5.1f} "
+                         f"{row['wall_per_task']:>7.1f} {val:>5}  {vs}"
+                         + (f"  ({row['crashed']} crashed)" if row["crashed"] else ""))
+        lines.append("")
     g = growth(records)
     if g:
         lines.append("growth of total tokens per task with hops (oracle):")

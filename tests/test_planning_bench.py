@@ -298,3 +298,32 @@ def test_gold_program_is_numbered_and_a_replan_goes_on_from_the_known_names():
     short = task.shortest_program.splitlines()
     assert short[1] == f'e2 = lookup(e1, "{task.steps[1].attribute}")'
     assert len(task.shortest_program) < len(task.program)
+
+
+def test_live_summary_pools_hop_counts_and_pairs_with_react():
+    from tokenomy.benchmarks.planning import PlanningRecord, format_report, goals, live_summary
+
+    def rec(strategy, hops, correct, total):
+        return PlanningRecord(strategy=strategy, hops=hops, mode="live", tasks=len(correct), correct=correct,
+                              total_tokens=total, prompt_tokens=total, accuracy=sum(correct) / len(correct))
+
+    records = []
+    for h in (1, 2, 3):
+        records.append(rec("react", h, [True] * 6 + [False] * 4, 10 * 900))
+        records.append(rec("rewoo", h, [True] * 8 + [False] * 2, 10 * 120))
+    rows = {r["strategy"]: r for r in live_summary(records)}
+    assert rows["rewoo"]["tasks"] == 30 and rows["rewoo"]["accuracy"] == 0.8
+    lo, hi = rows["rewoo"]["ci"]
+    assert lo < 0.8 < hi
+    assert abs(rows["rewoo"]["diff_vs_react"] - 0.2) < 1e-9 and rows["rewoo"]["react_tokens_over"] == 7.5
+    dlo, dhi = rows["rewoo"]["diff_ci_vs_react"]
+    assert dlo <= 0.2 <= dhi
+    got = {g: met for g, _m, met in goals(records)}
+    assert got["live rewoo at least as accurate as react (paired bootstrap)"] is True
+    assert got["live rewoo >= 6x fewer total tokens than react"] is True
+    assert any(g.startswith("live rewoo exact match >= 70%") and met for g, met in got.items())
+    assert "all hop counts together" in format_report(records)
+    # A crash is a wrong answer, not a task left out of the accuracy.
+    crashed = rec("rewoo", 1, [False], 0)
+    crashed.errors = ["t1: EngineError: boom"]
+    assert live_summary([crashed])[0]["accuracy"] == 0.0 and live_summary([crashed])[0]["crashed"] == 1
