@@ -58,7 +58,7 @@ __all__ = ["CollabRecord", "CollabReport", "run_collab_bench", "replay_sampling"
 
 LONG_SPEC = "embedded:gemma-3-270m"
 CAP_GRID = (8, 16, 32, 64, 128, 256)
-SHORT_SPEC = "embedded"
+SHORT_SPEC = "embedded:smollm2-135m"  # the fast one; the default embedded model is larger
 Progress = Callable[[str], None]
 
 

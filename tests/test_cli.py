@@ -1,15 +1,19 @@
 """The tokenomy command: info, chat (the README's main job), clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+# The command as a user runs it: the dtype the CPU suits (the suite pins float32 elsewhere: tests/conftest.py).
+USER_ENV = {k: v for k, v in os.environ.items() if k != "TOKENOMY_DTYPE"}
+
 
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "tokenomy.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=USER_ENV)
 
 
 def test_info_lists_versions_engines_and_the_model():

@@ -32,7 +32,8 @@ def server_url():
     from tokenomy.kernels.embedded import ensure_converted
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(ensure_converted()),
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(ensure_converted(name="smollm2-135m")),
            "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
            "--block-size", "32", "--gpu-memory-utilization", "0.3", "--enforce-eager", "--dtype", "float32",
            "--enable-prompt-tokens-details", "--enable-prefix-caching"]

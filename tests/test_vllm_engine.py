@@ -41,7 +41,7 @@ def engine():
     from tokenomy.kernels.embedded import ensure_converted
     from tokenomy.kernels.vllm_engine import VLLMEngine
 
-    eng = VLLMEngine(ensure_converted(), block_size=32, max_model_len=2048)
+    eng = VLLMEngine(ensure_converted(name="smollm2-135m"), block_size=32, max_model_len=2048)
     yield eng
     eng.close()
     assert eng.llm is None
