@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "best_sentence", "clip", "STOPWORDS"]
+__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "same_word",
+           "best_sentence", "clip", "STOPWORDS"]
 
 MAX_QUERY_TERMS = 32
 _WORD = re.compile(r"\w+")
@@ -68,8 +69,9 @@ def phrase_query(text: str) -> str | None:
     return f'"{" ".join(terms[:MAX_QUERY_TERMS])}"' if terms else None
 
 
-def _same_word(a: str, b: str) -> bool:
-    # A crude stemmer: "founded" ~ "founding", "population" ~ "populations"; short words must match exactly.
+def same_word(a: str, b: str) -> bool:
+    """Whether two lowercase words are one word in another form (a crude stemmer: "founded" ~ "founding",
+    "population" ~ "populations"; words of up to five letters must match exactly)."""
     if a == b:
         return True
     n = 0
@@ -80,16 +82,21 @@ def _same_word(a: str, b: str) -> bool:
     return n >= 5 and n >= min(len(a), len(b)) - 3
 
 
+def sentences(paragraph: str) -> list[str]:
+    """The sentences of ``paragraph``, whitespace collapsed, Markdown heading lines left out."""
+    body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
+    return [s for s in _SENTENCE_END.split(" ".join(body.split())) if s]
+
+
 def best_sentence(paragraph: str, attribute: list[str], entity: list[str]) -> str | None:
     """The sentence of ``paragraph`` that mentions most of the ``attribute`` words (ties: the one that also
     mentions the entity, then the first); ``None`` if no sentence mentions any of them."""
-    body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
     best: tuple[int, int] = (0, 0)
     found = None
-    for sentence in _SENTENCE_END.split(" ".join(body.split())):
+    for sentence in sentences(paragraph):
         ws = words(sentence)
-        hits = sum(any(_same_word(a, w) for w in ws) for a in attribute)
-        mentions = sum(any(_same_word(e, w) for w in ws) for e in entity)
+        hits = sum(any(same_word(a, w) for w in ws) for a in attribute)
+        mentions = sum(any(same_word(e, w) for w in ws) for e in entity)
         if hits and (hits, mentions) > best:
             best, found = (hits, mentions), sentence
     return found
