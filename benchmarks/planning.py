@@ -165,6 +165,9 @@ class PlanningRecord:
     plan_tokens: int = 0
     """Completion tokens of the first planner call (the plan as written), summed over tasks."""
     accuracy: float | None = None
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    """The 95% bootstrap interval of ``accuracy`` (live runs), resampling tasks."""
     valid_plans: float | None = None
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -212,21 +215,28 @@ def embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(ensure_converted()))
 
 
-def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, engine: Any, tokenizer: Any,
+def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | None, *, engine: Any, tokenizer: Any,
               exemplars: Sequence[Any], obs_tokens: int, failure_rate: float, latency_s: float,
-              tokens_per_step: int = 40) -> PlanningRecord:
-    """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger."""
+              tokens_per_step: int = 40, make_tools: Callable[[], list[Any]] | None = None) -> PlanningRecord:
+    """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger. The tools are ``world``'s, or
+    ``make_tools()``'s for each task when given (the real tools over a corpus)."""
     from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
     from tokenomy.trace import input_messages, output_text
 
     first = tasks[0]
     rec = PlanningRecord(strategy=strategy, hops=first.hops, mode=mode, tasks=len(tasks), branches=first.branches,
                          obs_tokens=obs_tokens, failure_rate=failure_rate)
-    correct, valid, judged = 0, 0, 0
+    outcomes: list[bool] = []
+    valid, judged = 0, 0
     model_count = TokenCounter(tokenizer).count_completion
     for task in tasks:
         events: list[dict[str, Any]] = []  # every model call's prompt and output, to count them with o200k too
-        tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
+        if make_tools is not None:
+            tools = make_tools()
+        elif world is not None:
+            tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
+        else:
+            raise ValueError("run_group needs a world or make_tools")
         strat = strategy_for(strategy, engine, tools, task, exemplars, tokens_per_step=tokens_per_step,
                              on_event=events.append)
         start = time.perf_counter()
@@ -249,7 +259,7 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
         plan = next((output_text(e) for e in calls if e["agent"] == "planner"), "")
         rec.plan_tokens += model_count(plan) if strategy != "react" else 0
         if mode == "live":
-            correct += answer_matches(result.answer, task.answer)
+            outcomes.append(answer_matches(result.answer, task.answer))
         if result.plan_valid is not None:
             judged += 1
             valid += bool(result.plan_valid)
@@ -257,7 +267,13 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
     rec.uncached_tokens = rec.total_tokens - rec.cached_prompt_tokens
     rec.o200k_total_tokens = rec.o200k_prompt_tokens + rec.o200k_completion_tokens
     ran = len(tasks) - len(rec.errors)
-    rec.accuracy = round(correct / ran, 3) if mode == "live" and ran else None
+    rec.accuracy = round(sum(outcomes) / ran, 3) if mode == "live" and ran else None
+    if rec.accuracy is not None:
+        from .graph import paired_bootstrap
+
+        # The interval of mean(outcomes) - 0: the paired bootstrap against a baseline that is always wrong.
+        low, high = paired_bootstrap(outcomes, [False] * len(outcomes))
+        rec.accuracy_low, rec.accuracy_high = round(low, 3), round(high, 3)
     rec.valid_plans = round(valid / judged, 3) if judged else None
     rec.wall_s = round(rec.wall_s, 3)
     return rec
