@@ -9,7 +9,7 @@ import pytest
 
 from tests.test_prose_questions import CORPUS
 from tokenomy.tools.base import ToolArgumentError
-from tokenomy.tools.builtin import CorpusIndex, calc, lookup_tool
+from tokenomy.tools.builtin import CorpusIndex, calc, lookup_tool, search_tool
 from tokenomy.tools.builtin.prose import FAMILIES, Family, attribute_groups
 
 
@@ -95,3 +95,13 @@ def test_gold_calc_steps_evaluate_to_their_values():
         for step in q["program"]:
             if step["tool"] == "calc":
                 assert calc.invoke(**step["args"]) == pytest.approx(float(step["value"])), q["id"]
+
+
+def test_search_tool_is_brief_and_knows_attribute_words(index):
+    search = search_tool(index)
+    top = search.invoke(query="population of Arlen Falls")
+    assert top[0].startswith("[arlen-falls.md#2]") and "3,400 people" in top[0]  # "population" finds "people"
+    other = next(r for r in top if r.startswith("[veradel.md#1]"))
+    assert other == "[veradel.md#1] … About 310,000 people live in the province."  # only what was asked about
+    whole = index.search("population of Arlen Falls", k=3)  # the plain index call keeps whole paragraphs
+    assert sum(map(len, top)) < sum(map(len, whole))

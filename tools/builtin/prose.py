@@ -21,7 +21,7 @@ from .calculator import UNITS
 from .chunking import STOPWORDS, same_word, sentences
 
 __all__ = ["Family", "FAMILIES", "UNIT_WORDS", "Found", "attribute_groups", "find_value", "mentioned_families",
-           "SOURCE"]
+           "family_words", "names_about", "is_a", "strip_source", "SOURCE"]
 
 YEAR, QUANTITY, NAME, ANY = "year", "quantity", "name", "any"
 
@@ -362,3 +362,9 @@ def is_a(first_sentence: str, name: str, attribute: str, families: Sequence[Fami
         return False
     after = words.index("is")  # "Veradel is a small province", not "Brennock, the seat of the province, is"
     return all(any(after < i <= after + 4 for i in _group_hits(g, words)) for g in groups)
+
+
+def family_words(text: str, families: Sequence[Family] = FAMILIES) -> list[str]:
+    """The one-word cues of the families named in ``text`` ("population" -> "inhabitants", "people" ...)."""
+    named = set(re.findall(r"\w+", text.lower()))
+    return list(dict.fromkeys(c for f in families if f.name in named for c in f.cues if " " not in c))

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -25,12 +25,13 @@ from tokenomy.errors import UserError
 
 from ..base import Tool, ToolArgumentError
 from ..decorator import tool
-from .chunking import clip, fts_query, phrase_query, sentences, words
+from .chunking import STOPWORDS, clip, fts_query, phrase_query, same_word, sentences, words
 from .corpus_store import INDEX_FILENAME, CorpusStore, RefreshStats, default_index_path
 from .prose import (
     FAMILIES,
     Family,
     Passage,
+    family_words,
     find_value,
     is_a,
     mentioned_families,
@@ -42,7 +43,7 @@ __all__ = ["CorpusIndex", "RefreshStats", "Hit", "search_tool", "lookup_tool", "
 
 MAX_RESULT_CHARS = 600
 # Column weights of bm25(): path and n are not indexed; a match in the file's title counts half.
-_RANKED = "SELECT path, n, text, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score FROM chunks WHERE chunks MATCH ? " \
+_RANKED = "SELECT path, n, text, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score, title FROM chunks WHERE chunks MATCH ? " \
           "ORDER BY score, path, n LIMIT ?"
 _ABOUT = "SELECT path, n, title, text FROM chunks WHERE chunks MATCH ? ORDER BY bm25(chunks, 0.0, 0.0, 0.5, 1.0), " \
          "path, n LIMIT ?"
@@ -57,12 +58,30 @@ class Hit:
     n: int
     text: str
     score: float
+    title: str = ""
 
-    def render(self, max_chars: int) -> str:
-        """``[file#n] text``, at most ``max_chars`` characters."""
+    def render(self, max_chars: int, focus: Sequence[str] = ()) -> str:
+        """``[file#n] text``, at most ``max_chars`` characters; with ``focus`` (query words) only the sentences
+        that have one of them, ``…`` where others were left out (the whole paragraph if none has one, or if
+        the focus names the file's title: all its sentences speak of what was asked about)."""
         head = f"[{self.path}#{self.n}] "
         text = _HEADING.sub("", self.text)  # "# Title" costs tokens and says what the file name says
+        if focus and not set(words(self.title)) <= set(focus):
+            text = _focused(text, focus)
         return head + clip(text, max(1, max_chars - len(head)))
+
+
+def _focused(paragraph: str, focus: Sequence[str]) -> str:
+    parts = sentences(paragraph)
+    keep = [i for i, s in enumerate(parts) if any(same_word(q, w) for w in words(s) for q in focus)]
+    if not keep or len(keep) == len(parts):
+        return paragraph
+    out: list[str] = []
+    for i in keep:
+        if i and (not out or i - 1 not in keep):
+            out.append("…")
+        out.append(parts[i])
+    return " ".join(out) + (" …" if keep[-1] < len(parts) - 1 else "")
 
 
 class CorpusIndex:
@@ -95,18 +114,22 @@ class CorpusIndex:
 
     # -- queries -----------------------------------------------------------------------------------------
 
-    def hits(self, query: str, k: int = 3) -> list[Hit]:
-        """The ``k`` best paragraphs for free-text ``query`` by BM25 (best first)."""
+    def hits(self, query: str, k: int = 3, *, synonyms: bool = False) -> list[Hit]:
+        """The ``k`` best paragraphs for free-text ``query`` by BM25 (best first); ``synonyms``: an attribute's
+        name also matches the words of its family ("population" finds "3,400 people live there")."""
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
-        match = fts_query(query)
+        match = fts_query(f"{query} {' '.join(family_words(query, self.families))}" if synonyms else query)
         if match is None:
             return []
         return self._with_index(lambda conn: [Hit(*row) for row in conn.execute(_RANKED, (match, k))])
 
-    def search(self, query: str, k: int = 3) -> list[str]:
-        """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long."""
-        return [hit.render(self.max_chars) for hit in self.hits(query, k)]
+    def search(self, query: str, k: int = 3, *, brief: bool = False) -> list[str]:
+        """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long; ``brief``:
+        only their sentences that have a word of the query (what the ``search`` tool returns: fewer tokens)."""
+        focus = [w for w in words(query) if w not in STOPWORDS] if brief else []
+        focus += family_words(query, self.families) if brief else []
+        return [hit.render(self.max_chars, focus) for hit in self.hits(query, k, synonyms=brief)]
 
     def lookup(self, entity: str, attribute: str) -> str:
         """One value of ``attribute`` of ``entity`` with its source, ``"12,900 [port-arlen.md#2]"``: a year, a
@@ -198,13 +221,14 @@ def search_tool(corpus_dir: str | os.PathLike[str] | CorpusIndex, *, max_chars: 
 
     @tool
     def search(query: str, k: Annotated[int, Field(ge=1, le=10)] = 3) -> list[str]:
-        """Full-text search of the corpus; returns the best paragraphs as "[file#n] text".
+        """Full-text search of the corpus; returns the best paragraphs as "[file#n] text", cut to the
+        sentences with a word of the query.
 
         Args:
             query: words to look for.
             k: how many paragraphs to return (1-10).
         """
-        return index.search(query, k)
+        return index.search(query, k, brief=True)
 
     return search
 
