@@ -30,6 +30,7 @@ from typing import Any
 
 from tokenomy.errors import UserError
 from tokenomy.tools.builtin.calculator import UNITS
+from tokenomy.tools.builtin.chunking import SOURCE
 
 from .planning import STRATEGIES, PlanningRecord, embedded_tokenizer, run_group
 from .world import GoldStep, Task
@@ -37,7 +38,6 @@ from .world import GoldStep, Task
 __all__ = ["ProseQuestion", "HitRate", "ProseReport", "load_questions", "lookup_hit_rate", "contains_value",
            "to_task", "run_prose_bench", "format_prose_report"]
 
-_SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 
 
@@ -74,7 +74,7 @@ def load_questions(path: str | Path) -> list[ProseQuestion]:
 def contains_value(output: Any, value: str) -> bool:
     """Whether a tool ``output`` (its ``[file#n]`` sources left out) contains ``value`` as a whole word or number,
     thousands separators and case ignored."""
-    text = re.sub(r"(\d)\.0\b", r"\1", _SOURCE.sub("", str(output)).replace(",", "").lower())
+    text = re.sub(r"(\d)\.0\b", r"\1", SOURCE.sub("", str(output)).replace(",", "").lower())
     want = re.escape(value.replace(",", "").lower())
     return re.search(rf"(?<![\w.]){want}(?![\w]|\.\d)", text) is not None
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy.planners.exemplars import Exemplar
+from tokenomy.tools.builtin.chunking import SOURCE
 
 __all__ = ["World", "Task", "GoldStep", "plain", "slug", "normalize_answer", "answer_matches"]
 
@@ -483,13 +484,10 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-_SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")  # the source lookup puts after a value: "12,900 [a.md#2]"
-
-
 def normalize_answer(text: Any) -> str:
     """Lower case, notes, ``[file#n]`` sources and thousands separators removed, ``.0`` dropped, outer
     punctuation trimmed."""
-    t = _SOURCE.sub("", plain(text)).lower().replace(",", "")
+    t = SOURCE.sub("", plain(text)).lower().replace(",", "")
     t = re.sub(r"(\d)\.0\b", r"\1", t)
     return t.strip(" .!\"'")
 

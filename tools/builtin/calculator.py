@@ -24,6 +24,7 @@ from typing import Any
 
 from ..base import ToolArgumentError
 from ..decorator import tool
+from .chunking import SOURCE
 
 __all__ = ["calc", "evaluate", "UNITS", "MAX_EXPRESSION_CHARS", "MAX_EXPONENT", "MAX_MAGNITUDE"]
 
@@ -67,7 +68,6 @@ UNITS: dict[str, tuple[str, float]] = {
 }
 """Unit -> (dimension, size in the dimension's base unit); dimension ``""``: a counted noun, a plain number."""
 
-_SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")
 _THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
 _UNIT_NAMES = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
 _QUANTITY = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*({_UNIT_NAMES})(?![\w²])", re.IGNORECASE)
@@ -79,7 +79,7 @@ _Quantity = tuple[float, str]  # a value in its dimension's first-written unit, 
 def _read_units(expression: str) -> tuple[str, dict[str, _Quantity]]:
     """The expression with sources and thousands separators dropped and each number with a unit replaced by a
     placeholder name, and the placeholders' values."""
-    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), _SOURCE.sub("", expression))
+    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), SOURCE.sub("", expression))
     written = re.search(rf"\b{_PLACEHOLDER}\d", text)
     if written:  # the placeholders' names are ours alone
         raise _refuse(f"contains the name {written.group()!r}, which is not allowed; allowed: {_ALLOWED}")

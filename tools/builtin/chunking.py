@@ -8,12 +8,14 @@ from __future__ import annotations
 import re
 
 __all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "same_word",
-           "best_sentence", "clip", "STOPWORDS"]
+           "best_sentence", "clip", "strip_source", "SOURCE", "STOPWORDS"]
 
 MAX_QUERY_TERMS = 32
 _WORD = re.compile(r"\w+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")
+"""The source ``lookup`` writes after a value: ``"12,900 [port-arlen.md#2]"``."""
 # Words so common that they only add noise to an OR query (kept when a query has nothing else).
 STOPWORDS = frozenset(
     "a an and are as at be by did do does for from had has have how in is it its of on or that the their there "
@@ -100,6 +102,11 @@ def best_sentence(paragraph: str, attribute: list[str], entity: list[str]) -> st
         if hits and (hits, mentions) > best:
             best, found = (hits, mentions), sentence
     return found
+
+
+def strip_source(text: str) -> str:
+    """``text`` without the ``[file#n]`` sources that ``lookup`` adds (so a result can be passed on whole)."""
+    return SOURCE.sub("", text).strip().strip("\"'").strip()
 
 
 def clip(text: str, limit: int) -> str:

@@ -21,7 +21,7 @@ from .calculator import UNITS
 from .chunking import STOPWORDS, same_word, sentences
 
 __all__ = ["Family", "FAMILIES", "UNIT_WORDS", "Found", "attribute_groups", "find_value", "mentioned_families",
-           "family_words", "names_about", "is_a", "strip_source", "SOURCE"]
+           "family_words", "names_about", "is_a"]
 
 YEAR, QUANTITY, NAME, ANY = "year", "quantity", "name", "any"
 
@@ -86,9 +86,6 @@ _NOT_NAMES = STOPWORDS | {"he", "she", "his", "her", "they", "them", "we", "you"
                           "before", "after", "since", "about", "most", "some", "many", "one", "two", "three",
                           "four", "five", "its", "but", "although", "while", "once", "also", "there", "here"}
 _PRONOUNS = {"he", "she"}
-_SOURCE_IN_ARG = re.compile(r"\s*\[[^\]]*#\d+\]")
-SOURCE = re.compile(r"\s*\[[\w .,'-]+#\d+\]")
-"""A source as ``lookup`` writes it after a value: ``[file.md#n]``."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +147,6 @@ def _family(word: str, families: Sequence[Family]) -> Family | None:
         if word in f.cues:
             return f
     return None
-
-
-def strip_source(text: str) -> str:
-    """``text`` without the ``[file#n]`` sources that ``lookup`` adds (so a result can be passed on whole)."""
-    return _SOURCE_IN_ARG.sub("", text).strip().strip("\"'").strip()
 
 
 def attribute_groups(attribute: str, entity: str,

@@ -25,7 +25,7 @@ from tokenomy.errors import UserError
 
 from ..base import Tool, ToolArgumentError
 from ..decorator import tool
-from .chunking import STOPWORDS, clip, fts_query, phrase_query, same_word, sentences, words
+from .chunking import STOPWORDS, clip, fts_query, phrase_query, same_word, sentences, strip_source, words
 from .corpus_store import INDEX_FILENAME, CorpusStore, RefreshStats, default_index_path
 from .prose import (
     FAMILIES,
@@ -36,7 +36,6 @@ from .prose import (
     is_a,
     mentioned_families,
     names_about,
-    strip_source,
 )
 
 __all__ = ["CorpusIndex", "RefreshStats", "Hit", "search_tool", "lookup_tool", "INDEX_FILENAME"]
