@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "same_word",
-           "best_sentence", "clip", "strip_source", "SOURCE", "STOPWORDS"]
+           "clip", "strip_source", "SOURCE", "STOPWORDS"]
 
 MAX_QUERY_TERMS = 32
 _WORD = re.compile(r"\w+")
@@ -88,20 +88,6 @@ def sentences(paragraph: str) -> list[str]:
     """The sentences of ``paragraph``, whitespace collapsed, Markdown heading lines left out."""
     body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
     return [s for s in _SENTENCE_END.split(" ".join(body.split())) if s]
-
-
-def best_sentence(paragraph: str, attribute: list[str], entity: list[str]) -> str | None:
-    """The sentence of ``paragraph`` that mentions most of the ``attribute`` words (ties: the one that also
-    mentions the entity, then the first); ``None`` if no sentence mentions any of them."""
-    best: tuple[int, int] = (0, 0)
-    found = None
-    for sentence in sentences(paragraph):
-        ws = words(sentence)
-        hits = sum(any(same_word(a, w) for w in ws) for a in attribute)
-        mentions = sum(any(same_word(e, w) for w in ws) for e in entity)
-        if hits and (hits, mentions) > best:
-            best, found = (hits, mentions), sentence
-    return found
 
 
 def strip_source(text: str) -> str:
