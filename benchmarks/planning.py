@@ -165,6 +165,9 @@ class PlanningRecord:
     plan_tokens: int = 0
     """Completion tokens of the first planner call (the plan as written), summed over tasks."""
     accuracy: float | None = None
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    """The 95% bootstrap interval of ``accuracy`` (live runs), resampling tasks."""
     valid_plans: float | None = None
     wall_s: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -214,10 +217,11 @@ def embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(ensure_converted()))
 
 
-def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, engine: Any, tokenizer: Any,
+def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | None, *, engine: Any, tokenizer: Any,
               exemplars: Sequence[Any], obs_tokens: int, failure_rate: float, latency_s: float,
-              tokens_per_step: int = 40) -> PlanningRecord:
-    """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger."""
+              tokens_per_step: int = 40, make_tools: Callable[[], list[Any]] | None = None) -> PlanningRecord:
+    """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger. The tools are ``world``'s, or
+    ``make_tools()``'s for each task when given (the real tools over a corpus)."""
     from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
     from tokenomy.trace import input_messages, output_text
 
@@ -228,7 +232,12 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
     model_count = TokenCounter(tokenizer).count_completion
     for task in tasks:
         events: list[dict[str, Any]] = []  # every model call's prompt and output, to count them with o200k too
-        tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
+        if make_tools is not None:
+            tools = make_tools()
+        elif world is not None:
+            tools = world.tools(obs_tokens=obs_tokens, failure_rate=failure_rate, latency_s=latency_s)
+        else:
+            raise ValueError("run_group needs a world or make_tools")
         strat = strategy_for(strategy, engine, tools, task, exemplars, tokens_per_step=tokens_per_step,
                              on_event=events.append)
         start = time.perf_counter()
@@ -261,6 +270,11 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World, *, 
     rec.uncached_tokens = rec.total_tokens - rec.cached_prompt_tokens
     rec.o200k_total_tokens = rec.o200k_prompt_tokens + rec.o200k_completion_tokens
     rec.accuracy = round(sum(rec.correct) / len(rec.correct), 3) if mode == "live" and rec.correct else None
+    if rec.accuracy is not None:
+        from .graph import bootstrap_interval
+
+        low, high = bootstrap_interval(rec.correct)
+        rec.accuracy_low, rec.accuracy_high = round(low, 3), round(high, 3)
     rec.valid_plans = round(valid / judged, 3) if judged else None
     rec.wall_s = round(rec.wall_s, 3)
     return rec

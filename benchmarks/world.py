@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy.planners.exemplars import Exemplar
+from tokenomy.tools.builtin.chunking import SOURCE
 
 __all__ = ["World", "Task", "GoldStep", "plain", "slug", "normalize_answer", "answer_matches"]
 
@@ -484,8 +485,9 @@ def slug(name: str) -> str:
 
 
 def normalize_answer(text: Any) -> str:
-    """Lower case, notes and thousands separators removed, ``.0`` dropped, outer punctuation trimmed."""
-    t = plain(text).lower().replace(",", "")
+    """Lower case, notes, ``[file#n]`` sources and thousands separators removed, ``.0`` dropped, outer
+    punctuation trimmed."""
+    t = SOURCE.sub("", plain(text)).lower().replace(",", "")
     t = re.sub(r"(\d)\.0\b", r"\1", t)
     return t.strip(" .!\"'")
 

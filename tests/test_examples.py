@@ -27,7 +27,7 @@ def scripted(plan, solver="-"):
 
 
 def test_quickstart_over_the_bundled_corpus(capsys):
-    plan = 'founder = lookup(entity="Halvane Instruments", attribute="founded")\nanswer(founder)'
+    plan = 'founder = lookup(entity="Halvane Instruments", attribute="founder")\nanswer(founder)'
     r = load("quickstart").main("Who founded Halvane Instruments?", engine=scripted(plan, "Corvin Halvane"))
     assert r.answer == "Corvin Halvane" and "Corvin Halvane" in str(r.values["founder"])
     out = capsys.readouterr().out

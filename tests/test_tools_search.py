@@ -169,16 +169,18 @@ def test_huge_output_is_truncated(corpus):
 
 def test_lookup(corpus):
     index = CorpusIndex(corpus)
-    assert index.lookup("Velmora", "population") == (
-        "Velmora has a population of 412,000 according to the 2021 census, which makes it the largest city in "
-        "Tessary.")
-    assert index.lookup("Halvane Instruments", "CEO").endswith("is Marisol Adeyemi-Toft.")
-    assert index.lookup("River Orrin", "length") == "It has a length of 638 kilometres from its source to its mouth."
-    assert "1702" in index.lookup("Pellhaven", "founded")
-    assert index.lookup("Velmora", "airport") == "not found"
-    assert index.lookup("Atlantis", "population") == "not found"
+    assert index.lookup("Velmora", "population") == "412,000 [velmora.md#2]"
+    assert index.lookup("Halvane Instruments", "CEO") == "Marisol Adeyemi-Toft [halvane-instruments.md#4]"
+    assert index.lookup("River Orrin", "length") == "638 kilometres [orrin-river.md#1]"
+    assert index.lookup("Pellhaven", "founded") == "1702 [pellhaven.md#1]"
+    assert index.lookup("Pellhaven", "ferry crossing time") == "90 minutes [pellhaven.md#3]"  # "ninety minutes"
+    assert index.lookup("Corvin Halvane", "died") == "2008 [corvin-halvane.md#1]"  # "(1931 - 2008)"
+    assert index.lookup("Velmora", "airport").startswith("not found; the text on Velmora gives: ")
+    assert index.lookup("Atlantis", "population") == "not found: no text names Atlantis"
     with pytest.raises(ToolArgumentError, match="entity"):
         index.lookup("?!", "population")
+    with pytest.raises(ToolArgumentError, match="attribute"):
+        index.lookup("Velmora", "--")
 
 
 def test_search_and_lookup_tools(corpus):

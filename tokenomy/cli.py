@@ -9,7 +9,8 @@
     tokenomy bench NAME ... [--plot PATH]     every benchmark can also draw its results as a PNG
     tokenomy bench prefix [--quick] [--json PATH] [--dtypes float32,bfloat16]
     tokenomy bench plans [--model S] [--json PATH]   the planner's valid-plan rate, with and without the grammar
-    tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live]
+    tokenomy bench planning [--quick] [--json PATH] [--plot PATH] [--model S] [--no-live] [--strategies A,B]
+    tokenomy bench planning --corpus DIR --questions FILE [--limit N] [--strategies A,B] [--no-live]
                                           tokens of react, plan-execute, rewoo-nl, rewoo on multi-hop tasks
     tokenomy bench graph [--quick] [--json PATH] [--model S] [--no-live] [--iterations N] [--tasks N]
                                           presets vs pruned communication graphs, simulator and live
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenomy.errors import TokenomyError
+from tokenomy.errors import TokenomyError, UserError
 
 
 def invoked_as() -> str:
@@ -218,17 +219,45 @@ def _write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str,
         print(f"\nwrote {path}")
 
 
+def _strategies(args: argparse.Namespace) -> tuple[str, ...]:
+    from tokenomy.benchmarks.planning import STRATEGIES
+
+    if not args.strategies:
+        return STRATEGIES
+    names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise UserError(f"--strategies: unknown {', '.join(unknown) or 'empty list'}; choose from "
+                        f"{', '.join(STRATEGIES)}")
+    return names
+
+
+def _bench_planning_prose(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import prose
+
+    if not (args.corpus and args.questions):
+        raise UserError("bench planning on prose needs both --corpus DIR and --questions FILE")
+    report = prose.run_prose_bench(
+        args.corpus, args.questions, live=not args.no_live, strategies=_strategies(args), limit=args.limit,
+        k_exemplars=args.exemplars, spec=None if args.model == "embedded" else args.model,
+        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
+    print(prose.format_prose_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def _bench_planning(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import planning
 
+    if args.corpus or args.questions:
+        return _bench_planning_prose(args)
     hops = (1, 2, 4) if args.quick else (1, 2, 3, 4, 5, 6)
     live_hops = () if args.no_live else (
         _int_list(args.live_hops) if args.live_hops else ((1, 2) if args.quick else (1, 2, 3, 4)))
-    strategies = tuple(args.strategies.split(",")) if args.strategies else planning.STRATEGIES
-    unknown = [s for s in strategies if s not in planning.STRATEGIES]
-    if unknown:
-        print(f"unknown strategies {unknown}; available: {', '.join(planning.STRATEGIES)}", file=sys.stderr)
-        return 2
+    strategies = _strategies(args)
     records = planning.run_planning_bench(
         hops=hops, tasks_per_hop=args.tasks or (3 if args.quick else 5), seed=args.seed,
         k_exemplars=args.exemplars, live_hops=live_hops,
@@ -512,8 +541,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--live-tasks", type=int, default=0, help="planning: live tasks per hop count")
     bench.add_argument("--live-hops", default="", help="planning: the hop counts of the live tasks, e.g. 1,2,3")
     bench.add_argument("--live-only", action="store_true", help="planning: only the live runs (no oracle replay)")
-    bench.add_argument("--strategies", default="", help="planning: a comma-separated subset of the strategies")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
+    bench.add_argument("--corpus", default=None, metavar="DIR", help="planning: run on questions about this "
+                                                                     "corpus with the real search/lookup/calc tools "
+                                                                     "(with --questions)")
+    bench.add_argument("--questions", default=None, metavar="FILE", help="planning: the questions (JSON lines "
+                                                                         "with gold programs) for --corpus")
+    bench.add_argument("--limit", type=int, default=0, metavar="N", help="planning --corpus: live-run only the "
+                                                                         "first N questions")
+    bench.add_argument("--strategies", default=None, metavar="LIST", help="planning: the strategies to run, "
+                                                                          "comma-separated (default all)")
     bench.add_argument("--seed", type=int, default=0, help="planning, graph, collab: the seed")
     bench.add_argument("--long", default=None, help="collab: the long model (default embedded:gemma-3-270m)")
     bench.add_argument("--short", default=None, help="collab: the short model (default embedded:smollm2-135m)")

@@ -4,6 +4,13 @@ Allowed: numbers, ``+ - * / // % **``, unary ``+``/``-``, parentheses and the fu
 sqrt log exp``. Everything else (names, attributes, subscripts, other calls, strings, comprehensions...) is
 refused with a ``ToolArgumentError`` that says what was found. Guards bound the work a model-written
 expression can ask for: its length, exponents, and the magnitude of every intermediate result.
+
+Numbers may be written as people and tools write them: with thousands separators (``"12,900 + 3,400"``; a comma
+followed by exactly three digits is read as one, so write ``max(1, 200)`` with a space), with a unit
+(``"95 minutes - 40 minutes"``, ``"1,200 km / 3"``; see ``UNITS``) and with the ``[file#n]`` source that
+``lookup`` puts after a value (it is dropped). Units of one dimension are converted to the first one written
+(``"1 hour + 30 minutes"`` is 1.5); adding or subtracting different dimensions (``"5 km + 3 minutes"``) is
+refused. A counted noun (``"12,900 inhabitants"``) is a plain number.
 """
 
 from __future__ import annotations
@@ -11,13 +18,15 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
 from ..base import ToolArgumentError
 from ..decorator import tool
+from .chunking import SOURCE
 
-__all__ = ["calc", "evaluate", "MAX_EXPRESSION_CHARS", "MAX_EXPONENT", "MAX_MAGNITUDE"]
+__all__ = ["calc", "evaluate", "UNITS", "MAX_EXPRESSION_CHARS", "MAX_EXPONENT", "MAX_MAGNITUDE"]
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 1000
@@ -38,6 +47,86 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 _ALLOWED = "numbers, + - * / // % **, parentheses and " + ", ".join(_FUNCTIONS)
 
 
+def _units(dimension: str, factor: float, *names: str) -> dict[str, tuple[str, float]]:
+    return {n: (dimension, factor) for n in names}
+
+
+UNITS: dict[str, tuple[str, float]] = {
+    **_units("length", 1e-3, "mm"), **_units("length", 1e-2, "cm"),
+    **_units("length", 1.0, "m", "metre", "metres", "meter", "meters"),
+    **_units("length", 1e3, "km", "kilometre", "kilometres", "kilometer", "kilometers"),
+    **_units("length", 1609.344, "mile", "miles"),
+    **_units("area", 1.0, "m2", "m²", "square metres", "square meters"), **_units("area", 1e4, "hectares", "ha"),
+    **_units("area", 1e6, "km2", "km²", "square km", "square kilometres", "square kilometers"),
+    **_units("time", 1.0, "s", "sec", "second", "seconds"), **_units("time", 60.0, "min", "minute", "minutes"),
+    **_units("time", 3600.0, "h", "hour", "hours"), **_units("time", 86400.0, "day", "days"),
+    **_units("time", 604800.0, "week", "weeks"), **_units("time", 31557600.0, "year", "years"),
+    **_units("mass", 1e-3, "g", "gram", "grams"), **_units("mass", 1.0, "kg"),
+    **_units("mass", 1e3, "t", "tonne", "tonnes", "ton", "tons"),
+    **_units("", 1.0, "people", "persons", "inhabitants", "residents", "workers", "employees", "students",
+             "visitors", "children", "members"),
+}
+"""Unit -> (dimension, size in the dimension's base unit); dimension ``""``: a counted noun, a plain number."""
+
+_THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\d,])")
+_UNIT_NAMES = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
+_QUANTITY = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*({_UNIT_NAMES})(?![\w²])", re.IGNORECASE)
+_WORD_AFTER_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s*([^\W\d_]+)(?!\w)")
+_PLACEHOLDER = "_q"
+_Quantity = tuple[float, str]  # a value in its dimension's first-written unit, and the dimension
+
+
+def _read_units(expression: str) -> tuple[str, dict[str, _Quantity]]:
+    """The expression with sources and thousands separators dropped and each number with a unit replaced by a
+    placeholder name, and the placeholders' values."""
+    text = _THOUSANDS.sub(lambda m: m.group().replace(",", ""), SOURCE.sub("", expression))
+    written = re.search(rf"\b{_PLACEHOLDER}\d", text)
+    if written:  # the placeholders' names are ours alone
+        raise _refuse(f"contains the name {written.group()!r}, which is not allowed; allowed: {_ALLOWED}")
+    first: dict[str, float] = {}  # dimension -> the size of its first unit
+    quantities: dict[str, _Quantity] = {}
+
+    def replace(m: re.Match[str]) -> str:
+        unit = m.group(2).lower() if m.group(2).lower() in UNITS else m.group(2)
+        dimension, size = UNITS[unit]
+        ref = first.setdefault(dimension, size)
+        name = f"{_PLACEHOLDER}{len(quantities)}"
+        quantities[name] = (float(m.group(1)) * size / ref, dimension)
+        return f" {name} "
+
+    text = _QUANTITY.sub(replace, text)
+    stray = _WORD_AFTER_NUMBER.search(text)
+    if stray:
+        raise _refuse(f"has {stray.group(1)!r} after a number, which is not a known unit; known units include "
+                      "km, m, square kilometres, minutes, hours, years, kg, tonnes")
+    return text, quantities
+
+
+def _dimension(node: ast.AST, quantities: dict[str, _Quantity]) -> str:
+    """The dimension of ``node``'s value ("" for a plain number); refuses + - % // min max across dimensions."""
+    if isinstance(node, ast.Name) and node.id in quantities:
+        return quantities[node.id][1]
+    if isinstance(node, ast.UnaryOp):
+        return _dimension(node.operand, quantities)
+    if isinstance(node, ast.BinOp):
+        left, right = _dimension(node.left, quantities), _dimension(node.right, quantities)
+        if isinstance(node.op, ast.Mult):
+            return "*".join(d for d in (left, right) if d)
+        if isinstance(node.op, ast.Div):
+            return "" if left == right else f"{left or 1}/{right}" if right else left
+        if isinstance(node.op, ast.Pow):
+            return f"{left}^" if left else ""
+        if left and right and left != right:
+            raise _refuse(f"mixes units of {left} and {right}; convert one of them first")
+        return left or right
+    if isinstance(node, ast.Call):
+        dims = {_dimension(a, quantities) for a in node.args} - {""}
+        if len(dims) > 1:
+            raise _refuse(f"mixes units of {' and '.join(sorted(dims))}; convert one of them first")
+        return dims.pop() if dims else ""
+    return ""
+
+
 def _refuse(problem: str) -> ToolArgumentError:
     return ToolArgumentError("calc", [("expression", problem)])
 
@@ -50,13 +139,15 @@ def evaluate(expression: str) -> float:
         raise _refuse(f"is {len(expression)} characters long; at most {MAX_EXPRESSION_CHARS} allowed")
     if not expression.strip():
         raise _refuse("is empty")
+    text, quantities = _read_units(expression)
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         msg = getattr(exc, "msg", None) or type(exc).__name__
         raise _refuse(f"is not a valid arithmetic expression ({msg}); allowed: {_ALLOWED}") from None
     try:
-        value = _eval(tree.body)
+        _dimension(tree.body, quantities)
+        value = _eval(tree.body, {k: v for k, (v, _) in quantities.items()})
     except ToolArgumentError:
         raise
     except ZeroDivisionError:
@@ -70,29 +161,31 @@ def evaluate(expression: str) -> float:
     return float(value)
 
 
-def _eval(node: ast.AST) -> Number:
+def _eval(node: ast.AST, names: dict[str, float]) -> Number:
+    if isinstance(node, ast.Name) and node.id in names:
+        return _bounded(names[node.id])
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
             raise _refuse(f"contains {node.value!r}, which is not a number; allowed: {_ALLOWED}")
         return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _eval(node.left), _eval(node.right)
+        left, right = _eval(node.left, names), _eval(node.right, names)
         if isinstance(node.op, ast.Pow):
             _check_power(left, right)
         return _bounded(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _bounded(_UNARY[type(node.op)](_eval(node.operand)))
+        return _bounded(_UNARY[type(node.op)](_eval(node.operand, names)))
     if isinstance(node, ast.Call):
-        return _call(node)
+        return _call(node, names)
     raise _refuse(f"contains {_describe(node)}, which is not allowed; allowed: {_ALLOWED}")
 
 
-def _call(node: ast.Call) -> Number:
+def _call(node: ast.Call, names: dict[str, float]) -> Number:
     if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:
         raise _refuse(f"calls {_describe(node.func)}; only {', '.join(_FUNCTIONS)} may be called")
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise _refuse(f"{node.func.id}() takes plain positional numbers only")
-    args = [_eval(a) for a in node.args]
+    args = [_eval(a, names) for a in node.args]
     name = node.func.id
     if name == "round" and len(args) == 2:
         if not float(args[1]).is_integer():
@@ -133,6 +226,8 @@ def _describe(node: ast.AST) -> str:
 @tool(name="calc")
 def _calc(expression: str) -> float:
     """Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses, abs round min max sqrt log exp.
+    Numbers may have thousands separators, units and lookup's [file#n] sources: "12,900 + 3,400 [a.md#2]",
+    "95 minutes - 40 minutes".
 
     Args:
         expression: the arithmetic expression, e.g. "(3 + 4) * 2".

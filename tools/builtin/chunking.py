@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "best_sentence", "clip", "STOPWORDS"]
+__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "same_word",
+           "clip", "strip_source", "SOURCE", "STOPWORDS"]
 
 MAX_QUERY_TERMS = 32
 _WORD = re.compile(r"\w+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")
+"""The source ``lookup`` writes after a value: ``"12,900 [port-arlen.md#2]"``."""
 # Words so common that they only add noise to an OR query (kept when a query has nothing else).
 STOPWORDS = frozenset(
     "a an and are as at be by did do does for from had has have how in is it its of on or that the their there "
@@ -68,8 +71,9 @@ def phrase_query(text: str) -> str | None:
     return f'"{" ".join(terms[:MAX_QUERY_TERMS])}"' if terms else None
 
 
-def _same_word(a: str, b: str) -> bool:
-    # A crude stemmer: "founded" ~ "founding", "population" ~ "populations"; short words must match exactly.
+def same_word(a: str, b: str) -> bool:
+    """Whether two lowercase words are one word in another form (a crude stemmer: "founded" ~ "founding",
+    "population" ~ "populations"; words of up to five letters must match exactly)."""
     if a == b:
         return True
     n = 0
@@ -80,19 +84,15 @@ def _same_word(a: str, b: str) -> bool:
     return n >= 5 and n >= min(len(a), len(b)) - 3
 
 
-def best_sentence(paragraph: str, attribute: list[str], entity: list[str]) -> str | None:
-    """The sentence of ``paragraph`` that mentions most of the ``attribute`` words (ties: the one that also
-    mentions the entity, then the first); ``None`` if no sentence mentions any of them."""
+def sentences(paragraph: str) -> list[str]:
+    """The sentences of ``paragraph``, whitespace collapsed, Markdown heading lines left out."""
     body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
-    best: tuple[int, int] = (0, 0)
-    found = None
-    for sentence in _SENTENCE_END.split(" ".join(body.split())):
-        ws = words(sentence)
-        hits = sum(any(_same_word(a, w) for w in ws) for a in attribute)
-        mentions = sum(any(_same_word(e, w) for w in ws) for e in entity)
-        if hits and (hits, mentions) > best:
-            best, found = (hits, mentions), sentence
-    return found
+    return [s for s in _SENTENCE_END.split(" ".join(body.split())) if s]
+
+
+def strip_source(text: str) -> str:
+    """``text`` without the ``[file#n]`` sources that ``lookup`` adds (so a result can be passed on whole)."""
+    return SOURCE.sub("", text).strip().strip("\"'").strip()
 
 
 def clip(text: str, limit: int) -> str:

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -25,15 +25,28 @@ from tokenomy.errors import UserError
 
 from ..base import Tool, ToolArgumentError
 from ..decorator import tool
-from .chunking import best_sentence, clip, fts_query, phrase_query, words
+from .chunking import STOPWORDS, clip, fts_query, phrase_query, same_word, sentences, strip_source, words
 from .corpus_store import INDEX_FILENAME, CorpusStore, RefreshStats, default_index_path
+from .prose import (
+    FAMILIES,
+    Family,
+    Passage,
+    family_words,
+    find_value,
+    is_a,
+    mentioned_families,
+    names_about,
+)
 
 __all__ = ["CorpusIndex", "RefreshStats", "Hit", "search_tool", "lookup_tool", "INDEX_FILENAME"]
 
 MAX_RESULT_CHARS = 600
 # Column weights of bm25(): path and n are not indexed; a match in the file's title counts half.
-_RANKED = "SELECT path, n, text, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score FROM chunks WHERE chunks MATCH ? " \
+_RANKED = "SELECT path, n, text, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score, title FROM chunks WHERE chunks MATCH ? " \
           "ORDER BY score, path, n LIMIT ?"
+_ABOUT = "SELECT path, n, title, text FROM chunks WHERE chunks MATCH ? ORDER BY bm25(chunks, 0.0, 0.0, 0.5, 1.0), " \
+         "path, n LIMIT ?"
+_MAX_PASSAGES = 40
 T = TypeVar("T")
 _HEADING = re.compile(r"^#+[ \t]*", re.MULTILINE)
 
@@ -44,12 +57,30 @@ class Hit:
     n: int
     text: str
     score: float
+    title: str = ""
 
-    def render(self, max_chars: int) -> str:
-        """``[file#n] text``, at most ``max_chars`` characters."""
+    def render(self, max_chars: int, focus: Sequence[str] = ()) -> str:
+        """``[file#n] text``, at most ``max_chars`` characters; with ``focus`` (query words) only the sentences
+        that have one of them, ``…`` where others were left out (the whole paragraph if none has one, or if
+        the focus names the file's title: all its sentences speak of what was asked about)."""
         head = f"[{self.path}#{self.n}] "
         text = _HEADING.sub("", self.text)  # "# Title" costs tokens and says what the file name says
+        if focus and not set(words(self.title)) <= set(focus):
+            text = _focused(text, focus)
         return head + clip(text, max(1, max_chars - len(head)))
+
+
+def _focused(paragraph: str, focus: Sequence[str]) -> str:
+    parts = sentences(paragraph)
+    keep = [i for i, s in enumerate(parts) if any(same_word(q, w) for w in words(s) for q in focus)]
+    if not keep or len(keep) == len(parts):
+        return paragraph
+    out: list[str] = []
+    for i in keep:
+        if i and (not out or i - 1 not in keep):
+            out.append("…")
+        out.append(parts[i])
+    return " ".join(out) + (" …" if keep[-1] < len(parts) - 1 else "")
 
 
 class CorpusIndex:
@@ -60,10 +91,12 @@ class CorpusIndex:
         index_path: where to keep the index (default: see ``default_index_path``).
         max_chars: the longest result string ``search`` and ``lookup`` return.
         auto_refresh: check the files for changes before every query (a ``stat`` per file).
+        families: the attribute families ``lookup`` knows (default ``prose.FAMILIES``; add your own wordings).
     """
 
     def __init__(self, corpus_dir: str | os.PathLike[str], *, index_path: str | os.PathLike[str] | None = None,
-                 max_chars: int = MAX_RESULT_CHARS, auto_refresh: bool = True) -> None:
+                 max_chars: int = MAX_RESULT_CHARS, auto_refresh: bool = True,
+                 families: tuple[Family, ...] = FAMILIES) -> None:
         self.corpus_dir = Path(corpus_dir).resolve()
         if not self.corpus_dir.is_dir():
             raise UserError(f"corpus directory {self.corpus_dir} does not exist or is not a directory")
@@ -73,44 +106,72 @@ class CorpusIndex:
         self.store = CorpusStore(self.corpus_dir, path)
         self.max_chars = max_chars
         self.auto_refresh = auto_refresh
+        self.families = families
         self.last_refresh: RefreshStats | None = None
         self._lock = threading.Lock()
         self._synced = False
 
     # -- queries -----------------------------------------------------------------------------------------
 
-    def hits(self, query: str, k: int = 3) -> list[Hit]:
-        """The ``k`` best paragraphs for free-text ``query`` by BM25 (best first)."""
+    def hits(self, query: str, k: int = 3, *, synonyms: bool = False) -> list[Hit]:
+        """The ``k`` best paragraphs for free-text ``query`` by BM25 (best first); ``synonyms``: an attribute's
+        name also matches the words of its family ("population" finds "3,400 people live there")."""
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
-        match = fts_query(query)
+        match = fts_query(f"{query} {' '.join(family_words(query, self.families))}" if synonyms else query)
         if match is None:
             return []
         return self._with_index(lambda conn: [Hit(*row) for row in conn.execute(_RANKED, (match, k))])
 
-    def search(self, query: str, k: int = 3) -> list[str]:
-        """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long."""
-        return [hit.render(self.max_chars) for hit in self.hits(query, k)]
+    def search(self, query: str, k: int = 3, *, brief: bool = False) -> list[str]:
+        """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long; ``brief``:
+        only their sentences that have a word of the query (what the ``search`` tool returns: fewer tokens)."""
+        focus = [w for w in words(query) if w not in STOPWORDS] if brief else []
+        focus += family_words(query, self.families) if brief else []
+        return [hit.render(self.max_chars, focus) for hit in self.hits(query, k, synonyms=brief)]
 
     def lookup(self, entity: str, attribute: str) -> str:
-        """The sentence that gives ``attribute`` of ``entity``, from the best paragraph mentioning the entity
-        (the file's title counts as a mention); ``"not found"`` if there is none."""
+        """One value of ``attribute`` of ``entity`` with its source, ``"12,900 [port-arlen.md#2]"``: a year, a
+        number with its unit (``"212 km"``) or a name, read from the sentences about the entity even where they
+        word the attribute otherwise (see ``tools.builtin.prose``). Where there is none: ``"not found"`` and the
+        attributes the text about the entity does give, so that a caller can ask again. ``[file#n]`` sources in
+        the arguments are ignored, so one lookup's result can be the next one's entity."""
+        entity, attribute = strip_source(entity), strip_source(attribute)
         phrase = phrase_query(entity)
         if phrase is None:
             raise ToolArgumentError("lookup", [("entity", "has no words")])
-        attr_words = [w for w in words(attribute) if w not in words(entity)] or words(attribute)
-        attr_query = fts_query(" ".join(attr_words))
-        queries = [f"{phrase} AND ({attr_query})"] if attr_query else []
+        if not words(attribute):
+            raise ToolArgumentError("lookup", [("attribute", "has no words")])
+        entity_words = set(words(entity))
 
         def find(conn: sqlite3.Connection) -> str:
-            for q in [*queries, phrase]:
-                for _path, _n, text, _score in conn.execute(_RANKED, (q, 5)):
-                    sentence = best_sentence(text, attr_words, words(entity))
-                    if sentence:
-                        return clip(sentence, self.max_chars)
-            return "not found"
+            rows = conn.execute(_ABOUT, (phrase, _MAX_PASSAGES)).fetchall()
+            passages = [Passage(path, n, title, text, own=entity_words <= set(words(title)))
+                        for path, n, title, text in rows]
+            if not passages:
+                return f"not found: no text names {clip(entity, 60)}"
+            known = {w for p in passages for w in words(p.title)} | entity_words
+            found = find_value(passages, entity, attribute, known=known, families=self.families)
+            if found is None:  # "on the coast of Veradel" and "Veradel is a small province"
+                found = next((f for f in names_about(passages, entity, known)
+                              if is_a(self._first_sentence(conn, f.value), f.value, attribute, self.families)), None)
+            if found is None:
+                hint = mentioned_families(passages, entity, self.families)
+                return clip(f"not found; the text on {entity} gives: {', '.join(hint)}" if hint else "not found",
+                            self.max_chars)
+            return clip(f"{found.value} [{found.path}#{found.n}]", self.max_chars)
 
         return self._with_index(find)
+
+    @staticmethod
+    def _first_sentence(conn: sqlite3.Connection, title: str) -> str:
+        """The first sentence of the file titled ``title`` ("" if there is none)."""
+        phrase = phrase_query(title)
+        for row_title, text in conn.execute("SELECT title, text FROM chunks WHERE chunks MATCH ? AND n = 1",
+                                            (f"title : {phrase}",) if phrase else ()):
+            if row_title.lower() == title.lower():
+                return next(iter(sentences(text)), "")
+        return ""
 
     # -- keeping the index fresh -------------------------------------------------------------------------
 
@@ -159,28 +220,32 @@ def search_tool(corpus_dir: str | os.PathLike[str] | CorpusIndex, *, max_chars: 
 
     @tool
     def search(query: str, k: Annotated[int, Field(ge=1, le=10)] = 3) -> list[str]:
-        """Full-text search of the corpus; returns the best paragraphs as "[file#n] text".
+        """Full-text search of the corpus; returns the best paragraphs as "[file#n] text", cut to the
+        sentences with a word of the query.
 
         Args:
             query: words to look for.
             k: how many paragraphs to return (1-10).
         """
-        return index.search(query, k)
+        return index.search(query, k, brief=True)
 
     return search
 
 
 def lookup_tool(corpus_dir: str | os.PathLike[str] | CorpusIndex, *, max_chars: int = MAX_RESULT_CHARS) -> Tool:
-    """The ``lookup(entity, attribute) -> str`` tool: one sentence from the corpus, or "not found"."""
+    """The ``lookup(entity, attribute) -> str`` tool: one value with its source, or "not found" and a hint
+    (see ``CorpusIndex.lookup``)."""
     index = _index(corpus_dir, max_chars)
 
     @tool
     def lookup(entity: str, attribute: str) -> str:
-        """The corpus sentence that gives an attribute of an entity, or "not found".
+        """One value from the corpus with its source, e.g. "12,900 [velmora.md#2]", "212 km [orrin.md#1]" or a
+        name; calc accepts it as it is, and so does lookup's entity. "not found; ... gives: ..." lists attributes to
+        try instead.
 
         Args:
             entity: what the question is about, e.g. "Velmora".
-            attribute: what to know about it, e.g. "population".
+            attribute: what to know about it, e.g. "population", "founder", "born", "length".
         """
         return index.lookup(entity, attribute)
 
