@@ -26,6 +26,7 @@ import numpy as np
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.tokens import count_text
+from tokenomy.kernels.usage import Usage
 from tokenomy.tools.builtin.chunking import fts_query
 
 from .documents import MAX_BYTES, SUFFIXES, parse_document, read_bytes, split_chunks
@@ -87,6 +88,11 @@ class IngestStats:
     vectors: int = 0
     """Vectors written, including those added to chunks that had none (ingested earlier without an embedder)."""
     seconds: float = 0.0
+    extract_usage: Usage | None = None
+    """The tokens the triplet extractor spent in this run, if it reports them (a model extractor: ``calls`` 0
+    when every chunk came from its cache); ``None`` for the rules."""
+    extract_cached: int = 0
+    """Chunks whose triplets came from the extractor's cache (no model call)."""
 
 
 class RagStore:
@@ -198,6 +204,7 @@ class RagStore:
         t0 = time.perf_counter()
         stats = IngestStats()
         root, files = _scan(source)
+        calls0, hits0 = len(getattr(extract, "call_usages", ())), getattr(extract, "cache_hits", 0)
         self._check_embedder(embedder)
         if embedder is None and self._select("SELECT 1 FROM vectors LIMIT 1"):
             log.warning("%s: ingesting without an embedder; new chunks get no vectors", self.path)
@@ -226,6 +233,9 @@ class RagStore:
             done(rel, status)
         if embedder is not None:
             stats.vectors += self._backfill(embedder)
+        if hasattr(extract, "call_usages"):
+            stats.extract_usage = sum(list(extract.call_usages)[calls0:], Usage())
+            stats.extract_cached = getattr(extract, "cache_hits", 0) - hits0
         stats.seconds = time.perf_counter() - t0
         return stats
 
