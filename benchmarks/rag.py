@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tokenomy import plot
 from tokenomy.errors import UserError
 from tokenomy.tools.rag.types import Context, Embedder, Hit
@@ -108,6 +110,22 @@ def _world_questions(world: World, per_hops: int, hops: Sequence[int]) -> list[Q
 EXTRACTORS = ("rules", "model", "both")
 
 
+class _Memo:
+    """The embedder with a memory: every compressor and budget scores the same sentences, each encoded once."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.inner, self.name, self.dim = embedder, embedder.name, embedder.dim
+        self._seen: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        if new:
+            self._seen.update(zip(new, self.inner.encode(new), strict=True))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._seen[t] for t in texts])
+
+
 def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, budgets: Sequence[int] | None = None,
                   embedder: Embedder | None = None, workdir: str | Path | None = None,
                   corpus: str | Path | None = None, questions_file: str | Path | None = None,
@@ -141,6 +159,7 @@ def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, bud
         from tokenomy.tools.rag.embed import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
+    embedder = _Memo(embedder)
     if corpus is not None and questions_file is not None:
         qs = load_questions(questions_file, corpus)
         qs = qs[:questions] if questions else qs

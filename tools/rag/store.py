@@ -267,7 +267,7 @@ class RagStore:
                     self._forget(conn, rel)
             return "skipped", str(exc)
         vecs = self._encode(embedder, pieces) if embedder else None
-        facts = [_facts(extract, t) for _, t in pieces] if extract else None
+        facts = [_facts(extract, _titled(h, t)) for h, t in pieces] if extract else None
         with self._write() as conn:
             if embedder is not None:
                 self._claim_embedder(conn, embedder)
@@ -437,6 +437,13 @@ class RagStore:
         dim = meta.get("embedder_dim")
         return {**counts, "embedder": meta.get("embedder_name"), "dim": int(dim) if dim else None,
                 "generation": int(meta["generation"])}
+
+
+def _titled(heading: str, text: str) -> str:
+    """A chunk as its extractor reads it: under its own heading (what "It" and "the town" refer to), unless the
+    text already opens with one."""
+    title = heading.split(" > ")[-1].strip()
+    return f"# {title}\n\n{text}" if title and not text.lstrip().startswith("#") else text
 
 
 def _facts(extract: Extractor, text: str) -> list[tuple[str, ...]]:
