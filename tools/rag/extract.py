@@ -376,7 +376,7 @@ def _extra(cl: _Clause, subject: str) -> list[tuple[str, str, str]]:
     for m in re.finditer(rf"({_ENT})['’]s\s+((?:[a-z]+\s+){{0,2}}?[a-z]+)\s+(?:in|at|of)\s+(?:the\s+)?"
                          rf"({_ENT}|\d{{4}}\b)", t):
         out.append((cl.subj(m.group(1)), m.group(2), cl.obj(m.group(3))[0]))
-    for m in re.finditer(rf"\b(?:a|an)\s+([a-z]+)\s+of\s+({NUM})", t):
+    for m in re.finditer(rf"(?<!\bis )(?<!\bwas )\b(?:a|an)\s+([a-z]+)\s+of\s+({NUM})", t):  # "drains an area of N"
         out.append((subject, m.group(1), m.group(2)))
     for m in re.finditer(rf"\b(?:a|an|the)\s+([a-z]+)\s+(?:that|which)\s+([a-z]+)\s+({NUM})", t):
         out.append((subject, f"{m.group(1)} {m.group(2)}", m.group(3)))

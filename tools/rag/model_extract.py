@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -32,8 +33,10 @@ __all__ = ["ModelExtractor", "ExtractCache", "EXTRACT_PROMPT", "PROMPT_VERSION",
 
 EXTRACT_PROMPT = ("List the facts the text states, one per line, as: subject | relation | object\n"
                   "Use names exactly as the text writes them; write the full name instead of he, she, it or "
-                  "the town. Write nothing else.")
-PROMPT_VERSION = "2"
+                  "the town. Write nothing else.\n\n"
+                  "Example text: Orvel is a town of 8200 people. Its mayor, Ana Toll, was born in 1970.\n"
+                  "Example facts:\nOrvel | population | 8200\nOrvel | mayor | Ana Toll\nAna Toll | born | 1970")
+PROMPT_VERSION = "3"
 """Part of the cache key: bump it when ``EXTRACT_PROMPT`` or ``parse_triplet_lines`` changes what is kept."""
 MAX_FIELD_CHARS = 80
 EXTRACTORS = ("rules", "model", "both")
@@ -46,6 +49,7 @@ def parse_triplet_lines(reply: str, text: str) -> list[Fact]:
     sents = sentences(text) or [text]
     out: list[Fact] = []
     for line in reply.splitlines():
+        line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line)  # a list marker or a number before the fact
         parts = [p.strip().strip("-*•").strip() for p in line.split("|")]
         if len(parts) != 3 or not all(parts) or any(len(p) > MAX_FIELD_CHARS for p in parts):
             continue
