@@ -13,8 +13,8 @@ is scored without any model:
 * context tokens (o200k_base), counted on the exact text a model would read.
 
 The reference is BM25 top-k whole chunks (the usual RAG baseline). The goal (BENCHMARKS.md "rag"): equal
-supporting-fact recall with <= 40% of its context tokens (<= 25% on prose). For each retriever and compressor the report gives
-the smallest budget that reaches the reference's recall and the tokens it spends there.
+supporting-fact recall with <= 40% of its context tokens (<= 25% on prose). For each retriever and compressor the
+report gives the smallest budget that reaches the reference's recall and the tokens it spends there.
 
 ``--corpus DIR --questions FILE`` runs the same measures on a hand-written prose corpus whose questions mark
 their supporting facts (``benchmarks.rag_prose``); there a fact also counts as stated when the context holds its

@@ -40,7 +40,8 @@ _REL = r"(?P<rel>[a-z][a-z' -]{0,40}?)"
 _PREPS = r"in|by|on|at|from|of|with|for|near|since"
 _UNIT_REL = {"people": "population", "inhabitants": "population", "residents": "population",
              "citizens": "population", "staff": "employees", "workers": "employees"}
-_AGENT = {"founded": "founder", "established": "founder", "set up": "founder", "started": "founder", "made": "maker", "written": "author", "directed": "director", "built": "builder",
+_AGENT = {"founded": "founder", "established": "founder", "set up": "founder", "started": "founder", "made": "maker",
+          "written": "author", "directed": "director", "built": "builder",
           "designed": "designer", "created": "creator", "owned": "owner", "invented": "inventor",
           "produced": "producer", "published": "publisher", "manufactured": "manufacturer", "led": "leader",
           "developed": "developer", "painted": "painter", "composed": "composer", "discovered": "discoverer"}
@@ -381,11 +382,13 @@ def _extra(cl: _Clause, subject: str) -> list[tuple[str, str, str]]:
     for m in re.finditer(rf"\b(?:a|an|the)\s+([a-z]+)\s+(?:that|which)\s+([a-z]+)\s+({NUM})", t):
         out.append((subject, f"{m.group(1)} {m.group(2)}", m.group(3)))
     # "the clock tower on the market square, 52 metres tall"
-    for m in re.finditer(rf"\b[Tt]he\s+((?:[a-z]+\s+)?[a-z]+)(?:\s+(?:on|in|at|of)\s+(?:the\s+)?[a-z]+(?:\s+[a-z]+)?)?,?"
+    for m in re.finditer(rf"\b[Tt]he\s+((?:[a-z]+\s+)?[a-z]+)(?:\s+(?:on|in|at|of)\s+(?:the\s+)?[a-z]+"
+                         rf"(?:\s+[a-z]+)?)?,?"
                          rf"\s+({_NUM}\s+[a-z]+)\s+({'|'.join(_ADJ_DIM)})\b", t):
         out.append((subject, f"{m.group(1)} {_ADJ_DIM[m.group(3)]}", m.group(2)))
     # "a harbour town on the Salt Coast of Veradel", "a mill town in the hills of Veradel"
-    for m in re.finditer(rf"\b(?:in|on|at|near)\s+(?:the\s+)?(?:{_ENT}|(?:[a-z]+\s+){{1,2}})\s*of\s+(?:the\s+)?({_ENT})", t):
+    for m in re.finditer(rf"\b(?:in|on|at|near)\s+(?:the\s+)?(?:{_ENT}|(?:[a-z]+\s+){{1,2}})\s*of\s+(?:the\s+)?"
+                         rf"({_ENT})", t):
         out.append((subject, "located in", cl.names[int(m.group(1)[2:-1])]))
     for m in re.finditer(rf"\b(?:in|on|at|near)\s+(?:the\s+)?({_ENT})", t):  # "on the Salt Coast of Veradel"
         name = cl.names[int(m.group(1)[2:-1])]

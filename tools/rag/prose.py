@@ -213,7 +213,8 @@ def _appositions(s: str, nm: _Names, doc: Discourse, facts: list[Fact]) -> str:
     body = rf"(?:(?:the|a|an)\s+[^,;]+?|{NUM}\s+[a-z]+|(?:born|founded|built|opened|set up|established)\s[^,;]+?)"
     s = re.sub(rf"({ENT}),\s+({body})(,|(?=[;.]|$))", appos, s)
     # "its university, which was set up in 1893 by X": the owned thing becomes a name of its own
-    owner = nm.get(m.group(1)) if (m := re.match(rf"^({ENT})\s", s)) else doc.main
+    first = re.match(rf"^({ENT})\s", s)
+    owner = nm.get(first.group(1)) if first else doc.main
     s = re.sub(rf"(?:({ENT})['’]s|\bits)\s+([a-z]+),\s+which\b",
                lambda m: f"{nm.ref((nm.get(m.group(1)) if m.group(1) else owner) + ' ' + m.group(2))}, which", s)
     return s
@@ -221,7 +222,8 @@ def _appositions(s: str, nm: _Names, doc: Discourse, facts: list[Fact]) -> str:
 
 def _apposition_facts(head: str, body: str, nm: _Names, facts: list[Fact]) -> None:
     m = re.fullmatch(rf"(?:the|a|an)\s+(?P<rel>[a-z][a-z ]*?)\s+(?:of|for)\s+(?:the\s+)?(?P<o>{ENT})", body)
-    if m and not re.search(r"\b(?:and|or|in|on|at|from|with)\b", m.group("rel")):  # "the mayor of Port Arlen": Port Arlen's mayor is the head
+    # "the mayor of Port Arlen": Port Arlen's mayor is the head
+    if m and not re.search(r"\b(?:and|or|in|on|at|from|with)\b", m.group("rel")):
         facts.append((nm.get(m.group("o")), m.group("rel"), head))
         return
     m = re.fullmatch(rf"(?P<n>{NUM})\s+(?P<adj>[a-z]+)", body)
@@ -302,7 +304,7 @@ def _bridge(clause: str, nm: _Names, doc: Discourse) -> tuple[str, str]:
     """A clause opened by a definite noun phrase that names nothing (``The crossing takes 95 minutes``, ``The old
     lighthouse on Gull Point was lit ...``) is about the main subject; the noun joins the relation."""
     clause = _resolve_pronouns(clause, nm, doc, start=True)
-    m = re.match(rf"^[Tt]he\s+((?:[a-z-]+\s+){{0,3}})(.*)$", clause)
+    m = re.match(r"^[Tt]he\s+((?:[a-z-]+\s+){0,3})(.*)$", clause)
     if not m or not doc.main or re.match(rf"^[Tt]he\s+[a-z ]+?\s+of\s+(?:the\s+)?{ENT}\s+(?:is|was)\b", clause):
         return clause, ""
     words, rest = m.group(1).split(), m.group(2)

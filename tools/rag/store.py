@@ -233,8 +233,9 @@ class RagStore:
             done(rel, status)
         if embedder is not None:
             stats.vectors += self._backfill(embedder)
-        if hasattr(extract, "call_usages"):
-            stats.extract_usage = sum(list(extract.call_usages)[calls0:], Usage())
+        usages = getattr(extract, "call_usages", None)
+        if usages is not None:
+            stats.extract_usage = sum(list(usages)[calls0:], Usage())
             stats.extract_cached = getattr(extract, "cache_hits", 0) - hits0
         stats.seconds = time.perf_counter() - t0
         return stats
