@@ -173,6 +173,16 @@ def test_model_facts_are_cached_per_chunk_so_reingesting_costs_nothing(tmp_path)
     assert ExtractCache.key("a", "text") != ExtractCache.key("b", "text") != ExtractCache.key("a", "text2")
 
 
+def test_model_replies_in_numbered_lists_or_markdown_tables_are_read():
+    from tokenomy.tools.rag.model_extract import parse_triplet_lines
+
+    text = "Orvel is a town of 8200 people. Its mayor is Ana Toll."
+    reply = ("```\n| Subject | Relation | Object |\n|---|---|---|\n| Orvel | population | 8200 |\n"
+             "2. Orvel | mayor | **Ana Toll**\nAna Toll | mother | Ana Toll\n```")
+    assert [f[:3] for f in parse_triplet_lines(reply, text)] == [("Orvel", "population", "8200"),
+                                                                  ("Orvel", "mayor", "Ana Toll")]
+
+
 def test_both_extractors_merge_and_unknown_kinds_are_refused(tmp_path):
     engine = _scripted()
     both = make_extractor("both", engine)

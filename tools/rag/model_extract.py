@@ -50,12 +50,15 @@ def parse_triplet_lines(reply: str, text: str) -> list[Fact]:
     out: list[Fact] = []
     for line in reply.splitlines():
         line = re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line)  # a list marker or a number before the fact
+        line = line.strip().strip("`").strip()
+        if line.startswith("|") and line.endswith("|"):  # a Markdown table row, as code models like to write
+            line = line[1:-1]
         parts = [p.strip().strip("-*•").strip() for p in line.split("|")]
         if len(parts) != 3 or not all(parts) or any(len(p) > MAX_FIELD_CHARS for p in parts):
             continue
         subject, relation, obj = parts
-        if subject.lower() not in lower or obj.lower() not in lower:
-            continue
+        if subject.lower() not in lower or obj.lower() not in lower or subject.lower() == obj.lower():
+            continue  # not grounded in the text, or a thing related to itself (small models loop on those)
         sentence = next((s for s in sents if subject.lower() in s.lower() and obj.lower() in s.lower()),
                         next((s for s in sents if obj.lower() in s.lower()), sents[0]))
         fact = (subject, relation.lower(), obj, sentence)
