@@ -3,8 +3,10 @@
 A knowledge graph needs facts, and a model that extracts them costs tokens and time at ingest. These rules read
 the common shapes of English statements ("X is a company founded in 1921 by Y", "The birthplace of X is Y",
 "Its mayor is Z", "It has 412 employees", "X works for Y", "X is 120 kilometres long") and fall back on "first
-name, the verb between, next name or number" for the rest. Named entities are runs of capitalised words; ``It``
-and ``Its`` stand for the text's main subject (its heading or first name). Deterministic and cheap, so a corpus
+name, the verb between, next name or number" for the rest. Named entities are runs of capitalised words. Free
+prose is first rewritten into simple clauses by :mod:`.prose` (pronouns and "the town" resolved, appositions,
+relative and subordinate clauses, coordinated verbs and lists taken apart); ``It`` and ``Its`` with nothing
+before them stand for the text's main subject (its heading or first name). Deterministic and cheap, so a corpus
 is read once at ingest.
 
 Extraction is data handling: corpus text is matched against patterns, never interpreted or executed.
