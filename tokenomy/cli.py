@@ -354,7 +354,9 @@ def _bench_rag(args: argparse.Namespace) -> int:
     def progress(m: str) -> None:
         print(m, file=sys.stderr, flush=True)
 
-    result = rag.run_rag_bench(quick=args.quick, seed=args.seed, questions=args.tasks, progress=progress)
+    result = rag.run_rag_bench(quick=args.quick, seed=args.seed, questions=args.tasks, progress=progress,
+                               corpus=args.corpus, questions_file=args.questions, extract=args.extract,
+                               model=args.model)
     print(rag.format_rag_report(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -502,9 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--store", default=None, help="the SQLite store (default: in the tokenomy cache)")
     ingest.add_argument("--no-vectors", action="store_true", help="skip sentence embeddings (BM25 and graph only)")
     ingest.add_argument("--max-tokens", type=int, default=200, help="the most tokens of a chunk")
-    ingest.add_argument("--extractor", choices=["rules", "model"], default="rules",
-                        help="how triplets are extracted: English rules (default) or a model (one call per chunk)")
-    ingest.add_argument("--model", default=None, help="with --extractor model: the model spec")
+    ingest.add_argument("--extractor", "--extract", choices=["rules", "model", "both"], default="rules",
+                        help="how triplets are extracted: English rules (default), a model (one call per chunk, "
+                             "cached in the store by chunk text) or both")
+    ingest.add_argument("--model", default=None, help="with --extractor model or both: the model spec")
     ingest.set_defaults(fn=cmd_rag)
     ask = cmds.add_parser("ask", help="answer a question from a store, with citations")
     ask.add_argument("question")
@@ -524,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "collab (long/short policies on a difficulty ladder) or rag (context tokens "
                                     "per retriever)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
+    bench.add_argument("--corpus", default=None, metavar="DIR", help="rag: a prose corpus instead of the "
+                                                                     "synthetic world (with --questions)")
+    bench.add_argument("--questions", default=None, metavar="FILE", help="rag: the corpus's questions (JSON lines "
+                                                                         "with question, answer, hops, support)")
+    bench.add_argument("--extract", choices=["rules", "model", "both"], default="rules",
+                       help="rag: the triplet extractor (model and both use --model)")
     bench.add_argument("--json", default=None, help="write the records to this file")
     bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
     bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])

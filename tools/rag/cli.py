@@ -23,35 +23,36 @@ def _store(path: str | None) -> Path:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .graph import extract_triplets
-    from .model_extract import ModelExtractor
-    from .store import Extractor, RagStore
+    from tokenomy.kernels.usage import Usage
 
-    extract: Extractor = extract_triplets
-    model_extract = None
-    if args.extractor == "model":
-        from tokenomy.kernels import default_spec, load_engine
+    from .model_extract import make_extractor
+    from .store import RagStore
 
-        extract = model_extract = ModelExtractor(load_engine(args.model or default_spec()))
     embedder = None
     if not args.no_vectors:
         from .embed import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
     path = _store(args.store)
-    with RagStore(path) as store:
+    spent: Usage | None = None
+    cached = 0
+    with RagStore(path) as store:  # opened first: the model extractor keeps its cache in the store's file
+        extract = make_extractor(args.extractor, args.model, cache=path)
         for source in args.paths:
             stats = store.ingest(source, embedder=embedder, extract=extract, max_tokens=args.max_tokens)
             print(f"{source}: {stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
                   f"{stats.removed} removed, {stats.chunks} new chunks ({stats.seconds:.1f} s)")
             for skipped, why in stats.skipped:
                 print(f"  skipped {skipped}: {why}")
+            if stats.extract_usage is not None:
+                spent = stats.extract_usage if spent is None else spent + stats.extract_usage
+                cached += stats.extract_cached
         s = store.stats()
     print(f"store {path}: {s['docs']} documents, {s['chunks']} chunks, {s['vectors']} vectors, "
           f"{s['triplets']} triplets")
-    if model_extract is not None and model_extract.usage is not None:
-        u = model_extract.usage
-        print(f"extraction: {u.calls} model calls, prompt {u.prompt_tokens}, completion {u.completion_tokens} tokens")
+    if spent is not None:
+        print(f"extraction: {spent.calls} model calls, prompt {spent.prompt_tokens}, completion "
+              f"{spent.completion_tokens} tokens; {cached} chunks from the cache")
     return 0
 
 

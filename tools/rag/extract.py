@@ -3,8 +3,10 @@
 A knowledge graph needs facts, and a model that extracts them costs tokens and time at ingest. These rules read
 the common shapes of English statements ("X is a company founded in 1921 by Y", "The birthplace of X is Y",
 "Its mayor is Z", "It has 412 employees", "X works for Y", "X is 120 kilometres long") and fall back on "first
-name, the verb between, next name or number" for the rest. Named entities are runs of capitalised words; ``It``
-and ``Its`` stand for the text's main subject (its heading or first name). Deterministic and cheap, so a corpus
+name, the verb between, next name or number" for the rest. Named entities are runs of capitalised words. Free
+prose is first rewritten into simple clauses by :mod:`.prose` (pronouns and "the town" resolved, appositions,
+relative and subordinate clauses, coordinated verbs and lists taken apart); ``It`` and ``Its`` with nothing
+before them stand for the text's main subject (its heading or first name). Deterministic and cheap, so a corpus
 is read once at ingest.
 
 Extraction is data handling: corpus text is matched against patterns, never interpreted or executed.
@@ -16,6 +18,8 @@ import re
 
 from tokenomy.tools.builtin.chunking import _SENTENCE_END, STOPWORDS
 
+from .prose import _ADJ_DIM, NUM, Discourse, read_sentence
+
 __all__ = ["extract_triplets", "sentences", "main_subject"]
 
 # Capitalised words that start a sentence without naming anything.
@@ -23,7 +27,8 @@ _NOT_NAMES = frozenset(
     "a an the it its he she his her they their them this that these those i we our you your my there here "
     "in on at for from by with of to and or but if when while after before since because although however "
     "also then thus so yet many some most all every each both no not one what which who whom whose where why "
-    "how as is was are were".split())
+    "how as is was are were about around over nearly almost some today now every two three four five six seven "
+    "eight nine ten not".split())
 _TITLES = frozenset("inc ltd co corp dr mr mrs ms prof st jr sr mt ft".split())
 _CONNECTORS = frozenset("of de du da del di van von der den la le &".split())
 _TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|[\w'’]+(?:-[\w'’]+)*|\S")
@@ -35,16 +40,19 @@ _PRON = r"(?:it|he|she|they)"
 _POSS = r"(?:its|his|her|their)"
 _REL = r"(?P<rel>[a-z][a-z' -]{0,40}?)"
 _PREPS = r"in|by|on|at|from|of|with|for|near|since"
-_ADJ_DIM = {"long": "length", "tall": "height", "high": "height", "wide": "width", "deep": "depth", "old": "age"}
 _UNIT_REL = {"people": "population", "inhabitants": "population", "residents": "population",
              "citizens": "population", "staff": "employees", "workers": "employees"}
-_AGENT = {"founded": "founder", "made": "maker", "written": "author", "directed": "director", "built": "builder",
+_AGENT = {"founded": "founder", "established": "founder", "set up": "founder", "started": "founder", "made": "maker",
+          "written": "author", "directed": "director", "built": "builder",
           "designed": "designer", "created": "creator", "owned": "owner", "invented": "inventor",
           "produced": "producer", "published": "publisher", "manufactured": "manufacturer", "led": "leader",
           "developed": "developer", "painted": "painter", "composed": "composer", "discovered": "discoverer"}
+_SAME = {"established": "founded", "set up": "founded", "started": "founded"}
+"""Participles that say the same: one relation name, so that questions find them alike."""
 _PLACE = {"born": "birthplace", "located": "location", "based": "location", "situated": "location",
           "headquartered": "headquarters", "died": "deathplace"}
-_PARTICIPLE = re.compile(r"[a-z]+ed|made|born|built|written|known|led|held|founded|grown|run|sold|given|taken")
+_PARTICIPLE = re.compile(r"set up|[a-z]+ed|made|born|built|written|known|led|held|founded|grown|run|sold|given|taken|"
+                         r"lit|won|seen|begun|shown|drawn|paid|laid|kept|sent|spent|found|hung|struck|chosen|elected")
 _ABBREV = re.compile(r"(?:\b(?:inc|ltd|co|corp|dr|mr|mrs|ms|prof|st|jr|sr|vs|etc|mt|ft|approx)\.|"
                      r"(?<![\w.])[A-Z]\.|\b(?:e\.g|i\.e|U\.S|U\.K)\.)$", re.I)
 _CONJ = re.compile(rf"^(?:\s*,\s*(?:and\s+)?|\s+and\s+)({_ENT})")
@@ -124,8 +132,8 @@ def main_subject(text: str, subject_hint: str = "") -> str:
         m = re.search(rf"(?<!\w){re.escape(hint)}(?!\w)", " ".join(sentences(text)), re.I)
         if m:
             return m.group()
-        if not opening:
-            return hint
+        if not opening or re.search(rf"(?<!\w){re.escape(opening)}$", hint, re.I):
+            return hint  # "The Tamsin rises ..." under the heading "River Tamsin"
     return opening or first
 
 
@@ -182,6 +190,7 @@ def _modifiers(cl: _Clause, subject: str, tail: str, participle: str = "") -> li
         prep, token, unit = m.group("prep").lower(), m.group("o"), (m.group("unit") or "").lower()
         is_ent = token.startswith("@E")
         value = cl.names[int(token[2:-1])] if is_ent else token
+        part = _SAME.get(part, part)
         if prep == "by" and is_ent:
             rel = _AGENT.get(part, f"{part} by".strip())
         elif prep in ("of", "with") and not is_ent and unit and unit not in STOPWORDS:
@@ -229,7 +238,7 @@ def _clause_triplets(cl: _Clause) -> list[tuple[str, str, str]]:
     s, rest = cl.subj(m.group("s")), m.group("rest")
     # X is the <rel> of Y
     m = re.match(rf"^{_BE}\s+(?:the|a|an)\s+{_REL}\s+of\s+(?:the\s+)?(?P<o>{_ENT})", rest, re.I)
-    if m:
+    if m and not re.search(r"\b(?:in|on|at|near|between|and|from)\b", m.group("rel")):
         return [(cl.subj(m.group("o")), _norm_rel(m.group("rel")), s)]
     # X is N kilometres long
     m = re.match(rf"^{_BE}\s+(?:about\s+|around\s+)?(?P<n>{_NUM})\s+(?P<unit>[a-z]+)\s+(?P<adj>\w+)", rest, re.I)
@@ -306,8 +315,19 @@ def extract_triplets(text: str, *, subject_hint: str = "") -> list[tuple[str, st
 
 def _extract(text: str, subject_hint: str) -> list[tuple[str, str, str, str]]:
     main = main_subject(text, subject_hint)
+    sents = sentences(text)
+    doc = Discourse(main, kind=_kind(main, sents))
     out: dict[tuple[str, str, str], tuple[str, str, str, str]] = {}
-    for sent in sentences(text):
+
+    def keep(s: str, r: str, o: str, sent: str) -> None:
+        s, r, o = s.strip(), " ".join(r.split()), o.strip().rstrip(".,;:")
+        if s and r and o and s.lower() != o.lower() and not set(r.split()) <= _NOT_RELATIONS:
+            out.setdefault((s.lower(), r, o.lower()), (s, r, o, sent))
+
+    for sent in sents:
+        spans = _entities(sent)
+        doc.names.update(_name(sent, sp) for sp in spans if " " in _name(sent, sp))
+    for sent in sents:
         if len(sent) > 2000:
             continue
         spans = _entities(sent)
@@ -317,20 +337,71 @@ def _extract(text: str, subject_hint: str) -> list[tuple[str, str, str, str]]:
         last = 0
         for a, b in spans:
             marked += [safe[last:a], f"@E{len(names)}@"]
-            names.append(_name(sent, (a, b)))
+            names.append(doc.canonical(_name(sent, (a, b))))
             last = b
         marked.append(safe[last:])
-        placed = "".join(marked)
-        subject = main or (names[0] if names else "")
-        clauses = []
-        for m in _RELATIVE.finditer(placed):  # "X, which is 6400 km long, flows into Y": both
-            clauses.append(f"{m.group(1)} {m.group(2)}")
-        placed = _RELATIVE.sub(r"\1 ", placed)
-        for part in re.split(rf"\s*;\s*|,?\s+and\s+(?=(?:{_POSS}|{_PRON})\b)", placed, flags=re.I):
-            clauses.append(part)
-        for clause in clauses:
-            for s, r, o in _clause_triplets(_Clause(clause, names, subject)):
-                s, r, o = s.strip(), " ".join(r.split()), o.strip().rstrip(".,;:")
-                if s and r and o and s.lower() != o.lower() and not set(r.split()) <= _NOT_RELATIONS:
-                    out.setdefault((s.lower(), r, o.lower()), (s, r, o, sent))
+        clauses, facts = read_sentence("".join(marked), names, doc)
+        for s, r, o in facts:
+            if r:
+                keep(s, r, o, sent)
+            else:  # a participle apposition: "X, born in 1574 in Y,"
+                for s2, r2, o2 in _modifiers(_Clause(o, names, main), s, " " + o):
+                    keep(s2, r2, o2, sent)
+        for clause, prefix in clauses:
+            subject = names[int(clause[2:clause.index("@", 2)])] if re.match(_ENT, clause) else doc.thing()
+            cl = _Clause(clause, names, subject)
+            found = _clause_triplets(cl) + _extra(cl, subject)
+            for s, r, o in found:
+                keep(s, f"{prefix} {r}" if prefix and s == main else r, o, sent)
     return list(out.values())
+
+
+def _kind(main: str, sents: list[str]) -> str:
+    """The noun the text calls its main subject by: ``town`` for "Arlen Falls is a mill town"."""
+    for sent in sents:
+        m = re.match(rf"^(?:the\s+)?{re.escape(main)}(?:,[^,]*,)?\s+{_BE}\s+(?:a|an)\s+((?:[a-z]+\s+){{0,3}}?)"
+                     r"([a-z]+)\b(?=\s+(?:of|in|on|at|between|with|that|which|founded|from|near)\b|[,.;]|$)", sent)
+        if m and main:
+            return m.group(2)
+    words = main.lower().split()
+    return words[0] if len(words) > 1 and words[0] in ("river", "mount", "lake", "port") else ""
+
+
+def _extra(cl: _Clause, subject: str) -> list[tuple[str, str, str]]:
+    """Facts the clause patterns leave: ``N people live there``, ``its head office in Y``, ``her death in 1921``,
+    ``an area of N``, ``a waterfall that drops 27 metres``, and a list of objects (``makes rails, girders and
+    towers``)."""
+    t, out = cl.text, []
+    m = re.search(rf"({_NUM})\s+(?:people|inhabitants|residents|citizens)\s+(?:still\s+)?live\s+"
+                  rf"(?:in\s+(?:the\s+)?({_ENT})|there|here)", t)
+    if m:
+        out.append((cl.subj(m.group(2)) if m.group(2) else subject, "population", m.group(1)))
+    for m in re.finditer(rf"({_ENT})['’]s\s+((?:[a-z]+\s+){{0,2}}?[a-z]+)\s+(?:in|at|of)\s+(?:the\s+)?"
+                         rf"({_ENT}|\d{{4}}\b)", t):
+        out.append((cl.subj(m.group(1)), m.group(2), cl.obj(m.group(3))[0]))
+    for m in re.finditer(rf"(?<!\bis )(?<!\bwas )\b(?:a|an)\s+([a-z]+)\s+of\s+({NUM})", t):  # "drains an area of N"
+        out.append((subject, m.group(1), m.group(2)))
+    for m in re.finditer(rf"\b(?:a|an|the)\s+([a-z]+)\s+(?:that|which)\s+([a-z]+)\s+({NUM})", t):
+        out.append((subject, f"{m.group(1)} {m.group(2)}", m.group(3)))
+    # "the clock tower on the market square, 52 metres tall"
+    for m in re.finditer(rf"\b[Tt]he\s+((?:[a-z]+\s+)?[a-z]+)(?:\s+(?:on|in|at|of)\s+(?:the\s+)?[a-z]+"
+                         rf"(?:\s+[a-z]+)?)?,?"
+                         rf"\s+({_NUM}\s+[a-z]+)\s+({'|'.join(_ADJ_DIM)})\b", t):
+        out.append((subject, f"{m.group(1)} {_ADJ_DIM[m.group(3)]}", m.group(2)))
+    # "a harbour town on the Salt Coast of Veradel", "a mill town in the hills of Veradel"
+    for m in re.finditer(rf"\b(?:in|on|at|near)\s+(?:the\s+)?(?:{_ENT}|(?:[a-z]+\s+){{1,2}})\s*of\s+(?:the\s+)?"
+                         rf"({_ENT})", t):
+        out.append((subject, "located in", cl.names[int(m.group(1)[2:-1])]))
+    for m in re.finditer(rf"\b(?:in|on|at|near)\s+(?:the\s+)?({_ENT})", t):  # "on the Salt Coast of Veradel"
+        name = cl.names[int(m.group(1)[2:-1])]
+        if " of " in name and name.rsplit(" of ", 1)[1][:1].isupper():
+            out.append((subject, "located in", name.rsplit(" of ", 1)[1]))
+    for m in re.finditer(r"\b(\d{1,3}(?:,\d{3})+|\d+)\s+(square\s+[a-z]+)", t):  # a square measure is an area
+        out.append((subject, "area", f"{m.group(1)} {m.group(2)}"))
+    m = re.match(rf"^{_ENT}\s+(?:still\s+)?([a-z]+s)\s+((?:[a-z][a-z ]*?,\s+)+[a-z][a-z ]*?(?:,)?\s+and\s+"
+                 r"[a-z][a-z ]*?)(?=,|\.|$)", t)
+    if m:
+        for item in re.split(r",\s+(?:and\s+)?|\s+and\s+", m.group(2)):
+            if item.strip():
+                out.append((subject, m.group(1), item.strip()))
+    return out

@@ -29,7 +29,9 @@ __all__ = ["extract_triplets", "sentences", "main_subject", "KnowledgeGraph", "s
 # Extra question words that point at a relation (beyond the relation's own words).
 _ALIASES = {"born": ("birth", "year"), "birthplace": ("birth", "born"), "works for": ("employer", "work"),
             "founder": ("=founded", "=found"), "founded": ("year",), "maker": ("made", "make", "manufacturer"),
-            "released": ("year",), "population": ("people", "inhabitants"), "length": ("long",),
+            "released": ("year",), "population": ("people", "inhabitants", "residents", "live"),
+            "length": ("long", "longer"), "height": ("high", "tall", "higher", "taller"), "width": ("wide",),
+            "depth": ("deep",), "employees": ("workers", "staff", "employ"), "located in": ("lies", "lie", "situated"),
             "is a": ("type", "kind")}
 _LITERAL = "\x1f"  # separates a value node's subject from its value in node ids
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.tokens import count_text
+from tokenomy.kernels.usage import Usage
 from tokenomy.tools.builtin.chunking import fts_query
 
 from .documents import MAX_BYTES, SUFFIXES, parse_document, read_bytes, split_chunks
@@ -87,6 +88,11 @@ class IngestStats:
     vectors: int = 0
     """Vectors written, including those added to chunks that had none (ingested earlier without an embedder)."""
     seconds: float = 0.0
+    extract_usage: Usage | None = None
+    """The tokens the triplet extractor spent in this run, if it reports them (a model extractor: ``calls`` 0
+    when every chunk came from its cache); ``None`` for the rules."""
+    extract_cached: int = 0
+    """Chunks whose triplets came from the extractor's cache (no model call)."""
 
 
 class RagStore:
@@ -198,6 +204,7 @@ class RagStore:
         t0 = time.perf_counter()
         stats = IngestStats()
         root, files = _scan(source)
+        calls0, hits0 = len(getattr(extract, "call_usages", ())), getattr(extract, "cache_hits", 0)
         self._check_embedder(embedder)
         if embedder is None and self._select("SELECT 1 FROM vectors LIMIT 1"):
             log.warning("%s: ingesting without an embedder; new chunks get no vectors", self.path)
@@ -226,6 +233,10 @@ class RagStore:
             done(rel, status)
         if embedder is not None:
             stats.vectors += self._backfill(embedder)
+        usages = getattr(extract, "call_usages", None)
+        if usages is not None:
+            stats.extract_usage = sum(list(usages)[calls0:], Usage())
+            stats.extract_cached = getattr(extract, "cache_hits", 0) - hits0
         stats.seconds = time.perf_counter() - t0
         return stats
 
@@ -257,7 +268,7 @@ class RagStore:
                     self._forget(conn, rel)
             return "skipped", str(exc)
         vecs = self._encode(embedder, pieces) if embedder else None
-        facts = [_facts(extract, t) for _, t in pieces] if extract else None
+        facts = [_facts(extract, _titled(h, t)) for h, t in pieces] if extract else None
         with self._write() as conn:
             if embedder is not None:
                 self._claim_embedder(conn, embedder)
@@ -427,6 +438,13 @@ class RagStore:
         dim = meta.get("embedder_dim")
         return {**counts, "embedder": meta.get("embedder_name"), "dim": int(dim) if dim else None,
                 "generation": int(meta["generation"])}
+
+
+def _titled(heading: str, text: str) -> str:
+    """A chunk as its extractor reads it: under its own heading (what "It" and "the town" refer to), unless the
+    text already opens with one."""
+    title = heading.split(" > ")[-1].strip()
+    return f"# {title}\n\n{text}" if title and not text.lstrip().startswith("#") else text
 
 
 def _facts(extract: Extractor, text: str) -> list[tuple[str, ...]]:
