@@ -527,10 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "collab (long/short policies on a difficulty ladder) or rag (context tokens "
                                     "per retriever)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
-    bench.add_argument("--corpus", default=None, metavar="DIR", help="rag: a prose corpus instead of the "
-                                                                     "synthetic world (with --questions)")
-    bench.add_argument("--questions", default=None, metavar="FILE", help="rag: the corpus's questions (JSON lines "
-                                                                         "with question, answer, hops, support)")
+    bench.add_argument("--corpus", default=None, metavar="DIR",
+                       help="planning, rag: a prose corpus instead of the synthetic world (with --questions); "
+                            "planning runs the strategies on it with the real search/lookup/calc tools")
+    bench.add_argument("--questions", default=None, metavar="FILE",
+                       help="planning, rag: the corpus's questions (JSON lines with question, answer, hops, support; "
+                            "planning also reads their gold programs)")
     bench.add_argument("--extract", choices=["rules", "model", "both"], default="rules",
                        help="rag: the triplet extractor (model and both use --model)")
     bench.add_argument("--json", default=None, help="write the records to this file")
@@ -551,11 +553,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--live-hops", default="", help="planning: the hop counts of the live tasks, e.g. 1,2,3")
     bench.add_argument("--live-only", action="store_true", help="planning: only the live runs (no oracle replay)")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
-    bench.add_argument("--corpus", default=None, metavar="DIR", help="planning: run on questions about this "
-                                                                     "corpus with the real search/lookup/calc tools "
-                                                                     "(with --questions)")
-    bench.add_argument("--questions", default=None, metavar="FILE", help="planning: the questions (JSON lines "
-                                                                         "with gold programs) for --corpus")
     bench.add_argument("--limit", type=int, default=0, metavar="N", help="planning --corpus: live-run only the "
                                                                          "first N questions")
     bench.add_argument("--strategies", default=None, metavar="LIST", help="planning: the strategies to run, "
