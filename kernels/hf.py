@@ -123,9 +123,18 @@ class TransformersEngine(Engine):
     def embedded(cls, name: str = "", **options: Any) -> TransformersEngine:
         """An embedded model (default SmolLM2-135M-Instruct; ``gemma-3-270m``), converted from its PyPI GGUF on
         first use."""
-        from .embedded import DEFAULT_EMBEDDED, ensure_converted
+        import os
 
-        engine = cls.from_dir(ensure_converted(name=name or DEFAULT_EMBEDDED), **options)
+        from .embedded import CPU_FLOAT32, DEFAULT_EMBEDDED, ensure_converted
+
+        name_ = name or DEFAULT_EMBEDDED
+        if name_ in CPU_FLOAT32 and not os.environ.get("TOKENOMY_DTYPE"):
+            import torch
+
+            device = options.get("device")
+            if device == "cpu" or (device is None and not torch.cuda.is_available()):
+                options.setdefault("dtype", "float32")
+        engine = cls.from_dir(ensure_converted(name=name_), **options)
         engine.spec = f"embedded:{name}" if name else "embedded"
         return engine
 
