@@ -436,9 +436,8 @@ def goals(records: Sequence[PlanningRecord]) -> list[tuple[str, str, bool | None
     if tmins:
         out.append(("rewoo <= 2.0x T_min on every hop count (tokens beyond the prefix cache)",
                     f"{min(tmins):.2f}-{max(tmins):.2f}x", max(tmins) <= 2.0))
-    live = [r for r in records if r.mode == "live" and r.strategy == "rewoo" and r.valid_plans is not None]
-    if live:
-        v = sum((r.valid_plans or 0.0) * r.tasks for r in live) / sum(r.tasks for r in live)
+    v = _mean_valid([r for r in records if r.mode == "live" and r.strategy == "rewoo"])
+    if v is not None:
         out.append(("rewoo plans valid on the live model: 100%", f"{v:.0%}", v >= 1.0))
     calls = [r.calls / r.tasks for r in main if r.strategy == "rewoo" and r.tasks]
     if calls:
