@@ -217,11 +217,29 @@ def embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(ensure_converted()))
 
 
+def _transcript(strategy: str, task: Task, events: Sequence[dict[str, Any]], answer: Any, correct: bool,
+                error: str | None) -> dict[str, Any]:
+    from tokenomy.trace import output_text
+
+    calls: list[dict[str, Any]] = []
+    for e in events:
+        if e["event"] == "model_call":
+            calls.append({"agent": e.get("agent"), "output": output_text(e)})
+        elif e["event"] == "tool_call":
+            calls.append({"tool": e.get("gen_ai.tool.name"), "arguments": e.get("gen_ai.tool.call.arguments"),
+                          "result": e.get("gen_ai.tool.call.result"), "error": e.get("error.type")})
+    return {"strategy": strategy, "task": task.id, "hops": task.hops, "question": task.question, "gold": task.answer,
+            "answer": answer, "correct": correct, "error": error, "calls": calls}
+
+
 def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | None, *, engine: Any, tokenizer: Any,
               exemplars: Sequence[Any], obs_tokens: int, failure_rate: float, latency_s: float,
-              tokens_per_step: int = 40, make_tools: Callable[[], list[Any]] | None = None) -> PlanningRecord:
+              tokens_per_step: int = 40, make_tools: Callable[[], list[Any]] | None = None,
+              transcript: Callable[[dict[str, Any]], None] | None = None) -> PlanningRecord:
     """Run ``strategy`` on ``tasks`` (all of one shape) and sum the ledger. The tools are ``world``'s, or
-    ``make_tools()``'s for each task when given (the real tools over a corpus)."""
+    ``make_tools()``'s for each task when given (the real tools over a corpus). ``transcript`` receives one
+    dict per task (question, gold answer, answer, whether it matched, error, and every model and tool call), to
+    read why a live answer was wrong."""
     from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
     from tokenomy.trace import input_messages, output_text
 
@@ -247,6 +265,8 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | No
             rec.errors.append(f"{task.id}: {type(exc).__name__}: {exc}")
             if mode == "live":
                 rec.correct.append(False)
+            if transcript is not None:
+                transcript(_transcript(strategy, task, events, None, False, f"{type(exc).__name__}: {exc}"))
             continue
         rec.wall_s += time.perf_counter() - start
         total = result.total
@@ -263,6 +283,9 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | No
         rec.plan_tokens += model_count(plan) if strategy != "react" else 0
         if mode == "live":
             rec.correct.append(answer_matches(result.answer, task.answer))
+        if transcript is not None:
+            transcript(_transcript(strategy, task, events, result.answer,
+                                   answer_matches(result.answer, task.answer), None))
         if result.plan_valid is not None:
             judged += 1
             valid += bool(result.plan_valid)
@@ -284,7 +307,8 @@ def run_planning_bench(*, hops: Sequence[int] = (1, 2, 3, 4, 5, 6), tasks_per_ho
                        k_exemplars: int = 1, modes: Sequence[str] = ("oracle", "live"), live_hops: Sequence[int] = (),
                        live_tasks: int = 2, spec: str | None = None, strategies: Sequence[str] = STRATEGIES,
                        obs_tokens: int = 20, failure_rate: float = 0.0, latency_s: float = 0.01,
-                       sweeps: bool = True, progress: Callable[[str], None] | None = None) -> list[PlanningRecord]:
+                       sweeps: bool = True, progress: Callable[[str], None] | None = None,
+                       transcript: Callable[[dict[str, Any]], None] | None = None) -> list[PlanningRecord]:
     """The whole benchmark: oracle replay over ``hops`` for every strategy, the knob sweeps at 4 hops
     (observation size, failure rate, parallel branches), and live runs over ``live_hops``."""
     say = progress or (lambda _m: None)
@@ -331,7 +355,7 @@ def run_planning_bench(*, hops: Sequence[int] = (1, 2, 3, 4, 5, 6), tasks_per_ho
                     continue  # the same model calls as rewoo; only the tool schedule differs
                 records.append(run_group(name, "live", tasks, world, engine=engine, tokenizer=tokenizer,
                                          exemplars=exemplars, obs_tokens=obs_tokens, failure_rate=failure_rate,
-                                         latency_s=0.0))
+                                         latency_s=0.0, transcript=transcript))
                 say(f"live: {h} hops, {name}")
     return records
 

@@ -176,7 +176,8 @@ class ProseReport:
 def run_prose_bench(corpus: str | Path, questions: str | Path, *, live: bool = True, spec: str | None = None,
                     strategies: Sequence[str] = STRATEGIES, limit: int = 0, k_exemplars: int = 1,
                     engine_for: Callable[[str, Sequence[Task]], Any] | None = None, tokenizer: Any = None,
-                    tokens_per_step: int = 40, progress: Callable[[str], None] | None = None) -> ProseReport:
+                    tokens_per_step: int = 40, progress: Callable[[str], None] | None = None,
+                    transcript: Callable[[dict[str, Any]], None] | None = None) -> ProseReport:
     """The lookup hit rate over all questions and, if ``live``, each strategy on the first ``limit`` questions
     (all when 0) that are not exemplars. ``engine_for(strategy, tasks)`` gives the engine (default: ``spec``'s
     engine, loaded once, for every strategy); ``tokens_per_step`` sizes the token limits (see ``strategy_for``)."""
@@ -213,7 +214,7 @@ def run_prose_bench(corpus: str | Path, questions: str | Path, *, live: bool = T
             continue  # the same model calls as rewoo; only the tool schedule differs
         rec = run_group(name, "live", tasks, None, engine=engine_for(name, tasks), tokenizer=tokenizer,
                         exemplars=exemplars, obs_tokens=0, failure_rate=0.0, latency_s=0.0,
-                        tokens_per_step=tokens_per_step, make_tools=lambda: tools)
+                        tokens_per_step=tokens_per_step, make_tools=lambda: tools, transcript=transcript)
         rec.hops = 0  # all the questions, of 1-3 hops
         report.records.append(rec)
         say(f"live: {name}")

@@ -36,6 +36,7 @@ from typing import Any
 
 from tokenomy.planners.exemplars import Exemplar
 from tokenomy.tools.builtin.chunking import SOURCE
+from tokenomy.tools.builtin.prose import resolve_attribute
 
 __all__ = ["World", "Task", "GoldStep", "plain", "slug", "normalize_answer", "answer_matches"]
 
@@ -274,6 +275,8 @@ class World:
     def fact(self, entity: str, attribute: str) -> Any:
         e = self.entity(entity)
         attr = plain(attribute).lower().replace(" ", "_")
+        if attr not in e.facts:  # "birth year" is born, as the prose lookup reads it
+            attr = resolve_attribute(plain(attribute), e.facts) or attr
         if attr not in e.facts:
             raise LookupError(f"{e.name} has no attribute {attr!r}; it has: {', '.join(sorted(e.facts))}")
         return e.facts[attr]

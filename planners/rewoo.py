@@ -333,7 +333,8 @@ class Rewoo(Strategy):
                   if isinstance(v, StepError) and v.kind != "skipped"]
         problems = "\n".join(failed + s.failed_asserts)
         extra = (f"These results are known and can be used by name:\n{known}\nThese steps failed:\n{problems}\n"
-                 "Write a plan for only what is still missing.")
+                 "Write a plan for only what is still missing; change what failed (the errors say what is "
+                 "possible), never repeat it.")
         return {"extra": extra, "replans": s.replans + 1}
 
     def node_solve(self, s: RewooState) -> dict[str, Any]:

@@ -90,6 +90,16 @@ def test_tools_answer_from_the_world_and_strip_notes():
     assert asyncio.run(calc.ainvoke(expression="1969 - 1921")) == 48
 
 
+def test_world_lookup_reads_attribute_wordings_and_lists_fields_when_none_fits():
+    w = World(0)
+    lookup = _tool(w.tools(obs_tokens=0), "lookup")
+    person = next(e for e in w.entities.values() if e.type == "person")
+    for wording in ("born", "birth year", "year of birth"):
+        assert asyncio.run(lookup.ainvoke(entity=person.name, attribute=wording)) == str(person.facts["born"])
+    with pytest.raises(Exception, match="has no attribute 'city'; it has: birthplace, born, employer"):
+        asyncio.run(lookup.ainvoke(entity=person.name, attribute="city"))
+
+
 def test_observation_size_knob():
     w = World(2)
     task = w.task(2)
@@ -209,6 +219,31 @@ def test_ledger_counts_with_the_tokenizer_after_the_chat_template(tiny_tokenizer
     assert rec.cached_prompt_tokens > 0  # the second task reuses the first one's system prompt and exemplar
     assert rec.o200k_total_tokens > 0 and rec.t_min_tokens == sum(
         t_min(t, lambda s: len(tiny_tokenizer(s, add_special_tokens=False)["input_ids"])) for t in tasks)
+
+
+def test_live_transcript_has_each_task_its_answer_and_its_calls(tiny_tokenizer):
+    w = World(6)
+    tasks = w.tasks(2, 2)
+    rows = []
+    engine = OracleEngine("rewoo", tasks, tiny_tokenizer)
+    rec = run_group("rewoo", "live", tasks, w, engine=engine, tokenizer=tiny_tokenizer, exemplars=w.exemplars(1),
+                    obs_tokens=20, failure_rate=0.0, latency_s=0.0, tokens_per_step=200, transcript=rows.append)
+    assert [r["task"] for r in rows] == [t.id for t in tasks] and rec.correct == [r["correct"] for r in rows]
+    for row, task in zip(rows, tasks, strict=True):
+        assert row["gold"] == task.answer and row["correct"] and row["error"] is None
+        assert [c.get("agent") or c["tool"] for c in row["calls"]] == ["planner", "lookup", "lookup", "solver"]
+        assert row["calls"][1]["arguments"] == {"entity": task.steps[0].subject, "attribute": task.steps[0].attribute}
+    json.dumps(rows)  # what --transcripts writes, one line each
+
+    class Broken(OracleEngine):
+        def _reply(self, req):
+            raise RuntimeError("the model fell over")
+
+    rows.clear()
+    rec = run_group("rewoo", "live", tasks[:1], w, engine=Broken("rewoo", tasks, tiny_tokenizer),
+                    tokenizer=tiny_tokenizer, exemplars=w.exemplars(1), obs_tokens=20, failure_rate=0.0,
+                    latency_s=0.0, transcript=rows.append)
+    assert rec.correct == [False] and not rows[0]["correct"] and "the model fell over" in rows[0]["error"]
 
 
 def test_react_resends_history_and_rewoo_does_not(tiny_tokenizer):

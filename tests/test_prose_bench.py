@@ -77,9 +77,11 @@ def test_calc_steps_read_earlier_results():
 
 
 def test_live_path_on_the_scripted_double(corpus, tiny_tokenizer):
+    rows = []
     report = run_prose_bench(corpus, QUESTIONS, strategies=("react", "rewoo", "rewoo-parallel"), limit=3,
                              engine_for=lambda name, tasks: OracleEngine(name, tasks, tiny_tokenizer),
-                             tokenizer=tiny_tokenizer, tokens_per_step=100)
+                             tokenizer=tiny_tokenizer, tokens_per_step=100, transcript=rows.append)
+    assert [(r["strategy"], r["correct"]) for r in rows] == [("react", True)] * 3 + [("rewoo", True)] * 3
     assert report.exemplars == ["q35"] and report.hit_rate.rate >= 0.95
     assert [r.strategy for r in report.records] == ["react", "rewoo"]  # rewoo-parallel: rewoo's model calls
     for r in report.records:
@@ -92,6 +94,22 @@ def test_live_path_on_the_scripted_double(corpus, tiny_tokenizer):
     assert "lookup hit rate" in text and "95% CI" in text and "q35" in text
     data = json.loads(json.dumps(report.to_json()))
     assert data["lookup_steps"] == report.hit_rate.total and len(data["records"]) == 2
+
+
+def test_cli_transcripts_file_gets_one_json_line_per_task(tmp_path):
+    import argparse
+
+    from tokenomy.cli import _transcripts
+
+    path = tmp_path / "runs" / "t.jsonl"
+    path.parent.mkdir()
+    path.write_text("an older run\n")
+    write = _transcripts(argparse.Namespace(transcripts=str(path)))
+    write({"task": "q1", "answer": "12,900 [port-arlen.md#2]", "correct": True})
+    write({"task": "q2", "answer": None, "correct": False, "error": "RuntimeError: x"})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["task"] for r in rows] == ["q1", "q2"]  # the older run is replaced
+    assert _transcripts(argparse.Namespace(transcripts=None)) is None
 
 
 def test_cli_prose_hit_rate_without_a_model(corpus, tmp_path, capsys):

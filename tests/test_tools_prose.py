@@ -10,7 +10,7 @@ import pytest
 from tests.test_prose_questions import CORPUS
 from tokenomy.tools.base import ToolArgumentError
 from tokenomy.tools.builtin import CorpusIndex, calc, lookup_tool, search_tool
-from tokenomy.tools.builtin.prose import FAMILIES, Family, attribute_groups
+from tokenomy.tools.builtin.prose import FAMILIES, Family, attribute_groups, resolve_attribute
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,26 @@ def test_families_are_data_and_extendable(tmp_path, index):
     custom = CorpusIndex(index.corpus_dir, index_path=tmp_path / "i.sqlite",
                          families=(*FAMILIES, Family("yield", ("produce", "produces"), "quantity")))
     assert custom.lookup("Port Arlen", "yield") == "4,200 tonnes [port-arlen.md#3]"
+
+
+@pytest.mark.parametrize("attribute, fields, expected", [
+    ("born", ("born", "birthplace", "employer"), "born"),  # its own name first
+    ("birth year", ("born", "birthplace", "employer"), "born"),
+    ("year of birth", ("born", "birthplace", "employer"), "born"),
+    ("place of birth", ("born", "birthplace", "employer"), "birthplace"),
+    ("works for", ("born", "birthplace", "employer"), "employer"),
+    ("founding year", ("founded", "founder", "product"), "founded"),
+    ("main product", ("founded", "founder", "product"), "product"),
+    ("number of employees", ("founded", "employees"), "employees"),
+    ("Head Office", ("founded", "headquarters"), "headquarters"),
+    ("release year", ("maker", "released", "price"), "released"),
+    ("manufacturer", ("maker", "released", "price"), "maker"),
+    ("city", ("population", "mayor", "river"), None),  # nothing means it
+    ("year", ("founded", "released"), None),  # only the kind of value: too vague to pick one
+    ("founder and founding year", ("founded", "founder"), None),  # two fields: refused, not guessed
+])
+def test_resolve_attribute_picks_the_one_field_a_wording_means(attribute, fields, expected):
+    assert resolve_attribute(attribute, fields) == expected
 
 
 def test_lookup_tool_says_how_its_values_look(index):

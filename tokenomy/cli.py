@@ -31,7 +31,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ def _bench_planning_prose(args: argparse.Namespace) -> int:
     report = prose.run_prose_bench(
         args.corpus, args.questions, live=not args.no_live, strategies=_strategies(args), limit=args.limit,
         k_exemplars=args.exemplars, spec=None if args.model == "embedded" else args.model,
-        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
+        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True), transcript=_transcripts(args))
     print(prose.format_prose_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -263,13 +263,30 @@ def _bench_planning(args: argparse.Namespace) -> int:
         k_exemplars=args.exemplars, live_hops=live_hops,
         live_tasks=args.live_tasks or (1 if args.quick else 2), strategies=strategies,
         modes=("live",) if args.live_only else ("oracle", "live"),
-        spec=args.model, progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True))
+        spec=args.model, progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True),
+        transcript=_transcripts(args))
     print(planning.format_report(records))
     if args.json:
         _write_records(args.json, records, planning.goals(records), growth=planning.growth(records))
     if args.plot:
         print(f"wrote {planning.plot_records(records, args.plot)}")
     return 0
+
+
+def _transcripts(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
+    """``--transcripts FILE``: one JSON line per live task (question, gold, answer, every call), written as it
+    ends so a long run can be read while it goes."""
+    if not args.transcripts:
+        return None
+    path = Path(args.transcripts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+    def write(row: dict[str, Any]) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+
+    return write
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -552,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--live-tasks", type=int, default=0, help="planning: live tasks per hop count")
     bench.add_argument("--live-hops", default="", help="planning: the hop counts of the live tasks, e.g. 1,2,3")
     bench.add_argument("--live-only", action="store_true", help="planning: only the live runs (no oracle replay)")
+    bench.add_argument("--transcripts", default=None, metavar="FILE",
+                       help="planning: write every live task's question, gold and given answer and its model and "
+                            "tool calls here (JSON lines)")
     bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
     bench.add_argument("--limit", type=int, default=0, metavar="N", help="planning --corpus: live-run only the "
                                                                          "first N questions")

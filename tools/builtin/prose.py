@@ -21,7 +21,7 @@ from .calculator import UNITS
 from .chunking import STOPWORDS, same_word, sentences
 
 __all__ = ["Family", "FAMILIES", "UNIT_WORDS", "Found", "attribute_groups", "find_value", "mentioned_families",
-           "family_words", "names_about", "is_a"]
+           "family_words", "names_about", "is_a", "resolve_attribute"]
 
 YEAR, QUANTITY, NAME, ANY = "year", "quantity", "name", "any"
 
@@ -58,6 +58,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("employees", ("employs", "workers", "staff", "workforce"), QUANTITY),
     Family("students", ("pupils", "enrolled"), QUANTITY),
     Family("employer", ("works for", "employed by"), NAME),
+    Family("maker", ("made by", "manufacturer", "producer", "makes"), NAME),
     Family("mayor", ("mayors",), NAME),
     Family("governor", ("governs",), NAME),
     Family("ceo", ("chief executive", "director", "leads", "led by"), NAME),
@@ -178,6 +179,27 @@ def attribute_groups(attribute: str, entity: str,
     if "year" in attribute.lower().split() or "when" in attribute.lower().split():
         kind = YEAR
     return groups, kind or ANY
+
+
+def resolve_attribute(attribute: str, fields: Iterable[str], families: Sequence[Family] = FAMILIES) -> str | None:
+    """The one field of a record (a table's columns, a JSON object's keys) that ``attribute`` means, or None when
+    none or several do: "birth year" is ``born``, "founding year" ``founded``, "number of employees"
+    ``employees``, "main product" ``product``. A field named as it is wins; then the attribute's words, each by its
+    family's name or as a field's own word ("products" is ``product``)."""
+    names = {f.lower(): f for f in fields}
+    key = "_".join(re.findall(r"\w+", attribute.lower()))
+    if key in names:
+        return names[key]
+    groups, _ = attribute_groups(attribute, "", families)
+    found: list[str] = []
+    for g in groups:
+        words = [g.family.name] if g.family is not None else [" ".join(c) for c in g.cues]
+        for w in words:
+            exact = w.replace(" ", "_")
+            hit = names.get(exact) or next((names[n] for n in names if same_word(n, w)), None)
+            if hit is not None and hit not in found:
+                found.append(hit)
+    return found[0] if len(found) == 1 else None
 
 
 def _cue_tuple(f: Family) -> tuple[tuple[str, ...], ...]:
