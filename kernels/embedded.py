@@ -32,8 +32,9 @@ from pathlib import Path
 
 from tokenomy.errors import MissingExtra, ModelNotFound
 
-__all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "SPLIT_MODELS", "SplitGGUF", "gguf_path",
-           "cache_root", "converted_dir", "ensure_converted", "IntegrityError", "source_description"]
+__all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "default_embedded", "SPLIT_MODELS",
+           "SplitGGUF", "gguf_path", "cache_root", "converted_dir", "ensure_converted", "IntegrityError",
+           "source_description"]
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDED = "smollm2-135m"
@@ -86,15 +87,27 @@ _FORMAT_VERSION = 1
 _MARKER = "tokenomy-embedded.json"
 
 
+def default_embedded() -> str:
+    """The model that the spec ``embedded`` names: ``$TOKENOMY_EMBEDDED`` when set (the test suite sets the fast
+    SmolLM2), else ``DEFAULT_EMBEDDED``."""
+    name = os.environ.get("TOKENOMY_EMBEDDED", "").strip() or DEFAULT_EMBEDDED
+    if name not in EMBEDDED_MODELS:
+        raise ModelNotFound(f"TOKENOMY_EMBEDDED={name!r} names no embedded model; the embedded models are "
+                            f"{', '.join(EMBEDDED_MODELS)}")
+    return name
+
+
 def _known(name: str) -> str:
+    name = name or default_embedded()
     if name not in EMBEDDED_MODELS:
         raise ModelNotFound(f"no embedded model {name!r}; the embedded models are {', '.join(EMBEDDED_MODELS)}")
     return name
 
 
-def gguf_path(name: str = DEFAULT_EMBEDDED) -> Path:
+def gguf_path(name: str = "") -> Path:
     """Where the GGUF file of an embedded model lies (inside its installed PyPI package, or assembled from it)."""
-    if _known(name) == "gemma-3-270m":
+    name = _known(name)
+    if name == "gemma-3-270m":
         return _gemma_gguf()
     if name in SPLIT_MODELS:
         return _joined_gguf(name)
@@ -128,10 +141,11 @@ def _gemma_gguf() -> Path:
                             f"reinstall them: {install}") from exc
 
 
-def source_description(name: str = DEFAULT_EMBEDDED) -> str:
+def source_description(name: str = "") -> str:
     """Where an embedded model comes from, without assembling anything (raises as ``gguf_path`` would when its
     packages are missing)."""
-    if _known(name) in SPLIT_MODELS:
+    name = _known(name)
+    if name in SPLIT_MODELS:
         split, parts = SPLIT_MODELS[name], _part_files(name)
         return (f"{split.prefix}1..{split.parts} {split.version} ({sum(p.stat().st_size for p in parts) / 1e6:.0f} MB "
                 f"in {len(parts)} parts, joined and checked against sha256 {split.sha256[:12]}... on conversion)")
@@ -205,7 +219,7 @@ def cache_root() -> Path:
     return Path(user_cache_dir("tokenomy"))
 
 
-def converted_dir(name: str = DEFAULT_EMBEDDED) -> Path:
+def converted_dir(name: str = "") -> Path:
     """The directory that holds (or will hold) the converted embedded model."""
     return cache_root() / "models" / f"{EMBEDDED_MODELS[_known(name)][0]}-v{_FORMAT_VERSION}"
 
@@ -221,12 +235,13 @@ def _is_complete(d: Path) -> bool:
     return meta.get("format_version") == _FORMAT_VERSION and (d / "model.safetensors").is_file()
 
 
-def ensure_converted(dtype: str = "float32", name: str = DEFAULT_EMBEDDED) -> Path:
+def ensure_converted(dtype: str = "float32", name: str = "") -> Path:
     """Return the converted model directory, converting the GGUF file first if needed.
 
     The conversion writes into a temporary directory next to the target and renames it at the end, so an
     interrupted conversion never leaves a half-written model that later loads would trust.
     """
+    name = _known(name)
     target = converted_dir(name)
     if _is_complete(target):
         return target

@@ -121,13 +121,13 @@ class TransformersEngine(Engine):
 
     @classmethod
     def embedded(cls, name: str = "", **options: Any) -> TransformersEngine:
-        """An embedded model (default SmolLM2-135M-Instruct; ``gemma-3-270m``), converted from its PyPI GGUF on
-        first use."""
+        """An embedded model (``name`` one of ``embedded.EMBEDDED_MODELS``; by default ``default_embedded()``),
+        converted from its PyPI GGUF on first use."""
         import os
 
-        from .embedded import CPU_FLOAT32, DEFAULT_EMBEDDED, ensure_converted
+        from .embedded import CPU_FLOAT32, default_embedded, ensure_converted
 
-        name_ = name or DEFAULT_EMBEDDED
+        name_ = name or default_embedded()
         if name_ in CPU_FLOAT32 and not os.environ.get("TOKENOMY_DTYPE"):
             import torch
 

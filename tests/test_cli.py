@@ -8,7 +8,7 @@ import sys
 import pytest
 
 # The command as a user runs it: the dtype the CPU suits (the suite pins float32 elsewhere: tests/conftest.py).
-USER_ENV = {k: v for k, v in os.environ.items() if k != "TOKENOMY_DTYPE"}
+USER_ENV = {k: v for k, v in os.environ.items() if k not in ("TOKENOMY_DTYPE", "TOKENOMY_EMBEDDED")}
 
 
 def run(*args, timeout=300):

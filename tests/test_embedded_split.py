@@ -141,3 +141,17 @@ def test_the_small_models_stay_float32_on_the_cpu():
     # SmolLM2's greedy plans flip in bfloat16 (the main job answered "not found"): it is kept in float32.
     assert {"smollm2-135m", "gemma-3-270m"} <= embedded.CPU_FLOAT32
     assert not {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"} & embedded.CPU_FLOAT32
+
+
+def test_the_default_model_and_its_override(fake_split, monkeypatch):
+    _install_parts(fake_split[0], PARTS)
+    monkeypatch.delenv("TOKENOMY_EMBEDDED", raising=False)
+    assert embedded.default_embedded() == embedded.DEFAULT_EMBEDDED
+    assert embedded.converted_dir() == embedded.converted_dir(embedded.DEFAULT_EMBEDDED)
+    monkeypatch.setenv("TOKENOMY_EMBEDDED", "fake-split")
+    assert embedded.default_embedded() == "fake-split"
+    assert embedded.converted_dir().name.startswith("Fake-Split-v")
+    assert embedded.source_description().startswith("fakemodel-part1..3 1.0")
+    monkeypatch.setenv("TOKENOMY_EMBEDDED", "gpt-17")
+    with pytest.raises(embedded.ModelNotFound, match="TOKENOMY_EMBEDDED='gpt-17' names no embedded model"):
+        embedded.ensure_converted()

@@ -93,13 +93,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         state = "available" if avail[kind] else f"missing: {hints.get(kind, 'pip install tokenomy')}"
         print(f"  {kind:9s} {state}")
     print(f"default model spec: {default_spec()}")
+    default_name = embedded.default_embedded()
     for name in embedded.EMBEDDED_MODELS:
         try:
             src = embedded.source_description(name)
         except TokenomyError as exc:
             src = f"not installed ({exc})"
         conv = embedded.converted_dir(name)
-        default = "  (the default: spec 'embedded')" if name == embedded.DEFAULT_EMBEDDED else ""
+        default = "  (the default: spec 'embedded')" if name == default_name else ""
         print(f"embedded model {name}: {embedded.EMBEDDED_MODELS[name][0]}{default}")
         print(f"  gguf:      {src}")
         print(f"  converted: {conv}" + ("" if (conv / 'model.safetensors').is_file()
