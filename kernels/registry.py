@@ -3,7 +3,7 @@
 ==========================  ======================================================================
 spec                        engine
 ==========================  ======================================================================
-``embedded`` (default)      transformers + radix prefix cache, SmolLM2-135M-Instruct from PyPI
+``embedded`` (default)      transformers + radix prefix cache, Qwen2.5-Coder-1.5B-Instruct from PyPI
 ``embedded:<name>``         an embedded model from PyPI by name: ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``,
                             ``smollm2-135m``, ``gemma-3-270m`` (Gemma 3 270M, base)
 ``hf:<dir>``                transformers + radix prefix cache, any local causal-LM directory

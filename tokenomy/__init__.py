@@ -6,7 +6,7 @@ neither torch nor transformers::
     from tokenomy import load_engine, Rewoo
     from tokenomy.tools import calc, example_corpus_dir, lookup_tool, search_tool
 
-    engine = load_engine()                  # the embedded SmolLM2-135M-Instruct
+    engine = load_engine()                  # the embedded Qwen2.5-Coder-1.5B-Instruct
     corpus = example_corpus_dir()
     result = Rewoo(engine, [search_tool(corpus), lookup_tool(corpus), calc]).run("Who founded Halvane Instruments?")
     print(result.answer, result.usage)      # usage per agent (planner, solver)
