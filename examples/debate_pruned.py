@@ -5,8 +5,8 @@
 Three agents debate over two rounds (LLM-Debate: each answers, then reads everyone's last answer; a vote
 decides). A pruning policy (one logit per agent, edge and round) is trained by REINFORCE on four reading tasks,
 rewarding right answers and charging for tokens; the pruned team then answers two new questions beside the full
-debate, and both are drawn. The model is ``$TOKENOMY_MODEL`` or the embedded SmolLM2-135M-Instruct (a tiny model:
-the point here is the token ledger, not its accuracy).
+debate, and both are drawn. The model is ``$TOKENOMY_MODEL`` or the default embedded model (Qwen2.5-Coder-1.5B-Instruct;
+``TOKENOMY_EMBEDDED=smollm2-135m`` for the fast tiny one): the point here is the token ledger.
 """
 
 from __future__ import annotations

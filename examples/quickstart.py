@@ -5,7 +5,8 @@
 The planner writes one plan (tool calls with variables), the tools run it without the model, and a solver
 answers from the evidence (no solver call when a tool's result already is the answer). The model is
 ``$TOKENOMY_MODEL`` (for example ``openai:gpt-4o-mini@https://api.openai.com/v1`` or ``vllm:/path/to/model``),
-or the embedded SmolLM2-135M-Instruct, a tiny model: expect valid plans, not always right answers.
+or the default embedded model, Qwen2.5-Coder-1.5B-Instruct (``TOKENOMY_EMBEDDED=smollm2-135m`` for the fast tiny
+one: valid plans, mostly wrong answers).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Without ``--docs`` it writes a small synthetic world (companies, people, cities;
 included) and asks a two-hop question about it. The same question is answered twice: from BM25's top 5 whole
 chunks (the usual RAG context) and from the knowledge-graph context (facts ranked by Personalized PageRank from
 the question's entities, packed into ``--budget`` tokens); both answers print with their context tokens. The model
-is ``$TOKENOMY_MODEL`` or the embedded SmolLM2-135M-Instruct (a tiny model: the point is the token ledger).
+is ``$TOKENOMY_MODEL`` or the default embedded model (Qwen2.5-Coder-1.5B-Instruct; the point is the token ledger).
 """
 
 from __future__ import annotations

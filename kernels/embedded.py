@@ -32,12 +32,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenomy.errors import MissingExtra, ModelNotFound
 
 __all__ = ["EMBEDDED_MODEL_NAME", "EMBEDDED_MODELS", "DEFAULT_EMBEDDED", "default_embedded", "SPLIT_MODELS",
            "SplitGGUF", "gguf_path", "cache_root", "converted_dir", "ensure_converted", "IntegrityError",
-           "source_description"]
+           "source_description", "repair_tokenizer"]
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDED = "qwen2.5-coder-1.5b"
@@ -247,6 +248,7 @@ def ensure_converted(dtype: str = "float32", name: str = "") -> Path:
     name = _known(name)
     target = converted_dir(name)
     if _is_complete(target):
+        _check_tokenizer(target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Processes that start at once on a new machine (.ci/run sets up two environments side by side) convert once:
@@ -255,6 +257,49 @@ def ensure_converted(dtype: str = "float32", name: str = "") -> Path:
         if not _is_complete(target):
             _convert(name, dtype, target)
     return target
+
+
+def _byte_level(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    return node.get("type") == "ByteLevel" or any(_byte_level(n) for n in node.get("pretokenizers") or ())
+
+
+def repair_tokenizer(path: Path) -> bool:
+    """Make a converted byte-level BPE tokenizer (SmolLM2's, GPT-2's) plain byte-level again; True when it changed.
+
+    Some transformers releases (5.16 among them) convert such a GGUF tokenizer with ``byte_fallback`` and a
+    sentencepiece decoder chain. Its text is right, but grammar engines then read a token such as ``Ċ`` (a
+    newline) as two characters: llguidance allowed the newline after a plan statement and then rejected it, and
+    spaces were ruled out. The vocabulary and merges are kept; only those two settings change."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model, decoder = data.get("model") or {}, data.get("decoder") or {}
+    if not _byte_level(data.get("pre_tokenizer")) or model.get("type") != "BPE":
+        return False
+    if not model.get("byte_fallback") and decoder.get("type") == "ByteLevel":
+        return False
+    model["byte_fallback"] = False
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def _check_tokenizer(target: Path) -> None:
+    """A model converted before ``repair_tokenizer`` existed is repaired once, in place, under the lock."""
+    marker = target / _MARKER
+    meta = json.loads(marker.read_text())
+    if meta.get("tokenizer") == "checked":
+        return
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        meta = json.loads(marker.read_text())
+        if meta.get("tokenizer") != "checked":
+            if (target / "tokenizer.json").is_file():
+                repair_tokenizer(target / "tokenizer.json")
+            tmp = marker.with_name(marker.name + ".tmp")
+            tmp.write_text(json.dumps(meta | {"tokenizer": "checked"}))
+            tmp.replace(marker)
 
 
 @contextlib.contextmanager
@@ -300,8 +345,9 @@ def _convert(name: str, dtype: str, target: Path) -> None:
             raise ModelNotFound(f"converting {src} failed: no weights for {left[:5]}")
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        repair_tokenizer(tmp / "tokenizer.json")
         (tmp / _MARKER).write_text(json.dumps({"format_version": _FORMAT_VERSION, "source": str(src),
-                                               "dtype": dtype}))
+                                               "dtype": dtype, "tokenizer": "checked"}))
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

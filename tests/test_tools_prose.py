@@ -10,7 +10,7 @@ import pytest
 from tests.test_prose_questions import CORPUS
 from tokenomy.tools.base import ToolArgumentError
 from tokenomy.tools.builtin import CorpusIndex, calc, lookup_tool, search_tool
-from tokenomy.tools.builtin.prose import FAMILIES, Family, attribute_groups, resolve_attribute
+from tokenomy.tools.builtin.prose import FAMILIES, Family, attribute_groups, attribute_words, resolve_attribute
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,15 @@ def index(tmp_path_factory):
     ("Veradel", "area", "8,450 square kilometres [veradel.md#1]"),
     ("Port Arlen", "province", "Veradel [port-arlen.md#1]"),  # "of Veradel" + "Veradel is a small province"
     ("Helena Voss [port-arlen.md#2]", "year elected", "2019 [port-arlen.md#2]"),  # a result passed on whole
+    # attributes as models write them: snake_case, camelCase, hyphens (live plans wrote all three)
+    ("Arlen Falls", "founding_year", "1781 [arlen-falls.md#2]"),  # was the founder's name
+    ("Port Arlen", "founded_by", "Idris Kemble [port-arlen.md#1]"),  # was the year: "founded by" is the founder
+    ("Marta Kemble", "birth_year", "1851 [marta-kemble.md#1]"),  # was "not found"
+    ("Marta Kemble", "birthYear", "1851 [marta-kemble.md#1]"),
+    ("Helena Voss", "birth_place", "Brennock [helena-voss.md#1]"),  # the place, not the year
+    ("Corrow Ironworks", "set_up_by", "Benedikt Voss [corrow-ironworks.md#1]"),
+    ("Port Arlen", "ferry_crossing_time", "95 minutes [port-arlen.md#5]"),  # was "Skerra"
+    ("River Tamsin", "length-km", "212 km [river-tamsin.md#1]"),
 ])
 def test_lookup_reads_values_worded_otherwise(index, entity, attribute, expected):
     assert index.lookup(entity, attribute) == expected
@@ -76,9 +85,22 @@ def test_families_are_data_and_extendable(tmp_path, index):
     ("city", ("population", "mayor", "river"), None),  # nothing means it
     ("year", ("founded", "released"), None),  # only the kind of value: too vague to pick one
     ("founder and founding year", ("founded", "founder"), None),  # two fields: refused, not guessed
+    ("birth_year", ("born", "birthplace", "employer"), "born"),  # as models write attributes
+    ("placeOfBirth", ("born", "birthplace", "employer"), "birthplace"),
+    ("founded_by", ("founded", "founder", "product"), "founder"),
+    ("founding-year", ("founded", "founder", "product"), "founded"),
 ])
+
 def test_resolve_attribute_picks_the_one_field_a_wording_means(attribute, fields, expected):
     assert resolve_attribute(attribute, fields) == expected
+
+
+@pytest.mark.parametrize("attribute, words", [
+    ("founding_year", ["founding", "year"]), ("birthYear", ["birth", "year"]), ("head-office", ["head", "office"]),
+    ("CEO", ["ceo"]), ("number of employees", ["number", "of", "employees"]), ("length_km2", ["length", "km2"]),
+])
+def test_attribute_words_reads_the_ways_models_write_names(attribute, words):
+    assert attribute_words(attribute) == words
 
 
 def test_lookup_tool_says_how_its_values_look(index):

@@ -21,7 +21,7 @@ from .calculator import UNITS
 from .chunking import STOPWORDS, same_word, sentences
 
 __all__ = ["Family", "FAMILIES", "UNIT_WORDS", "Found", "attribute_groups", "find_value", "mentioned_families",
-           "family_words", "names_about", "is_a", "resolve_attribute"]
+           "family_words", "names_about", "is_a", "resolve_attribute", "attribute_words"]
 
 YEAR, QUANTITY, NAME, ANY = "year", "quantity", "name", "any"
 
@@ -44,9 +44,10 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("founded", ("founding", "established", "set up", "incorporated", "started", "built", "settled"), YEAR),
-    Family("founder", ("founded", "established", "set up", "started", "built", "founders", "creator"), NAME),
+    Family("founder", ("founded", "established", "set up", "started", "built", "founders", "creator", "founded by",
+                       "established by", "set up by", "started by", "built by", "created by"), NAME),
     Family("born", ("birth", "birthday"), YEAR),
-    Family("birthplace", ("born", "native", "place of birth", "hometown"), NAME),
+    Family("birthplace", ("born", "native", "place of birth", "birth place", "hometown"), NAME),
     Family("died", ("death", "dies", "dead"), YEAR),
     Family("population", ("inhabitants", "people", "residents", "citizens", "live", "lives", "populated"), QUANTITY),
     Family("capital", ("main town", "seat", "chief town"), NAME),
@@ -150,20 +151,32 @@ def _family(word: str, families: Sequence[Family]) -> Family | None:
     return None
 
 
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def attribute_words(attribute: str) -> list[str]:
+    """An attribute's words as a person would write them: models write ``founding_year``, ``birthYear`` and
+    ``head-office`` for "founding year", "birth year" and "head office"."""
+    return re.findall(r"[^\W_]+", _CAMEL.sub(" ", attribute).lower())
+
+
 def attribute_groups(attribute: str, entity: str,
                      families: Sequence[Family] = FAMILIES) -> tuple[list[Group], str]:
     """The attribute's words as groups of cues, and the kind of value wanted."""
     ent = {w.lower() for w in re.findall(r"\w+", entity)}
-    text = " ".join(w for w in re.findall(r"\w+", attribute.lower()) if w not in ent)
+    said = attribute_words(attribute)
+    text = " ".join(w for w in said if w not in ent)
     groups: list[Group] = []
     kind = ""
-    for f in families:  # phrases first ("head office", "chief executive"), so their words are not read alone
-        for cue in (c for c in f.cues if " " in c):
-            phrase = rf"\b{re.escape(cue)}\b"
-            if re.search(phrase, text):
-                text = re.sub(phrase, " ", text)
-                groups.append(Group(_cue_tuple(f), f))
-                kind = f.kind
+    # Phrases first, the longest first ("founded by" before "founded", "set up by" before "set up"), so that
+    # their words are not read alone.
+    phrases = sorted(((c, f) for f in families for c in f.cues if " " in c), key=lambda cf: -len(cf[0].split()))
+    for cue, f in phrases:
+        phrase = rf"\b{re.escape(cue)}\b"
+        if re.search(phrase, text):
+            text = re.sub(phrase, " ", text)
+            groups.append(Group(_cue_tuple(f), f))
+            kind = f.kind
     for word in text.split():
         if word in _KIND_WORDS:
             kind = kind or _KIND_WORDS[word]
@@ -176,7 +189,7 @@ def attribute_groups(attribute: str, entity: str,
             kind = fam.kind if fam.kind != ANY else kind
         else:
             groups.append(Group(((word,),), None))
-    if "year" in attribute.lower().split() or "when" in attribute.lower().split():
+    if "year" in said or "when" in said:
         kind = YEAR
     return groups, kind or ANY
 
@@ -187,7 +200,7 @@ def resolve_attribute(attribute: str, fields: Iterable[str], families: Sequence[
     ``employees``, "main product" ``product``. A field named as it is wins; then the attribute's words, each by its
     family's name or as a field's own word ("products" is ``product``)."""
     names = {f.lower(): f for f in fields}
-    key = "_".join(re.findall(r"\w+", attribute.lower()))
+    key = "_".join(attribute_words(attribute))
     if key in names:
         return names[key]
     groups, _ = attribute_groups(attribute, "", families)
@@ -301,7 +314,7 @@ def find_value(passages: Iterable[Passage], entity: str, attribute: str, *, know
     if not groups:
         return None
     ent = [w.lower() for w in re.findall(r"\w+", entity)]
-    said = [w for w in re.findall(r"\w+", attribute.lower()) if w not in STOPWORDS and w not in ent]
+    said = [w for w in attribute_words(attribute) if w not in STOPWORDS and w not in ent]
     need_family = any(g.family for g in groups)
     best: tuple[tuple[int, float], Found] | None = None
     for p in passages:
