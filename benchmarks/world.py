@@ -372,14 +372,15 @@ class World:
             return self.observation(self.entity(entity).name, plain(attribute).lower(), value, obs_tokens)
 
         @tool(name="calc")
-        async def calc(expression: str) -> int | float:
+        async def calc(expression: str | float) -> int | float:
             """Evaluate an arithmetic expression.
 
             Args:
                 expression: e.g. "1969 - 1921".
             """
-            await maybe_fail(f"calc/{plain(expression)}")
-            value = evaluate(plain(expression))
+            text = plain(expression) if isinstance(expression, str) else expression
+            await maybe_fail(f"calc/{text}")
+            value = evaluate(text)
             return int(value) if float(value).is_integer() else value
 
         return [search, lookup, calc]

@@ -120,9 +120,29 @@ def test_calc_reads_numbers_as_written(expression, value):
     assert calc.invoke(expression=expression) == pytest.approx(value)
 
 
+@pytest.mark.parametrize("number", [2113, 53.0, -35600, 0])
+def test_calc_takes_a_number_the_plan_computed_itself(number):
+    assert calc.invoke(expression=number) == number
+
+
+def test_a_plan_that_computes_with_lookup_values_gets_its_number(index):
+    """Live plans write ``calc(expression=e1 - e2)``: the executor subtracts the two looked-up quantities (units and
+    sources read), and calc passes the number on instead of refusing it as not a string."""
+    from tokenomy import Rewoo
+    from tokenomy.kernels import ScriptedEngine
+
+    plan = ('e1 = lookup(entity="Mount Corrow", attribute="height")\n'
+            'e2 = lookup(entity="Arlen Falls", attribute="waterfall_height")\n'
+            'e3 = calc(expression=e1 - e2)\nanswer(e3)')
+    engine = ScriptedEngine(lambda req: plan if req.agent == "planner" else "unused")
+    result = Rewoo(engine, [lookup_tool(index), calc]).run("How many metres higher is Mount Corrow than the falls?")
+    assert result.answer == 2113 and result.total.calls == 1
+
+
 @pytest.mark.parametrize("expression, problem", [
     ("5 km + 3 minutes", "mixes units of length and time"), ("max(3 km, 4 minutes)", "mixes units"),
     ("12 apples + 3", "'apples' after a number"), ("_q0 + 1", "name '_q0'"), ("3 km + x", "name 'x'"),
+    (float("inf"), "limited to"), (float("nan"), "limited to"), (None, "valid string"),
 ])
 def test_calc_refuses_what_it_cannot_read(expression, problem):
     with pytest.raises(ToolArgumentError, match="expression") as info:

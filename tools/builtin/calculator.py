@@ -10,7 +10,8 @@ followed by exactly three digits is read as one, so write ``max(1, 200)`` with a
 (``"95 minutes - 40 minutes"``, ``"1,200 km / 3"``; see ``UNITS``) and with the ``[file#n]`` source that
 ``lookup`` puts after a value (it is dropped). Units of one dimension are converted to the first one written
 (``"1 hour + 30 minutes"`` is 1.5); adding or subtracting different dimensions (``"5 km + 3 minutes"``) is
-refused. A counted noun (``"12,900 inhabitants"``) is a plain number.
+refused. A counted noun (``"12,900 inhabitants"``) is a plain number. A number instead of a text is its own value
+(``calc(expression=e2 - e1)``: the plan computed it).
 """
 
 from __future__ import annotations
@@ -131,10 +132,15 @@ def _refuse(problem: str) -> ToolArgumentError:
     return ToolArgumentError("calc", [("expression", problem)])
 
 
-def evaluate(expression: str) -> float:
-    """The value of an arithmetic ``expression`` (see the module docstring for what is allowed)."""
+def evaluate(expression: str | int | float) -> float:
+    """The value of an arithmetic ``expression`` (see the module docstring for what is allowed). A number is its
+    own value: a plan may compute ``calc(expression=e2 - e1)`` itself, and the executor then passes the result."""
+    if isinstance(expression, (int, float)) and not isinstance(expression, bool):
+        if not math.isfinite(expression) or abs(expression) > MAX_MAGNITUDE:
+            raise _refuse(f"is {expression:g}; results are limited to {MAX_MAGNITUDE:g}")
+        return float(expression)
     if not isinstance(expression, str):
-        raise _refuse(f"must be a string, got {type(expression).__name__}")
+        raise _refuse(f"must be a string or a number, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise _refuse(f"is {len(expression)} characters long; at most {MAX_EXPRESSION_CHARS} allowed")
     if not expression.strip():
@@ -224,10 +230,10 @@ def _describe(node: ast.AST) -> str:
 
 
 @tool(name="calc")
-def _calc(expression: str) -> float:
+def _calc(expression: str | float) -> float:
     """Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses, abs round min max sqrt log exp.
     Numbers may have thousands separators, units and lookup's [file#n] sources: "12,900 + 3,400 [a.md#2]",
-    "95 minutes - 40 minutes".
+    "95 minutes - 40 minutes". A number (a result the plan computed itself) is returned as it is.
 
     Args:
         expression: the arithmetic expression, e.g. "(3 + 4) * 2".
