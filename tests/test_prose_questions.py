@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+PROSE = HERE / "prose"
+CORPUS = PROSE / "corpus"
 KEYS = {"id", "question", "answer", "hops", "support", "program"}
 # name: (files, questions at least, per hop count at least, most tool steps, id pattern)
 CORPORA = {
@@ -23,7 +25,7 @@ CORPORA = {
 }
 
 
-def _questions(name: str) -> list[dict]:
+def _questions(name: str = "prose") -> list[dict]:
     lines = (HERE / name / "questions.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 

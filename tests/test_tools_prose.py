@@ -151,9 +151,9 @@ def test_calc_refuses_what_it_cannot_read(expression, problem):
 
 
 def test_gold_calc_steps_evaluate_to_their_values():
-    from tests.test_prose_questions import _questions
+    from tests.test_prose_questions import CORPORA, _questions
 
-    for q in _questions():
+    for q in (q for name in CORPORA for q in _questions(name)):
         for step in q["program"]:
             if step["tool"] == "calc":
                 assert calc.invoke(**step["args"]) == pytest.approx(float(step["value"])), q["id"]
