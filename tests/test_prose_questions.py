@@ -11,6 +11,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -18,10 +19,21 @@ HERE = Path(__file__).resolve().parent
 PROSE = HERE / "prose"
 CORPUS = PROSE / "corpus"
 KEYS = {"id", "question", "answer", "hops", "support", "program"}
-# name: (files, questions at least, per hop count at least, most tool steps, id pattern)
+
+
+class Shape(NamedTuple):
+    """What a corpus under ``tests/<name>`` must have."""
+
+    files: tuple[int, int]  # at least, at most
+    questions: int  # at least
+    per_hops: dict[int, int]  # questions of each hop count, at least
+    most_steps: int
+    ids: str  # pattern of the question ids
+
+
 CORPORA = {
-    "prose": ((6, 10), 40, {1: 15, 2: 15, 3: 10}, 3, r"q\d\d"),
-    "prose_heldout": ((4, 8), 20, {1: 5, 2: 4, 3: 4}, 4, r"hq\d\d"),
+    "prose": Shape((6, 10), 40, {1: 15, 2: 15, 3: 10}, 3, r"q\d\d"),
+    "prose_heldout": Shape((4, 8), 20, {1: 5, 2: 4, 3: 4}, 4, r"hq\d\d"),
 }
 
 
@@ -37,7 +49,7 @@ def _plain(text: str) -> str:
 @pytest.mark.parametrize("name", CORPORA)
 def test_corpus_is_a_handful_of_titled_markdown_files(name):
     files = sorted((HERE / name / "corpus").glob("*.md"))
-    low, high = CORPORA[name][0]
+    low, high = CORPORA[name].files
     assert low <= len(files) <= high
     for f in files:
         text = f.read_text(encoding="utf-8")
@@ -47,18 +59,18 @@ def test_corpus_is_a_handful_of_titled_markdown_files(name):
 
 @pytest.mark.parametrize("name", CORPORA)
 def test_questions_are_well_formed(name):
-    _, least, per_hops, most_steps, ids = CORPORA[name]
+    shape = CORPORA[name]
     qs = _questions(name)
-    assert len(qs) >= least
+    assert len(qs) >= shape.questions
     assert len({q["id"] for q in qs}) == len(qs)
     hops = Counter(q["hops"] for q in qs)
-    assert all(hops[h] >= n for h, n in per_hops.items()), hops
+    assert all(hops[h] >= n for h, n in shape.per_hops.items()), hops
     for q in qs:
         assert set(q) == KEYS, q["id"]
-        assert re.fullmatch(ids, q["id"])
+        assert re.fullmatch(shape.ids, q["id"])
         assert q["question"].endswith("?") and q["answer"].strip() == q["answer"], q["id"]
         assert "," not in q["answer"] or not q["answer"].replace(",", "").isdigit(), "numbers are written plainly"
-        assert q["hops"] == len(q["program"]) and 1 <= q["hops"] <= most_steps, q["id"]
+        assert q["hops"] == len(q["program"]) and 1 <= q["hops"] <= shape.most_steps, q["id"]
         for step in q["program"]:
             assert step["tool"] in ("lookup", "calc"), q["id"]
             want = {"entity", "attribute"} if step["tool"] == "lookup" else {"expression"}
