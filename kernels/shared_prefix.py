@@ -115,10 +115,12 @@ def shared_prefix_attention_torch(q: Any, prefix_k: Any, prefix_v: Any, suffix_k
 
 
 def reference_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suffix_v: Any, suffix_lens: Any, *,
-                        scale: float | None = None) -> Any:
-    """Plain attention of each request over its prefix + suffix, one request at a time, in float32 (PyTorch's
-    ``scaled_dot_product_attention``); returns ``[B, Hq, D]`` float32."""
+                        scale: float | None = None, dtype: Any = None) -> Any:
+    """Plain attention of each request over its prefix + suffix, one request at a time, in float32 or ``dtype``
+    (PyTorch's ``scaled_dot_product_attention``); returns ``[B, Hq, D]`` in that dtype."""
     import torch
+
+    dtype = dtype or torch.float32
 
     b, hq, d, hkv, p, s = _check(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens)
     g = hq // hkv
@@ -126,9 +128,9 @@ def reference_attention(q: Any, prefix_k: Any, prefix_v: Any, suffix_k: Any, suf
     out = []
     for i in range(b):
         n = int(suffix_lens[i])
-        k = torch.cat([prefix_k, suffix_k[i, :, :n]], dim=1).float().repeat_interleave(g, dim=0)  # [Hq, P+n, D]
-        v = torch.cat([prefix_v, suffix_v[i, :, :n]], dim=1).float().repeat_interleave(g, dim=0)
-        qi = q[i].float().unsqueeze(1)  # [Hq, 1, D]
+        k = torch.cat([prefix_k, suffix_k[i, :, :n]], dim=1).to(dtype).repeat_interleave(g, dim=0)  # [Hq, P+n, D]
+        v = torch.cat([prefix_v, suffix_v[i, :, :n]], dim=1).to(dtype).repeat_interleave(g, dim=0)
+        qi = q[i].to(dtype).unsqueeze(1)  # [Hq, 1, D]
         out.append(torch.nn.functional.scaled_dot_product_attention(qi, k, v, scale=scale)[:, 0])
     return torch.stack(out)
 
