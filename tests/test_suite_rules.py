@@ -125,3 +125,56 @@ def test_a_hanging_test_fails_at_its_timeout(tmp_path):
     out = run_pytest(tmp_path, hang, False, "-o", "timeout=2")
     assert out.returncode == pytest.ExitCode.TESTS_FAILED, out.stdout[-3000:]
     assert "Timeout (>2.0s) from pytest-timeout" in out.stdout and "1 failed" in out.stdout, out.stdout[-3000:]
+
+
+NESTED_RUN = """
+    import subprocess, sys, textwrap
+
+    def test_runs_a_pytest_of_its_own(tmp_path):
+        (tmp_path / "test_inner.py").write_text(textwrap.dedent('''
+            import pytest
+
+            def test_a():
+                pass
+
+            def test_b():
+                pytest.skip("some package is not installed")
+
+            def test_c():
+                assert False
+            '''))
+        inner = subprocess.run([sys.executable, "-m", "pytest", "-ra", "-p", "no:cacheprovider", str(tmp_path)],
+                               cwd=tmp_path, capture_output=True, text=True)
+        print(inner.stdout)  # captured output, printed from column 0 under the failure
+        assert inner.returncode == 0, inner.stdout  # quoted again, behind "E"
+
+    def test_passes():
+        pass
+    """
+
+
+def test_ci_reads_each_run_s_own_count_not_a_nested_pytest_s(tmp_path):
+    """A test that runs pytest in a subprocess and fails shows that pytest's summary and count lines (a skip, a
+    failure) in its failure: the counts and the skip check read the outer run's own closing lines only (a CI run
+    once summed 3 failed and 6 skipped from a run of 1 failed and 2 skipped)."""
+    out = run_pytest(tmp_path, NESTED_RUN, ci=False)
+    assert out.returncode == pytest.ExitCode.TESTS_FAILED
+    assert out.stdout.count(" skipped in ") >= 2  # the inner run's count line shows up, and not only once
+    log = tmp_path / "pytest.log"
+    log.write_text(out.stdout)
+    other = tmp_path / "pytest-other.log"
+    other.write_text("....s\n===== 4 passed, 1 skipped in 0.12s =====\n")
+
+    def count(what: str, *logs: Path) -> int:
+        run = subprocess.run(["bash", str(ROOT / ".ci" / "count"), what, *map(str, logs)], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert (count("passed", log), count("failed", log), count("skipped", log), count("error", log)) == (1, 1, 0, 0)
+    assert (count("passed", log, other), count("skipped", log, other)) == (5, 1)
+    checked = ci_skips(out.stdout)
+    assert checked.returncode == 0 and checked.stdout == "", checked.stdout
+    checked = subprocess.run(["bash", str(ROOT / ".ci" / "skips"), str(log), str(other)], capture_output=True,
+                             text=True, timeout=60)  # the second run's skip is counted but not listed
+    assert checked.returncode == 1 and "counted 1 skipped, its summary lists 0" in checked.stdout, checked.stdout
