@@ -336,7 +336,6 @@ class World:
     def tools(self, *, obs_tokens: int = 20, failure_rate: float = 0.0, latency_s: float = 0.0) -> list[Any]:
         """``search``, ``lookup`` and ``calc`` over this world (fresh instances; failures count per instance)."""
         from tokenomy.tools import tool
-        from tokenomy.tools.builtin.calculator import evaluate
 
         attempts: dict[str, int] = {}
 
@@ -357,7 +356,7 @@ class World:
                 entity: its name.
             """
             await maybe_fail(f"search/{plain(entity).lower()}")
-            return self.paragraph(self.entity(entity))
+            return self.search_text(entity)
 
         @tool(name="lookup")
         async def lookup(entity: str, attribute: str) -> str:
@@ -368,8 +367,7 @@ class World:
                 attribute: e.g. founder, population, length.
             """
             await maybe_fail(f"lookup/{plain(entity).lower()}/{plain(attribute).lower()}")
-            value = self.fact(entity, attribute)
-            return self.observation(self.entity(entity).name, plain(attribute).lower(), value, obs_tokens)
+            return self.lookup_text(entity, attribute, obs_tokens)
 
         @tool(name="calc")
         async def calc(expression: str | float) -> int | float:
@@ -378,12 +376,19 @@ class World:
             Args:
                 expression: e.g. "1969 - 1921".
             """
-            text = plain(expression) if isinstance(expression, str) else expression
-            await maybe_fail(f"calc/{text}")
-            value = evaluate(text)
-            return int(value) if float(value).is_integer() else value
+            await maybe_fail(f"calc/{plain(expression) if isinstance(expression, str) else expression}")
+            return calc_value(expression)
 
         return [search, lookup, calc]
+
+    def search_text(self, entity: str) -> str:
+        """What the ``search`` tool returns: the entity's paragraph (``LookupError`` for an unknown name)."""
+        return self.paragraph(self.entity(entity))
+
+    def lookup_text(self, entity: str, attribute: str, obs_tokens: int = 20) -> str:
+        """What the ``lookup`` tool returns: one attribute's observation (``LookupError`` for an unknown one)."""
+        value = self.fact(entity, attribute)
+        return self.observation(self.entity(entity).name, plain(attribute).lower(), value, obs_tokens)
 
     # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -481,6 +486,14 @@ def _twin(name: str, rng: random.Random) -> str:
 
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def calc_value(expression: str | float) -> int | float:
+    """What the ``calc`` tool returns: the expression's value, an integer where it is whole."""
+    from tokenomy.tools.builtin.calculator import evaluate
+
+    value = evaluate(plain(expression) if isinstance(expression, str) else expression)
+    return int(value) if float(value).is_integer() else value
 
 
 def slug(name: str) -> str:

@@ -16,6 +16,9 @@
                                           presets vs pruned communication graphs, simulator and live
     tokenomy bench gpu [--quick] [--arch A] [--variants L] [--profile P] [--json PATH] [--smoke]
                                           fast paths on one GPU, random weights
+    tokenomy bench peers [--quick] [--frameworks A,B] [--server URL --served-model NAME] [--json PATH]
+                                          tokenomy against LangGraph, smolagents, DSPy, LlamaIndex on one
+                                          vllm serve, every request counted by a recording proxy
     tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
                                           long/short policies, routers, budgets and early-stopping sampling
 """
@@ -420,7 +423,28 @@ def _bench_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu")
+def _bench_peers(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import peers
+
+    names = tuple(n.strip() for n in (args.frameworks or "").split(",") if n.strip()) or peers.FRAMEWORKS
+    unknown = [n for n in names if n not in peers.FRAMEWORKS]
+    if unknown:
+        raise UserError(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(peers.FRAMEWORKS)}")
+    model = args.model.removeprefix("embedded:") if args.model.startswith("embedded:") else None
+    records = peers.run_peers_bench(frameworks=names, quick=args.quick, seed=args.seed, server=args.server,
+                                    model=args.served_model, embedded=model, task_timeout=args.task_timeout,
+                                    log_dir=args.logs,
+                                    progress=lambda m: print(f"[peers] {m}", file=sys.stderr, flush=True))
+    found = peers.versions(peers.peers_python(setup=False))
+    print(peers.format_report(records, found))
+    if args.json:
+        _write_records(args.json, records, peers.goals(records), versions=found)
+    if args.plot:
+        print(f"wrote {peers.plot_records(records, args.plot)}")
+    return 0
+
+
+BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu", "peers")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -437,6 +461,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_rag(args)
     if args.name == "gpu":
         return _bench_gpu(args)
+    if args.name == "peers":
+        return _bench_peers(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -539,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--show-context", action="store_true", help="print the context the model read")
     ask.set_defaults(fn=cmd_rag)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag)")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag, gpu, peers)")
     bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
                                     "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs) or "
                                     "collab (long/short policies on a difficulty ladder) or rag (context tokens "
@@ -592,6 +618,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         "radix+kernel, and kernel, the sweep)")
     bench.add_argument("--profile", default=None, metavar="PATH", help="gpu: also profile the fast paths (torch "
                                                                        "profiler tables per kernel) into this file")
+    bench.add_argument("--frameworks", default=None, metavar="LIST",
+                       help="peers: the frameworks to run, comma-separated (default all)")
+    bench.add_argument("--server", default=None, metavar="URL", help="peers: an OpenAI base URL already serving "
+                                                                     "the model (default: start vllm serve)")
+    bench.add_argument("--served-model", default=None, metavar="NAME", help="peers: the model's name on --server")
+    bench.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
+                       help="peers: seconds a framework may take for one task")
+    bench.add_argument("--logs", default=None, metavar="DIR",
+                       help="peers: write the proxy's request log and each framework's stderr here")
     bench.set_defaults(fn=cmd_bench)
     return p
 

@@ -1,0 +1,277 @@
+"""One framework's agent answering the planning world's questions, run by `tokenomy bench peers` in a process of
+its own (``python -m tokenomy.benchmarks.peer_agents FRAMEWORK ...``): never in the benchmark's process, so a
+framework that runs model-written Python (smolagents' CodeAgent) or leaks state cannot touch the others.
+
+Each framework runs in its own native way: its own prompts, its own tool API and agent loop, its defaults, except
+the sampling temperature, 0 for every framework (greedy, as tokenomy's strategies decode), so that one run says
+what each framework does rather than what one sample did. Every request goes to the referee's recording proxy
+under a tag per task (``/r/TAG/v1``), which counts the tokens; what a framework counts itself is reported beside.
+
+Protocol: one JSON object per line on stdin, ``{"tag": ..., "question": ...}``; one JSON object per line on the
+process's original stdout, ``{"tag", "answer", "error_kind", "error", "own_usage", "tool_calls", "tool_errors",
+"wall_s"}``. Whatever the frameworks print goes to stderr. ``error_kind`` is one of ``ERROR_KINDS`` or ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+FRAMEWORKS = ("langgraph", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react", "llamaindex-function",
+              "tokenomy-rewoo", "tokenomy-rewoo-nl", "tokenomy-react", "tokenomy-plan-execute")
+ERROR_KINDS = ("parse", "max_steps", "tool", "timeout", "server", "crash")
+API_KEY = "referee"  # the proxy and vLLM take any key; some clients refuse to start without one
+MAX_HOPS = 4  # tokenomy's step and token bounds are sized for the longest task, never from a task's gold plan
+
+
+class Toolbox:
+    """``search``, ``lookup`` and ``calc`` over the planning world as plain typed Python functions with docstrings
+    (the form every framework turns into its own tool schema), counting calls and errors. A failed call returns
+    its error as text (``error: ...``), as tokenomy's executor hands errors to its model: LangChain's agent would
+    otherwise end the run at the first exception, where the other frameworks show it to their model."""
+
+    def __init__(self, world: Any, obs_tokens: int) -> None:
+        from .world import calc_value
+
+        self.calls = 0
+        self.errors = 0
+
+        def counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                self.calls += 1
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - every tool error goes back to the model as text
+                    self.errors += 1
+                    return f"error: {exc}"
+            return run
+
+        do_search = counted(world.search_text)
+        do_lookup = counted(lambda entity, attribute: world.lookup_text(entity, attribute, obs_tokens))
+        do_calc = counted(calc_value)
+
+        def search(entity: str) -> str:
+            """The paragraph about an entity.
+
+            Args:
+                entity: its name.
+            """
+            return str(do_search(entity))
+
+        def lookup(entity: str, attribute: str) -> str:
+            """One attribute of an entity.
+
+            Args:
+                entity: its name.
+                attribute: e.g. founder, population, length.
+            """
+            return str(do_lookup(entity, attribute))
+
+        def calc(expression: str) -> str:
+            """Evaluate an arithmetic expression.
+
+            Args:
+                expression: e.g. "1969 - 1921".
+            """
+            return str(do_calc(expression))
+
+        self.functions = [search, lookup, calc]
+
+
+# -- the frameworks ---------------------------------------------------------------------------------------------
+
+
+def run_langgraph(question: str, url: str, model: str, box: Toolbox) -> tuple[Any, dict[str, Any] | None]:
+    """LangChain's ``create_agent`` (LangGraph's prebuilt tool-calling agent loop) over ``ChatOpenAI``."""
+    from langchain.agents import create_agent
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=model, base_url=url, api_key=API_KEY, temperature=0)
+    agent = create_agent(llm, tools=box.functions)
+    state = agent.invoke({"messages": [{"role": "user", "content": question}]})
+    messages = state["messages"]
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+    for m in messages:
+        meta = getattr(m, "usage_metadata", None) or {}
+        usage["prompt_tokens"] += meta.get("input_tokens", 0)
+        usage["completion_tokens"] += meta.get("output_tokens", 0)
+        usage["cached_tokens"] += (meta.get("input_token_details") or {}).get("cache_read", 0) or 0
+    return messages[-1].content, usage
+
+
+def _smolagents(kind: str, question: str, url: str, model: str, box: Toolbox) -> tuple[Any, dict[str, Any] | None]:
+    from smolagents import CodeAgent, OpenAIServerModel, ToolCallingAgent
+    from smolagents import tool as smol_tool
+
+    llm = OpenAIServerModel(model_id=model, api_base=url, api_key=API_KEY, temperature=0)
+    tools = [smol_tool(fn) for fn in box.functions]
+    agent = (CodeAgent if kind == "code" else ToolCallingAgent)(tools=tools, model=llm)
+    answer = agent.run(question)
+    counts = agent.monitor.get_total_token_counts()
+    usage = {"prompt_tokens": counts.input_tokens, "completion_tokens": counts.output_tokens}
+    errors = [type(getattr(step, "error", None)).__name__ for step in agent.memory.steps
+              if getattr(step, "error", None) is not None]
+    if "AgentMaxStepsError" in errors:
+        raise _Outcome("max_steps", f"max steps reached ({len(agent.memory.steps)} steps)", answer, usage)
+    return answer, usage
+
+
+def run_dspy(question: str, url: str, model: str, box: Toolbox) -> tuple[Any, dict[str, Any] | None]:
+    """DSPy's ``ReAct`` module, its ``LM`` on the server (DSPy's response cache off: every call reaches it)."""
+    import dspy
+
+    lm = dspy.LM(f"openai/{model}", api_base=url, api_key=API_KEY, temperature=0, cache=False)
+    with dspy.context(lm=lm, track_usage=True):
+        react = dspy.ReAct("question -> answer", tools=box.functions)
+        pred = react(question=question)
+    usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
+    for per_lm in (pred.get_lm_usage() or {}).values():
+        usage["prompt_tokens"] += per_lm.get("prompt_tokens", 0) or 0
+        usage["completion_tokens"] += per_lm.get("completion_tokens", 0) or 0
+    return pred.answer, usage
+
+
+def _llamaindex(kind: str, question: str, url: str, model: str, box: Toolbox) -> tuple[Any, dict[str, Any] | None]:
+    from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.openai_like import OpenAILike
+
+    llm = OpenAILike(model=model, api_base=url, api_key=API_KEY, temperature=0, is_chat_model=True,
+                     is_function_calling_model=True, context_window=8192)
+    tools = [FunctionTool.from_defaults(fn) for fn in box.functions]
+    agent = (FunctionAgent if kind == "function" else ReActAgent)(tools=tools, llm=llm)
+
+    async def go() -> Any:
+        return await agent.run(user_msg=question)
+
+    result = asyncio.run(go())
+    response = getattr(result, "response", result)
+    return getattr(response, "content", None) or str(response), None
+
+
+def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbox, world: Any,
+                 exemplars: list[Any], obs_tokens: int) -> tuple[Any, dict[str, Any] | None]:
+    """tokenomy's strategy through the ``openai:`` engine, its bounds sized for ``MAX_HOPS`` steps."""
+    from tokenomy.kernels.registry import load_engine
+    from tokenomy.planners import PlanExecutor, make_strategy
+
+    budget = 40 * (MAX_HOPS + 1)
+    options: dict[str, Any] = {
+        "react": {"max_turns": MAX_HOPS + 3, "turn_tokens": 96},
+        "plan-execute": {"max_steps": MAX_HOPS + 3, "plan_tokens": budget, "answer_tokens": budget},
+        "rewoo-nl": {"plan_tokens": budget}, "rewoo": {"plan_tokens": budget}}[strategy]
+    tools = world.tools(obs_tokens=obs_tokens)
+    if strategy == "rewoo":
+        options["executor"] = PlanExecutor(tools, max_concurrency=1)
+    engine = load_engine(f"openai:{model}@{url}")
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "tool_call":
+            box.calls += 1
+            box.errors += bool(event.get("error.type"))
+
+    try:
+        result = make_strategy(strategy, engine, tools, exemplars=exemplars, on_event=on_event, **options
+                               ).run(question)
+    finally:
+        engine.close()
+    t = result.total
+    return result.answer, {"prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
+                           "cached_tokens": t.cached_prompt_tokens}
+
+
+class _Outcome(Exception):
+    """A run that ended with an answer and a failure kind (smolagents answers after its step limit)."""
+
+    def __init__(self, kind: str, message: str, answer: Any, usage: dict[str, Any] | None) -> None:
+        super().__init__(message)
+        self.kind, self.answer, self.usage = kind, answer, usage
+
+
+def error_kind(exc: BaseException) -> str:
+    """The failure kind of an exception a framework raised, by its type's name (no framework imported)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    text = str(exc).lower()
+    if isinstance(exc, _Outcome):
+        return exc.kind
+    if names & {"GraphRecursionError", "AgentMaxStepsError"} or "max iterations" in text or "max_iters" in text:
+        return "max_steps"
+    if names & {"AgentParsingError", "OutputParserException", "AdapterParseError", "JSONDecodeError",
+                "ValidationError"} or "pars" in text:
+        return "parse"
+    if names & {"AgentToolCallError", "AgentToolExecutionError", "ToolException"}:
+        return "tool"
+    if names & {"APITimeoutError", "Timeout", "TimeoutError", "ReadTimeout"}:
+        return "timeout"
+    if names & {"APIConnectionError", "APIStatusError", "BadRequestError", "InternalServerError", "ConnectError",
+                "ServiceUnavailableError", "EngineError"}:
+        return "server"
+    return "crash"
+
+
+def answer_one(framework: str, question: str, url: str, model: str, world: Any, exemplars: list[Any],
+               obs_tokens: int) -> dict[str, Any]:
+    box = Toolbox(world, obs_tokens)
+    start = time.perf_counter()
+    answer: Any = None
+    usage: dict[str, Any] | None = None
+    kind = message = None
+    try:
+        if framework == "langgraph":
+            answer, usage = run_langgraph(question, url, model, box)
+        elif framework.startswith("smolagents-"):
+            answer, usage = _smolagents(framework.removeprefix("smolagents-"), question, url, model, box)
+        elif framework == "dspy":
+            answer, usage = run_dspy(question, url, model, box)
+        elif framework.startswith("llamaindex-"):
+            answer, usage = _llamaindex(framework.removeprefix("llamaindex-"), question, url, model, box)
+        elif framework.startswith("tokenomy-"):
+            answer, usage = run_tokenomy(framework.removeprefix("tokenomy-"), question, url, model, box, world,
+                                         exemplars, obs_tokens)
+        else:
+            raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+    except _Outcome as out:
+        answer, usage, kind, message = out.answer, out.usage, out.kind, str(out)
+    except Exception as exc:  # a framework's failure is a result: its kind and message go back
+        kind, message = error_kind(exc), f"{type(exc).__name__}: {exc}"[:500]
+        traceback.print_exc(file=sys.stderr)
+    return {"answer": None if answer is None else str(answer)[:2000], "error_kind": kind, "error": message,
+            "own_usage": usage, "tool_calls": box.calls, "tool_errors": box.errors,
+            "wall_s": round(time.perf_counter() - start, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tokenomy.benchmarks.peer_agents")
+    parser.add_argument("framework", choices=FRAMEWORKS)
+    parser.add_argument("--proxy", required=True, help="the referee proxy's root URL, http://127.0.0.1:PORT")
+    parser.add_argument("--model", required=True, help="the served model name")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--obs-tokens", type=int, default=20)
+    args = parser.parse_args(argv)
+    # The protocol has the original stdout to itself: frameworks that print (smolagents' panels) print to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    from .world import World
+
+    world = World(args.seed)
+    exemplars = world.exemplars(1, args.obs_tokens)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        url = f"{args.proxy.rstrip('/')}/r/{job['tag']}/v1"
+        result = answer_one(args.framework, job["question"], url, args.model, world, exemplars, args.obs_tokens)
+        out.write(json.dumps({"tag": job["tag"], **result}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

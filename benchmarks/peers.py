@@ -1,0 +1,400 @@
+"""`tokenomy bench peers`: tokenomy's strategies against the agent frameworks a user would pick instead, on the
+same model, the same tasks and the same tools, counted by one referee that none of them controls.
+
+The referee (``referee.py``) is one OpenAI-compatible server (by default a real ``vllm serve`` of the default
+embedded model, started here) behind a recording proxy; each framework runs in a process of its own
+(``peer_agents.py``), one task at a time, every task under its own tag on the proxy. Tokens, calls and latency
+come from the proxy's log, never from a framework's own accounting (that is reported beside, where a framework
+keeps one). Answers are scored by the planning world's normaliser; accuracy gets a bootstrap interval and, beside
+``tokenomy-rewoo`` on the same tasks, a paired one.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenomy import plot
+
+from .peer_agents import FRAMEWORKS
+from .referee import Record, RecordingProxy, RefereeError, VllmServer, check_model
+from .world import Task, World, answer_matches
+
+BASELINE = "tokenomy-rewoo"
+PEERS = tuple(f for f in FRAMEWORKS if not f.startswith("tokenomy-"))
+IMPORTS = {"langgraph": ("langchain", "langchain_openai"), "smolagents-tool": ("smolagents",),
+           "smolagents-code": ("smolagents",), "dspy": ("dspy",),
+           "llamaindex-react": ("llama_index.core", "llama_index.llms.openai_like"),
+           "llamaindex-function": ("llama_index.core", "llama_index.llms.openai_like")}
+"""What each framework's process imports: a framework whose packages are missing is reported, not run."""
+
+
+def peer_tasks(*, quick: bool = False, seed: int = 0, per_hop: int = 8) -> list[Task]:
+    """The planning world's multi-hop questions: ``per_hop`` of each of 1-4 hops (32 by default), or 6 with
+    ``quick`` (two each of 1, 2 and 3 hops)."""
+    world = World(seed)
+    if quick:
+        return [t for h in (1, 2, 3) for t in world.tasks(2, h, salt="peers")]
+    return [t for h in (1, 2, 3, 4) for t in world.tasks(per_hop, h, salt="peers")]
+
+
+@dataclass
+class PeerRecord:
+    """One framework over the tasks: server-counted totals (summed over tasks), its own counts where it keeps
+    them, accuracy, and failures by kind."""
+
+    framework: str
+    tasks: int
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    failed_requests: int = 0
+    wall_s: float = 0.0
+    own_prompt_tokens: int | None = None
+    own_completion_tokens: int | None = None
+    tool_calls: int = 0
+    correct: list[bool] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    accuracy: float | None = None
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
+    diff_vs_baseline: tuple[float, float] | None = None
+    missing: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_tokens(self) -> int:
+        return self.total_tokens - self.cached_tokens
+
+    def per_task(self, value: float) -> float:
+        return value / self.tasks if self.tasks else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(total_tokens=self.total_tokens, uncached_tokens=self.uncached_tokens,
+                   per_task={k: round(self.per_task(v), 1) for k, v in (
+                       ("prompt_tokens", self.prompt_tokens), ("cached_tokens", self.cached_tokens),
+                       ("completion_tokens", self.completion_tokens), ("total_tokens", self.total_tokens),
+                       ("uncached_tokens", self.uncached_tokens), ("calls", self.calls), ("wall_s", self.wall_s))})
+        return out
+
+
+def peers_python(*, setup: bool = True) -> Path:
+    """The python the frameworks run with: ``$TOKENOMY_PEERS_PYTHON``, else the checkout's ``.venv-peers`` (set
+    up here by ``.ci/setup --peers`` when it is missing and ``setup``), else this python."""
+    import os
+
+    env = os.environ.get("TOKENOMY_PEERS_PYTHON")
+    if env:
+        return Path(env)
+    root = Path(__file__).resolve().parents[1]
+    venv = root / ".venv-peers" / "bin" / "python"
+    script = root / ".ci" / "setup"
+    if setup and script.exists():  # idempotent: returns at once when .venv-peers is current
+        done = subprocess.run(["bash", str(script), "--peers"], cwd=root)
+        if done.returncode != 0:
+            raise RefereeError(f"`.ci/setup --peers` failed ({done.returncode}): the frameworks cannot run")
+    return venv if venv.exists() else Path(sys.executable)
+
+
+def missing_packages(framework: str, python: str | Path = sys.executable) -> str | None:
+    """Why ``framework`` cannot run with ``python`` (its packages are not installed there), or ``None``."""
+    mods = IMPORTS.get(framework, ())
+    if not mods:
+        return None
+    code = "import importlib.util, sys; sys.exit(0 if all(importlib.util.find_spec(m) for m in sys.argv[1:]) else 1)"
+    try:
+        ok = subprocess.run([str(python), "-c", code, *mods], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{python}: {e}"
+    return None if ok else f"{', '.join(mods)} not installed (pip install 'tokenomy[peers]')"
+
+
+class _Runner:
+    """One framework's process (``peer_agents``): a task in, a result out, each within ``timeout`` seconds; a
+    process that misses its deadline is killed (its task a timeout) and the next task gets a fresh one."""
+
+    def __init__(self, framework: str, proxy_root: str, model: str, *, python: str | Path, seed: int,
+                 obs_tokens: int, log: Path | None) -> None:
+        self.cmd = [str(python), "-m", "tokenomy.benchmarks.peer_agents", framework, "--proxy", proxy_root,
+                    "--model", model, "--seed", str(seed), "--obs-tokens", str(obs_tokens)]
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+
+    def _start(self) -> subprocess.Popen[str]:
+        err = self.log.open("a") if self.log else subprocess.DEVNULL
+        proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
+        if self.log:
+            err.close()  # type: ignore[union-attr]
+        self.lines = queue.Queue()
+        lines = self.lines
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        return proc
+
+    def ask(self, tag: str, question: str, timeout: float) -> dict[str, Any]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        assert self.proc.stdin is not None
+        start = time.monotonic()
+        try:
+            self.proc.stdin.write(json.dumps({"tag": tag, "question": question}) + "\n")
+            self.proc.stdin.flush()
+        except OSError as e:
+            self.close()
+            return {"tag": tag, "answer": None, "error_kind": "crash", "error": f"the framework's process: {e}"}
+        while True:
+            left = timeout - (time.monotonic() - start)
+            try:
+                line = self.lines.get(timeout=max(left, 0.01))
+            except queue.Empty:
+                self.close()
+                return {"tag": tag, "answer": None, "error_kind": "timeout",
+                        "error": f"no answer in {timeout:.0f} s", "wall_s": round(time.monotonic() - start, 3)}
+            if line is None:
+                code = self.proc.wait() if self.proc else None
+                self.proc = None
+                return {"tag": tag, "answer": None, "error_kind": "crash",
+                        "error": f"the framework's process exited ({code})"}
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue  # not a result line
+            if isinstance(result, dict) and result.get("tag") == tag:
+                return result
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            import os
+            import signal
+
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+        proc.wait(30)
+
+
+def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, Any]],
+              records: Sequence[Record]) -> PeerRecord:
+    """A framework's ``PeerRecord`` from its rows (one per task, in order) and the proxy's records."""
+    rec = PeerRecord(framework=framework, tasks=len(tasks))
+    by_tag: dict[str, list[Record]] = {}
+    for r in records:
+        by_tag.setdefault(r.tag, []).append(r)
+    own_p = own_c = 0
+    own_known = True
+    kinds: Counter[str] = Counter()
+    for task, row in zip(tasks, rows, strict=True):
+        calls = [r for r in by_tag.get(row["tag"], []) if r.path.endswith("/completions")]
+        prompt = sum(r.prompt_tokens or 0 for r in calls)
+        cached = sum(r.cached_tokens or 0 for r in calls)
+        completion = sum(r.completion_tokens or 0 for r in calls)
+        failed = sum(1 for r in calls if r.status != 200)
+        correct = answer_matches(row.get("answer"), task.answer)
+        rec.prompt_tokens += prompt
+        rec.cached_tokens += cached
+        rec.completion_tokens += completion
+        rec.calls += len(calls)
+        rec.failed_requests += failed
+        rec.wall_s += float(row.get("wall_s") or 0.0)
+        rec.tool_calls += int(row.get("tool_calls") or 0)
+        rec.correct.append(correct)
+        if row.get("error_kind"):
+            kinds[row["error_kind"]] += 1
+        elif not correct and row.get("tool_errors"):
+            kinds["tool"] += 1
+        own = row.get("own_usage")
+        if isinstance(own, dict) and own.get("prompt_tokens") is not None:
+            own_p += int(own.get("prompt_tokens") or 0)
+            own_c += int(own.get("completion_tokens") or 0)
+        else:
+            own_known = False
+        rec.rows.append({"task": task.id, "hops": task.hops, "gold": task.answer, "answer": row.get("answer"),
+                         "correct": correct, "error_kind": row.get("error_kind"), "error": row.get("error"),
+                         "calls": len(calls), "prompt_tokens": prompt, "cached_tokens": cached,
+                         "completion_tokens": completion, "own_usage": own, "wall_s": row.get("wall_s")})
+    if own_known and rows:
+        rec.own_prompt_tokens, rec.own_completion_tokens = own_p, own_c
+    rec.failures = dict(kinds)
+    rec.wall_s = round(rec.wall_s, 3)
+    if rec.correct:
+        from .graph import bootstrap_interval
+
+        rec.accuracy = round(sum(rec.correct) / len(rec.correct), 3)
+        low, high = bootstrap_interval(rec.correct)
+        rec.accuracy_low, rec.accuracy_high = round(low, 3), round(high, 3)
+    return rec
+
+
+def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = False, seed: int = 0,
+                    server: str | None = None, model: str | None = None, embedded: str | None = None,
+                    python: str | Path | None = None, obs_tokens: int = 20, task_timeout: float = 600.0,
+                    log_dir: str | Path | None = None, progress: Callable[[str], None] | None = None
+                    ) -> list[PeerRecord]:
+    """Every framework on the same tasks through one referee. ``server``: an OpenAI base URL already serving
+    ``model``; otherwise a ``vllm serve`` of the embedded model ``embedded`` (default: the default one) is
+    started here and stopped at the end. The frameworks run with ``python`` (default ``peers_python()``). The
+    proxy's log and each framework's stderr go to ``log_dir``."""
+    say = progress or (lambda _m: None)
+    unknown = [f for f in frameworks if f not in FRAMEWORKS]
+    if unknown:
+        raise ValueError(f"unknown frameworks {unknown}; choose from {', '.join(FRAMEWORKS)}")
+    tasks = peer_tasks(quick=quick, seed=seed)
+    python = python or peers_python()
+    logs = Path(log_dir) if log_dir else None
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+    if server:
+        if not model:
+            raise ValueError("--server needs --served-model: the name the server serves the model under")
+        check_model(server, served_name=model)
+        return _run_all(frameworks, tasks, server, model, python, seed, obs_tokens, task_timeout, logs, say)
+    from tokenomy.kernels.embedded import default_embedded, ensure_converted
+
+    name = embedded or default_embedded()
+    served = model or name
+    model_dir = ensure_converted(name=name)
+    say(f"starting vllm serve for {name} ({model_dir})")
+    with VllmServer(model_dir, served_name=served) as srv:
+        say(f"vllm serve answers at {srv.base_url}")
+        return _run_all(frameworks, tasks, srv.base_url, served, python, seed, obs_tokens, task_timeout, logs, say)
+
+
+def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, model: str, python: str | Path,
+             seed: int, obs_tokens: int, task_timeout: float, logs: Path | None, say: Callable[[str], None]
+             ) -> list[PeerRecord]:
+    out: list[PeerRecord] = []
+    with RecordingProxy(server, log=logs / "requests.jsonl" if logs else None, timeout=task_timeout) as proxy:
+        root = f"http://127.0.0.1:{proxy.port}"
+        for fw in frameworks:
+            why = missing_packages(fw, python)
+            if why:
+                say(f"{fw}: not run: {why}")
+                out.append(PeerRecord(framework=fw, tasks=0, missing=why))
+                continue
+            runner = _Runner(fw, root, model, python=python, seed=seed, obs_tokens=obs_tokens,
+                             log=logs / f"{fw}.stderr.txt" if logs else None)
+            rows = []
+            try:
+                for i, task in enumerate(tasks):
+                    row = runner.ask(f"{fw}--{task.id}", task.question, task_timeout)
+                    rows.append(row)
+                    ok = answer_matches(row.get("answer"), task.answer)
+                    say(f"{fw}: task {i + 1}/{len(tasks)} ({task.hops} hops) {'right' if ok else 'wrong'}"
+                        f"{' [' + row['error_kind'] + ']' if row.get('error_kind') else ''}")
+            finally:
+                runner.close()
+            out.append(summarize(fw, tasks, rows, proxy.records))
+    base = next((r for r in out if r.framework == BASELINE and r.correct), None)
+    if base is not None:
+        from .graph import paired_bootstrap
+
+        for r in out:
+            if r.correct and r is not base:
+                low, high = paired_bootstrap(r.correct, base.correct)
+                r.diff_vs_baseline = (round(low, 3), round(high, 3))
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def goals(records: Sequence[PeerRecord]) -> list[tuple[str, str, bool | None]]:
+    """BENCHMARKS.md "peers": rewoo >= 5x fewer total tokens per task than the best peer, at non-inferior
+    accuracy (paired interval), and fewer model calls per task than any peer."""
+    base = next((r for r in records if r.framework == BASELINE and r.tasks), None)
+    peers = [r for r in records if r.framework in PEERS and r.tasks]
+    if base is None or not peers:
+        return [("rewoo against the peers", "not measured (a side is missing)", None)]
+    best = max(peers, key=lambda r: (r.accuracy or 0.0, -r.total_tokens))
+    ratio = best.total_tokens / base.total_tokens if base.total_tokens else float("inf")
+    diff = best.diff_vs_baseline
+    fewest = min(peers, key=lambda r: r.calls)
+    return [
+        (f"total tokens per task >= 5x fewer than the best peer ({best.framework})",
+         f"{base.per_task(base.total_tokens):.0f} vs {best.per_task(best.total_tokens):.0f}: {ratio:.2f}x",
+         ratio >= 5),
+        (f"accuracy non-inferior to the best peer ({best.framework}, paired)",
+         f"{base.accuracy} vs {best.accuracy}; peer - rewoo {diff}", None if diff is None else diff[0] <= 0),
+        (f"fewer model calls per task than any peer (fewest: {fewest.framework})",
+         f"{base.per_task(base.calls):.2f} vs {fewest.per_task(fewest.calls):.2f}",
+         base.calls < fewest.calls),
+    ]
+
+
+def format_report(records: Sequence[PeerRecord], versions: dict[str, str] | None = None) -> str:
+    lines = ["| framework | accuracy [95%] | vs rewoo (paired) | total tok/task | uncached | prompt | cached | "
+             "completion | calls/task | s/task | own count (prompt/completion) | failures |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r.missing or not r.tasks:
+            lines.append(f"| {r.framework} | not run: {r.missing} |" + " |" * 10)
+            continue
+        own = (f"{r.per_task(r.own_prompt_tokens):.0f} / {r.per_task(r.own_completion_tokens or 0):.0f}"
+               if r.own_prompt_tokens is not None else "-")
+        diff = f"{r.diff_vs_baseline[0]:+.0%}..{r.diff_vs_baseline[1]:+.0%}" if r.diff_vs_baseline else "-"
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "-"
+        lines.append(f"| {r.framework} | {r.accuracy:.0%} [{r.accuracy_low:.0%}, {r.accuracy_high:.0%}] | {diff} | "
+                     f"{r.per_task(r.total_tokens):.0f} | {r.per_task(r.uncached_tokens):.0f} | "
+                     f"{r.per_task(r.prompt_tokens):.0f} | {r.per_task(r.cached_tokens):.0f} | "
+                     f"{r.per_task(r.completion_tokens):.1f} | {r.per_task(r.calls):.2f} | "
+                     f"{r.per_task(r.wall_s):.1f} | {own} | {fails} |")
+    lines += ["", "goals (BENCHMARKS.md, peers):"]
+    for name, value, met in goals(records):
+        lines.append(f"- {'met' if met else 'NOT met' if met is False else 'n/a'}: {name}: {value}")
+    if versions:
+        lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
+    return "\n".join(lines)
+
+
+def versions(python: str | Path = sys.executable) -> dict[str, str]:
+    """The installed versions of the frameworks (and of tokenomy, vLLM's client side) in ``python``."""
+    code = ("import importlib.metadata as m, json\nout = {}\n"
+            "for p in ('tokenomy', 'langchain', 'langgraph', 'langchain-openai', 'smolagents', 'dspy', "
+            "'llama-index-core', 'llama-index-llms-openai-like', 'openai', 'litellm'):\n"
+            "    try: out[p] = m.version(p)\n    except m.PackageNotFoundError: pass\nprint(json.dumps(out))")
+    try:
+        run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
+        return dict(json.loads(run.stdout))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+
+
+def plot_records(records: Sequence[PeerRecord], path: str | Path) -> Path:
+    """A PNG of accuracy against server-counted tokens per task, one point per framework, tokenomy's highlighted."""
+    points = [(r.framework, r.per_task(r.total_tokens), r.accuracy) for r in records
+              if r.tasks and r.accuracy is not None]
+    return plot.scatter(points, path, title="peers: accuracy against tokens per task (counted by the server)",
+                        xlabel="tokens per task (prompt + completion, server-counted)", ylabel="accuracy", logx=True,
+                        highlight={r.framework for r in records if r.framework.startswith("tokenomy-")},
+                        highlight_label="tokenomy")
+
+
+__all__ = ["PeerRecord", "RefereeError", "format_report", "goals", "peer_tasks", "plot_records", "run_peers_bench",
+           "summarize", "versions"]

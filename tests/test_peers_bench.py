@@ -1,0 +1,157 @@
+"""`tokenomy bench peers`: tasks, the framework processes (deadlines, crashes), the summary from the proxy's
+records, goals and the report. The frameworks themselves run against a real `vllm serve` in the benchmark; here
+tokenomy's own strategies run in the framework process against the scripted server of tests/test_referee.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenomy.benchmarks import peers
+from tokenomy.benchmarks.peer_agents import FRAMEWORKS, Toolbox, error_kind
+from tokenomy.benchmarks.referee import Record
+from tokenomy.benchmarks.world import World
+
+from .test_referee import ScriptedServer
+
+
+def test_the_tasks_are_the_planning_world_s_multi_hop_questions():
+    full, quick = peers.peer_tasks(), peers.peer_tasks(quick=True)
+    assert len(full) == 32 and sorted({t.hops for t in full}) == [1, 2, 3, 4]
+    assert len(quick) == 6 and len({t.question for t in quick}) == 6
+    assert [t.id for t in peers.peer_tasks()] == [t.id for t in full]  # the same tasks on every run
+
+
+def test_the_toolbox_gives_every_framework_the_tools_tokenomy_s_strategies_get():
+    import asyncio
+
+    world = World(0)
+    task = world.tasks(1, 2)[0]
+    box = Toolbox(world, 20)
+    search, lookup, calc = box.functions
+    step = task.steps[0]
+    entity = step.subject
+    native = {t.name: t for t in world.tools(obs_tokens=20)}
+    assert lookup(entity, step.attribute) == asyncio.run(native["lookup"].fn(entity=entity,
+                                                                            attribute=step.attribute))
+    assert search(entity) == asyncio.run(native["search"].fn(entity=entity))
+    assert calc("1969 - 1921") == "48"
+    assert search("Nowhere Inc").startswith("error: no entity")  # an error goes back to the model as text
+    assert (box.calls, box.errors) == (4, 1)
+    for fn in box.functions:  # what frameworks read to build their schemas
+        assert fn.__doc__ and "Args:" in fn.__doc__ and fn.__annotations__
+
+
+def test_failure_kinds_come_from_the_exception_s_type_without_importing_the_framework():
+    class GraphRecursionError(Exception):
+        pass
+
+    class AgentParsingError(Exception):
+        pass
+
+    class APIConnectionError(Exception):
+        pass
+
+    assert error_kind(GraphRecursionError("Recursion limit of 25 reached")) == "max_steps"
+    assert error_kind(AgentParsingError("bad")) == "parse"
+    assert error_kind(APIConnectionError("refused")) == "server"
+    assert error_kind(TimeoutError()) == "timeout"
+    assert error_kind(RuntimeError("Max iterations of 20 reached")) == "max_steps"
+    assert error_kind(ZeroDivisionError()) == "crash"
+
+
+def _records(tag: str, *usage: tuple[int, int, int]) -> list[Record]:
+    return [Record(tag=tag, path="/v1/chat/completions", status=200, latency_s=0.1, prompt_tokens=p,
+                   cached_tokens=c, completion_tokens=k) for p, c, k in usage]
+
+
+def test_the_summary_counts_what_the_proxy_recorded_not_what_the_framework_said():
+    tasks = peers.peer_tasks(quick=True)[:2]
+    rows = [{"tag": "fw--a", "answer": tasks[0].answer, "own_usage": {"prompt_tokens": 1, "completion_tokens": 1},
+             "wall_s": 2.0, "tool_calls": 1},
+            {"tag": "fw--b", "answer": "no idea", "error_kind": "max_steps", "own_usage": None, "wall_s": 3.0}]
+    records = [*_records("fw--a", (300, 200, 20), (350, 300, 10)), *_records("fw--b", (400, 0, 30)),
+               Record(tag="fw--b", path="/v1/models", status=200, latency_s=0.0),
+               Record(tag="fw--b", path="/v1/chat/completions", status=500, latency_s=0.0, error="boom"),
+               *_records("other--a", (9999, 0, 9))]
+    rec = peers.summarize("fw", tasks, rows, records)
+    assert (rec.prompt_tokens, rec.cached_tokens, rec.completion_tokens) == (1050, 500, 60)
+    assert rec.calls == 4 and rec.failed_requests == 1  # the model list is not a model call
+    assert rec.total_tokens == 1110 and rec.uncached_tokens == 610
+    assert rec.correct == [True, False] and rec.accuracy == 0.5 and rec.failures == {"max_steps": 1}
+    assert rec.own_prompt_tokens is None  # one task without the framework's own count: no own total
+    assert rec.per_task(rec.calls) == 2.0 and rec.wall_s == 5.0
+    json.dumps(rec.to_json())
+
+
+def _rec(name: str, tokens: int, calls: int, correct: list[bool]) -> peers.PeerRecord:
+    tasks = peers.peer_tasks(quick=True)[:len(correct)]
+    rows = [{"tag": f"{name}--{t.id}", "answer": t.answer if ok else "?"} for t, ok in zip(tasks, correct, strict=True)]
+    rec = peers.summarize(name, tasks, rows, [])
+    rec.prompt_tokens, rec.completion_tokens, rec.calls = tokens * len(correct), 0, calls * len(correct)
+    return rec
+
+
+def test_goals_compare_rewoo_with_the_most_accurate_peer():
+    base = _rec("tokenomy-rewoo", 500, 2, [True] * 6)
+    best = _rec("langgraph", 3000, 4, [True] * 5 + [False])
+    other = _rec("dspy", 4000, 5, [False] * 6)
+    from tokenomy.benchmarks.graph import paired_bootstrap
+
+    best.diff_vs_baseline = paired_bootstrap(best.correct, base.correct)
+    got = {name.split(" (")[0]: met for name, _, met in peers.goals([base, best, other])}
+    assert got == {"total tokens per task >= 5x fewer than the best peer": True,
+                   "accuracy non-inferior to the best peer": True, "fewer model calls per task than any peer": True}
+    report = peers.format_report([base, best, other, peers.PeerRecord("smolagents-code", 0, missing="not here")],
+                                 {"dspy": "3.4.1"})
+    assert "| langgraph | 83%" in report and "not run: not here" in report and "versions: dspy 3.4.1" in report
+    assert peers.goals([base])[0][2] is None
+
+
+def test_a_framework_whose_packages_are_missing_is_reported_not_run(tmp_path):
+    assert peers.missing_packages("tokenomy-rewoo") is None
+    assert set(peers.PEERS) == set(peers.IMPORTS) and set(peers.PEERS) < set(FRAMEWORKS)
+    why = peers.missing_packages("smolagents-code", python=str(tmp_path / "no-python"))
+    assert why
+
+
+@pytest.mark.timeout(300)
+def test_tokenomy_s_strategies_run_in_their_own_process_and_are_counted_by_the_proxy(tmp_path):
+    server = ScriptedServer()
+    try:
+        records = peers.run_peers_bench(frameworks=("tokenomy-react", "tokenomy-rewoo"), quick=True,
+                                        server=server.url, model="m", task_timeout=120, log_dir=tmp_path,
+                                        python=peers.sys.executable)
+    finally:
+        server.close()
+    by = {r.framework: r for r in records}
+    for name in ("tokenomy-react", "tokenomy-rewoo"):
+        r = by[name]
+        assert r.tasks == 6 and len(r.rows) == 6 and r.calls >= 6
+        assert r.prompt_tokens == 120 * r.calls and r.cached_tokens == 96 * r.calls  # the server's counts
+        assert r.accuracy == 0.0  # the scripted server answers "four" to everything
+    assert by["tokenomy-react"].diff_vs_baseline is not None
+    log = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert {row["tag"].split("--")[0] for row in log} == {"tokenomy-react", "tokenomy-rewoo"}
+
+
+@pytest.mark.timeout(120)
+def test_a_task_past_its_deadline_is_a_timeout_and_the_next_task_gets_a_fresh_process(tmp_path):
+    server = ScriptedServer()
+    try:
+        from tokenomy.benchmarks.referee import RecordingProxy
+
+        with RecordingProxy(server.url) as proxy:
+            runner = peers._Runner("tokenomy-react", f"http://127.0.0.1:{proxy.port}", "slow",
+                                   python=peers.sys.executable, seed=0, obs_tokens=20, log=tmp_path / "stderr.txt")
+            try:
+                first = runner.ask("t1", "What is the population of Velmora?", timeout=3)
+                assert first["error_kind"] == "timeout" and runner.proc is None
+                runner.cmd[runner.cmd.index("slow")] = "m"
+                second = runner.ask("t2", "What is the population of Velmora?", timeout=60)
+                assert second["tag"] == "t2" and second.get("error_kind") is None
+            finally:
+                runner.close()
+    finally:
+        server.close()
