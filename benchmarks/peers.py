@@ -255,12 +255,13 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
 def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = False, seed: int = 0,
                     server: str | None = None, model: str | None = None, embedded: str | None = None,
                     python: str | Path | None = None, obs_tokens: int = 20, task_timeout: float = 600.0,
-                    log_dir: str | Path | None = None, progress: Callable[[str], None] | None = None
-                    ) -> list[PeerRecord]:
+                    log_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
+                    on_record: Callable[[list[PeerRecord]], None] | None = None) -> list[PeerRecord]:
     """Every framework on the same tasks through one referee. ``server``: an OpenAI base URL already serving
     ``model``; otherwise a ``vllm serve`` of the embedded model ``embedded`` (default: the default one) is
     started here and stopped at the end. The frameworks run with ``python`` (default ``peers_python()``). The
-    proxy's log and each framework's stderr go to ``log_dir``."""
+    proxy's log and each framework's stderr go to ``log_dir``. ``on_record`` gets the records so far after each
+    framework (a run cut off keeps what it measured)."""
     say = progress or (lambda _m: None)
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown:
@@ -274,7 +275,8 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
         if not model:
             raise ValueError("--server needs --served-model: the name the server serves the model under")
         check_model(server, served_name=model)
-        return _run_all(frameworks, tasks, server, model, python, seed, obs_tokens, task_timeout, logs, say)
+        return _run_all(frameworks, tasks, server, model, python, seed, obs_tokens, task_timeout, logs, say,
+                        on_record)
     from tokenomy.kernels.embedded import default_embedded, ensure_converted
 
     name = embedded or default_embedded()
@@ -283,12 +285,13 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
     say(f"starting vllm serve for {name} ({model_dir})")
     with VllmServer(model_dir, served_name=served) as srv:
         say(f"vllm serve answers at {srv.base_url}")
-        return _run_all(frameworks, tasks, srv.base_url, served, python, seed, obs_tokens, task_timeout, logs, say)
+        return _run_all(frameworks, tasks, srv.base_url, served, python, seed, obs_tokens, task_timeout, logs, say,
+                        on_record)
 
 
 def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, model: str, python: str | Path,
-             seed: int, obs_tokens: int, task_timeout: float, logs: Path | None, say: Callable[[str], None]
-             ) -> list[PeerRecord]:
+             seed: int, obs_tokens: int, task_timeout: float, logs: Path | None, say: Callable[[str], None],
+             on_record: Callable[[list[PeerRecord]], None] | None = None) -> list[PeerRecord]:
     out: list[PeerRecord] = []
     with RecordingProxy(server, log=logs / "requests.jsonl" if logs else None, timeout=task_timeout) as proxy:
         root = f"http://127.0.0.1:{proxy.port}"
@@ -311,15 +314,23 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
             finally:
                 runner.close()
             out.append(summarize(fw, tasks, rows, proxy.records))
-    base = next((r for r in out if r.framework == BASELINE and r.correct), None)
-    if base is not None:
-        from .graph import paired_bootstrap
-
-        for r in out:
-            if r.correct and r is not base:
-                low, high = paired_bootstrap(r.correct, base.correct)
-                r.diff_vs_baseline = (round(low, 3), round(high, 3))
+            _pair(out)
+            if on_record is not None:
+                on_record(out)
     return out
+
+
+def _pair(records: Sequence[PeerRecord]) -> None:
+    """Each record's paired interval of accuracy minus ``tokenomy-rewoo``'s, on the same tasks."""
+    base = next((r for r in records if r.framework == BASELINE and r.correct), None)
+    if base is None:
+        return
+    from .graph import paired_bootstrap
+
+    for r in records:
+        if r.correct and r is not base and len(r.correct) == len(base.correct):
+            low, high = paired_bootstrap(r.correct, base.correct)
+            r.diff_vs_baseline = (round(low, 3), round(high, 3))
 
 
 # -- report -----------------------------------------------------------------------------------------------------

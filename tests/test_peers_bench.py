@@ -119,12 +119,15 @@ def test_a_framework_whose_packages_are_missing_is_reported_not_run(tmp_path):
 @pytest.mark.timeout(300)
 def test_tokenomy_s_strategies_run_in_their_own_process_and_are_counted_by_the_proxy(tmp_path):
     server = ScriptedServer()
+    saved: list[list[str]] = []
     try:
         records = peers.run_peers_bench(frameworks=("tokenomy-react", "tokenomy-rewoo"), quick=True,
                                         server=server.url, model="m", task_timeout=120, log_dir=tmp_path,
-                                        python=peers.sys.executable)
+                                        python=peers.sys.executable,
+                                        on_record=lambda rs: saved.append([r.framework for r in rs]))
     finally:
         server.close()
+    assert saved == [["tokenomy-react"], ["tokenomy-react", "tokenomy-rewoo"]]  # after each framework
     by = {r.framework: r for r in records}
     for name in ("tokenomy-react", "tokenomy-rewoo"):
         r = by[name]

@@ -431,11 +431,16 @@ def _bench_peers(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(peers.FRAMEWORKS)}")
     model = args.model.removeprefix("embedded:") if args.model.startswith("embedded:") else None
+    found = peers.versions(peers.peers_python(setup=False))
+
+    def save(records: list[Any]) -> None:  # after every framework: a run cut off keeps what it measured
+        if args.json:
+            _write_records(args.json, records, peers.goals(records), versions=found, quiet=True)
+
     records = peers.run_peers_bench(frameworks=names, quick=args.quick, seed=args.seed, server=args.server,
                                     model=args.served_model, embedded=model, task_timeout=args.task_timeout,
-                                    log_dir=args.logs,
+                                    log_dir=args.logs, on_record=save,
                                     progress=lambda m: print(f"[peers] {m}", file=sys.stderr, flush=True))
-    found = peers.versions(peers.peers_python(setup=False))
     print(peers.format_report(records, found))
     if args.json:
         _write_records(args.json, records, peers.goals(records), versions=found)
