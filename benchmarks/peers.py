@@ -351,7 +351,8 @@ def goals(records: Sequence[PeerRecord]) -> list[tuple[str, str, bool | None]]:
         (f"total tokens per task >= 5x fewer than the best peer ({best.framework})",
          f"{base.per_task(base.total_tokens):.0f} vs {best.per_task(best.total_tokens):.0f}: {ratio:.2f}x",
          ratio >= 5),
-        (f"accuracy non-inferior to the best peer ({best.framework}, paired)",
+        (f"accuracy non-inferior to the best peer ({best.framework}): the paired 95% interval of peer - rewoo "
+         "does not lie above 0",
          f"{base.accuracy} vs {best.accuracy}; peer - rewoo {diff}", None if diff is None else diff[0] <= 0),
         (f"fewer model calls per task than any peer (fewest: {fewest.framework})",
          f"{base.per_task(base.calls):.2f} vs {fewest.per_task(fewest.calls):.2f}",

@@ -93,6 +93,13 @@ def _rec(name: str, tokens: int, calls: int, correct: list[bool]) -> peers.PeerR
     return rec
 
 
+def _paired(rec: peers.PeerRecord, base: list[bool]) -> peers.PeerRecord:
+    from tokenomy.benchmarks.graph import paired_bootstrap
+
+    rec.diff_vs_baseline = paired_bootstrap(rec.correct, base)
+    return rec
+
+
 def test_goals_compare_rewoo_with_the_most_accurate_peer():
     base = _rec("tokenomy-rewoo", 500, 2, [True] * 6)
     best = _rec("langgraph", 3000, 4, [True] * 5 + [False])
@@ -101,6 +108,7 @@ def test_goals_compare_rewoo_with_the_most_accurate_peer():
 
     best.diff_vs_baseline = paired_bootstrap(best.correct, base.correct)
     got = {name.split(" (")[0]: met for name, _, met in peers.goals([base, best, other])}
+    assert not peers.goals([_rec("tokenomy-rewoo", 500, 2, [False] * 6), _paired(best, [False] * 6)])[1][2]
     assert got == {"total tokens per task >= 5x fewer than the best peer": True,
                    "accuracy non-inferior to the best peer": True, "fewer model calls per task than any peer": True}
     report = peers.format_report([base, best, other, peers.PeerRecord("smolagents-code", 0, missing="not here")],
