@@ -21,7 +21,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 FRAMEWORKS = ("langgraph", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react", "llamaindex-function",
@@ -32,14 +33,14 @@ MAX_HOPS = 4  # tokenomy's step and token bounds are sized for the longest task,
 
 
 class Toolbox:
-    """``search``, ``lookup`` and ``calc`` over the planning world as plain typed Python functions with docstrings
-    (the form every framework turns into its own tool schema), counting calls and errors. A failed call returns
-    its error as text (``error: ...``), as tokenomy's executor hands errors to its model: LangChain's agent would
-    otherwise end the run at the first exception, where the other frameworks show it to their model."""
+    """``search``, ``lookup`` and ``calc`` as plain typed Python functions with docstrings (the form every
+    framework turns into its own tool schema), counting calls and errors, over the planning world
+    (``Toolbox.world``) or a prose corpus (``Toolbox.prose``). A failed call returns its error as text
+    (``error: ...``), as tokenomy's executor hands errors to its model: LangChain's agent would otherwise end the
+    run at the first exception, where the other frameworks show it to their model."""
 
-    def __init__(self, world: Any, obs_tokens: int) -> None:
-        from .world import calc_value
-
+    def __init__(self, search_fn: Callable[[str], Any], lookup_fn: Callable[[str, str], Any],
+                 calc_fn: Callable[[str], Any], *, search_by: str = "entity") -> None:
         self.calls = 0
         self.errors = 0
 
@@ -53,9 +54,7 @@ class Toolbox:
                     return f"error: {exc}"
             return run
 
-        do_search = counted(world.search_text)
-        do_lookup = counted(lambda entity, attribute: world.lookup_text(entity, attribute, obs_tokens))
-        do_calc = counted(calc_value)
+        do_search, do_lookup, do_calc = counted(search_fn), counted(lookup_fn), counted(calc_fn)
 
         def search(entity: str) -> str:
             """The paragraph about an entity.
@@ -64,6 +63,15 @@ class Toolbox:
                 entity: its name.
             """
             return str(do_search(entity))
+
+        def search_text(query: str) -> str:
+            """Full-text search of the corpus: the best paragraphs as "[file#n] text", cut to the sentences with a
+            word of the query.
+
+            Args:
+                query: words to look for.
+            """
+            return str(do_search(query))
 
         def lookup(entity: str, attribute: str) -> str:
             """One attribute of an entity.
@@ -82,7 +90,54 @@ class Toolbox:
             """
             return str(do_calc(expression))
 
-        self.functions = [search, lookup, calc]
+        search_text.__name__ = search_text.__qualname__ = "search"
+        self.functions = [search if search_by == "entity" else search_text, lookup, calc]
+
+    @classmethod
+    def world(cls, world: Any, obs_tokens: int) -> Toolbox:
+        """The planning world's tools, returning what tokenomy's ``world.tools()`` return."""
+        from .world import calc_value
+
+        return cls(world.search_text, lambda entity, attribute: world.lookup_text(entity, attribute, obs_tokens),
+                   calc_value)
+
+    @classmethod
+    def prose(cls, tools: Sequence[Any]) -> Toolbox:
+        """A prose corpus's tools: what tokenomy's ``search``, ``lookup`` and ``calc`` tools (``tools``, in that
+        order) return, a search's paragraphs one per line."""
+        search, lookup, calc = tools
+
+        def number(value: Any) -> Any:
+            return int(value) if isinstance(value, float) and value.is_integer() else value
+
+        return cls(lambda query: "\n".join(search.invoke(query=query)),
+                   lambda entity, attribute: lookup.invoke(entity=entity, attribute=attribute),
+                   lambda expression: number(calc.invoke(expression=expression)), search_by="query")
+
+
+@dataclass
+class Setting:
+    """Where the questions are asked: a fresh ``Toolbox`` per task, tokenomy's own tools over the same data, and
+    tokenomy's worked exemplars."""
+
+    toolbox: Callable[[], Toolbox]
+    tools: Callable[[], list[Any]]
+    exemplars: list[Any]
+
+    @classmethod
+    def world(cls, seed: int, obs_tokens: int) -> Setting:
+        from .world import World
+
+        world = World(seed)
+        return cls(lambda: Toolbox.world(world, obs_tokens), lambda: world.tools(obs_tokens=obs_tokens),
+                   world.exemplars(1, obs_tokens))
+
+    @classmethod
+    def prose(cls, corpus: str, questions: str) -> Setting:
+        from .prose import prose_setting
+
+        ps = prose_setting(corpus, questions)
+        return cls(lambda: Toolbox.prose(ps.tools), lambda: list(ps.tools), ps.exemplars)
 
 
 # -- the frameworks ---------------------------------------------------------------------------------------------
@@ -156,8 +211,8 @@ def _llamaindex(kind: str, question: str, url: str, model: str, box: Toolbox) ->
     return getattr(response, "content", None) or str(response), None
 
 
-def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbox, world: Any,
-                 exemplars: list[Any], obs_tokens: int) -> tuple[Any, dict[str, Any] | None]:
+def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbox, setting: Setting
+                 ) -> tuple[Any, dict[str, Any] | None]:
     """tokenomy's strategy through the ``openai:`` engine, its bounds sized for ``MAX_HOPS`` steps."""
     from tokenomy.kernels.registry import load_engine
     from tokenomy.planners import PlanExecutor, make_strategy
@@ -167,7 +222,7 @@ def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbo
         "react": {"max_turns": MAX_HOPS + 3, "turn_tokens": 96},
         "plan-execute": {"max_steps": MAX_HOPS + 3, "plan_tokens": budget, "answer_tokens": budget},
         "rewoo-nl": {"plan_tokens": budget}, "rewoo": {"plan_tokens": budget}}[strategy]
-    tools = world.tools(obs_tokens=obs_tokens)
+    tools = setting.tools()
     if strategy == "rewoo":
         options["executor"] = PlanExecutor(tools, max_concurrency=1)
     engine = load_engine(f"openai:{model}@{url}")
@@ -178,7 +233,7 @@ def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbo
             box.errors += bool(event.get("error.type"))
 
     try:
-        result = make_strategy(strategy, engine, tools, exemplars=exemplars, on_event=on_event, **options
+        result = make_strategy(strategy, engine, tools, exemplars=setting.exemplars, on_event=on_event, **options
                                ).run(question)
     finally:
         engine.close()
@@ -216,9 +271,8 @@ def error_kind(exc: BaseException) -> str:
     return "crash"
 
 
-def answer_one(framework: str, question: str, url: str, model: str, world: Any, exemplars: list[Any],
-               obs_tokens: int) -> dict[str, Any]:
-    box = Toolbox(world, obs_tokens)
+def answer_one(framework: str, question: str, url: str, model: str, setting: Setting) -> dict[str, Any]:
+    box = setting.toolbox()
     start = time.perf_counter()
     answer: Any = None
     usage: dict[str, Any] | None = None
@@ -233,8 +287,7 @@ def answer_one(framework: str, question: str, url: str, model: str, world: Any, 
         elif framework.startswith("llamaindex-"):
             answer, usage = _llamaindex(framework.removeprefix("llamaindex-"), question, url, model, box)
         elif framework.startswith("tokenomy-"):
-            answer, usage = run_tokenomy(framework.removeprefix("tokenomy-"), question, url, model, box, world,
-                                         exemplars, obs_tokens)
+            answer, usage = run_tokenomy(framework.removeprefix("tokenomy-"), question, url, model, box, setting)
         else:
             raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
     except _Outcome as out:
@@ -254,21 +307,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="the served model name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--obs-tokens", type=int, default=20)
+    parser.add_argument("--corpus", default=None, help="a prose corpus directory (with --questions) instead of "
+                        "the planning world")
+    parser.add_argument("--questions", default=None, help="the corpus's questions file (JSON lines)")
     args = parser.parse_args(argv)
+    if (args.corpus is None) != (args.questions is None):
+        parser.error("--corpus and --questions go together")
     # The protocol has the original stdout to itself: frameworks that print (smolagents' panels) print to stderr.
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from .world import World
-
-    world = World(args.seed)
-    exemplars = world.exemplars(1, args.obs_tokens)
+    setting = (Setting.prose(args.corpus, args.questions) if args.corpus
+               else Setting.world(args.seed, args.obs_tokens))
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
         url = f"{args.proxy.rstrip('/')}/r/{job['tag']}/v1"
-        result = answer_one(args.framework, job["question"], url, args.model, world, exemplars, args.obs_tokens)
+        result = answer_one(args.framework, job["question"], url, args.model, setting)
         out.write(json.dumps({"tag": job["tag"], **result}) + "\n")
     return 0
 

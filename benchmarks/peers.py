@@ -47,6 +47,15 @@ def peer_tasks(*, quick: bool = False, seed: int = 0, per_hop: int = 8) -> list[
     return [t for h in (1, 2, 3, 4) for t in world.tasks(per_hop, h, salt="peers")]
 
 
+def prose_tasks(corpus: str | Path, questions: str | Path, *, quick: bool = False) -> list[Task]:
+    """The questions about a prose corpus (``bench planning --corpus``'s), less the one that is tokenomy's worked
+    exemplar; the first 6 with ``quick``."""
+    from .prose import prose_setting
+
+    tasks = prose_setting(corpus, questions).tasks
+    return tasks[:6] if quick else tasks
+
+
 @dataclass
 class PeerRecord:
     """One framework over the tasks: server-counted totals (summed over tasks), its own counts where it keeps
@@ -129,9 +138,11 @@ class _Runner:
     process that misses its deadline is killed (its task a timeout) and the next task gets a fresh one."""
 
     def __init__(self, framework: str, proxy_root: str, model: str, *, python: str | Path, seed: int,
-                 obs_tokens: int, log: Path | None) -> None:
+                 obs_tokens: int, log: Path | None, prose: tuple[str, str] | None = None) -> None:
         self.cmd = [str(python), "-m", "tokenomy.benchmarks.peer_agents", framework, "--proxy", proxy_root,
                     "--model", model, "--seed", str(seed), "--obs-tokens", str(obs_tokens)]
+        if prose:
+            self.cmd += ["--corpus", prose[0], "--questions", prose[1]]
         self.log = log
         self.proc: subprocess.Popen[str] | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -256,17 +267,23 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
                     server: str | None = None, model: str | None = None, embedded: str | None = None,
                     python: str | Path | None = None, obs_tokens: int = 20, task_timeout: float = 600.0,
                     log_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
-                    on_record: Callable[[list[PeerRecord]], None] | None = None) -> list[PeerRecord]:
+                    on_record: Callable[[list[PeerRecord]], None] | None = None,
+                    corpus: str | Path | None = None, questions: str | Path | None = None) -> list[PeerRecord]:
     """Every framework on the same tasks through one referee. ``server``: an OpenAI base URL already serving
     ``model``; otherwise a ``vllm serve`` of the embedded model ``embedded`` (default: the default one) is
     started here and stopped at the end. The frameworks run with ``python`` (default ``peers_python()``). The
     proxy's log and each framework's stderr go to ``log_dir``. ``on_record`` gets the records so far after each
-    framework (a run cut off keeps what it measured)."""
+    framework (a run cut off keeps what it measured). ``corpus`` and ``questions``: a prose corpus and its
+    questions (``prose_tasks``) instead of the planning world's tasks, every framework on the corpus's real
+    ``search``, ``lookup`` and ``calc`` tools."""
     say = progress or (lambda _m: None)
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown:
         raise ValueError(f"unknown frameworks {unknown}; choose from {', '.join(FRAMEWORKS)}")
-    tasks = peer_tasks(quick=quick, seed=seed)
+    if (corpus is None) != (questions is None):
+        raise ValueError("a prose corpus needs both corpus and questions")
+    prose = (str(Path(corpus).resolve()), str(Path(questions).resolve())) if corpus and questions else None
+    tasks = prose_tasks(*prose, quick=quick) if prose else peer_tasks(quick=quick, seed=seed)
     python = python or peers_python()
     logs = Path(log_dir) if log_dir else None
     if logs:
@@ -276,7 +293,7 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
             raise ValueError("--server needs --served-model: the name the server serves the model under")
         check_model(server, served_name=model)
         return _run_all(frameworks, tasks, server, model, python, seed, obs_tokens, task_timeout, logs, say,
-                        on_record)
+                        on_record, prose)
     from tokenomy.kernels.embedded import default_embedded, ensure_converted
 
     name = embedded or default_embedded()
@@ -286,12 +303,13 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
     with VllmServer(model_dir, served_name=served) as srv:
         say(f"vllm serve answers at {srv.base_url}")
         return _run_all(frameworks, tasks, srv.base_url, served, python, seed, obs_tokens, task_timeout, logs, say,
-                        on_record)
+                        on_record, prose)
 
 
 def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, model: str, python: str | Path,
              seed: int, obs_tokens: int, task_timeout: float, logs: Path | None, say: Callable[[str], None],
-             on_record: Callable[[list[PeerRecord]], None] | None = None) -> list[PeerRecord]:
+             on_record: Callable[[list[PeerRecord]], None] | None = None,
+             prose: tuple[str, str] | None = None) -> list[PeerRecord]:
     out: list[PeerRecord] = []
     with RecordingProxy(server, log=logs / "requests.jsonl" if logs else None, timeout=task_timeout) as proxy:
         root = f"http://127.0.0.1:{proxy.port}"
@@ -302,7 +320,7 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
                 out.append(PeerRecord(framework=fw, tasks=0, missing=why))
                 continue
             runner = _Runner(fw, root, model, python=python, seed=seed, obs_tokens=obs_tokens,
-                             log=logs / f"{fw}.stderr.txt" if logs else None)
+                             log=logs / f"{fw}.stderr.txt" if logs else None, prose=prose)
             rows = []
             try:
                 for i, task in enumerate(tasks):
@@ -408,5 +426,5 @@ def plot_records(records: Sequence[PeerRecord], path: str | Path) -> Path:
                         highlight_label="tokenomy")
 
 
-__all__ = ["PeerRecord", "RefereeError", "format_report", "goals", "peer_tasks", "plot_records", "run_peers_bench",
-           "summarize", "versions"]
+__all__ = ["PeerRecord", "RefereeError", "format_report", "goals", "peer_tasks", "plot_records", "prose_tasks",
+           "run_peers_bench", "summarize", "versions"]

@@ -35,8 +35,8 @@ from tokenomy.tools.builtin.chunking import SOURCE
 from .planning import STRATEGIES, PlanningRecord, embedded_tokenizer, run_group
 from .world import GoldStep, Task
 
-__all__ = ["ProseQuestion", "HitRate", "ProseReport", "load_questions", "lookup_hit_rate", "contains_value",
-           "to_task", "run_prose_bench", "format_prose_report"]
+__all__ = ["ProseQuestion", "HitRate", "ProseReport", "ProseSetting", "prose_setting", "load_questions",
+           "lookup_hit_rate", "contains_value", "to_task", "run_prose_bench", "format_prose_report"]
 
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 
@@ -158,6 +158,33 @@ def _exemplar_first(q: ProseQuestion) -> bool:
     return tools == ["lookup", "lookup", "calc"] and "+" in q.program[-1]["args"]["expression"]
 
 
+@dataclass(frozen=True)
+class ProseSetting:
+    """A corpus with its questions, ready for the strategies: the real tools over the corpus's index, the worked
+    exemplars (questions whose program adds two lookups up come first) and the other questions as tasks."""
+
+    index: Any
+    tools: list[Any]
+    exemplars: list[Any]
+    exemplar_ids: tuple[str, ...]
+    tasks: list[Task]
+
+
+def prose_setting(corpus: str | Path | Any, questions: str | Path | Sequence[ProseQuestion],
+                  k_exemplars: int = 1) -> ProseSetting:
+    """The setting of ``corpus`` (a directory or a ``CorpusIndex``) and ``questions`` (a file or loaded ones)."""
+    from tokenomy.tools import calc, lookup_tool, search_tool
+    from tokenomy.tools.builtin import CorpusIndex
+
+    qs = load_questions(questions) if isinstance(questions, (str, Path)) else list(questions)
+    index = corpus if isinstance(corpus, CorpusIndex) else CorpusIndex(corpus)
+    tools = [search_tool(index), lookup_tool(index), calc]
+    chosen = sorted(qs, key=lambda q: not _exemplar_first(q))[:k_exemplars]
+    exemplars = [to_task(q).exemplar(_observations(to_task(q), tools)) for q in chosen]
+    ids = tuple(q.id for q in chosen)
+    return ProseSetting(index, tools, exemplars, ids, [to_task(q) for q in qs if q.id not in ids])
+
+
 @dataclass
 class ProseReport:
     hit_rate: HitRate
@@ -181,7 +208,6 @@ def run_prose_bench(corpus: str | Path, questions: str | Path, *, live: bool = T
     """The lookup hit rate over all questions and, if ``live``, each strategy on the first ``limit`` questions
     (all when 0) that are not exemplars. ``engine_for(strategy, tasks)`` gives the engine (default: ``spec``'s
     engine, loaded once, for every strategy); ``tokens_per_step`` sizes the token limits (see ``strategy_for``)."""
-    from tokenomy.tools import calc, lookup_tool, search_tool
     from tokenomy.tools.builtin import CorpusIndex
 
     say = progress or (lambda _m: None)
@@ -191,17 +217,10 @@ def run_prose_bench(corpus: str | Path, questions: str | Path, *, live: bool = T
     say(f"lookup hit rate {report.hit_rate.hits}/{report.hit_rate.total}")
     if not live:
         return report
-    ordered = sorted(qs, key=lambda q: not _exemplar_first(q))
-    chosen = ordered[:k_exemplars]
-    report.exemplars = [q.id for q in chosen]
-    tools = [search_tool(index), lookup_tool(index), calc]
-    exemplars = []
-    for q in chosen:
-        task = to_task(q)
-        observations = _observations(task, tools)
-        exemplars.append(task.exemplar(observations))
-    tasks = [to_task(q) for q in qs if q.id not in report.exemplars]
-    tasks = tasks[:limit] if limit else tasks
+    setting = prose_setting(index, qs, k_exemplars)
+    report.exemplars = list(setting.exemplar_ids)
+    tools, exemplars = setting.tools, setting.exemplars
+    tasks = setting.tasks[:limit] if limit else setting.tasks
     if engine_for is None:
         from tokenomy.kernels.registry import load_engine
 

@@ -5,6 +5,7 @@ tokenomy's own strategies run in the framework process against the scripted serv
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from tokenomy.benchmarks.referee import Record
 from tokenomy.benchmarks.world import World
 
 from .test_referee import ScriptedServer
+
+PROSE = Path(__file__).parent / "prose"
 
 
 def test_the_tasks_are_the_planning_world_s_multi_hop_questions():
@@ -28,7 +31,7 @@ def test_the_toolbox_gives_every_framework_the_tools_tokenomy_s_strategies_get()
 
     world = World(0)
     task = world.tasks(1, 2)[0]
-    box = Toolbox(world, 20)
+    box = Toolbox.world(world, 20)
     search, lookup, calc = box.functions
     step = task.steps[0]
     entity = step.subject
@@ -117,6 +120,31 @@ def test_goals_compare_rewoo_with_the_most_accurate_peer():
     assert peers.goals([base])[0][2] is None
 
 
+def test_on_a_prose_corpus_every_framework_gets_tokenomy_s_real_tools_and_the_same_questions():
+    from tokenomy.benchmarks.peer_agents import Setting
+    from tokenomy.benchmarks.prose import load_questions
+
+    questions = load_questions(PROSE / "questions.jsonl")
+    tasks = peers.prose_tasks(PROSE / "corpus", PROSE / "questions.jsonl")
+    assert len(tasks) == len(questions) - 1  # tokenomy's worked exemplar is not asked
+    assert [t.id for t in peers.prose_tasks(PROSE / "corpus", PROSE / "questions.jsonl", quick=True)] == \
+        [t.id for t in tasks[:6]]
+    setting = Setting.prose(str(PROSE / "corpus"), str(PROSE / "questions.jsonl"))
+    assert len(setting.exemplars) == 1 and {t.name for t in setting.tools()} == {"search", "lookup", "calc"}
+    box = setting.toolbox()
+    search, lookup, calc = box.functions
+    assert [fn.__name__ for fn in box.functions] == ["search", "lookup", "calc"]
+    assert list(search.__annotations__) == ["query", "return"]  # full-text search, as tokenomy's tool
+    native = {t.name: t for t in setting.tools()}
+    step = next(s for s in questions[0].program if s["tool"] == "lookup")
+    got = lookup(step["args"]["entity"], step["args"]["attribute"])
+    assert got == native["lookup"].invoke(**step["args"]) and str(step["value"]).replace(",", "") in \
+        got.replace(",", "")
+    assert search(step["args"]["entity"]) == "\n".join(native["search"].invoke(query=step["args"]["entity"]))
+    assert calc("12,900 [x.md#2] + 100") == "13000"  # lookup's value with its source, as calc takes it
+    assert box.calls == 3 and box.errors == 0
+
+
 def test_a_framework_whose_packages_are_missing_is_reported_not_run(tmp_path):
     assert peers.missing_packages("tokenomy-rewoo") is None
     assert set(peers.PEERS) == set(peers.IMPORTS) and set(peers.PEERS) < set(FRAMEWORKS)
@@ -145,6 +173,31 @@ def test_tokenomy_s_strategies_run_in_their_own_process_and_are_counted_by_the_p
     assert by["tokenomy-react"].diff_vs_baseline is not None
     log = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert {row["tag"].split("--")[0] for row in log} == {"tokenomy-react", "tokenomy-rewoo"}
+
+
+@pytest.mark.timeout(300)
+def test_a_prose_corpus_s_questions_go_to_the_framework_process_with_the_corpus(tmp_path):
+    server = ScriptedServer()
+    try:
+        records = peers.run_peers_bench(frameworks=("tokenomy-rewoo",), quick=True, server=server.url, model="m",
+                                        task_timeout=120, log_dir=tmp_path, python=peers.sys.executable,
+                                        corpus=PROSE / "corpus", questions=PROSE / "questions.jsonl")
+    finally:
+        server.close()
+    (r,) = records
+    tasks = peers.prose_tasks(PROSE / "corpus", PROSE / "questions.jsonl", quick=True)
+    assert [row["task"] for row in r.rows] == [t.id for t in tasks]
+    assert all(row["error_kind"] is None for row in r.rows), r.rows  # every task answered, none crashed
+    assert r.calls >= 6 and r.prompt_tokens == 120 * r.calls
+    with pytest.raises(ValueError, match="both"):
+        peers.run_peers_bench(frameworks=("tokenomy-rewoo",), server=server.url, model="m", corpus=PROSE)
+
+
+def test_bench_peers_on_prose_needs_both_the_corpus_and_its_questions(capsys):
+    from tokenomy.cli import main
+
+    assert main(["bench", "peers", "--corpus", str(PROSE / "corpus")]) != 0
+    assert "--questions" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)

@@ -17,6 +17,7 @@
     tokenomy bench gpu [--quick] [--arch A] [--variants L] [--profile P] [--json PATH] [--smoke]
                                           fast paths on one GPU, random weights
     tokenomy bench peers [--quick] [--frameworks A,B] [--server URL --served-model NAME] [--json PATH]
+                         [--corpus DIR --questions FILE]
                                           tokenomy against LangGraph, smolagents, DSPy, LlamaIndex on one
                                           vllm serve, every request counted by a recording proxy
     tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
@@ -426,6 +427,8 @@ def _bench_gpu(args: argparse.Namespace) -> int:
 def _bench_peers(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import peers
 
+    if bool(args.corpus) != bool(args.questions):
+        raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
     names = tuple(n.strip() for n in (args.frameworks or "").split(",") if n.strip()) or peers.FRAMEWORKS
     unknown = [n for n in names if n not in peers.FRAMEWORKS]
     if unknown:
@@ -439,7 +442,7 @@ def _bench_peers(args: argparse.Namespace) -> int:
 
     records = peers.run_peers_bench(frameworks=names, quick=args.quick, seed=args.seed, server=args.server,
                                     model=args.served_model, embedded=model, task_timeout=args.task_timeout,
-                                    log_dir=args.logs, on_record=save,
+                                    log_dir=args.logs, on_record=save, corpus=args.corpus, questions=args.questions,
                                     progress=lambda m: print(f"[peers] {m}", file=sys.stderr, flush=True))
     print(peers.format_report(records, found))
     if args.json:
@@ -577,11 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "per retriever)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--corpus", default=None, metavar="DIR",
-                       help="planning, rag: a prose corpus instead of the synthetic world (with --questions); "
-                            "planning runs the strategies on it with the real search/lookup/calc tools")
+                       help="planning, rag, peers: a prose corpus instead of the synthetic world (with --questions); "
+                            "planning and peers run on it with the real search/lookup/calc tools")
     bench.add_argument("--questions", default=None, metavar="FILE",
-                       help="planning, rag: the corpus's questions (JSON lines with question, answer, hops, support; "
-                            "planning also reads their gold programs)")
+                       help="planning, rag, peers: the corpus's questions (JSON lines with question, answer, hops, "
+                            "support; planning and peers also read their gold programs)")
     bench.add_argument("--extract", choices=["rules", "model", "both"], default="rules",
                        help="rag: the triplet extractor (model and both use --model)")
     bench.add_argument("--json", default=None, help="write the records to this file")
