@@ -6,7 +6,9 @@ framework's API change breaks a test here rather than the benchmark."""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,27 @@ def test_each_framework_answers_through_the_proxy_in_its_own_process(proxy, fram
     assert all(b["model"] == "m" and b["messages"] for b in sent)
     if framework in ("langgraph", "smolagents-tool", "llamaindex-function"):  # the tool-calling ones
         assert {t["function"]["name"] for t in sent[0].get("tools", [])} >= {"search", "lookup", "calc"}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("framework", ("langgraph", "smolagents-tool", "llamaindex-function"))
+def test_on_a_prose_corpus_the_tool_calling_frameworks_get_its_full_text_search(proxy, framework):
+    prox, server = proxy
+    why = peers.missing_packages(framework, sys.executable)
+    if why:
+        require(f"{framework}: {why}")
+    prose = Path(__file__).parent / "prose"
+    question = json.loads((prose / "questions.jsonl").read_text().splitlines()[0])["question"]
+    first = len(server.bodies)
+    runner = peers._Runner(framework, f"http://127.0.0.1:{prox.port}", "m", python=sys.executable, seed=0,
+                           obs_tokens=20, log=None,
+                           prose=(str(prose / "corpus"), str(prose / "questions.jsonl")))
+    try:
+        row = runner.ask(f"{framework}--p1", question, timeout=240)
+    finally:
+        runner.close()
+    assert row.get("error_kind") in (None, "max_steps", "parse"), row
+    tools = {t["function"]["name"]: t["function"] for t in server.bodies[first].get("tools", [])}
+    assert set(tools) >= {"search", "lookup", "calc"}
+    assert set(tools["search"]["parameters"]["properties"]) == {"query"}
+    assert "Full-text search" in tools["search"]["description"]
