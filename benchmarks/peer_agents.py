@@ -213,18 +213,12 @@ def _llamaindex(kind: str, question: str, url: str, model: str, box: Toolbox) ->
 
 def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbox, setting: Setting
                  ) -> tuple[Any, dict[str, Any] | None]:
-    """tokenomy's strategy through the ``openai:`` engine, its bounds sized for ``MAX_HOPS`` steps."""
+    """tokenomy's strategy through the ``openai:`` engine, its bounds sized for ``MAX_HOPS`` steps as
+    ``bench planning`` sizes them for a task's steps."""
     from tokenomy.kernels.registry import load_engine
-    from tokenomy.planners import PlanExecutor, make_strategy
 
-    budget = 40 * (MAX_HOPS + 1)
-    options: dict[str, Any] = {
-        "react": {"max_turns": MAX_HOPS + 3, "turn_tokens": 96},
-        "plan-execute": {"max_steps": MAX_HOPS + 3, "plan_tokens": budget, "answer_tokens": budget},
-        "rewoo-nl": {"plan_tokens": budget}, "rewoo": {"plan_tokens": budget}}[strategy]
-    tools = setting.tools()
-    if strategy == "rewoo":
-        options["executor"] = PlanExecutor(tools, max_concurrency=1)
+    from .planning import strategy_for
+
     engine = load_engine(f"openai:{model}@{url}")
 
     def on_event(event: dict[str, Any]) -> None:
@@ -233,8 +227,8 @@ def run_tokenomy(strategy: str, question: str, url: str, model: str, box: Toolbo
             box.errors += bool(event.get("error.type"))
 
     try:
-        result = make_strategy(strategy, engine, tools, exemplars=setting.exemplars, on_event=on_event, **options
-                               ).run(question)
+        result = strategy_for(strategy, engine, setting.tools(), MAX_HOPS, setting.exemplars, on_event=on_event
+                              ).run(question)
     finally:
         engine.close()
     t = result.total

@@ -12,7 +12,9 @@ keeps one). Answers are scored by the planning world's normaliser; accuracy gets
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -201,9 +203,6 @@ class _Runner:
         if proc is None:
             return
         if proc.poll() is None:
-            import os
-            import signal
-
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:

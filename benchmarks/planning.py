@@ -187,14 +187,14 @@ class PlanningRecord:
                 "uncached_over_t_min": round(self.uncached_over_t_min, 3)}
 
 
-def strategy_for(name: str, model: Any, tools: list[Any], task: Task, exemplars: Sequence[Any], *,
+def strategy_for(name: str, model: Any, tools: list[Any], task: Task | int, exemplars: Sequence[Any], *,
                  tokens_per_step: int = 40, on_event: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """The strategy ``name`` (``rewoo-parallel``: ``rewoo`` with a concurrent executor) with token limits and
-    bounds sized to ``task``'s number of steps (limits cap, they are not spent; ``tokens_per_step`` suits
-    subword tokenizers)."""
+    bounds sized to ``task``'s number of steps, or to ``task`` steps where it is a number (limits cap, they are
+    not spent; ``tokens_per_step`` suits subword tokenizers)."""
     from tokenomy.planners import PlanExecutor, make_strategy
 
-    n = len(task.steps)
+    n = task if isinstance(task, int) else len(task.steps)
     budget = tokens_per_step * (n + 1)
     options: dict[str, dict[str, Any]] = {
         "react": {"max_turns": n + 3, "turn_tokens": max(96, 2 * tokens_per_step)},

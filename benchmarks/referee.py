@@ -24,15 +24,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import httpx
 
 from tokenomy.errors import TokenomyError
+
+_T = TypeVar("_T")
 
 MAX_BODY = 32 * 1024**2
 """Largest request body the proxy forwards (bytes); a larger one is refused with 413 and recorded."""
@@ -237,14 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
         if proxy.api_key:
             headers["Authorization"] = f"Bearer {proxy.api_key}"
         url = proxy.upstream + path[len("/v1"):]
-        try:
-            req = proxy._client.build_request(self.command, url, content=body, headers=headers)
-            resp = proxy._client.send(req, stream=True)
-        except httpx.TimeoutException:
-            self._refuse(504, tag, path, "timeout: the server did not answer", started)
-            return
-        except httpx.HTTPError as e:
-            self._refuse(502, tag, path, f"server unreachable: {type(e).__name__}", started)
+        resp = self._upstream(
+            lambda: proxy._client.send(proxy._client.build_request(self.command, url, content=body, headers=headers),
+                                       stream=True),
+            tag, path, started, timeout="the server did not answer", broken="server unreachable")
+        if resp is None:
             return
         try:
             if stream and resp.status_code == 200:
@@ -265,14 +264,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length or 0))
         self.end_headers()
 
-    def _relay_whole(self, resp: httpx.Response, tag: str, path: str, started: float) -> None:
+    def _upstream(self, call: Callable[[], _T], tag: str, path: str, started: float, *, timeout: str,
+                  broken: str) -> _T | None:
+        """``call()``'s value; where the server times out a 504 to the client, where the connection fails a 502
+        (each recorded), and None."""
         try:
-            data = resp.read()
+            return call()
         except httpx.TimeoutException:
-            self._refuse(504, tag, path, "timeout: the server stopped answering", started)
-            return
+            self._refuse(504, tag, path, f"timeout: {timeout}", started)
         except httpx.HTTPError as e:
-            self._refuse(502, tag, path, f"server broke off: {type(e).__name__}", started)
+            self._refuse(502, tag, path, f"{broken}: {type(e).__name__}", started)
+        return None
+
+    def _relay_whole(self, resp: httpx.Response, tag: str, path: str, started: float) -> None:
+        data = self._upstream(resp.read, tag, path, started, timeout="the server stopped answering",
+                              broken="server broke off")
+        if data is None:
             return
         self._start_response(resp, chunked=False, length=len(data))
         self.wfile.write(data)
