@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,21 @@ class PeerRecord:
     diff_vs_baseline: tuple[float, float] | None = None
     missing: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    planned: int = 0
+    """How many tasks the run set out to ask (more than ``tasks`` where it was cut off; 0: as many)."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PeerRecord:
+        """A record from its ``to_json`` (the computed totals are left out; an unknown key is a ``ValueError``)."""
+        names = {f.name for f in fields(cls)}
+        derived = {"total_tokens", "uncached_tokens", "per_task"}
+        unknown = set(data) - names - derived
+        if unknown:
+            raise ValueError(f"not a peers record: unknown keys {sorted(unknown)}")
+        rec = cls(**{k: v for k, v in data.items() if k in names})
+        if rec.diff_vs_baseline is not None:
+            rec.diff_vs_baseline = (float(rec.diff_vs_baseline[0]), float(rec.diff_vs_baseline[1]))
+        return rec
 
     @property
     def total_tokens(self) -> int:
@@ -320,7 +335,7 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
                 continue
             runner = _Runner(fw, root, model, python=python, seed=seed, obs_tokens=obs_tokens,
                              log=logs / f"{fw}.stderr.txt" if logs else None, prose=prose)
-            rows = []
+            rows: list[dict[str, Any]] = []
             try:
                 for i, task in enumerate(tasks):
                     row = runner.ask(f"{fw}--{task.id}", task.question, task_timeout)
@@ -328,6 +343,10 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
                     ok = answer_matches(row.get("answer"), task.answer)
                     say(f"{fw}: task {i + 1}/{len(tasks)} ({task.hops} hops) {'right' if ok else 'wrong'}"
                         f"{' [' + row['error_kind'] + ']' if row.get('error_kind') else ''}")
+                    if on_record is not None and i + 1 < len(tasks):  # a run cut off keeps its tasks so far
+                        part = summarize(fw, tasks[:i + 1], rows, proxy.records)
+                        part.planned = len(tasks)
+                        on_record(_pair([*out, part]))
             finally:
                 runner.close()
             out.append(summarize(fw, tasks, rows, proxy.records))
@@ -337,17 +356,45 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
     return out
 
 
-def _pair(records: Sequence[PeerRecord]) -> None:
-    """Each record's paired interval of accuracy minus ``tokenomy-rewoo``'s, on the same tasks."""
+def _pair(records: list[PeerRecord]) -> list[PeerRecord]:
+    """Each record's paired interval of accuracy minus ``tokenomy-rewoo``'s, on the tasks both asked (by task id
+    where the records have rows, else by position when they asked as many); ``records``, for chaining."""
     base = next((r for r in records if r.framework == BASELINE and r.correct), None)
     if base is None:
-        return
+        return records
     from .graph import paired_bootstrap
 
+    base_by = {row["task"]: bool(row["correct"]) for row in base.rows}
     for r in records:
-        if r.correct and r is not base and len(r.correct) == len(base.correct):
-            low, high = paired_bootstrap(r.correct, base.correct)
+        if not r.correct or r is base:
+            continue
+        if r.rows and base_by:
+            pairs = [(bool(row["correct"]), base_by[row["task"]]) for row in r.rows if row["task"] in base_by]
+        else:
+            pairs = list(zip(r.correct, base.correct, strict=True)) if len(r.correct) == len(base.correct) else []
+        if pairs:
+            low, high = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs])
             r.diff_vs_baseline = (round(low, 3), round(high, 3))
+    return records
+
+
+def load_records(paths: Sequence[str | Path]) -> list[PeerRecord]:
+    """The records of several ``bench peers --json`` files (sittings on the same server and tasks: frameworks run
+    apart, or a run cut off and the rest run later) as one run: a framework in a later file replaces the same
+    framework of an earlier one, and every record is paired again with ``tokenomy-rewoo`` on the tasks both
+    asked. A file that is not such a JSON is a ``ValueError`` naming it."""
+    by_name: dict[str, PeerRecord] = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            records = [PeerRecord.from_json(r) for r in data["records"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a bench peers JSON ({type(e).__name__}: {e})") from e
+        for rec in records:
+            rec.diff_vs_baseline = None
+            by_name[rec.framework] = rec
+    order = {name: i for i, name in enumerate(FRAMEWORKS)}
+    return _pair(sorted(by_name.values(), key=lambda r: order.get(r.framework, len(order))))
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -357,13 +404,22 @@ def goals(records: Sequence[PeerRecord]) -> list[tuple[str, str, bool | None]]:
     """BENCHMARKS.md "peers": rewoo >= 5x fewer total tokens per task than the best peer, at non-inferior
     accuracy (paired interval), and fewer model calls per task than any peer."""
     base = next((r for r in records if r.framework == BASELINE and r.tasks), None)
-    peers = [r for r in records if r.framework in PEERS and r.tasks]
+    peers = [r for r in records if r.framework in PEERS and r.tasks and r.planned <= r.tasks]
+    cut = [r.framework for r in records if r.framework in PEERS and r.tasks and r.planned > r.tasks]
     if base is None or not peers:
         return [("rewoo against the peers", "not measured (a side is missing)", None)]
     best = max(peers, key=lambda r: (r.accuracy or 0.0, -r.total_tokens))
     ratio = best.total_tokens / base.total_tokens if base.total_tokens else float("inf")
     diff = best.diff_vs_baseline
     fewest = min(peers, key=lambda r: r.calls)
+    if cut:  # a run cut off asked the first (easiest) tasks only: it is no fair best peer
+        best_note = f"; left out, cut off before their last task: {', '.join(cut)}"
+        return [(name, value + best_note, met) for name, value, met in _goal_rows(base, best, ratio, diff, fewest)]
+    return _goal_rows(base, best, ratio, diff, fewest)
+
+
+def _goal_rows(base: PeerRecord, best: PeerRecord, ratio: float, diff: tuple[float, float] | None,
+               fewest: PeerRecord) -> list[tuple[str, str, bool | None]]:
     return [
         (f"total tokens per task >= 5x fewer than the best peer ({best.framework})",
          f"{base.per_task(base.total_tokens):.0f} vs {best.per_task(best.total_tokens):.0f}: {ratio:.2f}x",
@@ -389,7 +445,9 @@ def format_report(records: Sequence[PeerRecord], versions: dict[str, str] | None
                if r.own_prompt_tokens is not None else "-")
         diff = f"{r.diff_vs_baseline[0]:+.0%}..{r.diff_vs_baseline[1]:+.0%}" if r.diff_vs_baseline else "-"
         fails = ", ".join(f"{k} {v}" for k, v in sorted(r.failures.items())) or "-"
-        lines.append(f"| {r.framework} | {r.accuracy:.0%} [{r.accuracy_low:.0%}, {r.accuracy_high:.0%}] | {diff} | "
+        cut = f" ({r.tasks} of {r.planned} tasks)" if r.planned > r.tasks else ""
+        lines.append(f"| {r.framework}{cut} | {r.accuracy:.0%} [{r.accuracy_low:.0%}, {r.accuracy_high:.0%}] | "
+                     f"{diff} | "
                      f"{r.per_task(r.total_tokens):.0f} | {r.per_task(r.uncached_tokens):.0f} | "
                      f"{r.per_task(r.prompt_tokens):.0f} | {r.per_task(r.cached_tokens):.0f} | "
                      f"{r.per_task(r.completion_tokens):.1f} | {r.per_task(r.calls):.2f} | "
@@ -425,5 +483,5 @@ def plot_records(records: Sequence[PeerRecord], path: str | Path) -> Path:
                         highlight_label="tokenomy")
 
 
-__all__ = ["PeerRecord", "RefereeError", "format_report", "goals", "peer_tasks", "plot_records", "prose_tasks",
-           "run_peers_bench", "summarize", "versions"]
+__all__ = ["PeerRecord", "RefereeError", "format_report", "goals", "load_records", "peer_tasks", "plot_records",
+           "prose_tasks", "run_peers_bench", "summarize", "versions"]

@@ -120,6 +120,42 @@ def test_goals_compare_rewoo_with_the_most_accurate_peer():
     assert peers.goals([base])[0][2] is None
 
 
+def test_sittings_merge_into_one_run_paired_on_the_tasks_both_asked(tmp_path, capsys):
+    from tokenomy.cli import main
+
+    base = _rec("tokenomy-rewoo", 500, 2, [True, True, False, True, True, True])
+    peer = _rec("langgraph", 3000, 4, [True, False, False, True, True, True])
+    cut = _rec("dspy", 7000, 6, [True, True])
+    cut.planned = 6  # cut off after its first two tasks
+    stale = _rec("langgraph", 1, 1, [False] * 6)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"records": [stale.to_json(), base.to_json()], "versions": {"dspy": "3.4.1"}}))
+    second.write_text(json.dumps({"records": [peer.to_json(), cut.to_json()], "versions": {"langchain": "1.5.2"}}))
+    merged = {r.framework: r for r in peers.load_records([first, second])}
+    assert set(merged) == {"tokenomy-rewoo", "langgraph", "dspy"}
+    assert merged["langgraph"].total_tokens == peer.total_tokens  # the later sitting's langgraph
+    from tokenomy.benchmarks.graph import paired_bootstrap
+
+    assert merged["langgraph"].diff_vs_baseline == tuple(round(x, 3) for x in
+                                                         paired_bootstrap(peer.correct, base.correct))
+    assert merged["dspy"].diff_vs_baseline == tuple(round(x, 3) for x in
+                                                    paired_bootstrap(cut.correct, base.correct[:2]))
+    report = peers.format_report(list(merged.values()))
+    assert "| dspy (2 of 6 tasks) | 100%" in report
+    # a framework cut off asked only the first (easiest) tasks: it is not the best peer, and the goal says so
+    assert all("langgraph" in name and "left out" in value for name, value, _ in peers.goals(list(merged.values()))
+               [:1])
+    out = tmp_path / "merged.json"
+    assert main(["bench", "peers", "--merge", f"{first},{second}", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["versions"] == {"dspy": "3.4.1", "langchain": "1.5.2"} and len(data["records"]) == 3
+    assert "| langgraph |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        peers.load_records([tmp_path / "bad.json"])
+    assert main(["bench", "peers", "--merge", str(tmp_path / "bad.json")]) != 0
+
+
 def test_on_a_prose_corpus_every_framework_gets_tokenomy_s_real_tools_and_the_same_questions():
     from tokenomy.benchmarks.peer_agents import Setting
     from tokenomy.benchmarks.prose import load_questions
@@ -155,15 +191,19 @@ def test_a_framework_whose_packages_are_missing_is_reported_not_run(tmp_path):
 @pytest.mark.timeout(300)
 def test_tokenomy_s_strategies_run_in_their_own_process_and_are_counted_by_the_proxy(tmp_path):
     server = ScriptedServer()
-    saved: list[list[str]] = []
+    saved: list[list[tuple[str, int, int]]] = []
     try:
         records = peers.run_peers_bench(frameworks=("tokenomy-react", "tokenomy-rewoo"), quick=True,
                                         server=server.url, model="m", task_timeout=120, log_dir=tmp_path,
                                         python=peers.sys.executable,
-                                        on_record=lambda rs: saved.append([r.framework for r in rs]))
+                                        on_record=lambda rs: saved.append([(r.framework, r.tasks, r.planned)
+                                                                           for r in rs]))
     finally:
         server.close()
-    assert saved == [["tokenomy-react"], ["tokenomy-react", "tokenomy-rewoo"]]  # after each framework
+    # after every task (the framework so far, marked with the tasks it set out to ask), and after each framework
+    assert saved[:6] == [[("tokenomy-react", n, 6)] for n in range(1, 6)] + [[("tokenomy-react", 6, 0)]]
+    assert saved[6:] == [[("tokenomy-react", 6, 0), ("tokenomy-rewoo", n, 6)] for n in range(1, 6)] + \
+        [[("tokenomy-react", 6, 0), ("tokenomy-rewoo", 6, 0)]]
     by = {r.framework: r for r in records}
     for name in ("tokenomy-react", "tokenomy-rewoo"):
         r = by[name]

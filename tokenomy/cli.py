@@ -17,7 +17,7 @@
     tokenomy bench gpu [--quick] [--arch A] [--variants L] [--profile P] [--json PATH] [--smoke]
                                           fast paths on one GPU, random weights
     tokenomy bench peers [--quick] [--frameworks A,B] [--server URL --served-model NAME] [--json PATH]
-                         [--corpus DIR --questions FILE]
+                         [--corpus DIR --questions FILE] | --merge A.json,B.json [--json PATH] [--plot PATH]
                                           tokenomy against LangGraph, smolagents, DSPy, LlamaIndex on one
                                           vllm serve, every request counted by a recording proxy
     tokenomy bench collab [--quick] [--json PATH] [--long S] [--short S] [--record PATH] [--replay PATH]
@@ -429,6 +429,16 @@ def _bench_peers(args: argparse.Namespace) -> int:
 
     if bool(args.corpus) != bool(args.questions):
         raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
+    if args.merge:
+        paths = [p.strip() for p in args.merge.split(",") if p.strip()]
+        try:
+            records = peers.load_records(paths)
+        except ValueError as e:
+            raise UserError(f"--merge: {e}") from e
+        found: dict[str, str] = {}
+        for path in paths:
+            found.update(json.loads(Path(path).read_text(encoding="utf-8")).get("versions") or {})
+        return _peers_output(args, records, found)
     names = tuple(n.strip() for n in (args.frameworks or "").split(",") if n.strip()) or peers.FRAMEWORKS
     unknown = [n for n in names if n not in peers.FRAMEWORKS]
     if unknown:
@@ -444,6 +454,12 @@ def _bench_peers(args: argparse.Namespace) -> int:
                                     model=args.served_model, embedded=model, task_timeout=args.task_timeout,
                                     log_dir=args.logs, on_record=save, corpus=args.corpus, questions=args.questions,
                                     progress=lambda m: print(f"[peers] {m}", file=sys.stderr, flush=True))
+    return _peers_output(args, records, found)
+
+
+def _peers_output(args: argparse.Namespace, records: Sequence[Any], found: dict[str, str]) -> int:
+    from tokenomy.benchmarks import peers
+
     print(peers.format_report(records, found))
     if args.json:
         _write_records(args.json, records, peers.goals(records), versions=found)
@@ -630,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="peers: the frameworks to run, comma-separated (default all)")
     bench.add_argument("--server", default=None, metavar="URL", help="peers: an OpenAI base URL already serving "
                                                                      "the model (default: start vllm serve)")
+    bench.add_argument("--merge", default=None, metavar="A.json,B.json",
+                       help="peers: report the records of earlier --json files as one run (frameworks run in "
+                            "separate sittings on the same server and tasks; a later file's framework wins)")
     bench.add_argument("--served-model", default=None, metavar="NAME", help="peers: the model's name on --server")
     bench.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
                        help="peers: seconds a framework may take for one task")
