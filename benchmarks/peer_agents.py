@@ -4,7 +4,8 @@ framework that runs model-written Python (smolagents' CodeAgent) or leaks state 
 
 Each framework runs in its own native way: its own prompts, its own tool API and agent loop, its defaults, except
 the sampling temperature, 0 for every framework (greedy, as tokenomy's strategies decode), so that one run says
-what each framework does rather than what one sample did. Every request goes to the referee's recording proxy
+what each framework does rather than what one sample did, and the bound on its loop, ``MAX_STEPS`` model calls for
+every framework, tokenomy's ``react`` included. Every request goes to the referee's recording proxy
 under a tag per task (``/r/TAG/v1``), which counts the tokens; what a framework counts itself is reported beside.
 
 Protocol: one JSON object per line on stdin, ``{"tag": ..., "question": ...}``; one JSON object per line on the
@@ -30,6 +31,12 @@ FRAMEWORKS = ("langgraph", "smolagents-tool", "smolagents-code", "dspy", "llamai
 ERROR_KINDS = ("parse", "max_steps", "tool", "timeout", "server", "crash")
 API_KEY = "referee"  # the proxy and vLLM take any key; some clients refuse to start without one
 MAX_HOPS = 4  # tokenomy's step and token bounds are sized for the longest task, never from a task's gold plan
+MAX_STEPS = MAX_HOPS + 3
+"""Every agent loop's bound, in model calls (tool-calling turns): tokenomy's ``react`` gets ``MAX_HOPS + 3`` turns
+(``planning.strategy_for``), and so does each peer, in its own knob (LangGraph's recursion limit, smolagents'
+``max_steps``, DSPy's ``max_iters``, LlamaIndex's ``max_iterations``; their defaults are 20 or more). With their
+defaults a small model's repeated step ran each peer to the deadline: a user would set the bound, and the peers
+are measured at their best."""
 
 
 class Toolbox:
@@ -150,7 +157,8 @@ def run_langgraph(question: str, url: str, model: str, box: Toolbox) -> tuple[An
 
     llm = ChatOpenAI(model=model, base_url=url, api_key=API_KEY, temperature=0)
     agent = create_agent(llm, tools=box.functions)
-    state = agent.invoke({"messages": [{"role": "user", "content": question}]})
+    # LangGraph counts each node it runs: a model call and its tools are two steps.
+    state = agent.invoke({"messages": [{"role": "user", "content": question}]}, {"recursion_limit": 2 * MAX_STEPS})
     messages = state["messages"]
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
     for m in messages:
@@ -167,7 +175,7 @@ def _smolagents(kind: str, question: str, url: str, model: str, box: Toolbox) ->
 
     llm = OpenAIServerModel(model_id=model, api_base=url, api_key=API_KEY, temperature=0)
     tools = [smol_tool(fn) for fn in box.functions]
-    agent = (CodeAgent if kind == "code" else ToolCallingAgent)(tools=tools, model=llm)
+    agent = (CodeAgent if kind == "code" else ToolCallingAgent)(tools=tools, model=llm, max_steps=MAX_STEPS)
     answer = agent.run(question)
     counts = agent.monitor.get_total_token_counts()
     usage = {"prompt_tokens": counts.input_tokens, "completion_tokens": counts.output_tokens}
@@ -184,7 +192,7 @@ def run_dspy(question: str, url: str, model: str, box: Toolbox) -> tuple[Any, di
 
     lm = dspy.LM(f"openai/{model}", api_base=url, api_key=API_KEY, temperature=0, cache=False)
     with dspy.context(lm=lm, track_usage=True):
-        react = dspy.ReAct("question -> answer", tools=box.functions)
+        react = dspy.ReAct("question -> answer", tools=box.functions, max_iters=MAX_STEPS)
         pred = react(question=question)
     usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
     for per_lm in (pred.get_lm_usage() or {}).values():
@@ -204,7 +212,7 @@ def _llamaindex(kind: str, question: str, url: str, model: str, box: Toolbox) ->
     agent = (FunctionAgent if kind == "function" else ReActAgent)(tools=tools, llm=llm)
 
     async def go() -> Any:
-        return await agent.run(user_msg=question)
+        return await agent.run(user_msg=question, max_iterations=MAX_STEPS)
 
     result = asyncio.run(go())
     response = getattr(result, "response", result)

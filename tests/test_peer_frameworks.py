@@ -75,3 +75,24 @@ def test_on_a_prose_corpus_the_tool_calling_frameworks_get_its_full_text_search(
     assert set(tools) >= {"search", "lookup", "calc"}
     assert set(tools["search"]["parameters"]["properties"]) == {"query"}
     assert "Full-text search" in tools["search"]["description"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("framework", ("langgraph", "smolagents-tool", "llamaindex-function"))
+def test_an_agent_that_never_stops_is_bounded_like_tokenomy_s_react(proxy, framework):
+    from tokenomy.benchmarks.peer_agents import MAX_STEPS
+
+    prox, server = proxy
+    why = peers.missing_packages(framework, sys.executable)
+    if why:
+        require(f"{framework}: {why}")
+    runner = peers._Runner(framework, f"http://127.0.0.1:{prox.port}", "loop", python=sys.executable, seed=0,
+                           obs_tokens=20, log=None)
+    try:
+        row = runner.ask(f"{framework}--loop", "What is the population of Velmora?", timeout=240)
+    finally:
+        runner.close()
+    calls = [r for r in prox.records_for(f"{framework}--loop") if r.path.endswith("/completions")]
+    assert row["error_kind"] == "max_steps", row
+    assert MAX_STEPS <= len(calls) <= MAX_STEPS + 1, len(calls)  # the bound, and at most a closing answer
+    assert row["tool_calls"] >= MAX_STEPS - 1

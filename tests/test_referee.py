@@ -34,8 +34,9 @@ USAGE = {"prompt_tokens": 120, "completion_tokens": 7, "total_tokens": 127,
 
 class ScriptedServer:
     """A test double of an OpenAI-compatible server: chat completions (whole or streamed, usage only when asked, as
-    the API does), a model list, an error for ``"model": "bad"``, and a hang for ``"model": "slow"``. Keeps every
-    request body it was sent."""
+    the API does), a model list, an error for ``"model": "bad"``, a hang for ``"model": "slow"`` and, for
+    ``"model": "loop"`` with tools, the same ``lookup`` tool call every time (an agent that never stops). Keeps
+    every request body it was sent."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -70,18 +71,28 @@ class ScriptedServer:
                     return
                 if body.get("model") == "slow":
                     time.sleep(5)
-                message = {"role": "assistant", "content": "four"}
+                message: dict[str, Any] = {"role": "assistant", "content": "four"}
+                finish = "stop"
+                if body.get("model") == "loop" and body.get("tools"):
+                    call = {"id": f"call{len(outer.bodies)}", "type": "function",
+                            "function": {"name": "lookup",
+                                         "arguments": json.dumps({"entity": "Velmora", "attribute": "population"})}}
+                    message, finish = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
                 if not body.get("stream"):
                     self._send(200, {"id": "c1", "object": "chat.completion", "usage": USAGE,
-                                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+                                     "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()  # no length, no chunking: the body ends when the connection closes
                 self.close_connection = True
-                for piece in ("fo", "ur"):
+                deltas: list[dict[str, Any]] = [{"content": piece} for piece in ("fo", "ur")]
+                if message.get("tool_calls"):
+                    deltas = [{"role": "assistant", "tool_calls": [{"index": 0, **message["tool_calls"][0]}]}]
+                for i, delta in enumerate(deltas):
+                    last = i == len(deltas) - 1
                     chunk = {"id": "c1", "object": "chat.completion.chunk",
-                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish if last else None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if (body.get("stream_options") or {}).get("include_usage"):
                     chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": USAGE}
