@@ -20,14 +20,18 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from tokenomy.errors import RequestCancelled, TokenomyError, UserError
+from tokenomy.errors import EngineError, RequestCancelled, TokenomyError, UserError
 
 from .engine import Engine, now
 from .radix import RadixCache
 from .types import Completion, Grammar, PromptInput, Request, SamplingParams
 from .usage import UsageLedger
 
-__all__ = ["Worker", "Router", "order_requests"]
+__all__ = ["Worker", "Router", "order_requests", "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TIMEOUT_S = 600.0
+"""How long ``Worker.generate`` waits for a request given no timeout: long enough for a CPU model's longest
+answer, short enough that a lost request does not hang an agent."""
 
 
 def order_requests(requests: Sequence[Request], engine: Engine) -> list[Request]:
@@ -36,14 +40,15 @@ def order_requests(requests: Sequence[Request], engine: Engine) -> list[Request]
     for i, r in enumerate(requests):
         try:
             ids = engine.prompt_token_ids(r.prompt)
-        except TokenomyError:
-            ids = None  # the engine reports the error when the request runs
+            depth = -engine.cached_prefix_length(ids) if ids is not None else 0
+        except Exception:  # noqa: BLE001 - a malformed prompt: the engine reports its error when it runs, alone
+            ids = None
         if ids is None:
             # A remote engine: its server caches by token ids we cannot see; sorting by the prompt's text still
             # keeps requests that share a prefix next to each other.
             keyed.append((0, tuple(_prompt_text(r).encode("utf-8")), i, r))
         else:
-            keyed.append((-engine.cached_prefix_length(ids), tuple(ids), i, r))
+            keyed.append((depth, tuple(ids), i, r))
     keyed.sort(key=lambda k: (k[0], k[1], k[2]))
     return [k[3] for k in keyed]
 
@@ -60,13 +65,29 @@ def _results(futures: Sequence[cf.Future[Completion]]) -> list[Completion | Toke
     return out
 
 
+def _fail(batch: Sequence[tuple[Request, cf.Future[Completion]]], exc: BaseException) -> None:
+    """Every still-open future of ``batch`` fails with an ``EngineError`` naming ``exc``."""
+    err = EngineError(f"the worker failed on a batch of {len(batch)}: {exc!r}")
+    err.__cause__ = exc
+    for _, fut in batch:
+        if not fut.done():
+            try:
+                fut.set_exception(err)
+            except cf.InvalidStateError:
+                pass  # finished meanwhile
+
+
 def _prompt_text(request: Request) -> str:
+    """The prompt as text, to order by (never raises: a malformed prompt gives its ``repr``)."""
     p = request.prompt
-    if isinstance(p, str):
-        return p
-    if request.is_chat:
-        return "".join(f"{m.get('role')}\n{m.get('content')}\n" for m in p)  # type: ignore[union-attr]
-    return " ".join(str(t) for t in p)
+    try:
+        if isinstance(p, str):
+            return p
+        if request.is_chat:
+            return "".join(f"{m.get('role')}\n{m.get('content')}\n" for m in p)  # type: ignore[union-attr]
+        return " ".join(str(t) for t in p)
+    except Exception:  # noqa: BLE001
+        return repr(p)
 
 
 class Worker:
@@ -78,10 +99,14 @@ class Worker:
         gather_s: how long to wait for more requests after the first one arrives, so that requests sent
             together are ordered together.
         schedule: ``"lpm"`` (longest prefix match, then depth-first) or ``"fcfs"``.
+        default_timeout: the seconds ``generate`` waits when it is given no ``timeout`` (``None``: no limit).
+
+    A malformed request fails alone: the scheduler thread survives anything a request does, and a batch that
+    fails as a whole is run again one request at a time, so that only the bad request gets the error.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 64, gather_s: float = 0.002,
-                 schedule: str = "lpm") -> None:
+                 schedule: str = "lpm", default_timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         if max_batch < 1:
             raise ValueError(f"Worker.max_batch must be >= 1, got {max_batch}")
         if schedule not in ("lpm", "fcfs"):
@@ -90,6 +115,7 @@ class Worker:
         self.max_batch = max_batch
         self.gather_s = gather_s
         self.schedule = schedule
+        self.default_timeout = default_timeout
         self.ledger = UsageLedger()
         self.scheduler_s = 0.0
         """Seconds spent ordering requests (the scheduler's overhead)."""
@@ -124,8 +150,10 @@ class Worker:
     def generate(self, prompt: PromptInput, params: SamplingParams | None = None, *,
                  grammar: Grammar | None = None, agent: str | None = None, tags: Sequence[str] = (),
                  timeout: float | None = None, **sampling: Any) -> Completion:
-        """Submit one request and wait for it (from any thread)."""
+        """Submit one request and wait for it (from any thread), at most ``timeout`` seconds (default: the
+        worker's ``default_timeout``); past it the request is cancelled and ``RequestCancelled`` raised."""
         req = Engine.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
+        timeout = self.default_timeout if timeout is None else timeout
         fut = self.submit(req)
         try:
             return fut.result(timeout)
@@ -165,9 +193,18 @@ class Worker:
                 # Let requests submitted together arrive together, so they are ordered together.
                 with self._cv:
                     self._cv.wait(self.gather_s)
+            # The thread serves every agent: whatever a request does, it fails that batch, never the thread.
             with self._cv:
-                batch, self._pending = self._take()
-            self._run(batch)
+                try:
+                    batch, self._pending = self._take()
+                except BaseException as exc:  # noqa: BLE001
+                    batch, self._pending = self._pending, []
+                    _fail(batch, exc)
+                    continue
+            try:
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001
+                _fail(batch, exc)
 
     def _take(self) -> tuple[list[tuple[Request, cf.Future[Completion]]], list[tuple[Request, cf.Future[Completion]]]]:
         live = [(r, f) for r, f in self._pending if not f.done()]
@@ -178,7 +215,10 @@ class Worker:
             return live[: self.max_batch], live[self.max_batch:]
         t0 = now()
         futs = {id(r): f for r, f in live}
-        ordered = order_requests([r for r, _ in live], self.engine)
+        try:
+            ordered = order_requests([r for r, _ in live], self.engine)
+        except Exception:  # noqa: BLE001 - ordering is an optimisation: arrival order serves as well
+            ordered = [r for r, _ in live]
         self.scheduler_s += now() - t0
         pairs = [(r, futs[id(r)]) for r in ordered]
         return pairs[: self.max_batch], pairs[self.max_batch:]
@@ -188,10 +228,10 @@ class Worker:
         if not runnable:
             return
         t0 = now()
-        try:
-            results = self.engine.generate_batch([r for r, _ in runnable], return_exceptions=True)
-        except BaseException as exc:  # never leave a caller waiting
-            results = [exc] * len(runnable)  # type: ignore[list-item]
+        results = self._generate([r for r, _ in runnable])
+        if len(runnable) > 1 and isinstance(results[0], BaseException) and all(x is results[0] for x in results):
+            # The batch failed as a whole (one malformed request can do that): each request again, alone.
+            results = [self._generate([r])[0] for r, _ in runnable]
         self.busy_s += now() - t0
         for (req, fut), res in zip(runnable, results, strict=True):
             if isinstance(res, Completion):
@@ -199,6 +239,13 @@ class Worker:
                 fut.set_result(res)
             else:
                 fut.set_exception(res)
+
+    def _generate(self, requests: list[Request]) -> list[Completion | TokenomyError]:
+        try:
+            return self.engine.generate_batch(requests, return_exceptions=True)
+        except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting
+            err = exc if isinstance(exc, TokenomyError) else EngineError(f"{self.engine.spec}: {exc!r}")
+            return [err] * len(requests)
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish what is queued, then stop the scheduler thread (the engine stays open)."""
@@ -259,7 +306,10 @@ class Router:
             return choice
 
     def submit(self, request: Request) -> cf.Future[Completion]:
-        ids = self.workers[0].engine.prompt_token_ids(request.prompt)
+        try:
+            ids = self.workers[0].engine.prompt_token_ids(request.prompt)
+        except Exception:  # noqa: BLE001 - a malformed prompt: routed by its text, its worker reports the error
+            ids = None
         if ids is None:
             ids = list(_prompt_text(request).encode("utf-8"))
         i = self.pick(ids)
