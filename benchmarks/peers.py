@@ -412,23 +412,17 @@ def goals(records: Sequence[PeerRecord]) -> list[tuple[str, str, bool | None]]:
     ratio = best.total_tokens / base.total_tokens if base.total_tokens else float("inf")
     diff = best.diff_vs_baseline
     fewest = min(peers, key=lambda r: r.calls)
-    if cut:  # a run cut off asked the first (easiest) tasks only: it is no fair best peer
-        best_note = f"; left out, cut off before their last task: {', '.join(cut)}"
-        return [(name, value + best_note, met) for name, value, met in _goal_rows(base, best, ratio, diff, fewest)]
-    return _goal_rows(base, best, ratio, diff, fewest)
-
-
-def _goal_rows(base: PeerRecord, best: PeerRecord, ratio: float, diff: tuple[float, float] | None,
-               fewest: PeerRecord) -> list[tuple[str, str, bool | None]]:
+    # a run cut off asked the first (easiest) tasks only: it is no fair best peer, and each goal says so
+    note = f"; left out, cut off before their last task: {', '.join(cut)}" if cut else ""
     return [
         (f"total tokens per task >= 5x fewer than the best peer ({best.framework})",
-         f"{base.per_task(base.total_tokens):.0f} vs {best.per_task(best.total_tokens):.0f}: {ratio:.2f}x",
+         f"{base.per_task(base.total_tokens):.0f} vs {best.per_task(best.total_tokens):.0f}: {ratio:.2f}x{note}",
          ratio >= 5),
         (f"accuracy non-inferior to the best peer ({best.framework}): the paired 95% interval of peer - rewoo "
          "does not lie above 0",
-         f"{base.accuracy} vs {best.accuracy}; peer - rewoo {diff}", None if diff is None else diff[0] <= 0),
+         f"{base.accuracy} vs {best.accuracy}; peer - rewoo {diff}{note}", None if diff is None else diff[0] <= 0),
         (f"fewer model calls per task than any peer (fewest: {fewest.framework})",
-         f"{base.per_task(base.calls):.2f} vs {fewest.per_task(fewest.calls):.2f}",
+         f"{base.per_task(base.calls):.2f} vs {fewest.per_task(fewest.calls):.2f}{note}",
          base.calls < fewest.calls),
     ]
 
