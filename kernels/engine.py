@@ -9,11 +9,11 @@ does not fail the others), and ``agenerate`` for asyncio callers.
 from __future__ import annotations
 
 import abc
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import CapabilityError, EngineError, TokenomyError
 
 from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored
@@ -162,7 +162,7 @@ class Engine(abc.ABC):
 
         Many agents sharing one engine should go through a ``Worker``, which also batches and orders them.
         """
-        return await asyncio.to_thread(self.generate, prompt, params, **kwargs)  # type: ignore[arg-type]
+        return await in_daemon_thread(self.generate, prompt, params, name="tokenomy-generate", **kwargs)
 
     @staticmethod
     def make_request(

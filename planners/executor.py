@@ -7,8 +7,12 @@ access and indexing, lists, arithmetic, comparisons and boolean logic, and nothi
 
 Failures are values. A tool that raises, times out (per-step timeout, bounded retries) or gets bad arguments
 leaves a ``StepError`` in its result; statements that read it are skipped with a ``StepError`` that names the
-cause; the run always finishes, with everything that did succeed. ``assert`` failures and messages to other
-roles are collected for the solver and the re-planner. After a ``for`` loop, a result assigned in its body is
+cause; the run always finishes, with everything that did succeed. A plan is bounded as a whole, not just per
+loop: it may evaluate at most ``max_steps`` statements, expressions and loop iterations, run ``max_plan_s``
+seconds, and build no value past the limits below (text length, list length, size and nesting, integer size,
+finite floats); past a bound a step gets a ``StepError`` of kind ``"budget"`` or ``"eval"`` and what reads it is
+skipped, never a traceback. ``assert`` failures and messages to other roles are collected for the solver and the
+re-planner. After a ``for`` loop, a result assigned in its body is
 the list of its per-iteration values.
 """
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
+import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +49,7 @@ class StepError:
 
     step: str
     message: str
-    kind: str = "error"  # error | timeout | skipped | eval
+    kind: str = "error"  # error | timeout | skipped | eval | budget
 
     def __str__(self) -> str:
         return f"ERROR({self.step}: {self.message})"
@@ -94,26 +100,34 @@ class PlanExecutor:
         max_output_chars: longer text results are cut to this size (with a marker), so one huge tool output
             cannot flood the solver's prompt.
         max_concurrency: tool calls in flight at once.
+        max_steps: the most statements and expressions one run of a plan evaluates, loop bodies counted once per
+            iteration (nested loops multiply; this bounds their product).
+        max_plan_s: the wall time of one run of a plan, tool calls included; what has not finished by then gets
+            a ``"budget"`` error.
     """
 
     def __init__(self, tools: Mapping[str, Invocable] | list[Invocable], *, timeout_s: float = 30.0,
                  retries: int = 1, max_iterations: int = 100, max_output_chars: int = 4000,
-                 max_concurrency: int = 8) -> None:
-        if retries < 0 or max_iterations < 1 or max_output_chars < 16 or max_concurrency < 1:
+                 max_concurrency: int = 8, max_steps: int = 10_000, max_plan_s: float = 600.0) -> None:
+        if (retries < 0 or max_iterations < 1 or max_output_chars < 16 or max_concurrency < 1 or max_steps < 1
+                or not max_plan_s > 0):
             raise UserError("PlanExecutor: retries >= 0, max_iterations >= 1, max_output_chars >= 16, "
-                            "max_concurrency >= 1")
+                            "max_concurrency >= 1, max_steps >= 1, max_plan_s > 0")
         self.tools = dict(tools) if isinstance(tools, Mapping) else {t.name: t for t in tools}
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_iterations = max_iterations
         self.max_output_chars = max_output_chars
         self.max_concurrency = max_concurrency
+        self.max_steps = max_steps
+        self.max_plan_s = max_plan_s
 
     def with_tools(self, tools: Mapping[str, Invocable] | list[Invocable]) -> PlanExecutor:
         """The same settings over other tools (a strategy runs each node's calls through its journal)."""
         return PlanExecutor(tools, timeout_s=self.timeout_s, retries=self.retries,
                             max_iterations=self.max_iterations, max_output_chars=self.max_output_chars,
-                            max_concurrency=self.max_concurrency)
+                            max_concurrency=self.max_concurrency, max_steps=self.max_steps,
+                            max_plan_s=self.max_plan_s)
 
     def run(self, plan: A.Plan, known: Mapping[str, Any] | None = None) -> ExecutionResult:
         """Run ``plan`` to the end (from synchronous code). Under a running event loop (a notebook, an async
@@ -136,9 +150,16 @@ class PlanExecutor:
         for name, value in (known or {}).items():
             scope[name] = loop.create_future()
             scope[name].set_result(value)
-        await run.block(plan.body, scope, prefix="")
+        try:
+            await asyncio.wait_for(run.block(plan.body, scope, prefix=""), self.max_plan_s)
+        except asyncio.TimeoutError:
+            run.out_of_time = True
+        late = StepError("plan", f"the plan ran past its time budget of {self.max_plan_s:g} s", "budget")
         for name, fut in scope.items():
-            result.values[name] = fut.result()
+            result.values[name] = (fut.result() if fut.done() and not fut.cancelled()
+                                  else StepError(name, late.message, "budget"))
+        if run.out_of_time and result.answer is None:
+            result.answer = late
         return result
 
 
@@ -147,6 +168,8 @@ class _Run:
         self.ex = ex
         self.result = result
         self.sem = sem
+        self.steps = 0  # statements and expressions evaluated so far, over the whole plan
+        self.out_of_time = False
 
     async def block(self, stmts: list[Any], scope: dict[str, asyncio.Future[Any]], prefix: str) -> None:
         """Start every statement as a task that waits for what it reads; wait for all of them."""
@@ -215,6 +238,11 @@ class _Run:
         if not isinstance(items, StepError) and len(items) > self.ex.max_iterations:
             items = StepError(f"for@{s.line}", f"{len(items)} items exceed the limit of {self.ex.max_iterations}",
                               "eval")
+        if not isinstance(items, StepError):
+            self.steps += len(items)  # each iteration counts, before any starts: nested loops cannot fan out
+            if self.steps > self.ex.max_steps:
+                items = StepError(f"for@{s.line}", f"the plan ran past its budget of {self.ex.max_steps} steps",
+                                  "budget")
         if isinstance(items, StepError):
             for n in names:
                 _resolve(scope[n], StepError(n, f"skipped: {items.message}", "skipped"))
@@ -229,9 +257,15 @@ class _Run:
             scopes.append((i, inner))
         await asyncio.gather(*(self.block(s.body, inner, f"{prefix}{s.var}[{i}].") for i, inner in scopes))
         for n in names:
-            _resolve(scope[n], [inner[n].result() for _, inner in scopes])
+            try:
+                _resolve(scope[n], _plan_list([inner[n].result() for _, inner in scopes]))
+            except _EvalError as exc:
+                _resolve(scope[n], StepError(n, str(exc), "eval"))
 
     async def value(self, name: str, e: Any, scope: dict[str, asyncio.Future[Any]], prefix: str) -> Any:
+        self.steps += 1
+        if self.steps > self.ex.max_steps:
+            return StepError(name, f"the plan ran past its budget of {self.ex.max_steps} steps", "budget")
         try:
             env = await self.read(e, scope)
         except _EvalError as exc:
@@ -246,6 +280,8 @@ class _Run:
             return _eval(e, env)
         except _EvalError as exc:
             return StepError(name, str(exc), "eval")
+        except RecursionError:  # the parser bounds nesting; a hand-built Plan may not
+            return StepError(name, "the expression is nested too deeply", "eval")
 
     async def call(self, name: str, c: A.Call, env: dict[str, Any]) -> Any:
         tool = self.ex.tools.get(c.tool)
@@ -255,6 +291,8 @@ class _Run:
             args = {k: _eval(v, env) for k, v in bound}
         except (ValueError, _EvalError) as exc:  # arguments that do not bind or do not evaluate
             return StepError(name, f"bad argument: {exc}", "eval")
+        except RecursionError:
+            return StepError(name, "bad argument: the expression is nested too deeply", "eval")
         record = StepRecord(name=name, tool=c.tool, args=args)
         self.result.steps.append(record)
         if tool is None:
@@ -302,7 +340,77 @@ def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
         fut.set_result(value)
 
 
-_MAX_TEXT = 1_000_000
+# The largest values a plan may build (its tools' results are clipped on their own: max_output_chars).
+MAX_TEXT = 1_000_000  # characters of one text value
+MAX_ITEMS = 100_000  # items of one list
+MAX_INT_BITS = 4096  # about 1,233 decimal digits
+MAX_NESTING = 32  # lists in lists
+_MAX_DIGITS = 400  # a number read from text (Python refuses int() of more than 4,300 digits with a ValueError)
+
+
+def _bounded(v: Any) -> Any:
+    """``v`` if it is within the limits above, else an ``_EvalError`` saying which."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        if v.bit_length() > MAX_INT_BITS:
+            raise _EvalError(f"the number has more than {MAX_INT_BITS} bits")
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise _EvalError(f"the result is not a finite number ({v})")
+    elif isinstance(v, str):
+        if len(v) > MAX_TEXT:
+            raise _EvalError(f"the text is longer than {MAX_TEXT:,} characters")
+    return v
+
+
+class PlanList(list):  # type: ignore[type-arg]
+    """A list a plan built, knowing its size as text and how deeply it nests without walking it again: a plan
+    that nests a list in itself over and over (``e2 = [e1, e1, e1]``, ...) would otherwise build, in a few
+    steps, a value whose text (in the journal, in the solver's prompt) is exponentially long."""
+
+    __slots__ = ("text_size", "depth")
+    text_size: int
+    depth: int
+
+
+def _plan_list(items: list[Any]) -> PlanList:
+    """``items`` as a ``PlanList``, or an ``_EvalError`` past ``MAX_ITEMS``, ``MAX_TEXT`` or ``MAX_NESTING``."""
+    if len(items) > MAX_ITEMS:
+        raise _EvalError(f"the list has more than {MAX_ITEMS:,} items")
+    size, depth = 2, 1
+    for x in items:
+        if isinstance(x, PlanList):
+            size, depth = size + x.text_size + 2, max(depth, x.depth + 1)
+        else:
+            size += _text_len(x, MAX_TEXT) + 2
+            if isinstance(x, list | tuple | Mapping):
+                depth = max(depth, _depth(x, MAX_NESTING) + 1)
+        if size > MAX_TEXT:
+            raise _EvalError(f"the list is longer than {MAX_TEXT:,} characters as text")
+        if depth > MAX_NESTING:
+            raise _EvalError(f"the list nests more than {MAX_NESTING} levels deep")
+    out = PlanList(items)
+    out.text_size, out.depth = size, depth
+    return out
+
+
+def _depth(v: Any, limit: int) -> int:
+    """How deeply ``v`` nests lists and mappings (the count stops past ``limit``)."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, PlanList):
+            d += x.depth - 1
+        elif isinstance(x, list | tuple | Mapping):
+            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, Mapping) else x)
+                         if isinstance(c, list | tuple | Mapping))
+        else:
+            continue
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+    return deepest
 
 
 def _eval(e: Any, env: dict[str, Any]) -> Any:
@@ -314,19 +422,19 @@ def _eval(e: Any, env: dict[str, Any]) -> Any:
             value = _get(value, step if isinstance(step, str) else _eval(step, env), e.name)
         return value
     if isinstance(e, A.ListExpr):
-        return [_eval(x, env) for x in e.items]
+        return _plan_list([_eval(x, env) for x in e.items])
     if isinstance(e, A.Not):
         return not _eval(e.operand, env)
     if isinstance(e, A.Neg):
         v = _eval(e.operand, env)
         if not isinstance(v, int | float) or isinstance(v, bool):
-            raise _EvalError(f"cannot negate {v!r}")
+            raise _EvalError(f"cannot negate {_preview(v)}")
         return -v
     if isinstance(e, A.BoolOp):
         values = (_eval(v, env) for v in e.values)
         return all(values) if e.op == "and" else any(values)
     if isinstance(e, A.BinOp):
-        return _binop(e.op, _eval(e.left, env), _eval(e.right, env))
+        return _bounded(_binop(e.op, _eval(e.left, env), _eval(e.right, env)))
     raise _EvalError(f"cannot evaluate {type(e).__name__}")
 
 
@@ -338,19 +446,20 @@ def _get(value: Any, key: Any, name: str) -> Any:
             return value[key]
         if isinstance(key, str) and not key.startswith("_") and hasattr(value, "model_fields"):
             return getattr(value, key)  # a pydantic result: declared fields only, never dunders
-    except (KeyError, IndexError) as exc:
-        raise _EvalError(f"{name} has no {key!r}") from exc
-    raise _EvalError(f"{name} has no {key!r} ({type(value).__name__})")
+    except (KeyError, IndexError, TypeError) as exc:  # TypeError: a list as a key
+        raise _EvalError(f"{name} has no {_preview(key)}") from exc
+    raise _EvalError(f"{name} has no {_preview(key)} ({type(value).__name__})")
 
 
 def _binop(op: str, a: Any, b: Any) -> Any:
     try:
         if op == "+":
             if isinstance(a, str) or isinstance(b, str):  # "2020 - " + year: text concatenation
-                out = f"{a}{b}"
-                if len(out) > _MAX_TEXT:
-                    raise _EvalError("text too long")
-                return out
+                if _text_len(a, MAX_TEXT) + _text_len(b, MAX_TEXT) > MAX_TEXT:  # before building it
+                    raise _EvalError(f"the text is longer than {MAX_TEXT:,} characters")
+                return f"{a}{b}"
+            if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+                return _plan_list([*a, *b])
             return a + b
         if op in ("-", "*", "/", "%"):
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b)):
@@ -367,8 +476,10 @@ def _binop(op: str, a: Any, b: Any) -> Any:
         return ops[op]()
     except ZeroDivisionError as exc:
         raise _EvalError("division by zero") from exc
+    except OverflowError as exc:  # a huge integer divided into a float
+        raise _EvalError(f"the result is too large ({exc})") from exc
     except TypeError as exc:
-        raise _EvalError(f"cannot compute {a!r} {op} {b!r}") from exc
+        raise _EvalError(f"cannot compute {_preview(a)} {op} {_preview(b)}") from exc
 
 
 def _number(v: Any) -> float | int:
@@ -376,10 +487,48 @@ def _number(v: Any) -> float | int:
     if isinstance(v, int | float) and not isinstance(v, bool):
         return v
     if isinstance(v, str):
-        import re
-
-        m = re.search(r"-?\d[\d,]*(\.\d+)?", v)
+        m = _NUMBER.search(v)
         if m:
             text = m.group(0).replace(",", "")
-            return float(text) if "." in text else int(text)
-    raise _EvalError(f"{v!r} is not a number")
+            if len(text) > _MAX_DIGITS:
+                raise _EvalError(f"a number of more than {_MAX_DIGITS} digits")
+            return _bounded(float(text) if "." in text else int(text))
+    raise _EvalError(f"{_preview(v)} is not a number")
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
+
+
+def _text_len(v: Any, limit: int) -> int:
+    """About how long ``v`` is as text, without writing it out: the count stops once it passes ``limit`` (a list
+    may hold the same long text a hundred thousand times)."""
+    total = 0
+    stack = [v]
+    while stack and total <= limit:
+        x = stack.pop()
+        if isinstance(x, PlanList):
+            total += x.text_size
+        elif isinstance(x, str):
+            total += len(x) + (0 if x is v else 4)  # quotes inside a list
+        elif isinstance(x, list | tuple):
+            total += 2 + 2 * len(x)
+            stack.extend(x)
+        elif isinstance(x, Mapping):
+            total += 2 + 4 * len(x)
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, int | float | bool) or x is None:
+            total += 24 if not isinstance(x, int) or x.bit_length() < 64 else x.bit_length() // 3 + 1
+        else:
+            total += len(str(x)[: limit + 1])
+    return total
+
+
+def _preview(v: Any) -> str:
+    """``repr(v)`` for a message, cut to about 80 characters (and never written out when ``v`` is large)."""
+    if isinstance(v, str):
+        return repr(v[:80]) + ("..." if len(v) > 80 else "")
+    if _text_len(v, 1000) > 1000:
+        return f"<a {type(v).__name__} too large to show>"
+    text = repr(v)
+    return text[:80] + ("..." if len(text) > 80 else "")

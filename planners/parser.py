@@ -53,7 +53,32 @@ def parse_plan(text: str) -> A.Plan:
     except lark.exceptions.UnexpectedEOF as exc:
         raise PlanParseError("unexpected end of the plan (a plan must end with answer(...))",
                              text.count("\n"), 1, sorted(_readable(t) for t in exc.expected)) from None
+    _check_depth(tree)
     return _ToAst().transform(tree)  # type: ignore[no-any-return]
+
+
+MAX_DEPTH = 100
+"""How deeply a plan may nest: blocks, brackets and operator chains (``a + b + c`` nests two deep, as it is
+evaluated). Deeper plans are refused at parse time, so no later pass (validation, execution, the journal) can
+run out of stack on them."""
+
+_CHAINS = frozenset({"comparison", "sum", "product"})
+
+
+def _check_depth(tree: Any) -> None:
+    """Raise ``PlanParseError`` where ``tree`` nests deeper than ``MAX_DEPTH`` (walked without recursion)."""
+    import lark
+
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            pos = _pos(node.meta)
+            raise PlanParseError(f"the plan nests more than {MAX_DEPTH} levels deep (brackets, blocks or a chain "
+                                 "of operators); split it into steps", pos["line"], max(pos["column"], 1))
+        # A chain of n operators becomes n nested operations.
+        step = 1 + (len(node.children) // 2 if node.data in _CHAINS else 0)
+        stack.extend((c, depth + step) for c in node.children if isinstance(c, lark.Tree))
 
 
 def close_plan(text: str) -> str:

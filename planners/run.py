@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import math
 import operator
 import sqlite3
 import threading
@@ -77,6 +78,8 @@ def to_state(value: Any) -> Any:
         return {str(k): to_state(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_state(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": JSON has no such numbers
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)

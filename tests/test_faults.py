@@ -117,3 +117,135 @@ def test_on_the_embedded_model_a_message_without_content_fails_alone(embedded_en
         except TokenomyError as e:
             assert "content" in str(e) or "None" in str(e), e
         assert w._thread.is_alive()
+
+
+# -- hostile plans: bounded as a whole, errors as values, never a traceback -------------------------------------
+
+from tokenomy.planners import PlanParseError, parse_plan  # noqa: E402
+from tokenomy.planners.executor import PlanExecutor, StepError  # noqa: E402
+from tokenomy.planners.parser import MAX_DEPTH  # noqa: E402
+from tokenomy.planners.run import to_state  # noqa: E402
+from tokenomy.tools import tool  # noqa: E402
+
+HUNDRED = '"' + "x" * 100 + '"'
+
+
+def _timed_run(plan_text, tools=(), **settings):
+    start = time.monotonic()
+    result = PlanExecutor(list(tools), **settings).run(parse_plan(plan_text))
+    return result, time.monotonic() - start
+
+
+def test_nested_loops_end_on_the_plan_step_budget_not_after_a_hundred_million_iterations():
+    plan = (f"s = {HUNDRED}\nfor a in s {{\nfor b in s {{\nfor c in s {{\nfor d in s {{\n"
+            "t = a + b + c + d\n}\n}\n}\n}\nn = 7\nanswer(t)")
+    result, took = _timed_run(plan)
+    assert took < 10  # 10^8 iterations unbounded; the 10,000-step budget ends it
+    assert result.values["n"] == 7  # what did not depend on the loops is kept
+    assert "budget of 10000 steps" in str(to_state(result.answer))  # the iterations past the budget say why
+    small, _ = _timed_run(plan.replace(HUNDRED, '"xy"'))
+    assert small.answer[0][0][0] == ["xxxx", "xxxy"]  # a plan within the budget runs as before
+
+
+def test_a_number_squared_again_and_again_stops_at_the_size_limit():
+    lines = ["e1 = 999999999999999"] + [f"e{i} = e{i - 1} * e{i - 1}" for i in range(2, 30)]
+    result, took = _timed_run("\n".join(lines) + "\nanswer(e29)")
+    assert took < 5
+    assert result.values["e7"] > 10**900  # 6 squarings fit in 4096 bits ...
+    assert result.values["e8"].kind == "eval" and "4096 bits" in result.values["e8"].message  # ... 7 do not
+    assert isinstance(result.answer, StepError)
+
+
+def test_text_doubled_again_and_again_stops_at_the_size_limit():
+    lines = [f"e1 = {HUNDRED}"] + [f"e{i} = e{i - 1} + e{i - 1}" for i in range(2, 40)]
+    result, took = _timed_run("\n".join(lines) + "\nanswer(e39)")
+    assert took < 5
+    assert len(result.values["e14"]) == 100 * 2**13
+    assert "longer than 1,000,000 characters" in result.values["e15"].message
+
+
+def test_lists_of_lists_cannot_grow_past_the_limits():
+    lines = [f"e1 = [{HUNDRED}, {HUNDRED}]"] + [f"e{i} = [e{i - 1}, e{i - 1}] + [e{i - 1}]" for i in range(2, 30)]
+    lines += ["e30 = \"\" + e8 + e8 + e8", "e31 = e7 + e7"]
+    result, took = _timed_run("\n".join(lines) + "\nanswer(e30)")
+    assert took < 5  # e29 would share its items: 3^28 texts, never written out
+    assert len(str(result.values["e8"])) < 1_000_000
+    assert "longer than 1,000,000 characters" in result.values["e9"].message  # 2 * 3^8 texts of 102 characters
+    assert "longer than 1,000,000 characters" in result.answer.message
+    assert len(result.values["e31"]) == 6 and result.values["e31"][0] == result.values["e7"][0]
+
+
+def test_lists_cannot_nest_past_the_limit():
+    plan = "e1 = [1]\n" + "".join(f"e{i} = [e{i - 1}]\n" for i in range(2, 50)) + "answer(e49)"
+    result, _ = _timed_run(plan)
+    assert result.values["e32"] and "nests more than 32 levels" in result.values["e33"].message
+
+
+def test_arithmetic_that_overflows_is_an_error_value():
+    big = ["e1 = 999999999999999"] + [f"e{i} = e{i - 1} * e{i - 1}" for i in range(2, 7)]  # about 10^480
+    plan = "\n".join(big + ["q = e6 / 3", "f = e6 * 1.5", "g = 100000000000000.0 * 100000000000000.0",
+                            "h = " + " * ".join(["g"] * 12), "m = -e6 % 7", "answer(q)"])
+    result, _ = _timed_run(plan)
+    assert result.values["q"].kind == "eval" and "too large" in result.values["q"].message
+    assert result.values["f"].kind == "eval"
+    assert result.values["h"].kind == "eval" and "not a finite number" in result.values["h"].message
+    assert isinstance(result.values["m"], int)
+    assert to_state(float("nan")) == "nan" and to_state(float("-inf")) == "-inf"  # what JSON can hold
+
+
+@pytest.mark.parametrize("text", [
+    "e1 = 1\ne2 = " + " + ".join(["e1"] * 2000) + "\nanswer(e2)",
+    "e1 = " + "(" * 300 + "1" + " * 2)" * 300 + " + 1\nanswer(e1)",
+    "e1 = " + "[" * 300 + "]" * 300 + "\nanswer(e1)",
+    "e1 = " + "not " * 300 + "true\nanswer(e1)",
+    "e1 = " + "-" * 300 + "1\nanswer(e1)",
+    "".join("for x in [1] {\n" for _ in range(200)) + "y = 1\n" + "}\n" * 200 + "answer(1)",
+])
+def test_plans_nested_too_deeply_are_refused_at_parse_time(text):
+    with pytest.raises(PlanParseError, match=f"more than {MAX_DEPTH} levels"):
+        parse_plan(text)
+
+
+def test_a_sum_of_fifty_terms_still_parses_and_runs():
+    result, _ = _timed_run("e1 = 2\ne2 = " + " + ".join(["e1"] * 50) + "\nanswer(e2)")
+    assert result.answer == 100
+
+
+def test_the_plan_wall_time_budget_ends_a_plan_whose_steps_each_keep_their_own_timeout():
+    async def slow(query: str) -> str:
+        """Takes its time."""
+        import asyncio
+
+        await asyncio.sleep(3600)
+        return "late"
+
+    @tool
+    def quick(query: str) -> str:
+        """Answers at once."""
+        return f"quick {query}"
+
+    plan = 'a = slow(query="x")\nb = quick(query="y")\nc = slow(query=b)\nanswer(a)'
+    result, took = _timed_run(plan, [tool(slow), quick], timeout_s=3600, max_plan_s=0.5)
+    assert took < 1.5
+    assert result.values["b"] == "quick y"  # kept
+    assert result.values["a"].kind == "budget" and "time budget of 0.5 s" in result.values["a"].message
+    assert isinstance(result.answer, StepError)
+
+
+def test_a_sync_tool_that_sleeps_past_its_step_timeout_frees_the_run_at_once():
+    import threading
+
+    release = threading.Event()
+
+    @tool
+    def sleepy(query: str) -> str:
+        """Blocks for a long time, as a tool stuck on I/O does."""
+        release.wait(60)
+        return "late"
+
+    try:
+        result, took = _timed_run('a = sleepy(query="x")\nanswer(a)', [sleepy], timeout_s=0.3, retries=0)
+        assert result.values["a"].kind == "timeout"
+        assert took < 2  # not 60 s: asyncio.run no longer joins the tool's thread
+    finally:
+        release.set()

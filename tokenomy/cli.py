@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result.to_json(), "plan_ran": result.state.get("ran"), "trace": str(trace_path),
                           "checkpoint": str(checkpoint_path)},
-                         indent=2, ensure_ascii=False))
+                         indent=2, ensure_ascii=False, allow_nan=False))
     else:
         valid = {True: "valid", False: "not valid as written", None: "no plan"}[result.plan_valid]
         print(f"plan ({result.strategy}, {valid}):")

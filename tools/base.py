@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import BudgetExceeded, RunError, UserError
 from tokenomy.kernels.usage import Usage
 
@@ -140,7 +141,8 @@ class Tool:
             raise ToolArgumentError(self.name, problems) from None
 
     async def ainvoke(self, **kwargs: Any) -> Any:
-        """Validate ``kwargs``, run the tool (sync callables in a thread) under ``timeout_s``, return its value."""
+        """Validate ``kwargs``, run the tool under ``timeout_s``, return its value. Sync callables run in a daemon
+        thread of their own: one that hangs past its timeout is abandoned and cannot hold the run."""
         model = self.validate(kwargs)
         values = {name: getattr(model, name) for name in type(model).model_fields}
         if getattr(model, "model_extra", None):
@@ -149,7 +151,7 @@ class Tool:
             if self.is_async:
                 work = self.fn(**values)
             else:
-                work = asyncio.to_thread(self.fn, **values)
+                work = in_daemon_thread(self.fn, name=f"tokenomy-tool-{self.name}", **values)
             if self.timeout_s is None:
                 return await work
             return await asyncio.wait_for(work, self.timeout_s)

@@ -1,0 +1,52 @@
+"""Blocking work for asyncio callers, in a daemon thread of its own.
+
+``asyncio.to_thread`` uses the loop's default executor, and ``asyncio.run`` joins that executor's threads when it
+ends (Python 3.11 waits without limit): a synchronous tool that hangs would hold the whole run long after its step
+timed out. Here each call gets its own daemon thread. When the caller stops waiting (a timeout, a cancel), the
+thread is left to finish on its own and its result is dropped; Python cannot stop a thread, but nothing waits for
+it, neither the run nor the interpreter's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["in_daemon_thread"]
+
+
+def in_daemon_thread(fn: Callable[..., T], /, *args: Any, name: str = "tokenomy-worker", **kwargs: Any
+                     ) -> asyncio.Future[T]:
+    """Start ``fn(*args, **kwargs)`` in a new daemon thread (with the caller's context variables); a future of its
+    result in the running loop. Cancelling the future abandons the call, it does not stop it."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if fut.done():  # the caller gave up (a timeout): drop the late result
+            return
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+
+    def work() -> None:
+        try:
+            value, exc = ctx.run(fn, *args, **kwargs), None
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting caller
+            value, exc = None, e
+        except BaseException as e:  # SystemExit, KeyboardInterrupt in a worker thread: an error for the caller
+            value, exc = None, RuntimeError(f"{type(e).__name__} in {name}: {e}")
+        try:
+            loop.call_soon_threadsafe(settle, value, exc)
+        except RuntimeError:  # the loop has closed: nobody waits for this result any more
+            pass
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return fut
