@@ -80,14 +80,30 @@ def to_state(value: Any) -> Any:
         return [to_state(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # "nan", "inf": JSON has no such numbers
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return {"$int": hex(value)}  # the checkpointer's msgpack holds 64 bits (hex: no 4,300-digit limit)
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
 
 
 def from_state(value: Any) -> Any:
+    """The value ``to_state`` wrote: an error as a ``StepError``, integers of more than 64 bits as ``int``."""
     if isinstance(value, dict) and "$error" in value:
         return StepError(value.get("step", "?"), value["$error"], value.get("kind", "error"))
+    return _big_ints(value)
+
+
+def _big_ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$int"), str):
+            try:
+                return int(value["$int"], 16)
+            except ValueError:
+                return value
+        return {k: _big_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_ints(v) for v in value]
     return value
 
 

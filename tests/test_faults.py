@@ -249,3 +249,37 @@ def test_a_sync_tool_that_sleeps_past_its_step_timeout_frees_the_run_at_once():
         assert took < 2  # not 60 s: asyncio.run no longer joins the tool's thread
     finally:
         release.set()
+
+
+def test_a_plan_that_overflows_answers_with_an_error_value_and_resumes_the_same(tmp_path):
+    import json
+
+    from tokenomy.planners.rewoo import Rewoo
+
+    @tool
+    def measure(thing: str) -> float:
+        """A tool that answers NaN, as a broken sensor does."""
+        return float("nan")
+
+    big = "\n".join(["e1 = 999999999999999"] + [f"e{i} = e{i - 1} * e{i - 1}" for i in range(2, 7)])
+    plan = big + '\nq = e6 / 3\nn = measure(thing="x")\nanswer([q, n])'
+    engine = ScriptedEngine(lambda req: plan if req.agent == "planner" else "no answer: an overflow")
+    db = tmp_path / "ck.sqlite"
+    first = Rewoo(engine, [measure]).run("q", thread_id="t", checkpoints=db)
+    again = Rewoo(ScriptedEngine(lambda req: pytest.fail("a finished run calls no model")), [measure]).resume("t", db)
+    assert first.answer == again.answer == "no answer: an overflow"
+    assert first.values["q"].kind == "eval" and first.values["e6"] == again.values["e6"] > 10**400
+    nan = Rewoo(ScriptedEngine(lambda req: 'n = measure(thing="x")\nanswer(n)'), [measure]).run("q")
+    assert nan.answer == "nan"  # the tool's NaN, as the state holds it
+    assert json.loads(json.dumps(nan.to_json(), allow_nan=False))["answer"] == "nan"  # `run --json`: valid JSON
+
+
+def test_a_plan_nested_too_deeply_is_repaired_not_a_traceback():
+    from tokenomy.planners.rewoo import Rewoo
+
+    deep = "e1 = " + "-" * 120 + "1\nanswer(e1)"  # short enough for the planner's max_tokens
+    replies = iter([deep, "e1 = 1\nanswer(e1)"])
+    engine = ScriptedEngine(lambda req: next(replies) if req.agent == "planner" else "unused")
+    result = Rewoo(engine, []).run("q")
+    assert result.answer == 1
+    assert "more than 100 levels" in str([r.prompt for r in engine.requests[1:]])  # the model was told why
