@@ -283,3 +283,58 @@ def test_a_plan_nested_too_deeply_is_repaired_not_a_traceback():
     result = Rewoo(engine, []).run("q")
     assert result.answer == 1
     assert "more than 100 levels" in str([r.prompt for r in engine.requests[1:]])  # the model was told why
+
+
+# -- corrupt and hostile files ---------------------------------------------------------------------------------
+
+
+def test_a_trace_keeps_events_whose_text_holds_unicode_line_separators(tmp_path):
+    from tokenomy.trace import Trace, TraceWriter
+
+    path = tmp_path / "t.jsonl"
+    odd = ["line\u2028separator", "para\u2029graph", "next\x85line", "form\x0cfeed", "lone \udc80 surrogate"]
+    with TraceWriter(path, run="r") as w:
+        for i, text in enumerate(odd):
+            w({"event": "tool_call", "gen_ai.tool.name": "t", "output": text, "i": i})
+    t = Trace.load(path)
+    assert [e["i"] for e in t.events] == [0, 1, 2, 3, 4] and t.skipped == 0  # splitlines() lost 3 of them
+    assert t.events[0]["output"] == odd[0] and t.events[4]["output"] == "lone ? surrogate"
+
+
+def test_viz_reads_a_corrupt_trace_without_a_traceback(tmp_path):
+    """Every field the viewer reads, in the first event of each kind, set to values of the wrong shape (top level
+    and one level down): each page renders (the bad event skipped and counted) or fails with a UserError."""
+    import copy
+    import json
+
+    from tests.trace_doubles import graph_trace, rewoo_trace
+    from tokenomy.trace import Trace
+    from tokenomy.viz import render_html
+
+    wrong = ["x", [None], {"a": 1}, -1]
+    tried = 0
+    for make in (rewoo_trace, graph_trace):
+        events = Trace.load(make(tmp_path / f"{make.__name__}.jsonl")).events
+        firsts = {e["event"]: i for i, e in reversed(list(enumerate(events)))}
+        for i in firsts.values():
+            paths = [(k,) for k in events[i]]
+            for k, v in events[i].items():
+                items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else []
+                paths += [(k, j, kk) for j, x in list(items)[:2] if isinstance(x, dict) for kk in x]
+            for path in paths:
+                for value in wrong:
+                    ev = copy.deepcopy(events)
+                    target = ev[i]
+                    for step in path[:-1]:
+                        target = target[step]
+                    target[path[-1]] = value
+                    f = tmp_path / "bad.jsonl"
+                    f.write_text("\n".join(json.dumps(e) for e in ev))
+                    try:
+                        trace = Trace.load(f)
+                    except TokenomyError:
+                        continue
+                    page = render_html(trace)  # a crash here fails the test with its traceback
+                    assert "<html" in page
+                    tried += 1
+    assert tried > 300

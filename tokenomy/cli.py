@@ -360,7 +360,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if args.png:
         print(f"wrote {write_png(trace, args.png)}")
     if trace.skipped:
-        print(f"note: {trace.skipped} lines of {args.trace} were not events and were skipped", file=sys.stderr)
+        print(f"note: {trace.skipped} lines of {args.trace} were not well-formed events and were skipped",
+              file=sys.stderr)
     return 0
 
 

@@ -27,7 +27,7 @@ import contextvars
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,11 +137,23 @@ def _jsonable(v: Any) -> Any:
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, str | int | bool):
+    if isinstance(v, str):
+        return v if v.isascii() else _utf8(v)
+    if v is None or isinstance(v, int | bool):
         return v
     if isinstance(v, float):
         return v if v == v and v not in (float("inf"), float("-inf")) else str(v)
     return str(v)
+
+
+def _utf8(text: str) -> str:
+    """``text`` with its lone surrogates (which UTF-8 cannot encode: a tool that decoded bytes with
+    ``surrogateescape``) replaced by ``?``, so the line can be written."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class TraceWriter:
@@ -183,11 +195,58 @@ def _tokens(e: Mapping[str, Any]) -> tuple[int, int, int]:
             int(e.get("gen_ai.usage.output_tokens") or 0))
 
 
+def _count(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v == v and abs(v) < 1e15)
+
+
+def _text_or_none(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _dicts(v: Any, *, need: tuple[str, ...] = (), text: tuple[str, ...] = ()) -> bool:
+    """``v`` is a list of dicts (or None) whose ``need`` fields are text and whose ``text`` fields, where given,
+    are text too."""
+    return v is None or (isinstance(v, list) and all(_dict(x, need, text) for x in v))
+
+
+def _dict(x: Any, need: tuple[str, ...], text: tuple[str, ...]) -> bool:
+    return (isinstance(x, dict) and all(isinstance(x.get(k), str) for k in need)
+            and all(_text_or_none(x.get(k)) for k in text))
+
+
+def _steps(v: Any) -> bool:
+    return _dicts(v, need=("id",)) and all(isinstance(s.get("reads", []), list) for s in v or [])
+
+
+# The fields the viewer and the sums read, per event, and the shape each must have; an event with another shape
+# is skipped (and counted), so a hand-edited or corrupt trace cannot crash `tokenomy viz`.
+_TIMES: dict[str, Callable[[Any], bool]] = dict.fromkeys(("time", "start_time", "latency_s", "duration_s"), _count)
+_SHAPES: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "model_call": {**_TIMES, **dict.fromkeys(("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
+                                              "gen_ai.usage.cache_read.input_tokens"), _count),
+                   "gen_ai.input.messages": _dicts, "gen_ai.output.messages": _dicts},
+    "tool_call": _TIMES,
+    "message": {"tokens": _count, **dict.fromkeys(("src", "dst", "kind", "edge"), _text_or_none)},
+    "execution": {"steps": _steps, "plan": _text_or_none,
+                  "results": lambda v: v is None or (isinstance(v, dict)
+                                                     and all(_dict(x, (), ("status",)) for x in v.values()))},
+    "plan": {"steps": _steps, "text": _text_or_none},
+    "run": {"notes": lambda v: v is None or isinstance(v, list), "status": _text_or_none},
+    "graph": {"agents": lambda v: _dicts(v, need=("name",), text=("role", "state")),
+              "edges": lambda v: _dicts(v, need=("src", "dst"), text=("kind", "state"))},
+}
+
+
+def _well_formed(e: Mapping[str, Any]) -> bool:
+    shapes = _SHAPES.get(e["event"], {})
+    return all(check(e[k]) for k, check in shapes.items() if k in e)
+
+
 @dataclass
 class Trace:
     """The events of one trace file (one or more runs), with the sums a viewer needs.
 
-    ``skipped`` counts lines that were not events (cut off, or not JSON objects).
+    ``skipped`` counts lines that were not events (cut off, not JSON objects, or fields of the wrong shape).
     """
 
     events: list[dict[str, Any]]
@@ -209,15 +268,16 @@ class Trace:
         except (UnicodeDecodeError, OSError) as exc:
             raise UserError(f"{p} is not a tokenomy trace (JSON lines): {exc}") from exc
         events, skipped = [], 0
-        for line in text.splitlines():
+        # "\n" only: str.splitlines() also splits at U+2028, U+0085 ..., which JSON strings may hold unescaped
+        for line in text.split("\n"):
             if not line.strip():
                 continue
             try:
                 e = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 skipped += 1
                 continue
-            if isinstance(e, dict) and isinstance(e.get("event"), str):
+            if isinstance(e, dict) and isinstance(e.get("event"), str) and _well_formed(e):
                 events.append(e)
             else:
                 skipped += 1

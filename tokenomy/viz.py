@@ -101,11 +101,11 @@ def trace_graph(trace: Trace) -> dict[str, Any]:
     spent = trace.tokens_by("agent")
     g = trace.graph
     if g is not None:
-        agents = [dict(a) for a in g.get("agents", [])]
+        agents = [dict(a) for a in g.get("agents") or []]
         sent: dict[tuple[str, str, str], int] = defaultdict(int)
         for m in trace.messages:
             sent[(str(m.get("src")), str(m.get("dst")), str(m.get("kind")))] += int(m.get("tokens") or 0)
-        edges = [dict(e) for e in g.get("edges", [])]
+        edges = [dict(e) for e in g.get("edges") or []]
         for e in edges:
             tok = sent.get((e["src"], e["dst"], e.get("kind", "spatial")))
             if tok:
@@ -541,7 +541,7 @@ def render_html(trace: Trace, *, title: str | None = None) -> str:
                ("checkpoints", len(trace.of("checkpoint")))]
     notes = [n for r in runs for n in (r.get("notes") or [])]
     if trace.skipped:
-        notes.append(f"{trace.skipped} lines of the trace file were not events and were skipped")
+        notes.append(f"{trace.skipped} lines of the trace file were not well-formed events and were skipped")
     plan_html = "".join(
         f"<h3>{_e(p['title'])}</h3>" + plan_svg(p["steps"], p["results"], plan_index=i)
         + (f"<pre class='muted'>{_e(p['text'])}</pre>" if not p["steps"] else "") for i, p in enumerate(plans)
