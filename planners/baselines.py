@@ -20,7 +20,7 @@ written in each strategy's own format. Tools with several arguments take their t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -70,8 +70,10 @@ class _TextToolStrategy(Strategy):
         self.tool_timeout_s = tool_timeout_s
         self.max_output_chars = max_output_chars
 
-    def call_text(self, scope: str, tool_name: str, text: str) -> Any:
-        """Run ``tool_name`` on a text input (through the journal); a failure is returned as a ``StepError``."""
+    def call_text(self, scope: str, tool_name: str, text: str, fill: Callable[[str], str] | None = None) -> Any:
+        """Run ``tool_name`` on a text input (through the journal); a failure is returned as a ``StepError``.
+        ``fill`` rewrites each argument after the text is split into arguments (rewoo-nl puts evidence into
+        them there, so a comma in a tool's output cannot shift the arguments of the next call)."""
         import asyncio
 
         from tokenomy.errors import UserError
@@ -85,6 +87,8 @@ class _TextToolStrategy(Strategy):
             args = text_call(tool, text)
         except UserError as exc:
             return StepError(scope, str(exc))
+        if fill is not None:
+            args = {k: fill(v) for k, v in args.items()}
         proxy = self.journaled(scope)[tool_name]
         try:
             value = asyncio.run(asyncio.wait_for(proxy.ainvoke(**args), self.tool_timeout_s))
@@ -191,7 +195,8 @@ class RewooNL(_TextToolStrategy):
         elif bad:
             value = StepError(key, f"skipped: it needs {bad[0]}, which failed", "skipped")
         else:
-            value = self.call_text(f"work:{s.next_step}", st["tool"], _NL_REF.sub(evidence, st["input"]))
+            value = self.call_text(f"work:{s.next_step}", st["tool"], st["input"],
+                                   fill=lambda arg: _NL_REF.sub(evidence, arg))
         return {"values": {**s.values, key: to_state(value)}, "next_step": s.next_step + 1}
 
     def node_solve(self, s: RewooNLState) -> dict[str, Any]:

@@ -299,7 +299,10 @@ class _Run:
             record.value = StepError(name, f"unknown tool {c.tool!r}")
             return record.value
         start = time.perf_counter()
-        for attempt in range(self.ex.retries + 1):
+        # A tool with side effects runs at most once: a retry after it failed (or timed out) part-way through
+        # could write twice.
+        tries = 1 if getattr(tool, "side_effects", False) else self.ex.retries + 1
+        for attempt in range(tries):
             record.attempts = attempt + 1
             try:
                 async with self.sem:

@@ -329,7 +329,7 @@ class Rewoo(Strategy):
 
     def node_replan_context(self, s: RewooState) -> dict[str, Any]:
         known = "\n".join(f"{k} = {_show(v)}" for k, v in self._known(s).items())
-        failed = [str(v) for v in map(from_state, s.values.values())
+        failed = [_show(v) for v in map(from_state, s.values.values())
                   if isinstance(v, StepError) and v.kind != "skipped"]
         problems = "\n".join(failed + s.failed_asserts)
         extra = (f"These results are known and can be used by name:\n{known}\nThese steps failed:\n{problems}\n"
@@ -406,8 +406,9 @@ def _short_scalar(v: Any) -> bool:
 def _show(v: Any, limit: int = 600) -> str:
     """A result as the solver and the re-planner read it: one line, text quoted (so tool output cannot pose as
     lines of the prompt), cut at ``limit`` characters."""
-    if isinstance(v, StepError):
-        return str(v)
+    if isinstance(v, StepError):  # its message may quote a tool's output: quoted, on one line
+        message = v.message if len(v.message) <= limit else v.message[:limit] + " ..."
+        return f"ERROR({v.step}: {json.dumps(message, ensure_ascii=False)})"
     text = v if isinstance(v, str) else json.dumps(to_state(v), ensure_ascii=False)
     if len(text) > limit:
         text = text[:limit] + " ..."

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenomy.errors import MissingExtra, UserError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.tools.base import collect_usage
+from tokenomy.tools.registry import SideEffectsNotAllowed
 from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context
 
 from .executor import StepError
@@ -237,6 +238,7 @@ class _JournaledTool:
         self.tool = tool
         self.name = tool.name
         self.args_model = tool.args_model
+        self.side_effects = bool(getattr(tool, "side_effects", False))
         self.strategy = strategy
         self.journal = journal
         self.scope = scope
@@ -365,7 +367,10 @@ class Strategy:
 
     Args:
         model: an ``Engine``, or a shared ``Worker`` in front of one.
-        tools: tools with ``name``, ``args_model`` (pydantic) and ``async ainvoke``.
+        tools: tools with ``name``, ``args_model`` (pydantic) and ``async ainvoke``. A tool with side effects
+            (files, processes, the network) is refused unless the tools come in a
+            ``ToolRegistry(..., allow_side_effects=True)``: a plan a model wrote should not write because a tool
+            happened to be in the list.
         on_event: receives one dict per model call, tool call and plan (for traces).
     """
 
@@ -378,9 +383,12 @@ class Strategy:
         self.worker = model if isinstance(model, Worker) else Worker(model)
         items: Iterable[Any] = tools.values() if isinstance(tools, Mapping) else tools
         self.tools: dict[str, Any] = {}
+        allowed = bool(getattr(tools, "allow_side_effects", False))
         for t in items:
             if t.name in self.tools:
                 raise UserError(f"two tools are named {t.name!r}")
+            if getattr(t, "side_effects", False) and not allowed:
+                raise SideEffectsNotAllowed(t.name)
             self.tools[t.name] = t
         self.on_event = on_event
         self._journal: ToolJournal | None = None

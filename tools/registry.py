@@ -39,7 +39,7 @@ class SideEffectsNotAllowed(UserError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"tool {name!r} has side effects (files, processes or the network) and is off by default; "
-                         "build the registry with ToolRegistry(allow_side_effects=True) to enable it")
+                         "to enable it, put the tools in ToolRegistry([...], allow_side_effects=True) and pass that")
 
 
 class DuplicateTool(UserError):
