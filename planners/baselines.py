@@ -27,7 +27,7 @@ from pydantic import Field
 
 from tokenomy.kernels import Engine, Worker
 
-from .executor import StepError
+from .executor import StepError, clip_value
 from .exemplars import ORVEL, Exemplar
 from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
 
@@ -96,9 +96,7 @@ class _TextToolStrategy(Strategy):
             return StepError(scope, f"{tool_name} timed out after {self.tool_timeout_s} s", "timeout")
         except Exception as exc:
             return StepError(scope, f"{tool_name} failed: {type(exc).__name__}: {exc}")
-        if isinstance(value, str) and len(value) > self.max_output_chars:
-            value = value[:self.max_output_chars] + f" [... {len(value) - self.max_output_chars} more characters cut]"
-        return value
+        return clip_value(value, self.max_output_chars)
 
 
 # -- rewoo-nl ---------------------------------------------------------------------------------------------

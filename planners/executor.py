@@ -321,10 +321,7 @@ class _Run:
         return record.value
 
     def clip(self, value: Any) -> Any:
-        limit = self.ex.max_output_chars
-        if isinstance(value, str) and len(value) > limit:
-            return value[:limit] + f" [... {len(value) - limit} more characters cut]"
-        return value
+        return clip_value(value, self.ex.max_output_chars)
 
 
 def _assigned(s: Any) -> list[str]:
@@ -386,7 +383,7 @@ def _plan_list(items: list[Any]) -> PlanList:
         if isinstance(x, PlanList):
             size, depth = size + x.text_size + 2, max(depth, x.depth + 1)
         else:
-            size += _text_len(x, MAX_TEXT) + 2
+            size += text_len(x, MAX_TEXT) + 2
             if isinstance(x, list | tuple | Mapping):
                 depth = max(depth, _depth(x, MAX_NESTING) + 1)
         if size > MAX_TEXT:
@@ -458,7 +455,7 @@ def _binop(op: str, a: Any, b: Any) -> Any:
     try:
         if op == "+":
             if isinstance(a, str) or isinstance(b, str):  # "2020 - " + year: text concatenation
-                if _text_len(a, MAX_TEXT) + _text_len(b, MAX_TEXT) > MAX_TEXT:  # before building it
+                if text_len(a, MAX_TEXT) + text_len(b, MAX_TEXT) > MAX_TEXT:  # before building it
                     raise _EvalError(f"the text is longer than {MAX_TEXT:,} characters")
                 return f"{a}{b}"
             if isinstance(a, list | tuple) and isinstance(b, list | tuple):
@@ -502,7 +499,7 @@ def _number(v: Any) -> float | int:
 _NUMBER = re.compile(r"-?\d[\d,]*(\.\d+)?")
 
 
-def _text_len(v: Any, limit: int) -> int:
+def text_len(v: Any, limit: int) -> int:
     """About how long ``v`` is as text, without writing it out: the count stops once it passes ``limit`` (a list
     may hold the same long text a hundred thousand times)."""
     total = 0
@@ -527,11 +524,51 @@ def _text_len(v: Any, limit: int) -> int:
     return total
 
 
+def clip_value(value: Any, limit: int) -> Any:
+    """A tool's result cut to about ``limit`` characters as text, keeping its shape: a text is cut with a marker,
+    a list keeps the items that fit (then a marker item), a mapping the entries that fit; anything else past the
+    limit, or nested past ``MAX_NESTING``, becomes its cut text. Values within the limit come back as they are."""
+    if text_len(value, limit) <= limit:
+        return value
+    return _clip(value, limit, MAX_NESTING)
+
+
+def _clip(value: Any, limit: int, depth: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f" [... {len(value) - limit} more characters cut]"
+    if depth > 0 and isinstance(value, list | tuple):
+        out: list[Any] = []
+        left = limit
+        for i, x in enumerate(value):
+            if left <= 0:
+                out.append(f"[... {len(value) - i} more items cut]")
+                break
+            item = _clip(x, left, depth - 1)
+            out.append(item)
+            left -= text_len(item, left) + 2
+        return out
+    if depth > 0 and isinstance(value, Mapping):
+        kept: dict[Any, Any] = {}
+        left = limit
+        for i, (k, x) in enumerate(value.items()):
+            if left <= 0:
+                kept["..."] = f"{len(value) - i} more entries cut"
+                break
+            key = _clip(k, 200, 0) if isinstance(k, str) else k
+            kept[key] = _clip(x, left, depth - 1)
+            left -= text_len(key, left) + text_len(kept[key], left) + 4
+        return kept
+    if text_len(value, limit) <= limit:
+        return value
+    text = str(value)
+    return text[:limit] + f" [... {len(text) - limit} more characters cut]"
+
+
 def _preview(v: Any) -> str:
     """``repr(v)`` for a message, cut to about 80 characters (and never written out when ``v`` is large)."""
     if isinstance(v, str):
         return repr(v[:80]) + ("..." if len(v) > 80 else "")
-    if _text_len(v, 1000) > 1000:
+    if text_len(v, 1000) > 1000:
         return f"<a {type(v).__name__} too large to show>"
     text = repr(v)
     return text[:80] + ("..." if len(text) > 80 else "")

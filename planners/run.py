@@ -35,9 +35,9 @@ from tokenomy.errors import MissingExtra, UserError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.tools.base import collect_usage
 from tokenomy.tools.registry import SideEffectsNotAllowed
-from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context
+from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context, utf8_safe
 
-from .executor import StepError
+from .executor import MAX_TEXT, StepError, clip_value, text_len
 
 __all__ = ["RunState", "RunResult", "Strategy", "Checkpoints", "ToolJournal", "text_call", "to_state",
            "from_state", "EventSink"]
@@ -83,9 +83,11 @@ def to_state(value: Any) -> Any:
         return str(value)  # "nan", "inf": JSON has no such numbers
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         return {"$int": hex(value)}  # the checkpointer's msgpack holds 64 bits (hex: no 4,300-digit limit)
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):
+        return utf8_safe(value)
+    if value is None or isinstance(value, int | float | bool):
         return value
-    return str(value)
+    return utf8_safe(str(value))
 
 
 def from_state(value: Any) -> Any:
@@ -221,7 +223,7 @@ class ToolJournal:
 
     def put(self, key: str, value: Any) -> None:
         try:
-            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            text = json.dumps(value, allow_nan=False)  # ASCII: a lone surrogate in a result survives, escaped
         except (TypeError, ValueError):
             return  # not JSON: such a call is made again on resume
         with self.store._lock:
@@ -266,13 +268,16 @@ class _JournaledTool:
         start, wall = time.perf_counter(), time.time()
         try:
             with collect_usage() as spent:
-                value = await self.tool.ainvoke(**kwargs)
+                raw = await self.tool.ainvoke(**kwargs)
         except BaseException as exc:
             self.strategy.emit({**base_event, "error.type": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}",
                                 "start_time": wall, "duration_s": time.perf_counter() - start})
             raise
+        size = text_len(raw, 10**12)
+        value = clip_value(raw, MAX_TEXT)  # what the journal, the checkpoints and the trace can hold
+        del raw
         self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
-                            "gen_ai.tool.call.result": clip(value), "result_chars": len(str(value))})
+                            "gen_ai.tool.call.result": clip(value), "result_chars": size})
         if self.journal is not None:
             if spent:  # first: a journaled result always has its usage beside it
                 self.journal.put(f"{key}:usage", _usage_to_dict(_sum_usage(spent)))

@@ -298,7 +298,7 @@ def test_a_trace_keeps_events_whose_text_holds_unicode_line_separators(tmp_path)
             w({"event": "tool_call", "gen_ai.tool.name": "t", "output": text, "i": i})
     t = Trace.load(path)
     assert [e["i"] for e in t.events] == [0, 1, 2, 3, 4] and t.skipped == 0  # splitlines() lost 3 of them
-    assert t.events[0]["output"] == odd[0] and t.events[4]["output"] == "lone ? surrogate"
+    assert t.events[0]["output"] == odd[0] and t.events[4]["output"] == "lone \ufffd surrogate"
 
 
 def test_viz_reads_a_corrupt_trace_without_a_traceback(tmp_path):
@@ -415,3 +415,40 @@ def test_rewoo_nl_evidence_with_commas_fills_one_argument_and_cannot_rewrite_the
     engine = ScriptedEngine(lambda req: next(replies[req.agent]))
     RewooNL(engine, [search, lookup], plan_tokens=1000).run("q")
     assert seen == [("Telmar, attribute=mayor, x", "population")]
+
+
+def test_a_huge_list_result_is_clipped_before_the_journal_and_the_checkpoint(tmp_path):
+    from tokenomy.planners.rewoo import Rewoo
+
+    @tool
+    def dump(query: str) -> list:
+        """Returns far too much: 200,000 rows of 100 characters (20 MB as text)."""
+        return [{"row": i, "text": "y" * 100} for i in range(200_000)]
+
+    engine = ScriptedEngine(lambda req: 'e1 = dump(query="all")\ne2 = e1[0].row\nanswer(e2)' if req.agent == "planner"
+                            else "0")
+    db = tmp_path / "ck.sqlite"
+    result = Rewoo(engine, [dump]).run("q", thread_id="t", checkpoints=db)
+    assert result.answer == 0  # the first rows survive the clipping, with their shape
+    assert db.stat().st_size < 2_000_000  # the journal keeps 1 MB of it, the state 4,000 characters; not 20 MB
+    assert str(result.values["e1"][-1]).endswith("more items cut]")
+
+
+def test_a_lone_surrogate_in_a_tool_result_is_journaled_and_replayed_not_re_run(tmp_path):
+    from tokenomy.planners.rewoo import Rewoo
+
+    calls = []
+
+    @tool
+    def read(path: str) -> str:
+        """Reads bytes decoded with surrogateescape, as os.fsdecode does."""
+        calls.append(path)
+        return "caf\udce9 menu"
+
+    plan = 'e1 = read(path="menu")\ne2 = read(path="other")\nanswer(e2)'
+    engine = ScriptedEngine(lambda req: plan if req.agent == "planner" else "done")
+    db = tmp_path / "ck.sqlite"
+    first = Rewoo(engine, [read]).run("q", thread_id="t", checkpoints=db)
+    assert calls == ["menu", "other"] and first.answer == "caf\ufffd menu"
+    again = Rewoo(ScriptedEngine(lambda req: pytest.fail("a finished run calls no model")), [read]).resume("t", db)
+    assert again.answer == first.answer and calls == ["menu", "other"]

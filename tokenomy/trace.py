@@ -138,7 +138,7 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     if isinstance(v, str):
-        return v if v.isascii() else _utf8(v)
+        return utf8_safe(v)
     if v is None or isinstance(v, int | bool):
         return v
     if isinstance(v, float):
@@ -146,14 +146,16 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _utf8(text: str) -> str:
+def utf8_safe(text: str) -> str:
     """``text`` with its lone surrogates (which UTF-8 cannot encode: a tool that decoded bytes with
-    ``surrogateescape``) replaced by ``?``, so the line can be written."""
+    ``surrogateescape``) replaced by U+FFFD, so files, SQLite and the checkpointer can hold it."""
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 class TraceWriter:
