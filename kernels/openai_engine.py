@@ -44,6 +44,19 @@ _PROMPT = (r"(\d+) in (?:the messages|your prompt)",
            r"(?:contains|has|resulted in) (?:at least )?(\d+) (?:input )?tokens", r"Input length \((\d+)\)")
 
 
+class _Deadline(Exception):
+    """The request's total time ran out."""
+
+
+class _TooLarge(Exception):
+    """The response is larger than ``max_response_bytes``."""
+
+
+class _NoStream:
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+
 class OpenAIEngine(Engine):
     """Any server that speaks the OpenAI API (vLLM's ``vllm serve``, llama.cpp's server, Ollama).
 
@@ -51,7 +64,9 @@ class OpenAIEngine(Engine):
         model: the model name the server knows (vLLM: ``--served-model-name`` or the model path).
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``; used as given, less a trailing ``/``.
         api_key: defaults to ``$OPENAI_API_KEY`` or ``EMPTY`` (local servers ignore it).
-        timeout: seconds per HTTP request (connecting gets at most 10 of them).
+        timeout: seconds one request may take in all, retries included (connecting gets at most 10 of them): a
+            server that stalls, or sends its answer a byte at a time, is cut off then with an ``EngineError``.
+        max_response_bytes: the largest response read (decompressed); a larger one is refused unread.
         max_concurrency: requests of one batch in flight at once.
         max_retries: retries after a connection error, 429 or 5xx, with exponential backoff from ``backoff_s``.
             A request that timed out while the server worked on it is not retried.
@@ -62,19 +77,23 @@ class OpenAIEngine(Engine):
                                 stop_strings=True)
 
     def __init__(self, model: str, base_url: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 max_concurrency: int = 8, max_retries: int = 2, backoff_s: float = 0.25) -> None:
+                 max_concurrency: int = 8, max_retries: int = 2, backoff_s: float = 0.25,
+                 max_response_bytes: int = 32 * 2**20) -> None:
         super().__init__()
         import httpx
 
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if max_concurrency < 1 or max_retries < 0:
-            raise UserError(f"max_concurrency must be >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
+        if max_concurrency < 1 or max_retries < 0 or not timeout > 0 or max_response_bytes < 1024:
+            raise UserError("max_concurrency must be >= 1, max_retries >= 0, timeout > 0 and max_response_bytes "
+                            f">= 1024, got {max_concurrency}, {max_retries}, {timeout}, {max_response_bytes}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.spec = f"openai:{model}@{self.base_url}"
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._httpx = httpx
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -146,14 +165,18 @@ class OpenAIEngine(Engine):
     def _post(self, path: str, body: dict[str, Any], req: Request) -> dict[str, Any]:
         url = self.base_url + path
         attempt = 0
+        deadline = time.monotonic() + self.timeout
         while True:
             if req.cancelled:
                 raise RequestCancelled(f"{req.request_id} was cancelled")
             delay = self.backoff_s * 2**attempt
             try:
-                resp = self._http.post(url, json=body)
-            except (self._httpx.ReadTimeout, self._httpx.WriteTimeout) as exc:  # the server is busy: no retry
-                raise EngineError(f"{url} timed out after {self._http.timeout.read} s: {exc!r}") from exc
+                resp = self._fetch(url, body, deadline)
+            except (self._httpx.ReadTimeout, self._httpx.WriteTimeout, _Deadline) as exc:  # busy or stalling: no retry
+                raise EngineError(f"{url} timed out after {self.timeout:g} s: {exc!r}") from exc
+            except _TooLarge as exc:
+                raise EngineError(f"{url} sent a response of more than {self.max_response_bytes:,} bytes "
+                                  f"({exc}); refused") from None
             except self._httpx.TransportError as exc:
                 err: TokenomyError = EngineError(f"cannot reach {url} (after {attempt + 1} attempts): {exc!r}")
                 err.__cause__ = exc
@@ -171,10 +194,60 @@ class OpenAIEngine(Engine):
                 if resp.status_code not in _RETRY_STATUS:
                     raise err
                 delay = max(delay, min(_float(resp.headers.get("retry-after")), 5.0))
-            if attempt >= self.max_retries:
+            if attempt >= self.max_retries or time.monotonic() + delay >= deadline:
                 raise err
             attempt += 1
             time.sleep(delay)
+
+    def _fetch(self, url: str, body: dict[str, Any], deadline: float) -> Any:
+        """POST ``body`` and read the response, streamed: at most ``max_response_bytes``, done by ``deadline``
+        (a watchdog shuts the socket then, so a server that drips its answer cannot hold the call)."""
+        import socket
+        import threading
+
+        httpx = self._httpx
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Deadline("no time left")
+        timeout = httpx.Timeout(left, connect=min(left, 10.0))
+        with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
+            declared = resp.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise _TooLarge(f"{int(declared):,} bytes declared")
+            fired = threading.Event()
+
+            def cut() -> None:
+                fired.set()
+                sock = (resp.extensions.get("network_stream") or _NoStream()).get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+            watchdog.daemon = True
+            watchdog.start()
+            chunks, size = [], 0
+            try:
+                for chunk in resp.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        raise _TooLarge(f"{size:,} bytes read so far")
+                    if time.monotonic() > deadline:
+                        raise _Deadline(f"{size:,} bytes read")
+                    chunks.append(chunk)
+            except (httpx.TransportError, OSError) as exc:
+                if fired.is_set():
+                    raise _Deadline(f"cut off after {size:,} bytes") from exc
+                raise
+            finally:
+                watchdog.cancel()
+            headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in ("content-encoding",
+                                                                                     "content-length",
+                                                                                     "transfer-encoding")]
+            return httpx.Response(resp.status_code, headers=headers, content=b"".join(chunks))
+
 
     def _http_error(self, resp: Any, url: str, req: Request) -> TokenomyError:
         info: dict[str, Any] = {}

@@ -452,3 +452,79 @@ def test_a_lone_surrogate_in_a_tool_result_is_journaled_and_replayed_not_re_run(
     assert calls == ["menu", "other"] and first.answer == "caf\ufffd menu"
     again = Rewoo(ScriptedEngine(lambda req: pytest.fail("a finished run calls no model")), [read]).resume("t", db)
     assert again.answer == first.answer and calls == ["menu", "other"]
+
+
+# -- hostile servers -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hostile_server():
+    """A TEST DOUBLE of a broken OpenAI-compatible server on 127.0.0.1: the request's prompt names its fault.
+    ``drip``: a valid answer sent one byte every 0.1 s; ``huge``: 200 MB declared in Content-Length;
+    ``endless``: chunks of 64 KB, chunked, without end; ``silent``: never answers."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            answer = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}).encode()
+            try:
+                if "silent" in body:
+                    stop.wait(30)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if "endless" in body:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    chunk = b"x" * 65536
+                    while not stop.is_set():
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    return
+                self.send_header("Content-Length", str(200 * 2**20 if "huge" in body else len(answer)))
+                self.end_headers()
+                for b in answer:  # drip (and huge: the same few bytes, then nothing)
+                    if stop.wait(0.1 if "drip" in body else 0):
+                        return
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                stop.wait(30)
+            except OSError:  # the client hung up: what these tests want
+                pass
+
+    class Quiet(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            pass
+
+    httpd = Quiet(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    stop.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("fault, match", [("drip", "timed out after 1 s"), ("silent", "timed out after 1 s"),
+                                          ("huge", "more than 1,048,576 bytes"),
+                                          ("endless", "more than 1,048,576 bytes")])
+def test_a_server_that_drips_stalls_or_floods_is_cut_off_within_the_deadline(hostile_server, fault, match):
+    from tokenomy.errors import EngineError
+    from tokenomy.kernels.openai_engine import OpenAIEngine
+
+    with OpenAIEngine("m", hostile_server, timeout=1.0, max_retries=2, backoff_s=0.01,
+                      max_response_bytes=2**20) as engine:
+        start = time.monotonic()
+        with pytest.raises(EngineError, match=match):
+            engine.generate(f"{fault} please", SamplingParams(max_tokens=8))
+        assert time.monotonic() - start < 2.0  # the deadline, plus less than a second
