@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import operator
 import sqlite3
@@ -31,7 +32,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenomy.errors import MissingExtra, UserError
+from tokenomy.errors import MissingExtra, UserError, storage_error
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.tools.base import collect_usage
 from tokenomy.tools.registry import SideEffectsNotAllowed
@@ -173,9 +174,11 @@ class Checkpoints:
     """One SQLite file holding LangGraph's checkpoints and tokenomy's tool journal.
 
     ``Checkpoints(path)`` opens (or creates) the file; ``Checkpoints()`` keeps them in memory for this process.
+    ``timeout_s`` is how long a write waits for another process's lock before the run stops with a
+    ``StorageError`` (as it does on a failing disk or a damaged file; what was written before stays).
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, timeout_s: float = 30.0) -> None:
         try:
             from langgraph.checkpoint.sqlite import SqliteSaver
         except ImportError as exc:  # pragma: no cover - a core dependency
@@ -186,7 +189,7 @@ class Checkpoints:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         target = str(self.path) if self.path is not None else ":memory:"
         try:
-            self.conn = sqlite3.connect(target, check_same_thread=False, timeout=30)
+            self.conn = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
@@ -195,6 +198,8 @@ class Checkpoints:
             self.saver = SqliteSaver(self.conn)
             self.saver.setup()
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, a failing disk: the file may be fine
+                raise storage_error(target, exc) from exc
             raise UserError(f"checkpoint file {target} is not a usable SQLite database ({exc}); "
                             "move it away or pass another path") from exc
         # The journal shares the saver's connection, so it takes the saver's lock (sqlite3 connections are not
@@ -216,20 +221,32 @@ class ToolJournal:
         self.thread_id = thread_id
 
     def get(self, key: str) -> tuple[bool, Any]:
-        with self.store._lock:
-            row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
-                                          (self.thread_id, key)).fetchone()
-        return (True, json.loads(row[0])) if row else (False, None)
+        """The journaled value of ``key``; ``(False, None)`` when there is none, or none that can be read (a
+        damaged row: the call is made again)."""
+        try:
+            with self.store._lock:
+                row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
+                                              (self.thread_id, key)).fetchone()
+            return (True, json.loads(row[0])) if row else (False, None)
+        except (sqlite3.Error, ValueError, TypeError, RecursionError):
+            return False, None
 
     def put(self, key: str, value: Any) -> None:
         try:
             text = json.dumps(value, allow_nan=False)  # ASCII: a lone surrogate in a result survives, escaped
         except (TypeError, ValueError):
             return  # not JSON: such a call is made again on resume
-        with self.store._lock:
-            self.store.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)",
-                                    (self.thread_id, key, text))
-            self.store.conn.commit()
+        try:
+            with self.store._lock:
+                self.store.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)",
+                                        (self.thread_id, key, text))
+                self.store.conn.commit()
+        except sqlite3.Error as exc:
+            # The call itself succeeded: it is not failed (and run again) for a write that did not take. The
+            # checkpoint after this node writes to the same file and stops the run with a StorageError if the
+            # file stays unwritable.
+            logging.getLogger("tokenomy").warning("the tool journal in %s could not record a call: %s",
+                                                  self.store.path, storage_error(self.store.path, exc))
 
 
 class _JournaledTool:
@@ -480,6 +497,8 @@ class Strategy:
                     if snapshot.values.get("done") and not snapshot.next:
                         return self.result(snapshot.values, thread_id)
                 values = self._stream(app, inp, config, thread_id)
+            except sqlite3.Error as exc:  # the checkpoint file, while LangGraph read or wrote it
+                raise storage_error(store.path or ":memory:", exc) from exc
             finally:
                 self._journal = None
                 if not isinstance(checkpoints, Checkpoints):

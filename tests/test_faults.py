@@ -528,3 +528,101 @@ def test_a_server_that_drips_stalls_or_floods_is_cut_off_within_the_deadline(hos
         with pytest.raises(EngineError, match=match):
             engine.generate(f"{fault} please", SamplingParams(max_tokens=8))
         assert time.monotonic() - start < 2.0  # the deadline, plus less than a second
+
+
+# -- storage ---------------------------------------------------------------------------------------------------
+
+
+def _finished_run(db):
+    from tokenomy.planners.rewoo import Rewoo
+
+    @tool
+    def lookup(entity: str, attribute: str) -> str:
+        """Looks a fact up."""
+        return f"{entity}'s {attribute}"
+
+    engine = ScriptedEngine(lambda req: 'e1 = lookup(entity="a", attribute="b")\nanswer(e1)')
+    return Rewoo(engine, [lookup]), Rewoo(engine, [lookup]).run("q", thread_id="t", checkpoints=db)
+
+
+def test_a_checkpoint_file_locked_by_another_process_is_a_clear_error_within_its_timeout(tmp_path):
+    import sqlite3
+
+    from tokenomy.errors import StorageError
+    from tokenomy.planners import Checkpoints
+
+    db = tmp_path / "ck.sqlite"
+    strategy, _ = _finished_run(db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    try:
+        start = time.monotonic()
+        with pytest.raises(StorageError, match="locked by another process"):
+            strategy.run("q2", thread_id="t2", checkpoints=Checkpoints(db, timeout_s=0.2))
+        assert time.monotonic() - start < 3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert strategy.resume("t", db).answer == "a's b"  # the finished run is intact
+
+
+def test_a_damaged_checkpoint_file_is_a_clear_error_and_is_never_overwritten(tmp_path):
+    from tokenomy.errors import TokenomyError
+
+    db = tmp_path / "ck.sqlite"
+    strategy, _ = _finished_run(db)
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page:] = b"\x13" * (len(data) - page)  # every page after the first: garbage
+    db.write_bytes(bytes(data))
+    for attempt in (lambda: strategy.resume("t", db), lambda: strategy.run("q", thread_id="new", checkpoints=db)):
+        with pytest.raises(TokenomyError, match="not a usable SQLite database|damaged"):
+            attempt()
+    assert db.read_bytes() == bytes(data)
+
+
+def test_the_search_index_skips_links_out_of_the_corpus_and_binary_files(tmp_path):
+    from tokenomy.tools import CorpusIndex
+
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.md").write_text("The vault code is zebracrossing.")
+    (outside / "deep" / "more.md").write_text("Another zebracrossing secret.")
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "city.md").write_text("# Velmora\n\nVelmora has 412,000 inhabitants.")
+    (corpus / "inner.md").symlink_to(corpus / "city.md")  # a link inside the corpus is fine
+    (corpus / "leak.md").symlink_to(outside / "secret.md")
+    (corpus / "sub" / "out").symlink_to(outside / "deep", target_is_directory=True)
+    (corpus / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR zebracrossing \x00\xff\xfe")
+    index = CorpusIndex(corpus)
+    assert index.search("zebracrossing") == []
+    assert any("412,000" in hit for hit in index.search("Velmora inhabitants"))
+
+
+def test_the_viewer_runs_only_its_own_script_by_hash_and_blocks_forms_and_base(tmp_path):
+    import base64
+    import hashlib
+    import re
+
+    from tests.trace_doubles import rewoo_trace
+    from tokenomy.trace import Trace
+    from tokenomy.viz import render_html
+
+    page = render_html(Trace.load(rewoo_trace(tmp_path / "r.jsonl")))
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert "'unsafe-inline'" not in csp.split("script-src", 1)[1].split(";", 1)[0]
+    assert "form-action 'none'" in csp and "base-uri 'none'" in csp and "default-src 'none'" in csp
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)  # the one executable script (data is JSON)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp
+
+
+def test_terminal_escapes_in_what_the_cli_prints_are_shown_not_obeyed(tmp_path, capsys):
+    from tokenomy.cli import main
+
+    assert main(["viz", str(tmp_path / "evil\x1b]0;owned\x07\x1b[2J.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "evil\\x1b]0;owned\\x07\\x1b[2J.jsonl" in err

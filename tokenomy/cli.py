@@ -31,15 +31,17 @@ import importlib.metadata as md
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenomy.errors import TokenomyError, UserError
+from tokenomy.errors import StorageError, TokenomyError, UserError
 
 
 def invoked_as() -> str:
@@ -667,7 +669,40 @@ def _quiet_progress_bars() -> None:
         hf_logging.disable_progress_bar()
 
 
+# Terminal control characters other than newline, tab and carriage return: ESC starts the sequences that recolour,
+# move the cursor, retitle the window or hide text (a tool's or a server's output must not do that to a terminal).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def inert(text: str) -> str:
+    """``text`` with terminal control characters shown as ``\\x1b`` ... instead of acting on the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+class _InertStream:
+    """A text stream that writes through ``inert``: every line the commands print (answers, plans, tool
+    output, server errors) reaches the terminal as text."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(inert(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _InertStream(out), _InertStream(err)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.prog = invoked_as()
     if args.command == "run" and not args.resume and not args.question.strip():
@@ -679,6 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args))
     except TokenomyError as exc:
         print(f"tokenomy: error: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # a SQLite file no layer below named: say what, not a traceback
+        print(f"tokenomy: error: {StorageError('a SQLite file', exc)}", file=sys.stderr)
         return 1
 
 

@@ -124,6 +124,34 @@ class RequestCancelled(RunError):
     """A request was cancelled before it completed."""
 
 
+class StorageError(RunError):
+    """A SQLite file (checkpoints, an index, a cache) could not be read or written: locked by another process,
+    a failing or full disk, a damaged file. ``path`` names it; what was written before is still in it."""
+
+    def __init__(self, path: object, exc: BaseException) -> None:
+        self.path = str(path)
+        text = str(exc)
+        low = text.lower()
+        if "locked" in low or "busy" in low:
+            why = "it is locked by another process (waited 30 s); close that process or use another file"
+        elif "full" in low:
+            why = "the disk is full; free space and go on (what finished is kept)"
+        elif "malformed" in low or "not a database" in low or "corrupt" in low:
+            why = "the file is damaged; move it away (tokenomy never overwrites it) or restore it"
+        elif "i/o" in low or "readonly" in low or "read-only" in low or "unable to open" in low:
+            why = "the disk refused the read or write; check the file's disk and permissions"
+        else:
+            why = "SQLite refused it"
+        super().__init__(f"{self.path}: {why} ({type(exc).__name__}: {text})")
+
+
+def storage_error(path: object, exc: BaseException) -> StorageError:
+    """``exc`` (a ``sqlite3.Error``) as a ``StorageError`` about ``path``, chained to it."""
+    err = StorageError(path, exc)
+    err.__cause__ = exc
+    return err
+
+
 class BudgetExceeded(TokenomyError):
     """A token or call budget ran out; ``spent`` and ``limit`` say by how much."""
 

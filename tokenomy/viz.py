@@ -11,6 +11,8 @@ are drawn here in Python as SVG; the page's small script only fills the details 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import math
@@ -568,8 +570,7 @@ dead parts are dashed grey. Click an agent for its prompts and outputs.</p>{grap
 </div><aside id="details"><section><div id="details-body"><h2>Details</h2><p class="muted">Click an agent, a plan
 step or a call.</p></div></section></aside></main>"""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; '
-            f'script-src \'unsafe-inline\'; img-src data:">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
             f"<style>{_CSS}</style></head><body>{body}"
             f'<script id="trace-data" type="application/json">{_json_for_script(data)}</script>'
@@ -602,3 +603,12 @@ def iframe(page: str, height: int = 720) -> str:
     """``page`` in a sandboxed ``<iframe srcdoc>`` (how a notebook shows a whole page without leaking its style)."""
     return (f'<iframe sandbox="allow-scripts" style="width:100%;height:{height}px;border:1px solid #ddd" '
             f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+
+
+# The page's Content-Security-Policy: no network at all (default-src 'none'), and the one script that may run is
+# the viewer's own, by its hash, never 'unsafe-inline' (a payload that slipped past escaping still could not run);
+# no form can post anywhere and no <base> can redirect links. Styles stay inline (they cannot run code, and with
+# no network they cannot send anything).
+CSP = ("default-src 'none'; "
+       f"script-src 'sha256-{base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()}'; "
+       "style-src 'unsafe-inline'; img-src data:; form-action 'none'; base-uri 'none'")

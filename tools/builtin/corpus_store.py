@@ -115,7 +115,11 @@ class CorpusStore:
                 continue
             try:
                 st = path.stat()
-            except OSError:
+                inside = path.resolve().is_relative_to(self.corpus_dir.resolve())
+            except (OSError, RuntimeError):  # a broken or looping link
+                continue
+            if not inside:  # a link out of the corpus: a corpus must not index the rest of the disk
+                log.warning("skipping %s: it links outside the corpus %s", path, self.corpus_dir)
                 continue
             if path.is_file():
                 found[rel.as_posix()] = (path, st)
@@ -136,6 +140,9 @@ class CorpusStore:
                     stats.unchanged += 1
                     continue
                 data = self._read(path, st)
+                if data is not None and b"\x00" in data:  # a binary file named .txt or .md: not text to search
+                    log.warning("skipping %s: it holds NUL bytes, so it is not text", path)
+                    data = None
                 if data is None:
                     if old:
                         self._forget(conn, rel)

@@ -454,6 +454,14 @@ def _facts(extract: Extractor, text: str) -> list[tuple[str, ...]]:
     return facts
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """``path`` stays inside ``root`` once its links are followed (a link out of a corpus is not ingested)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
+
+
 def _scan(source: str | Path | Iterable[str | Path]) -> tuple[str | None, list[tuple[str, Path]]]:
     """``(root, [(stored path, file)])``: root is the resolved directory, or ``None`` for files."""
     if isinstance(source, (str, os.PathLike)):
@@ -465,7 +473,8 @@ def _scan(source: str | Path | Iterable[str | Path]) -> tuple[str | None, list[t
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     path = Path(folder) / name
-                    if not name.startswith(".") and path.suffix.lower() in SUFFIXES and path.is_file():
+                    if not name.startswith(".") and path.suffix.lower() in SUFFIXES and path.is_file() \
+                            and _inside(path, root):
                         found.append((path.relative_to(root).as_posix(), path))
             return root.as_posix(), sorted(found)
         if not top.exists():
