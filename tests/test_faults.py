@@ -459,60 +459,10 @@ def test_a_lone_surrogate_in_a_tool_result_is_journaled_and_replayed_not_re_run(
 
 @pytest.fixture
 def hostile_server():
-    """A TEST DOUBLE of a broken OpenAI-compatible server on 127.0.0.1: the request's prompt names its fault.
-    ``drip``: a valid answer sent one byte every 0.1 s; ``huge``: 200 MB declared in Content-Length;
-    ``endless``: chunks of 64 KB, chunked, without end; ``silent``: never answers."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from tokenomy.benchmarks.faults import HostileServer
 
-    stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            answer = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]}).encode()
-            try:
-                if "silent" in body:
-                    stop.wait(30)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                if "endless" in body:
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    chunk = b"x" * 65536
-                    while not stop.is_set():
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    return
-                self.send_header("Content-Length", str(200 * 2**20 if "huge" in body else len(answer)))
-                self.end_headers()
-                for b in answer:  # drip (and huge: the same few bytes, then nothing)
-                    if stop.wait(0.1 if "drip" in body else 0):
-                        return
-                    self.wfile.write(bytes([b]))
-                    self.wfile.flush()
-                stop.wait(30)
-            except OSError:  # the client hung up: what these tests want
-                pass
-
-    class Quiet(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request, client_address):
-            pass
-
-    httpd = Quiet(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    stop.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with HostileServer() as server:
+        yield server.url
 
 
 @pytest.mark.parametrize("fault, match", [("drip", "timed out after 1 s"), ("silent", "timed out after 1 s"),
@@ -626,3 +576,32 @@ def test_terminal_escapes_in_what_the_cli_prints_are_shown_not_obeyed(tmp_path, 
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert "evil\\x1b]0;owned\\x07\\x1b[2J.jsonl" in err
+
+
+
+# -- the battery: `tokenomy bench faults` ------------------------------------------------------------------------
+
+
+def test_the_fault_bench_scores_a_hang_and_a_crash_and_handles_real_probes():
+    from tokenomy.benchmarks.faults import format_report, run_faults
+
+    results = {r.name: r for r in run_faults(["selfcheck-hang", "selfcheck-crash", "server-huge", "deep-plan"])}
+    assert results["selfcheck-hang"].outcome == "hung" and results["selfcheck-hang"].seconds < 4
+    assert results["selfcheck-crash"].outcome == "crashed" and "ValueError" in results["selfcheck-crash"].detail
+    assert results["server-huge"].outcome == results["deep-plan"].outcome == "handled"
+    report = format_report(list(results.values()))
+    assert "**missed** (selfcheck-hang, selfcheck-crash)" in report
+
+
+def test_tokenomy_bench_faults_handles_every_probe(tmp_path, capsys):
+    import json
+
+    from tokenomy.cli import main
+
+    out = tmp_path / "faults.json"
+    assert main(["bench", "faults", "--json", str(out)]) == 0, capsys.readouterr().out[-3000:]
+    probes = json.loads(out.read_text())["probes"]
+    assert len(probes) >= 27 and {p["outcome"] for p in probes} == {"handled"}
+    assert all(p["seconds"] <= p["deadline_s"] + 1 for p in probes)
+    assert "every probe handled, none hung, nothing lost, each within its deadline + 1 s: **met**" in \
+        capsys.readouterr().out

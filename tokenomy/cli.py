@@ -471,7 +471,18 @@ def _peers_output(args: argparse.Namespace, records: Sequence[Any], found: dict[
     return 0
 
 
-BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu", "peers")
+BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu", "peers", "faults")
+
+
+def _bench_faults(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import faults
+
+    results = faults.run_faults(progress=lambda m: print(f"[faults] {m}", file=sys.stderr, flush=True))
+    print(faults.format_report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(faults.to_json(results), indent=2))
+        print(f"\nwrote {args.json}")
+    return 0 if all(r.outcome == "handled" for r in results) else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -490,6 +501,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _bench_gpu(args)
     if args.name == "peers":
         return _bench_peers(args)
+    if args.name == "faults":
+        return _bench_faults(args)
     if args.name == "plans":
         from tokenomy.benchmarks import plans
 
@@ -592,11 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--show-context", action="store_true", help="print the context the model read")
     ask.set_defaults(fn=cmd_rag)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag, gpu, peers)")
+    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag, gpu, peers, "
+                                         "faults)")
     bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
-                                    "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs) or "
-                                    "collab (long/short policies on a difficulty ladder) or rag (context tokens "
-                                    "per retriever)")
+                                    "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs), "
+                                    "collab (long/short policies on a difficulty ladder), rag (context tokens "
+                                    "per retriever), gpu, peers (against other frameworks) or faults (hostile "
+                                    "requests, plans, tools, files, processes and servers)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads")
     bench.add_argument("--corpus", default=None, metavar="DIR",
                        help="planning, rag, peers: a prose corpus instead of the synthetic world (with --questions); "

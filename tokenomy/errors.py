@@ -133,7 +133,8 @@ class StorageError(RunError):
         text = str(exc)
         low = text.lower()
         if "locked" in low or "busy" in low:
-            why = "it is locked by another process (waited 30 s); close that process or use another file"
+            why = "it is locked by another process (the wait for the lock ran out); close that process or use " \
+                  "another file"
         elif "full" in low:
             why = "the disk is full; free space and go on (what finished is kept)"
         elif "malformed" in low or "not a database" in low or "corrupt" in low:
