@@ -357,6 +357,24 @@ def probe_huge_list_result(tmp: Path) -> str:
     return f"checkpoint file {size:,} bytes; the result kept {len(r.values['e1']) - 1} rows and a marker"
 
 
+@probe("tools", 5, "a tool that returns a list nested 5,000 deep, in a checkpointed run")
+def probe_deeply_nested_result(tmp: Path) -> str:
+    from tokenomy.tools import tool
+
+    @tool
+    def nest(query: str) -> list:  # type: ignore[type-arg]
+        """Returns [[[[...]]]]."""
+        value: list[Any] = ["core"]
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    r = _rewoo('e1 = nest(query="x")\nanswer(e1)', [nest], solver="deep").run(
+        "q", thread_id="t", checkpoints=tmp / "ck.sqlite")
+    _expect(r.answer == "deep", f"the run ended with {r.answer!r}", Lost)
+    return f"kept 32 levels, the rest as text: {str(r.values['e1'])[-60:]}"
+
+
 @probe("tools", 5, "a tool result holding a lone surrogate, in a run that is then resumed")
 def probe_lone_surrogate(tmp: Path) -> str:
     from tokenomy.tools import tool

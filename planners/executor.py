@@ -528,7 +528,7 @@ def clip_value(value: Any, limit: int) -> Any:
     """A tool's result cut to about ``limit`` characters as text, keeping its shape: a text is cut with a marker,
     a list keeps the items that fit (then a marker item), a mapping the entries that fit; anything else past the
     limit, or nested past ``MAX_NESTING``, becomes its cut text. Values within the limit come back as they are."""
-    if text_len(value, limit) <= limit:
+    if text_len(value, limit) <= limit and _depth(value, MAX_NESTING) <= MAX_NESTING:
         return value
     return _clip(value, limit, MAX_NESTING)
 
@@ -558,10 +558,18 @@ def _clip(value: Any, limit: int, depth: int) -> Any:
             kept[key] = _clip(x, left, depth - 1)
             left -= text_len(key, left) + text_len(kept[key], left) + 4
         return kept
-    if text_len(value, limit) <= limit:
+    if text_len(value, limit) <= limit and _depth(value, 0) == 0:
         return value
-    text = str(value)
-    return text[:limit] + f" [... {len(text) - limit} more characters cut]"
+    text = _flat_text(value)
+    return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters cut]"
+
+
+def _flat_text(value: Any) -> str:
+    """``str(value)``, or a note where the value nests too deeply for ``repr``."""
+    try:
+        return str(value)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
 
 
 def _preview(v: Any) -> str:

@@ -601,7 +601,23 @@ def test_tokenomy_bench_faults_handles_every_probe(tmp_path, capsys):
     out = tmp_path / "faults.json"
     assert main(["bench", "faults", "--json", str(out)]) == 0, capsys.readouterr().out[-3000:]
     probes = json.loads(out.read_text())["probes"]
-    assert len(probes) >= 27 and {p["outcome"] for p in probes} == {"handled"}
+    assert len(probes) >= 28 and {p["outcome"] for p in probes} == {"handled"}
     assert all(p["seconds"] <= p["deadline_s"] + 1 for p in probes)
     assert "every probe handled, none hung, nothing lost, each within its deadline + 1 s: **met**" in \
         capsys.readouterr().out
+
+
+def test_clip_value_keeps_the_shape_and_bounds_text_size_and_depth():
+    from tokenomy.planners.executor import MAX_NESTING, clip_value, text_len
+
+    assert clip_value("x" * 10, 5) == "xxxxx [... 5 more characters cut]"
+    assert clip_value([["a"], {"k": 1}], 100) == [["a"], {"k": 1}]  # within the limits: the value itself
+    rows = clip_value([f"row {i:04d}" for i in range(1000)], 100)
+    assert rows[0] == "row 0000" and rows[-1].endswith("more items cut]") and text_len(rows, 10**6) < 200
+    deep: list = ["core"]
+    for _ in range(5000):
+        deep = [deep]
+    clipped = clip_value(deep, 10**6)
+    for _ in range(MAX_NESTING):
+        clipped = clipped[0]
+    assert isinstance(clipped, str) and "more characters cut" not in clipped  # the rest as text, no bogus marker
