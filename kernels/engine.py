@@ -162,7 +162,7 @@ class Engine(abc.ABC):
 
         Many agents sharing one engine should go through a ``Worker``, which also batches and orders them.
         """
-        return await in_daemon_thread(self.generate, prompt, params, name="tokenomy-generate", **kwargs)
+        return await in_daemon_thread(self.generate, (prompt, params), dict(kwargs), name="tokenomy-generate")
 
     @staticmethod
     def make_request(

@@ -621,3 +621,12 @@ def test_clip_value_keeps_the_shape_and_bounds_text_size_and_depth():
     for _ in range(MAX_NESTING):
         clipped = clipped[0]
     assert isinstance(clipped, str) and "more characters cut" not in clipped  # the rest as text, no bogus marker
+
+
+def test_a_sync_tool_may_have_a_parameter_called_name():
+    @tool
+    def greet(name: str) -> str:
+        """Greets."""
+        return f"hello {name}"
+
+    assert _timed_run('a = greet(name="Ada")\nanswer(a)', [greet])[0].answer == "hello Ada"

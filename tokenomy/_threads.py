@@ -20,10 +20,11 @@ T = TypeVar("T")
 __all__ = ["in_daemon_thread"]
 
 
-def in_daemon_thread(fn: Callable[..., T], /, *args: Any, name: str = "tokenomy-worker", **kwargs: Any
-                     ) -> asyncio.Future[T]:
-    """Start ``fn(*args, **kwargs)`` in a new daemon thread (with the caller's context variables); a future of its
-    result in the running loop. Cancelling the future abandons the call, it does not stop it."""
+def in_daemon_thread(fn: Callable[..., T], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
+                     name: str = "tokenomy-worker") -> asyncio.Future[T]:
+    """Start ``fn(*args, **kwargs)`` in a new daemon thread named ``name`` (with the caller's context variables);
+    a future of its result in the running loop. Cancelling the future abandons the call, it does not stop it.
+    (The arguments come as a tuple and a dict, so a tool may have a parameter called ``name``.)"""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
     ctx = contextvars.copy_context()
@@ -38,7 +39,7 @@ def in_daemon_thread(fn: Callable[..., T], /, *args: Any, name: str = "tokenomy-
 
     def work() -> None:
         try:
-            value, exc = ctx.run(fn, *args, **kwargs), None
+            value, exc = ctx.run(fn, *args, **(kwargs or {})), None
         except Exception as e:  # noqa: BLE001 - handed to the awaiting caller
             value, exc = None, e
         except BaseException as e:  # SystemExit, KeyboardInterrupt in a worker thread: an error for the caller

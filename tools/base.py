@@ -151,7 +151,7 @@ class Tool:
             if self.is_async:
                 work = self.fn(**values)
             else:
-                work = in_daemon_thread(self.fn, name=f"tokenomy-tool-{self.name}", **values)
+                work = in_daemon_thread(self.fn, (), values, name=f"tokenomy-tool-{self.name}")
             if self.timeout_s is None:
                 return await work
             return await asyncio.wait_for(work, self.timeout_s)
