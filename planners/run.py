@@ -227,7 +227,7 @@ class ToolJournal:
             with self.store._lock:
                 row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
                                               (self.thread_id, key)).fetchone()
-            return (True, json.loads(row[0])) if row else (False, None)
+            return (True, _big_ints(json.loads(row[0]))) if row else (False, None)
         except (sqlite3.Error, ValueError, TypeError, RecursionError):
             return False, None
 

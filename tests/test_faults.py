@@ -630,3 +630,13 @@ def test_a_sync_tool_may_have_a_parameter_called_name():
         return f"hello {name}"
 
     assert _timed_run('a = greet(name="Ada")\nanswer(a)', [greet])[0].answer == "hello Ada"
+
+
+def test_a_journaled_big_integer_replays_as_the_same_integer(tmp_path):
+    from tokenomy.planners import Checkpoints
+
+    store = Checkpoints(tmp_path / "ck.sqlite")
+    journal = store.journal("t")
+    journal.put("k", to_state([2**100, {"n": -(2**70)}]))
+    assert journal.get("k") == (True, [2**100, {"n": -(2**70)}])
+    store.close()
