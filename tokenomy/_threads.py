@@ -40,10 +40,10 @@ def in_daemon_thread(fn: Callable[..., T], args: tuple[Any, ...] = (), kwargs: d
     def work() -> None:
         try:
             value, exc = ctx.run(fn, *args, **(kwargs or {})), None
-        except Exception as e:  # noqa: BLE001 - handed to the awaiting caller
+        except StopIteration as e:  # an asyncio future refuses it (as asyncio.to_thread's caller would get it)
+            value, exc = None, RuntimeError(f"StopIteration in {name}: {e}")
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller as it is, as to_thread does
             value, exc = None, e
-        except BaseException as e:  # SystemExit, KeyboardInterrupt in a worker thread: an error for the caller
-            value, exc = None, RuntimeError(f"{type(e).__name__} in {name}: {e}")
         try:
             loop.call_soon_threadsafe(settle, value, exc)
         except RuntimeError:  # the loop has closed: nobody waits for this result any more
