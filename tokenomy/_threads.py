@@ -38,9 +38,11 @@ def in_daemon_thread(fn: Callable[..., T], args: tuple[Any, ...] = (), kwargs: d
             fut.set_exception(exc)
 
     def work() -> None:
+        value: Any = None
+        exc: BaseException | None = None
         try:
             value, exc = ctx.run(fn, *args, **(kwargs or {})), None
-        except StopIteration as e:  # an asyncio future refuses it (as asyncio.to_thread's caller would get it)
+        except StopIteration as e:  # an asyncio future refuses StopIteration
             value, exc = None, RuntimeError(f"StopIteration in {name}: {e}")
         except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller as it is, as to_thread does
             value, exc = None, e
