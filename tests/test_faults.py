@@ -570,12 +570,15 @@ def test_the_viewer_runs_only_its_own_script_by_hash_and_blocks_forms_and_base(t
 
 
 def test_terminal_escapes_in_what_the_cli_prints_are_shown_not_obeyed(tmp_path, capsys):
-    from tokenomy.cli import main
+    from tokenomy.cli import inert, main
 
     assert main(["viz", str(tmp_path / "evil\x1b]0;owned\x07\x1b[2J.jsonl")]) == 1
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
-    assert "evil\\x1b]0;owned\\x07\\x1b[2J.jsonl" in err
+    assert "evil\\u001b]0;owned\\u0007\\u001b[2J.jsonl" in err
+    import json
+
+    assert json.loads(inert(json.dumps({"answer": "a\x85b\x7f"}, ensure_ascii=False))) == {"answer": "a\x85b\x7f"}
 
 
 

@@ -690,8 +690,9 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def inert(text: str) -> str:
-    """``text`` with terminal control characters shown as ``\\x1b`` ... instead of acting on the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    """``text`` with terminal control characters shown as ``\\u001b`` ... instead of acting on the terminal (the
+    JSON escape, so what ``--json`` prints stays valid JSON)."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 class _InertStream:
