@@ -52,11 +52,6 @@ class _TooLarge(Exception):
     """The response is larger than ``max_response_bytes``."""
 
 
-class _NoStream:
-    def get_extra_info(self, name: str) -> None:
-        return None
-
-
 class OpenAIEngine(Engine):
     """Any server that speaks the OpenAI API (vLLM's ``vllm serve``, llama.cpp's server, Ollama).
 
@@ -218,7 +213,8 @@ class OpenAIEngine(Engine):
 
             def cut() -> None:
                 fired.set()
-                sock = (resp.extensions.get("network_stream") or _NoStream()).get_extra_info("socket")
+                stream = resp.extensions.get("network_stream")
+                sock = stream.get_extra_info("socket") if stream is not None else None
                 if sock is not None:
                     try:
                         sock.shutdown(socket.SHUT_RDWR)
