@@ -2,11 +2,18 @@
 
 Results are substituted on this tree, never in text: a reference is a ``Ref`` node naming a variable, so
 ``e1`` can never be mistaken for part of ``e10`` (ReWOO's ``#E10`` bug and LangGraph's ``str.replace`` bug).
+
+The tree's queries live here, once, for the validator, the printer and the executor alike: ``children`` and
+``nodes`` (every node, in source order), ``scoped_statements`` and ``statements`` (every statement, blocks'
+bodies included), ``evaluated`` (what a statement computes itself), ``calls``, ``free_refs`` (the names an
+expression reads), ``assigned`` (the names a statement defines) and ``rename_refs`` (a tree with references
+renamed). This module imports nothing else of the planners; only ``Plan._repr_html_``, a notebook's display
+hook, reaches up to the printer and the renderer, when it is called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "Node", "Literal_", "Ref", "ListExpr", "BinOp", "BoolOp", "Not", "Neg", "Expr", "Call", "Assign",
     "CallStmt", "If", "For", "Assert", "Answer", "Send", "Stmt", "TypeRef", "Plan",
+    "Block", "children", "nodes", "scoped_statements", "statements", "evaluated", "calls", "free_refs", "assigned",
+    "rename_refs",
 ]
 
 
@@ -176,23 +185,8 @@ class Plan(BaseModel):
         return plan_svg(plan_steps(self))
 
     def calls(self) -> list[Call]:
-        """Every tool call in the plan, in source order (inside blocks too)."""
-        out: list[Call] = []
-
-        def walk(stmts: list[Any]) -> None:
-            for s in stmts:
-                if isinstance(s, Assign) and isinstance(s.value, Call):
-                    out.append(s.value)
-                elif isinstance(s, CallStmt):
-                    out.append(s.call)
-                elif isinstance(s, If):
-                    walk(s.body)
-                    walk(s.orelse)
-                elif isinstance(s, For):
-                    walk(s.body)
-
-        walk(self.body)
-        return out
+        """Every tool call in the plan, in source order (inside blocks too): ``calls(plan)``."""
+        return calls(self)
 
 
 def _strip(obj: Any) -> Any:
@@ -205,3 +199,121 @@ def _strip(obj: Any) -> Any:
 
 for _model in (Ref, ListExpr, BinOp, BoolOp, Not, Neg, TypeRef, Call, Assign, If, For, Assert, Send, Answer, Plan):
     _model.model_rebuild()
+
+
+# -- Queries over the tree ------------------------------------------------------------------------------------
+
+Block = If | For
+
+
+def children(node: Node | Plan) -> Iterator[Node]:
+    """The nodes directly inside ``node``, in source order: a plan's statements, a statement's expressions, type
+    and blocks, an expression's operands, a reference's index expressions, a call's argument values."""
+    for name in type(node).model_fields:
+        yield from _nodes_of(getattr(node, name))
+
+
+def _nodes_of(value: Any) -> Iterator[Node]:
+    if isinstance(value, Node):
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _nodes_of(item)
+
+
+def nodes(node: Node | Plan | Sequence[Node] | None) -> Iterator[Node]:
+    """``node`` and every node inside it, depth first in source order (a plan or a list of nodes: the nodes in
+    it). Iterative, so a deeply nested hand-built tree does not exhaust Python's stack."""
+    stack = list(reversed(list(_nodes_of(node) if not isinstance(node, Plan) else children(node))))
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(list(children(n))))
+
+
+def scoped_statements(node: Plan | Sequence[Stmt]) -> Iterator[tuple[Stmt, tuple[Block, ...]]]:
+    """Every statement of a plan (or block), the bodies of ``if`` and ``for`` included, in source order (a block
+    before its statements, an ``if``'s body before its ``else``), each with the blocks it is inside, outermost
+    first."""
+    body = node.body if isinstance(node, Plan) else node
+    stack: list[tuple[Any, tuple[Block, ...]]] = [(s, ()) for s in reversed(body)]
+    while stack:
+        s, outer = stack.pop()
+        yield s, outer
+        if isinstance(s, If | For):
+            inner = [*s.body, *s.orelse] if isinstance(s, If) else s.body
+            stack.extend((st, (*outer, s)) for st in reversed(inner))
+
+
+def statements(node: Plan | Sequence[Stmt]) -> Iterator[Stmt]:
+    """Every statement of a plan (or block), the bodies of ``if`` and ``for`` included, in source order."""
+    return (s for s, _ in scoped_statements(node))
+
+
+def evaluated(s: Stmt) -> Expr | Call:
+    """What a statement computes itself (never its blocks' statements): an assignment's value, a call, the
+    value of an ``answer`` or a message, the condition of an ``assert`` or ``if``, what a ``for`` loops over."""
+    if isinstance(s, CallStmt):
+        return s.call
+    if isinstance(s, Assert | If):
+        return s.cond
+    if isinstance(s, For):
+        return s.iter
+    return s.value
+
+
+def calls(node: Plan | Sequence[Stmt]) -> list[Call]:
+    """Every tool call of a plan (or block), in source order, inside blocks too."""
+    out: list[Call] = []
+    for s in statements(node):
+        if isinstance(s, Assign) and isinstance(s.value, Call):
+            out.append(s.value)
+        elif isinstance(s, CallStmt):
+            out.append(s.call)
+    return out
+
+
+def free_refs(e: Expr | Call | None) -> set[str]:
+    """The variable names an expression (or a call's arguments) reads, index expressions included."""
+    return {n.name for n in nodes(e) if isinstance(n, Ref)}
+
+
+def assigned(s: Stmt) -> list[str]:
+    """The names a statement defines in its enclosing scope: an assignment's target; for a block, every name
+    assigned anywhere inside it (sorted). After a ``for`` each is the list of its per-iteration values; after an
+    ``if``, one the branch taken did not assign is a "not assigned" error value."""
+    if isinstance(s, Assign):
+        return [s.target]
+    if isinstance(s, If | For):
+        inner = [*s.body, *s.orelse] if isinstance(s, If) else s.body
+        return sorted({st.target for st in statements(inner) if isinstance(st, Assign)})
+    return []
+
+
+def rename_refs(node: Any, names: Mapping[str, str]) -> Any:
+    """``node`` (a node, a plan's statement list, any value inside a tree) with its references renamed by
+    ``names``; a ``for``'s variable hides an outer name of its own in the loop's body. A new tree (a part without
+    references is kept as it is); ``node`` itself is never changed."""
+    if not names:
+        return node
+    if isinstance(node, Ref):
+        path = [rename_refs(p, names) for p in node.path]
+        return node.model_copy(update={"name": names.get(node.name, node.name), "path": path})
+    if isinstance(node, For) and node.var in names:
+        inner = {k: v for k, v in names.items() if k != node.var}
+        return node.model_copy(update={"iter": rename_refs(node.iter, names), "body": rename_refs(node.body, inner)})
+    if isinstance(node, Node):
+        update = {}
+        for field in type(node).model_fields:
+            value = getattr(node, field)
+            new = rename_refs(value, names)
+            if new is not value:
+                update[field] = new
+        return node.model_copy(update=update) if update else node
+    if isinstance(node, list):
+        items = [rename_refs(x, names) for x in node]
+        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    if isinstance(node, tuple):
+        items = [rename_refs(x, names) for x in node]
+        return tuple(items) if any(a is not b for a, b in zip(items, node, strict=True)) else node
+    return node

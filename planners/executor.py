@@ -32,7 +32,6 @@ from tokenomy.errors import TokenomyError, UserError
 from tokenomy.trace import in_step
 
 from . import ast as A
-from .validate import free_refs
 
 __all__ = ["Invocable", "StepError", "StepRecord", "ExecutionResult", "PlanExecutor"]
 
@@ -176,7 +175,7 @@ class _Run:
         loop = asyncio.get_running_loop()
         tasks = []
         for stmt in stmts:
-            for name in _assigned(stmt):
+            for name in A.assigned(stmt):
                 scope.setdefault(name, loop.create_future())
             tasks.append(asyncio.ensure_future(self.stmt(stmt, scope, prefix)))
         try:
@@ -187,7 +186,7 @@ class _Run:
             raise
 
     async def read(self, e: Any, scope: dict[str, asyncio.Future[Any]]) -> dict[str, Any]:
-        names = sorted(free_refs(e))
+        names = sorted(A.free_refs(e))
         missing = [n for n in names if n not in scope]
         if missing:
             raise _EvalError(f"no result named {missing[0]!r}")
@@ -215,7 +214,7 @@ class _Run:
 
     async def if_(self, s: A.If, scope: dict[str, asyncio.Future[Any]], prefix: str) -> None:
         cond = await self.value(f"if@{s.line}", s.cond, scope, prefix)
-        names = _assigned(s)
+        names = A.assigned(s)
         if isinstance(cond, StepError):
             for n in names:
                 _resolve(scope[n], StepError(n, f"skipped: the if at line {s.line} failed: {cond.message}",
@@ -232,7 +231,7 @@ class _Run:
 
     async def for_(self, s: A.For, scope: dict[str, asyncio.Future[Any]], prefix: str) -> None:
         items = await self.value(f"for@{s.line}", s.iter, scope, prefix)
-        names = _assigned(s)
+        names = A.assigned(s)
         if not isinstance(items, StepError) and not isinstance(items, list | tuple | str):
             items = StepError(f"for@{s.line}", f"cannot loop over {type(items).__name__}", "eval")
         if not isinstance(items, StepError) and len(items) > self.ex.max_iterations:
@@ -322,17 +321,6 @@ class _Run:
 
     def clip(self, value: Any) -> Any:
         return clip_value(value, self.ex.max_output_chars)
-
-
-def _assigned(s: Any) -> list[str]:
-    """Names a statement defines in its enclosing scope."""
-    if isinstance(s, A.Assign):
-        return [s.target]
-    if isinstance(s, A.If):
-        return sorted({n for b in (s.body, s.orelse) for st in b for n in _assigned(st)})
-    if isinstance(s, A.For):
-        return sorted({n for st in s.body for n in _assigned(st)})
-    return []
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

@@ -124,48 +124,32 @@ def plan_steps(plan: A.Plan) -> list[dict[str, Any]]:
     earlier steps whose results it reads: the DAG's edges), ``line`` and ``parent`` (the ``if``/``for`` it is
     inside, or ``None``). The ids are the names the executor reports results under.
     """
-    from .validate import free_refs
-
     steps: list[dict[str, Any]] = []
-    last: dict[str, str] = {}  # name -> id of the step that assigned it last
-
-    def refs(e: Any, local: set[str]) -> list[str]:
-        return sorted({last[n] for n in free_refs(e) if n in last and n not in local})
-
-    def walk(stmts: list[Any], parent: str | None, local: set[str]) -> None:
-        for st in stmts:
-            text = _stmt(st, "")[0].rstrip(" {")
-            step: dict[str, Any] = {"line": st.line, "parent": parent, "text": text, "tool": None}
-            if isinstance(st, A.Assign):
-                call = isinstance(st.value, A.Call)
-                step |= {"id": st.target, "kind": "call" if call else "compute", "reads": refs(st.value, local),
-                         "tool": st.value.tool if isinstance(st.value, A.Call) else None}
-            elif isinstance(st, A.CallStmt):
-                step |= {"id": f"{st.call.tool}@{st.line}", "kind": "call", "tool": st.call.tool,
-                         "reads": refs(st.call, local)}
-            elif isinstance(st, A.Answer):
-                step |= {"id": "answer", "kind": "answer", "reads": refs(st.value, local)}
-            elif isinstance(st, A.Assert):
-                step |= {"id": f"assert@{st.line}", "kind": "assert", "reads": refs(st.cond, local)}
-            elif isinstance(st, A.Send):
-                step |= {"id": f"send@{st.line}", "kind": "send", "reads": refs(st.value, local)}
-            elif isinstance(st, A.If):
-                step |= {"id": f"if@{st.line}", "kind": "if", "reads": refs(st.cond, local)}
-            elif isinstance(st, A.For):
-                step |= {"id": f"for@{st.line}", "kind": "for", "reads": refs(st.iter, local)}
-            if parent is not None:
-                step["reads"] = sorted({*step["reads"], parent})
-            steps.append(step)
-            if isinstance(st, A.If):
-                walk(st.body, step["id"], local)
-                walk(st.orelse, step["id"], local)
-            elif isinstance(st, A.For):
-                walk(st.body, step["id"], local | {st.var})
-            if isinstance(st, A.Assign):
-                last[st.target] = st.target
-
-    walk(plan.body, None, set())
+    results: set[str] = set()  # the names assigned so far: a step's id is the name it assigns
+    for st, blocks in A.scoped_statements(plan):
+        parent = _step_id(blocks[-1]) if blocks else None
+        local = {b.var for b in blocks if isinstance(b, A.For)}  # loop variables are not steps
+        value = A.evaluated(st)
+        reads = {n for n in A.free_refs(value) if n in results and n not in local}
+        if parent is not None:
+            reads.add(parent)
+        tool = value.tool if isinstance(value, A.Call) else None
+        kind = "call" if tool is not None else "compute" if isinstance(st, A.Assign) else st.kind
+        steps.append({"line": st.line, "parent": parent, "text": _stmt(st, "")[0].rstrip(" {"), "tool": tool,
+                      "id": _step_id(st), "kind": kind, "reads": sorted(reads)})
+        if isinstance(st, A.Assign):
+            results.add(st.target)
     return steps
+
+
+def _step_id(s: Any) -> str:
+    if isinstance(s, A.Assign):
+        return s.target
+    if isinstance(s, A.Answer):
+        return "answer"
+    if isinstance(s, A.CallStmt):
+        return f"{s.call.tool}@{s.line}"
+    return f"{s.kind}@{s.line}"  # assert, send, if, for
 
 
 # -- ReWOO's natural-language format ---------------------------------------------------------------------------

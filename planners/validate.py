@@ -22,7 +22,9 @@ from typing import Any, Protocol
 from tokenomy.errors import PlanError
 
 from . import ast as A
+from .ast import free_refs  # re-exported: callers read it from here too
 from .grammar import TYPE_NAMES
+from .printer import print_expr
 
 __all__ = ["ToolSpec", "Issue", "PlanValidationError", "validate_plan", "check_plan", "free_refs", "rename_reassigned",
            "number_results", "merge_repeated_calls"]
@@ -53,33 +55,8 @@ class PlanValidationError(PlanError):
                          feedback=f"Your plan has problems:\n{text}\nWrite the whole plan again, fixed.")
 
 
-def free_refs(e: Any) -> set[str]:
-    """The variable names an expression reads."""
-    if isinstance(e, A.Ref):
-        names = {e.name}
-        for p in e.path:
-            if not isinstance(p, str):
-                names |= free_refs(p)
-        return names
-    if isinstance(e, A.ListExpr):
-        return set().union(*(free_refs(x) for x in e.items)) if e.items else set()
-    if isinstance(e, A.BinOp):
-        return free_refs(e.left) | free_refs(e.right)
-    if isinstance(e, A.BoolOp):
-        return set().union(*(free_refs(v) for v in e.values))
-    if isinstance(e, A.Not | A.Neg):
-        return free_refs(e.operand)
-    if isinstance(e, A.Call):
-        return set().union(*(free_refs(v) for _, v in e.args)) if e.args else set()
-    return set()
-
-
 _SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                                          "list": (list,), "dict": (dict,)}
-
-
-def _type_names(t: A.TypeRef) -> list[str]:
-    return [t.name, *(n for a in t.args for n in _type_names(a))]
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -194,7 +171,7 @@ class _Checker:
                     self.issue(s, f"{s.target!r} is {what}; give this result a new name")
                 if s.type is not None:
                     self.types[s.target] = s.type.name
-                    for name in _type_names(s.type):
+                    for name in (t.name for t in A.nodes(s.type) if isinstance(t, A.TypeRef)):
                         if name not in TYPE_NAMES:
                             self.issue(s, f"unknown type {name!r}; types: {', '.join(TYPE_NAMES)}")
                     is_lit, lit = _literal_value(s.value)
@@ -281,7 +258,7 @@ def rename_reassigned(plan: A.Plan, taken: Iterable[str] = ()) -> tuple[A.Plan, 
     body = []
     for stmt in plan.body:
         target = stmt.target if isinstance(stmt, A.Assign) else None
-        stmt = _with_refs(stmt, current)
+        stmt = A.rename_refs(stmt, current)
         if target is not None:
             if target in assigned:
                 n = 2
@@ -307,7 +284,7 @@ def number_results(plan: A.Plan, start: int = 1, known: Mapping[str, str] | None
     new_names: dict[str, str] = {}
     body = []
     for stmt in plan.body:
-        stmt = _with_refs(stmt, names)
+        stmt = A.rename_refs(stmt, names)
         if isinstance(stmt, A.Assign):
             new = f"e{start + len(new_names)}"
             names[stmt.target] = new
@@ -317,44 +294,15 @@ def number_results(plan: A.Plan, start: int = 1, known: Mapping[str, str] | None
     return plan.model_copy(update={"body": body}), new_names
 
 
-def _with_refs(node: Any, names: Mapping[str, str]) -> Any:
-    """``node`` with references renamed by ``names`` (a new tree; ``node`` is not changed)."""
-    if not names:
-        return node
-    if isinstance(node, A.Ref):
-        path = [_with_refs(p, names) for p in node.path]
-        return node.model_copy(update={"name": names.get(node.name, node.name), "path": path})
-    if isinstance(node, A.For) and node.var in names:  # the loop variable hides an outer name in the body
-        inner = {k: v for k, v in names.items() if k != node.var}
-        return node.model_copy(update={"iter": _with_refs(node.iter, names), "body": _with_refs(node.body, inner)})
-    if isinstance(node, A.Node):
-        update = {}
-        for field in type(node).model_fields:
-            value = getattr(node, field)
-            new = _with_refs(value, names)
-            if new is not value:
-                update[field] = new
-        return node.model_copy(update=update) if update else node
-    if isinstance(node, list):
-        items = [_with_refs(x, names) for x in node]
-        return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
-    if isinstance(node, tuple):
-        items = [_with_refs(x, names) for x in node]
-        return tuple(items) if any(a is not b for a, b in zip(items, node, strict=True)) else node
-    return node
-
-
 def merge_repeated_calls(plan: A.Plan, pure: Callable[[str], bool]) -> tuple[A.Plan, dict[str, str]]:
     """Drop a top-level ``y = tool(...)`` that repeats an earlier ``x = tool(...)`` with the same arguments, and
     let later lines read ``x`` (common subexpression elimination). Only calls of tools for which ``pure(name)``
     holds are merged (never tools with side effects). Returns the plan and ``{"y": "x"}``."""
-    from .printer import print_expr
-
     seen: dict[str, str] = {}
     alias: dict[str, str] = {}
     body = []
     for stmt in plan.body:
-        stmt = _with_refs(stmt, alias)
+        stmt = A.rename_refs(stmt, alias)
         if isinstance(stmt, A.Assign) and isinstance(stmt.value, A.Call) and stmt.type is None \
                 and pure(stmt.value.tool):
             key = stmt.value.tool + "(" + ", ".join(f"{k}={print_expr(v)}" for k, v in stmt.value.args) + ")"
