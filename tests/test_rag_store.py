@@ -15,8 +15,9 @@ import pytest
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.tokens import count_text
+from tokenomy.tools.builtin.chunking import sentences
 from tokenomy.tools.rag import store as store_module
-from tokenomy.tools.rag.documents import parse_document, read_document, sentences, split_chunks
+from tokenomy.tools.rag.documents import parse_document, read_document, split_chunks
 from tokenomy.tools.rag.store import RagStore
 
 from .conftest import require_module
@@ -118,6 +119,17 @@ def test_chunks_respect_headings_sentences_and_max_tokens():
     assert split_chunks("#hashtag is text", max_tokens=50) == [("", "#hashtag is text")]
     with pytest.raises(UserError):
         split_chunks("x", max_tokens=0)
+
+
+def test_one_sentence_splitter_for_search_extraction_and_chunking():
+    from tokenomy.tools.builtin.chunking import sentence_spans
+
+    text = ("# Kelmar\nDr. Ana Voss founded Kelmar Inc. in 1893. It makes gauges! \"Good.\" 3,400 people work there"
+            "\n- one\n- two")
+    assert sentences(text) == ["Dr. Ana Voss founded Kelmar Inc. in 1893.", "It makes gauges!", '"Good."',
+                               "3,400 people work there", "one", "two"]
+    assert sentences("Ends here\n## Next\nNew one. e.g. not cut") == ["Ends here", "New one. e.g. not cut"]
+    assert sentence_spans("A  b.\n- x") == [("", "A  b."), ("\n", "- x")]  # as written, with the separators
 
 
 def test_html_keeps_visible_text_and_headings(tmp_path):

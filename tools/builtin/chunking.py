@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "same_word",
-           "clip", "strip_source", "SOURCE", "STOPWORDS"]
+__all__ = ["paragraphs", "title_of", "fts_query", "phrase_query", "words", "sentences", "sentence_spans",
+           "same_word", "clip", "strip_source", "SOURCE", "STOPWORDS"]
 
 MAX_QUERY_TERMS = 32
 _WORD = re.compile(r"\w+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A candidate cut: after ., !, ? or … (and closing quotes or brackets) and the space that follows, or at a line break.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+|\n[ \t]*")
+_SENTENCE_START = re.compile(r"[\"'“‘(\[]?[A-Z0-9\u00c0-\u00de]")
+_ABBREVIATION = re.compile(r"(?:^|\s)(?:[A-Z]|No|(?i:mr|mrs|ms|dr|prof|st|sr|jr|mt|ft|vs|etc|approx|e\.g|i\.e|cf|fig|"
+                           r"inc|ltd|co|corp|u\.s|u\.k))\.$")
+_LIST_ITEM = re.compile(r"(?:[-*+|]|\d+[.)])[ \t]")
+_LIST_MARKER = re.compile(r"^(?:[-*+]|\d+[.)])[ \t]+")
 SOURCE = re.compile(r"\s*\[[^\[\]]*#\d+\]")
 """The source ``lookup`` writes after a value: ``"12,900 [port-arlen.md#2]"``."""
 # Words so common that they only add noise to an OR query (kept when a query has nothing else).
@@ -84,10 +90,47 @@ def same_word(a: str, b: str) -> bool:
     return n >= 5 and n >= min(len(a), len(b)) - 3
 
 
-def sentences(paragraph: str) -> list[str]:
-    """The sentences of ``paragraph``, whitespace collapsed, Markdown heading lines left out."""
-    body = " ".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("#"))
-    return [s for s in _SENTENCE_END.split(" ".join(body.split())) if s]
+def sentence_spans(text: str) -> list[tuple[str, str]]:
+    """The sentences of ``text`` as written (inner whitespace kept), each with the separator before it: ``""``
+    for the first, ``"\\n"`` where the cut was at a line break, else ``" "``.
+
+    The one sentence splitter of tokenomy (``sentences`` reads through it). A sentence ends after ``.``, ``!``,
+    ``?`` or ``…`` (and closing quotes or brackets) where a capital, a digit or an opening quote follows, but not
+    after an initial or an abbreviation such as ``Dr.`` or ``Inc.``; and before a list item or table row that
+    starts a line.
+    """
+    out: list[tuple[str, str]] = []
+    start, sep = 0, ""
+    for m in _SENTENCE_END.finditer(text):
+        gap = m.group()
+        ends = gap[0] != "\n" and _SENTENCE_START.match(text, m.end()) and not (
+            gap[0] == "." and _ABBREVIATION.search(text, max(0, m.start() - 8), m.start() + 1))
+        if ends or ("\n" in gap and _LIST_ITEM.match(text, m.end())):
+            piece = text[start:m.end()].strip()
+            if piece:
+                out.append((sep, piece))
+                sep = "\n" if "\n" in gap else " "
+            start = m.end()
+    if text[start:].strip():
+        out.append((sep, text[start:].strip()))
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of ``text`` as they read (cut as ``sentence_spans`` cuts): Markdown heading lines left out (a
+    heading also ends the sentence before it), list markers dropped, whitespace collapsed."""
+    out: list[str] = []
+    block: list[str] = []
+    for line in [*str(text).splitlines(), "#"]:  # the "#" sentinel flushes the last block
+        if not line.lstrip().startswith("#"):
+            block.append(line)
+            continue
+        for _, sentence in sentence_spans("\n".join(block)):
+            sentence = " ".join(_LIST_MARKER.sub("", sentence).split())
+            if sentence:
+                out.append(sentence)
+        block = []
+    return out
 
 
 def strip_source(text: str) -> str:

@@ -22,9 +22,9 @@ from typing import TypeVar
 import numpy as np
 
 from tokenomy.kernels.tokens import count_text
-from tokenomy.tools.builtin.chunking import STOPWORDS
+from tokenomy.tools.builtin.chunking import STOPWORDS, sentences
 
-from .extract import main_subject, sentences
+from .extract import main_subject
 from .types import Context, Embedder, Hit, Triplet
 
 __all__ = ["fill_budget", "compress_chunks", "compress_sentences", "compress_triplets", "compress_hybrid",

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.tokens import count_text
-from tokenomy.tools.builtin.chunking import title_of
+from tokenomy.tools.builtin.chunking import sentence_spans, title_of
 
 __all__ = ["Document", "KINDS", "SUFFIXES", "MAX_BYTES", "read_bytes", "parse_document", "read_document",
-           "split_chunks", "sentences"]
+           "split_chunks"]
 
 KINDS = ("text", "markdown", "html", "pdf")
 SUFFIXES = {".txt": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",
@@ -32,10 +32,6 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _BLANK = re.compile(r"\n[ \t]*\n")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+|\n[ \t]*")
-_SENTENCE_START = re.compile(r"[\"'“‘(\[]?[A-Z0-9\u00c0-\u00de]")
-_ABBREVIATION = re.compile(r"(?:^|\s)(?:[A-Z]|Mr|Mrs|Ms|Dr|Prof|St|Sr|Jr|vs|e\.g|i\.e|cf|Fig|No|Inc|Ltd|Co)\.$")
-_LIST_ITEM = re.compile(r"(?:[-*+|]|\d+[.)])[ \t]")
 
 
 @dataclass(frozen=True)
@@ -226,32 +222,6 @@ class _HtmlText(HTMLParser):
         return "\n\n".join(self.blocks)
 
 
-def sentences(text: str) -> list[str]:
-    """The sentences of ``text``: cut after ``.``, ``!``, ``?`` or ``…`` (and closing quotes or brackets) where a
-    capital, a digit or an opening quote follows (not after an initial or a title such as ``Dr.``), and before a
-    list item or table row that starts a line."""
-    return [sentence for _, sentence in _sentences(text)]
-
-
-def _sentences(text: str) -> list[tuple[str, str]]:
-    """``(separator_before, sentence)`` pairs; the separator is ``"\\n"`` where the cut was at a line break."""
-    out: list[tuple[str, str]] = []
-    start, sep = 0, ""
-    for m in _SENTENCE_END.finditer(text):
-        gap = m.group()
-        ends = gap[0] != "\n" and _SENTENCE_START.match(text, m.end()) and not (
-            gap[0] == "." and _ABBREVIATION.search(text, max(0, m.start() - 6), m.start() + 1))
-        if ends or ("\n" in gap and _LIST_ITEM.match(text, m.end())):
-            piece = text[start:m.end()].strip()
-            if piece:
-                out.append((sep, piece))
-                sep = "\n" if "\n" in gap else " "
-            start = m.end()
-    if text[start:].strip():
-        out.append((sep, text[start:].strip()))
-    return out
-
-
 def split_chunks(text: str, *, max_tokens: int = 200, overlap_sentences: int = 0,
                  headings: bool = True) -> list[tuple[str, str]]:
     """Cut ``text`` into chunks of at most ``max_tokens`` o200k_base tokens, each within one section.
@@ -327,7 +297,7 @@ def _pieces(body: str, max_tokens: int) -> list[tuple[str, str]]:
         if count_text(paragraph) <= max_tokens:
             out.append(("\n\n", paragraph))
             continue
-        for i, (sep, sentence) in enumerate(_sentences(paragraph)):
+        for i, (sep, sentence) in enumerate(sentence_spans(paragraph)):
             runs = [sentence] if count_text(sentence) <= max_tokens else _cut_words(sentence, max_tokens)
             for j, run in enumerate(runs):
                 out.append(("\n\n" if i == j == 0 else sep if j == 0 else " ", run))
@@ -379,7 +349,7 @@ def _pack(body: str, max_tokens: int, overlap: int) -> list[str]:
             continue
         chunks.append(current)
         current = piece
-        tail = sentences(chunks[-1])[-overlap:] if overlap else []
+        tail = [s for _, s in sentence_spans(chunks[-1])][-overlap:] if overlap else []
         while tail:
             with_tail = f"{' '.join(tail)}{sep}{piece}"
             if count_text(with_tail) <= max_tokens:

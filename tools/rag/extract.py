@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import re
 
-from tokenomy.tools.builtin.chunking import _SENTENCE_END, STOPWORDS
+from tokenomy.tools.builtin.chunking import STOPWORDS, sentences
 
 from .prose import _ADJ_DIM, NUM, Discourse, read_sentence
 
-__all__ = ["extract_triplets", "sentences", "main_subject"]
+__all__ = ["extract_triplets", "main_subject"]
 
 # Capitalised words that start a sentence without naming anything.
 _NOT_NAMES = frozenset(
@@ -53,26 +53,9 @@ _PLACE = {"born": "birthplace", "located": "location", "based": "location", "sit
           "headquartered": "headquarters", "died": "deathplace"}
 _PARTICIPLE = re.compile(r"set up|[a-z]+ed|made|born|built|written|known|led|held|founded|grown|run|sold|given|taken|"
                          r"lit|won|seen|begun|shown|drawn|paid|laid|kept|sent|spent|found|hung|struck|chosen|elected")
-_ABBREV = re.compile(r"(?:\b(?:inc|ltd|co|corp|dr|mr|mrs|ms|prof|st|jr|sr|vs|etc|mt|ft|approx)\.|"
-                     r"(?<![\w.])[A-Z]\.|\b(?:e\.g|i\.e|U\.S|U\.K)\.)$", re.I)
 _CONJ = re.compile(rf"^(?:\s*,\s*(?:and\s+)?|\s+and\s+)({_ENT})")
 _NOT_RELATIONS = frozenset("and or but nor then so in on at by of to for from with as".split())
 _RELATIVE = re.compile(rf"({_ENT}),\s*(?:which|who)\s+([^,;]+?),\s*")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of ``text`` (Markdown heading lines and list markers dropped, whitespace collapsed; no
-    break after an abbreviation such as ``Inc.`` or an initial such as ``J.``)."""
-    lines = [re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", ln) for ln in str(text).splitlines()
-             if not ln.lstrip().startswith("#")]
-    body = " ".join(" ".join(lines).split())
-    out: list[str] = []
-    for piece in _SENTENCE_END.split(body):
-        if out and _ABBREV.search(out[-1]):
-            out[-1] = f"{out[-1]} {piece}"
-        elif piece.strip():
-            out.append(piece.strip())
-    return out
 
 
 def _entities(sentence: str) -> list[tuple[int, int]]:

@@ -18,9 +18,9 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from tokenomy.tools.builtin.chunking import STOPWORDS, words
+from tokenomy.tools.builtin.chunking import STOPWORDS, sentences, words
 
-from .extract import extract_triplets, main_subject, sentences
+from .extract import extract_triplets, main_subject
 from .types import Triplet
 
 __all__ = ["extract_triplets", "sentences", "main_subject", "KnowledgeGraph", "seed_entities",

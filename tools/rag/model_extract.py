@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenomy.errors import UserError
-
-from .extract import sentences
+from tokenomy.tools.builtin.chunking import sentences
 
 if TYPE_CHECKING:
     from tokenomy.kernels import Engine, Usage
