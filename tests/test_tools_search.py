@@ -44,7 +44,8 @@ def test_bm25_ranks_the_right_paragraph_first(corpus):
     first = index.search("Pellhaven founded", k=1)[0]
     assert first.startswith("[pellhaven.md#1] Pellhaven Pellhaven is a port town")  # heading marks dropped
     hits = index.hits("tide gauge", k=5)
-    assert [h.score for h in hits] == sorted(h.score for h in hits)  # bm25: lower is better
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # the one Hit: higher is better
+    assert [h.rank for h in hits] == list(range(len(hits))) and hits[0].chunk.cite == "corvin-halvane.md#3"
     assert index.search("zebra quantum", k=3) == []
 
 

@@ -15,9 +15,8 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from pydantic import Field
 
@@ -38,12 +37,15 @@ from .prose import (
     names_about,
 )
 
-__all__ = ["CorpusIndex", "RefreshStats", "Hit", "search_tool", "lookup_tool", "INDEX_FILENAME"]
+if TYPE_CHECKING:
+    from tokenomy.tools.rag.types import Hit
+
+__all__ = ["CorpusIndex", "RefreshStats", "render_hit", "search_tool", "lookup_tool", "INDEX_FILENAME"]
 
 MAX_RESULT_CHARS = 600
 # Column weights of bm25(): path and n are not indexed; a match in the file's title counts half.
-_RANKED = "SELECT path, n, text, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score, title FROM chunks WHERE chunks MATCH ? " \
-          "ORDER BY score, path, n LIMIT ?"
+_RANKED = "SELECT rowid, path, n, text, title, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score FROM chunks " \
+          "WHERE chunks MATCH ? ORDER BY score, path, n LIMIT ?"
 _ABOUT = "SELECT path, n, title, text FROM chunks WHERE chunks MATCH ? ORDER BY bm25(chunks, 0.0, 0.0, 0.5, 1.0), " \
          "path, n LIMIT ?"
 _MAX_PASSAGES = 40
@@ -51,23 +53,15 @@ T = TypeVar("T")
 _HEADING = re.compile(r"^#+[ \t]*", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class Hit:
-    path: str
-    n: int
-    text: str
-    score: float
-    title: str = ""
-
-    def render(self, max_chars: int, focus: Sequence[str] = ()) -> str:
-        """``[file#n] text``, at most ``max_chars`` characters; with ``focus`` (query words) only the sentences
-        that have one of them, ``…`` where others were left out (the whole paragraph if none has one, or if
-        the focus names the file's title: all its sentences speak of what was asked about)."""
-        head = f"[{self.path}#{self.n}] "
-        text = _HEADING.sub("", self.text)  # "# Title" costs tokens and says what the file name says
-        if focus and not set(words(self.title)) <= set(focus):
-            text = _focused(text, focus)
-        return head + clip(text, max(1, max_chars - len(head)))
+def render_hit(hit: Hit, max_chars: int, focus: Sequence[str] = ()) -> str:
+    """``[file#n] text``, at most ``max_chars`` characters; with ``focus`` (query words) only the sentences that
+    have one of them, ``…`` where others were left out (the whole paragraph if none has one, or if the focus names
+    the file's title, the chunk's ``heading``: all its sentences speak of what was asked about)."""
+    head = f"[{hit.chunk.cite}] "
+    text = _HEADING.sub("", hit.chunk.text)  # "# Title" costs tokens and says what the file name says
+    if focus and not set(words(hit.chunk.heading)) <= set(focus):
+        text = _focused(text, focus)
+    return head + clip(text, max(1, max_chars - len(head)))
 
 
 def _focused(paragraph: str, focus: Sequence[str]) -> str:
@@ -114,21 +108,25 @@ class CorpusIndex:
     # -- queries -----------------------------------------------------------------------------------------
 
     def hits(self, query: str, k: int = 3, *, synonyms: bool = False) -> list[Hit]:
-        """The ``k`` best paragraphs for free-text ``query`` by BM25 (best first); ``synonyms``: an attribute's
-        name also matches the words of its family ("population" finds "3,400 people live there")."""
+        """The ``k`` best paragraphs for free-text ``query`` by BM25, best first (a hit's ``score`` is BM25's,
+        negated: higher is better; its chunk's ``heading`` is the file's title); ``synonyms``: an attribute's name
+        also matches the words of its family ("population" finds "3,400 people live there")."""
+        from tokenomy.tools.rag.types import Chunk, Hit
+
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
         match = fts_query(f"{query} {' '.join(family_words(query, self.families))}" if synonyms else query)
         if match is None:
             return []
-        return self._with_index(lambda conn: [Hit(*row) for row in conn.execute(_RANKED, (match, k))])
+        return self._with_index(lambda conn: [Hit(Chunk(*row[:5]), -float(row[5]), rank)
+                                              for rank, row in enumerate(conn.execute(_RANKED, (match, k)))])
 
     def search(self, query: str, k: int = 3, *, brief: bool = False) -> list[str]:
         """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long; ``brief``:
         only their sentences that have a word of the query (what the ``search`` tool returns: fewer tokens)."""
         focus = [w for w in words(query) if w not in STOPWORDS] if brief else []
         focus += family_words(query, self.families) if brief else []
-        return [hit.render(self.max_chars, focus) for hit in self.hits(query, k, synonyms=brief)]
+        return [render_hit(hit, self.max_chars, focus) for hit in self.hits(query, k, synonyms=brief)]
 
     def lookup(self, entity: str, attribute: str) -> str:
         """One value of ``attribute`` of ``entity`` with its source, ``"12,900 [port-arlen.md#2]"``: a year, a
