@@ -88,12 +88,15 @@ def test_run_json_trace_and_resume_with_the_scripted_double(tmp_path):
 @pytest.mark.timeout(1500)  # four runs of the command, 300 s each at most; 550 s seen on 2 busy cores
 def test_run_rewoo_and_react_on_the_embedded_model(tmp_path):
     import shutil
+    import sqlite3
 
-    from tokenomy.tools import example_corpus_dir
+    from tokenomy.tools import CorpusIndex, example_corpus_dir
 
     corpus = tmp_path / "corpus"
     shutil.copytree(example_corpus_dir(), corpus, ignore=shutil.ignore_patterns(".tokenomy-index*"))
-    (corpus / ".tokenomy-index.sqlite").write_bytes(b"garbage, not an index" * 50)  # rebuilt, not fatal
+    CorpusIndex(corpus).close()  # made stale below: tokenomy's own index of another version is rebuilt, not fatal
+    with sqlite3.connect(corpus / ".tokenomy-index.sqlite") as conn:
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     results = {}
     for strategy in ("rewoo", "react"):
         p = run("run", "Who founded Halvane Instruments?", "--corpus", str(corpus), "--strategy", strategy, "--json",

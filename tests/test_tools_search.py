@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import shutil
 import sqlite3
 
@@ -9,9 +10,10 @@ import pytest
 
 from tokenomy.errors import UserError
 from tokenomy.tools import CorpusIndex, ToolArgumentError, example_corpus_dir, lookup_tool, search_tool
-from tokenomy.tools.builtin import corpus_store
+from tokenomy.tools.builtin import search as search_module
 from tokenomy.tools.builtin.chunking import fts_query, paragraphs
 from tokenomy.tools.builtin.search import INDEX_FILENAME
+from tokenomy.tools.rag.store import RagStore
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def corpus(tmp_path):
 
 def rowids(index):
     with sqlite3.connect(index.index_path) as conn:
-        return conn.execute("SELECT rowid, path FROM chunks ORDER BY rowid").fetchall()
+        return conn.execute("SELECT c.id, d.path FROM chunks c JOIN docs d ON d.id = c.doc_id ORDER BY c.id").fetchall()
 
 
 def test_bundled_corpus_ships_fictional_markdown():
@@ -106,10 +108,10 @@ def test_interrupted_update_leaves_the_previous_index(corpus, monkeypatch):
     (corpus / "a-new.md").write_text("Brand new paragraph about glass.\n")
     (corpus / "velmora.md").write_text("Replaced text.\n")
 
-    def crash(conn, rel, text):
+    def crash(doc):  # the first file read (a-new.md): interrupted before its transaction
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_store.CorpusStore, "_index_file", staticmethod(crash))
+    monkeypatch.setattr(search_module, "_paragraph_chunks", crash)
     with pytest.raises(KeyboardInterrupt):
         index.refresh()
     assert rowids(index) == before
@@ -118,41 +120,100 @@ def test_interrupted_update_leaves_the_previous_index(corpus, monkeypatch):
     assert (stats.added, stats.changed) == (1, 1)
 
 
-@pytest.mark.parametrize("damage", [b"this is not a sqlite database at all" * 100, "old-version"])
-def test_corrupt_or_stale_index_is_rebuilt_with_a_warning(corpus, caplog, damage):
+# -- the one corrupt-file policy (RagStore's): refuse and say how to rebuild; rebuild only what is provably ours --
+
+
+def test_a_damaged_index_beside_the_corpus_is_refused_with_how_to_rebuild_it(corpus):
     index = CorpusIndex(corpus)
     index.refresh()
-    if damage == "old-version":
+    index.close()
+    damage = b"this is not a sqlite database at all" * 100
+    index.index_path.write_bytes(damage)
+    with pytest.raises(UserError, match=r"not a tokenomy search index \(not a SQLite database\).*left as it is: "
+                                        rf"delete {re.escape(str(index.index_path))} and the next search rebuilds"):
+        CorpusIndex(corpus)
+    assert index.index_path.read_bytes() == damage  # never overwritten: the name may be ours, the bytes are not
+    index.index_path.unlink()  # what the message says to do
+    assert CorpusIndex(corpus).search("population of Velmora", k=1)[0].startswith("[velmora.md#2]")
+
+
+def test_a_foreign_database_or_a_rag_store_at_the_index_path_is_never_overwritten(corpus, tmp_path):
+    foreign = tmp_path / "app.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE people(name TEXT)")
+        conn.execute("INSERT INTO people VALUES ('Ana')")
+    before = foreign.read_bytes()
+    with pytest.raises(UserError, match="without tokenomy's RAG tables.*left as it is"):
+        CorpusIndex(corpus, index_path=foreign)
+    assert foreign.read_bytes() == before
+    with RagStore(tmp_path / "store.sqlite") as store:  # tokenomy's, but a RAG store: not to be rebuilt or mixed
+        store.ingest(corpus)
+    before = (tmp_path / "store.sqlite").read_bytes()
+    with pytest.raises(UserError, match="a RAG store .*not a search index"):
+        CorpusIndex(corpus, index_path=tmp_path / "store.sqlite")
+    assert (tmp_path / "store.sqlite").read_bytes() == before
+    with pytest.raises(UserError, match="search index of a directory.*not a RAG store"):  # and the other way round
+        RagStore(CorpusIndex(corpus).index_path)
+
+
+@pytest.mark.parametrize("stale", ["other-version", "older-tokenomy"])
+def test_our_own_stale_index_is_rebuilt_with_a_warning(corpus, caplog, stale):
+    index = CorpusIndex(corpus)
+    index.refresh()
+    index.close()
+    if stale == "other-version":
         with sqlite3.connect(index.index_path) as conn:
             conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    else:
-        index.index_path.write_bytes(damage)
-    with caplog.at_level(logging.WARNING, logger="tokenomy.tools.builtin.search"):
-        top = CorpusIndex(corpus).search("population of Velmora", k=1)
-    assert top[0].startswith("[velmora.md#2]")
+    else:  # the file that tokenomy's search index was before it became a store
+        index.index_path.unlink()
+        with sqlite3.connect(index.index_path) as conn:
+            conn.executescript("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                               "CREATE TABLE files(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha1 TEXT);"
+                               "CREATE VIRTUAL TABLE chunks USING fts5(path UNINDEXED, n UNINDEXED, title, text);"
+                               "INSERT INTO meta VALUES ('schema_version', '1');")
+    with caplog.at_level(logging.WARNING, logger="tokenomy.tools.rag"):
+        again = CorpusIndex(corpus)
+        top = again.search("population of Velmora", k=1)
+    assert top[0].startswith("[velmora.md#2]") and again.recoveries == 1
     assert "unusable" in caplog.text and "rebuilding" in caplog.text
 
 
-def test_damage_found_while_reading_is_recovered(corpus, monkeypatch):
+def test_a_damaged_index_in_our_cache_directory_is_rebuilt(corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TOKENOMY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(search_module, "_writable", lambda path: False)
+    path = search_module.default_index_path(corpus.resolve())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage, not an index" * 50)  # tokenomy's own directory: nothing else writes there
+    with caplog.at_level(logging.WARNING, logger="tokenomy.tools.rag"):
+        index = CorpusIndex(corpus)
+    assert index.index_path == path and index.recoveries == 1 and "unusable" in caplog.text
+    assert index.search("population of Velmora", k=1)[0].startswith("[velmora.md#2]")
+
+
+def test_damage_found_while_reading_is_recovered(corpus, tmp_path, monkeypatch):
     index = CorpusIndex(corpus)
     index.refresh()
-    real = index.store.sync
+    real = RagStore.ingest
     calls = []
 
-    def sync_once_broken(conn):
+    def ingest_once_broken(self, *args, **kwargs):
         if not calls:
             calls.append(1)
             raise sqlite3.DatabaseError("database disk image is malformed")
-        return real(conn)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(index.store, "sync", sync_once_broken)
+    monkeypatch.setattr(RagStore, "ingest", ingest_once_broken)
     assert index.search("Orrin length", k=1)[0].startswith("[orrin-river.md#1]")
     assert index.recoveries == 1
+    with RagStore(tmp_path / "user.sqlite") as store:  # a RAG store is never rebuilt
+        with pytest.raises(UserError, match="not rebuilt.*re-ingest"):
+            store.rebuild("damaged")
+    assert (tmp_path / "user.sqlite").exists()
 
 
 def test_unwritable_corpus_dir_uses_the_cache(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENOMY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(corpus_store, "_writable", lambda path: False)
+    monkeypatch.setattr(search_module, "_writable", lambda path: False)
     index = CorpusIndex(corpus)
     assert index.index_path.parent == tmp_path / "cache" / "indexes"
     assert index.search("Velmora mayor", k=1)

@@ -1,15 +1,19 @@
-"""``CorpusIndex``: BM25 search over a directory of ``.txt``/``.md`` files with SQLite FTS5.
+"""``CorpusIndex``: BM25 search over a directory of ``.txt``/``.md`` files, a view over a ``RagStore``.
 
-The index is built once and kept beside the corpus (``<dir>/.tokenomy-index.sqlite``; in the tokenomy cache
-directory when the corpus directory is not writable). Each search first compares the files' size and mtime
-with what the index recorded and re-indexes only files that were added, removed or really changed (a content
-sha1 tells a touched file from a changed one), all in one transaction: an interrupted update leaves the
-previous, consistent index. An index file that is not a SQLite database or has another schema version is
-logged and rebuilt, never a crash.
+The ``search`` and ``lookup`` tools read one paragraph-chunked ``tools.rag.RagStore`` (SQLite FTS5), built once
+and kept beside the corpus (``<dir>/.tokenomy-index.sqlite``; in the tokenomy cache directory when the corpus
+directory is not writable). Each search first brings it in step with the files: the store compares their size and
+mtime with what it recorded and re-indexes only files that were added, removed or really changed (a content sha1
+tells a touched file from a changed one), each file in one transaction, so an interrupted update leaves every file
+fully in or fully out. A file at the index's path that is not a usable index follows the store's one policy: it is
+refused with an error that says how to rebuild it, and left as it is, unless it is provably tokenomy's own index
+(stale, or damaged in tokenomy's own cache directory): that one is rebuilt, with a warning (see ``RagStore``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -24,8 +28,17 @@ from tokenomy.errors import UserError
 
 from ..base import Tool, ToolArgumentError
 from ..decorator import tool
-from .chunking import STOPWORDS, clip, fts_query, phrase_query, same_word, sentences, strip_source, words
-from .corpus_store import INDEX_FILENAME, CorpusStore, RefreshStats, default_index_path
+from .chunking import (
+    STOPWORDS,
+    clip,
+    paragraphs,
+    phrase_query,
+    same_word,
+    sentences,
+    strip_source,
+    title_of,
+    words,
+)
 from .prose import (
     FAMILIES,
     Family,
@@ -38,17 +51,21 @@ from .prose import (
 )
 
 if TYPE_CHECKING:
+    from tokenomy.tools.rag.documents import Document
+    from tokenomy.tools.rag.store import IngestStats, RagStore
     from tokenomy.tools.rag.types import Hit
 
-__all__ = ["CorpusIndex", "RefreshStats", "render_hit", "search_tool", "lookup_tool", "INDEX_FILENAME"]
+__all__ = ["CorpusIndex", "render_hit", "search_tool", "lookup_tool", "default_index_path", "INDEX_FILENAME"]
 
+log = logging.getLogger("tokenomy.tools.builtin.search")
+
+INDEX_FILENAME = ".tokenomy-index.sqlite"
+SUFFIXES = (".txt", ".md")
+MAX_FILE_BYTES = 16 << 20
 MAX_RESULT_CHARS = 600
-# Column weights of bm25(): path and n are not indexed; a match in the file's title counts half.
-_RANKED = "SELECT rowid, path, n, text, title, bm25(chunks, 0.0, 0.0, 0.5, 1.0) AS score FROM chunks " \
-          "WHERE chunks MATCH ? ORDER BY score, path, n LIMIT ?"
-_ABOUT = "SELECT path, n, title, text FROM chunks WHERE chunks MATCH ? ORDER BY bm25(chunks, 0.0, 0.0, 0.5, 1.0), " \
-         "path, n LIMIT ?"
+_TITLE_WEIGHT = 0.5  # bm25(): a match in the file's title (the chunk's heading) counts half one in the paragraph
 _MAX_PASSAGES = 40
+_MAX_TITLES = 200
 T = TypeVar("T")
 _HEADING = re.compile(r"^#+[ \t]*", re.MULTILINE)
 
@@ -77,6 +94,27 @@ def _focused(paragraph: str, focus: Sequence[str]) -> str:
     return " ".join(out) + (" …" if keep[-1] < len(parts) - 1 else "")
 
 
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def default_index_path(corpus_dir: Path) -> Path:
+    """Beside the corpus if the directory is writable, else ``<cache>/indexes/<sha1 of the path>.sqlite``."""
+    from tokenomy.tools.rag.store import index_cache_dir
+
+    beside = corpus_dir / INDEX_FILENAME
+    if _writable(corpus_dir) and (not beside.exists() or _writable(beside)):
+        return beside
+    return index_cache_dir() / f"{hashlib.sha1(str(corpus_dir).encode()).hexdigest()}.sqlite"
+
+
+def _paragraph_chunks(doc: Document) -> list[tuple[str, str]]:
+    """The index's chunks: one per paragraph (a Markdown heading joins the paragraph below it), each headed by
+    the file's title (its first heading, else its name)."""
+    title = title_of(doc.text, doc.path.stem)
+    return [(title, p) for p in paragraphs(doc.text)]
+
+
 class CorpusIndex:
     """Full-text search over the ``.txt`` and ``.md`` files under ``corpus_dir`` (hidden paths skipped).
 
@@ -86,22 +124,28 @@ class CorpusIndex:
         max_chars: the longest result string ``search`` and ``lookup`` return.
         auto_refresh: check the files for changes before every query (a ``stat`` per file).
         families: the attribute families ``lookup`` knows (default ``prose.FAMILIES``; add your own wordings).
+
+    Raises:
+        UserError: ``corpus_dir`` is not a directory, or ``index_path`` holds a file that is not a usable index
+            and may not be rebuilt (the message names it and says how to rebuild it; see ``RagStore``).
     """
 
     def __init__(self, corpus_dir: str | os.PathLike[str], *, index_path: str | os.PathLike[str] | None = None,
                  max_chars: int = MAX_RESULT_CHARS, auto_refresh: bool = True,
                  families: tuple[Family, ...] = FAMILIES) -> None:
+        from tokenomy.tools.rag.store import RagStore
+
         self.corpus_dir = Path(corpus_dir).resolve()
         if not self.corpus_dir.is_dir():
             raise UserError(f"corpus directory {self.corpus_dir} does not exist or is not a directory")
         if max_chars < 16:
             raise UserError(f"CorpusIndex.max_chars must be >= 16, got {max_chars}")
         path = Path(index_path) if index_path is not None else default_index_path(self.corpus_dir)
-        self.store = CorpusStore(self.corpus_dir, path)
+        self.store: RagStore = RagStore(path, index_of=self.corpus_dir)
         self.max_chars = max_chars
         self.auto_refresh = auto_refresh
         self.families = families
-        self.last_refresh: RefreshStats | None = None
+        self.last_refresh: IngestStats | None = None
         self._lock = threading.Lock()
         self._synced = False
 
@@ -111,15 +155,10 @@ class CorpusIndex:
         """The ``k`` best paragraphs for free-text ``query`` by BM25, best first (a hit's ``score`` is BM25's,
         negated: higher is better; its chunk's ``heading`` is the file's title); ``synonyms``: an attribute's name
         also matches the words of its family ("population" finds "3,400 people live there")."""
-        from tokenomy.tools.rag.types import Chunk, Hit
-
         if k < 1:
             raise UserError(f"k must be >= 1, got {k}")
-        match = fts_query(f"{query} {' '.join(family_words(query, self.families))}" if synonyms else query)
-        if match is None:
-            return []
-        return self._with_index(lambda conn: [Hit(Chunk(*row[:5]), -float(row[5]), rank)
-                                              for rank, row in enumerate(conn.execute(_RANKED, (match, k)))])
+        text = f"{query} {' '.join(family_words(query, self.families))}" if synonyms else query
+        return self._with_store(lambda store: store.bm25(text, k, heading_weight=_TITLE_WEIGHT))
 
     def search(self, query: str, k: int = 3, *, brief: bool = False) -> list[str]:
         """The ``k`` best paragraphs as ``"[file#n] text"`` strings, each at most ``max_chars`` long; ``brief``:
@@ -142,70 +181,82 @@ class CorpusIndex:
             raise ToolArgumentError("lookup", [("attribute", "has no words")])
         entity_words = set(words(entity))
 
-        def find(conn: sqlite3.Connection) -> str:
-            rows = conn.execute(_ABOUT, (phrase, _MAX_PASSAGES)).fetchall()
-            passages = [Passage(path, n, title, text, own=entity_words <= set(words(title)))
-                        for path, n, title, text in rows]
+        def find(store: RagStore) -> str:
+            passages = [Passage(c.path, c.n, c.heading, c.text, own=entity_words <= set(words(c.heading)))
+                        for c in (h.chunk for h in store.match(phrase, _MAX_PASSAGES, heading_weight=_TITLE_WEIGHT))]
             if not passages:
                 return f"not found: no text names {clip(entity, 60)}"
             known = {w for p in passages for w in words(p.title)} | entity_words
             found = find_value(passages, entity, attribute, known=known, families=self.families)
             if found is None:  # "on the coast of Veradel" and "Veradel is a small province"
                 found = next((f for f in names_about(passages, entity, known)
-                              if is_a(self._first_sentence(conn, f.value), f.value, attribute, self.families)), None)
+                              if is_a(_first_sentence(store, f.value), f.value, attribute, self.families)), None)
             if found is None:
                 hint = mentioned_families(passages, entity, self.families)
                 return clip(f"not found; the text on {entity} gives: {', '.join(hint)}" if hint else "not found",
                             self.max_chars)
             return clip(f"{found.value} [{found.path}#{found.n}]", self.max_chars)
 
-        return self._with_index(find)
-
-    @staticmethod
-    def _first_sentence(conn: sqlite3.Connection, title: str) -> str:
-        """The first sentence of the file titled ``title`` ("" if there is none)."""
-        phrase = phrase_query(title)
-        for row_title, text in conn.execute("SELECT title, text FROM chunks WHERE chunks MATCH ? AND n = 1",
-                                            (f"title : {phrase}",) if phrase else ()):
-            if row_title.lower() == title.lower():
-                return next(iter(sentences(text)), "")
-        return ""
+        return self._with_store(find)
 
     # -- keeping the index fresh -------------------------------------------------------------------------
 
-    def refresh(self) -> RefreshStats:
+    def refresh(self) -> IngestStats:
         """Bring the index up to date with the files now; return what changed."""
-        return self._with_index(lambda conn: self.last_refresh or RefreshStats(), force=True)
+        return self._with_store(lambda store: self._refreshed(), force=True)
 
-    def _with_index(self, fn: Callable[[sqlite3.Connection], T], *, force: bool = False) -> T:
+    def _refreshed(self) -> IngestStats:
+        assert self.last_refresh is not None
+        return self.last_refresh
+
+    def _sync(self) -> IngestStats:
+        stats = self.store.ingest(self.corpus_dir, chunker=_paragraph_chunks, suffixes=SUFFIXES,
+                                  max_bytes=MAX_FILE_BYTES, source_name=".")
+        for rel, why in stats.skipped:
+            log.info("search index %s: skipping %s: %s", self.index_path, rel, why)
+        return stats
+
+    def _with_store(self, fn: Callable[[RagStore], T], *, force: bool = False) -> T:
         with self._lock:
             for attempt in (0, 1):
-                conn = self.store.open()
                 try:
                     if force or self.auto_refresh or not self._synced:
-                        self.last_refresh = self.store.sync(conn)
+                        self.last_refresh = self._sync()
                         self._synced = True
-                    return fn(conn)
+                    return fn(self.store)
                 except sqlite3.DatabaseError as exc:
-                    # OperationalError is a locked or busy database, not a damaged one: let it surface.
-                    if attempt or isinstance(exc, sqlite3.OperationalError):
+                    # Only the plain DatabaseError is a damaged file ("database disk image is malformed"): a locked
+                    # or busy one (OperationalError) or a broken constraint is not, and surfaces as it is.
+                    if attempt or type(exc) is not sqlite3.DatabaseError:
                         raise
-                    self.store.discard(f"it failed to read ({exc})")
-                finally:
-                    conn.close()
+                    self.store.rebuild(f"it failed to read ({exc})")  # our own index, opened as such: derived data
+                    self._synced = False
         raise AssertionError("unreachable")
 
     @property
     def index_path(self) -> Path:
-        return self.store.index_path
+        return self.store.path
 
     @property
     def recoveries(self) -> int:
-        """How many times an unusable index file was thrown away and rebuilt."""
-        return self.store.recoveries
+        """How many times this index's file was found unusable and rebuilt (see ``RagStore``)."""
+        return len(self.store.rebuilt)
+
+    def close(self) -> None:
+        """Close the index file (it stays on disk)."""
+        self.store.close()
 
     def __repr__(self) -> str:
         return f"CorpusIndex({str(self.corpus_dir)!r}, index_path={str(self.index_path)!r})"
+
+
+def _first_sentence(store: RagStore, title: str) -> str:
+    """The first sentence of the file titled ``title`` ("" if there is none)."""
+    phrase = phrase_query(title)
+    for hit in store.match(f"heading : {phrase}", _MAX_TITLES, n=1) if phrase else ():
+        if hit.chunk.heading.lower() == title.lower():
+            return next(iter(sentences(hit.chunk.text)), "")
+    return ""
 
 
 def _index(corpus: str | os.PathLike[str] | CorpusIndex, max_chars: int) -> CorpusIndex:

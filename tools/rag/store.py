@@ -6,6 +6,10 @@ sha1 is unchanged only has its metadata updated, and each file is one transactio
 stopped. Embeddings and triplets are computed before a file's transaction opens, so the write lock is held only
 for the inserts. The store is the user's data: a file that is not a store, or a store of another schema
 version, is refused with a ``UserError`` saying what to do, never deleted and rebuilt behind their back.
+
+The built-in ``search``/``lookup`` tools read the same kind of file, chunked by paragraph (``index_of``: a search
+index of one directory, ``tools.builtin.search.CorpusIndex``). Everything in such an index is derived from the
+directory's files, so it alone may be rebuilt, and only where the file is provably tokenomy's (see ``RagStore``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +33,10 @@ from tokenomy.kernels.tokens import count_text
 from tokenomy.kernels.usage import Usage
 from tokenomy.tools.builtin.chunking import fts_query
 
-from .documents import MAX_BYTES, SUFFIXES, parse_document, read_bytes, split_chunks
+from .documents import MAX_BYTES, SUFFIXES, Document, parse_document, read_bytes, split_chunks
 from .types import Chunk, Embedder, Hit, Triplet
 
-__all__ = ["RagStore", "IngestStats", "SCHEMA_VERSION", "Extractor"]
+__all__ = ["RagStore", "IngestStats", "SCHEMA_VERSION", "Extractor", "Chunker", "index_cache_dir"]
 
 log = logging.getLogger("tokenomy.tools.rag")
 
@@ -41,7 +45,11 @@ _FORMAT = "tokenomy-rag"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _RACY_NS = 2_000_000_000  # a file modified this recently may change again within the same mtime tick
 _BATCH = 500  # ids per IN (...) query, well under SQLite's variable limit
+_OLD_INDEX_TABLES = {"meta", "files", "chunks"}  # the search index of tokenomy before it was a store (no format)
+INDEX_DIR = "indexes"
 Extractor = Callable[[str], Sequence[tuple[str, str, str, str]]]
+Chunker = Callable[[Document], Sequence[tuple[str, str]]]
+"""A document's ``(heading, text)`` chunks, in reading order."""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS docs(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, source TEXT NOT NULL,
@@ -81,6 +89,8 @@ class IngestStats:
     unchanged: int = 0
     """Files skipped because size and mtime (or, after a touch, the sha1 of the content) are unchanged."""
     removed: int = 0
+    hashed: int = 0
+    """Files whose content was read to compare sha1s (size or mtime differed, or the mtime was too recent)."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of each file that could not be ingested (empty, binary, too big...)."""
     chunks: int = 0
@@ -94,61 +104,157 @@ class IngestStats:
     extract_cached: int = 0
     """Chunks whose triplets came from the extractor's cache (no model call)."""
 
+    @property
+    def changed(self) -> int:
+        """``updated``, by the name ``CorpusIndex.refresh`` callers use: files re-indexed as their content changed."""
+        return self.updated
+
+    @property
+    def reindexed(self) -> int:
+        """Files added, updated or removed."""
+        return self.added + self.updated + self.removed
+
+
+def index_cache_dir() -> Path:
+    """tokenomy's own directory of search indexes: ``indexes`` in its cache directory (``TOKENOMY_CACHE_DIR``
+    overrides that), for corpora whose own directory is not writable."""
+    from tokenomy.kernels.embedded import cache_root
+
+    return cache_root() / INDEX_DIR
+
+
+class _Unusable(Exception):
+    """Why an existing file cannot be opened as the store asked for, and whether tokenomy may rebuild it."""
+
+    def __init__(self, why: str, refusal: UserError, *, ours: bool) -> None:
+        super().__init__(why)
+        self.why, self.refusal, self.ours = why, refusal, ours
+
 
 class RagStore:
     """A SQLite RAG store at ``path`` (created if missing); use it as a context manager or call :meth:`close`.
 
+    One policy for a file that cannot be used as it is (not SQLite, damaged, another program's database, another
+    schema version, or the other kind of tokenomy file): it is refused with a ``UserError`` that names it and
+    says how to get a usable one, and it is left as it is. The one exception is a search index (``index_of``),
+    which holds nothing but what tokenomy derives from a directory's files: when such a file is provably tokenomy's
+    own index (it says so inside, it is the index file of an older tokenomy, or it lies in tokenomy's own
+    ``indexes`` cache directory), it is deleted and built again, with a warning, instead of refused. A store is
+    never rebuilt: its vectors and model-extracted triplets cost a model to make again.
+
     Args:
         path: The store's file.
+        index_of: The directory this file is the search index of (``CorpusIndex``: the built-in ``search`` and
+            ``lookup`` tools); ``None``: a RAG store (``tokenomy rag ingest``).
 
     Raises:
-        UserError: ``path`` is a directory, not a SQLite database, not a tokenomy RAG store, or a store of another
-            schema version.
+        UserError: ``path`` is a directory, or a file that cannot be used and may not be rebuilt (see above).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, index_of: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.index_of = None if index_of is None else Path(index_of)
+        self.kind = "store" if index_of is None else "index"
+        self.rebuilt: list[str] = []
+        """Why the file was deleted and built again, once per time (a search index only)."""
         self._lock = threading.RLock()
         self._cache: tuple[int, list[int], np.ndarray] | None = None
         if self.path.is_dir():
             raise UserError(f"{self.path} is a directory; a RAG store is a file (e.g. {self.path / 'rag.sqlite'})")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._connect()
+        except _Unusable as unusable:
+            if not (self.kind == "index" and unusable.ours):
+                raise unusable.refusal from None
+            self._discard(unusable.why)
+            self._conn = self._connect()
+
+    def _refusal(self, why: str) -> UserError:
+        if self.kind == "index":
+            return UserError(f"{self.path} is not a tokenomy search index ({why}); it was left as it is: delete "
+                             f"{self.path} and the next search rebuilds the index from {self.index_of}, or give "
+                             f"the index another path (CorpusIndex(..., index_path=...))")
+        return UserError(f"{self.path} is not a tokenomy RAG store ({why}); it was left as it is: give another path "
+                         f"for the store, or delete {self.path} if you no longer need it and ingest your documents "
+                         f"again (tokenomy rag ingest DIR --store {self.path})")
+
+    def _in_index_cache(self) -> bool:
+        """The file lies in tokenomy's own cache directory of search indexes, where nothing else writes."""
+        try:
+            return self.path.resolve().parent == index_cache_dir().resolve()
+        except OSError:
+            return False
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to a usable store of this kind (a missing or empty file gets the schema), or ``_Unusable``."""
         if self.path.is_file() and self.path.stat().st_size:
             with self.path.open("rb") as f:
                 if f.read(16) != _SQLITE_MAGIC:
-                    raise self._foreign("not a SQLite database")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                    why = "not a SQLite database"
+                    raise _Unusable(why, self._refusal(why), ours=self._in_index_cache())
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         try:
-            self._open()
+            self._check(conn)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
-    def _foreign(self, why: str) -> UserError:
-        return UserError(f"{self.path} is not a tokenomy RAG store ({why}); give another path for the store, "
-                         f"or delete {self.path} if you no longer need it")
-
-    def _open(self) -> None:
-        conn = self._conn
+    def _check(self, conn: sqlite3.Connection) -> None:
         try:
             tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
-                conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+                conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta VALUES ('kind', "
+                                   f"'{self.kind}');\nCOMMIT;")
                 tables = {"meta"}
             meta = dict(conn.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
-            raise self._foreign(str(exc)) from exc
+            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+                raise  # in use, not damaged: never a reason to delete anything
+            raise _Unusable(str(exc), self._refusal(str(exc)), ours=self._in_index_cache()) from exc
         if meta.get("format") != _FORMAT:
-            raise self._foreign("a SQLite database without tokenomy's RAG tables")
+            if _OLD_INDEX_TABLES <= tables and "format" not in meta and "schema_version" in meta:
+                why = "the search index of an older tokenomy"
+                raise _Unusable(why, self._refusal(why), ours=True)
+            why = "a SQLite database without tokenomy's RAG tables"
+            raise _Unusable(why, self._refusal(why), ours=self._in_index_cache())
+        kind = meta.get("kind", "store")  # stores made before the kind was recorded are stores
+        if kind != self.kind:  # tokenomy's, but the other kind: not to be rebuilt, nor mixed
+            what = ("a RAG store (tokenomy rag ingest), not a search index" if kind == "store" else
+                    "tokenomy's search index of a directory (the search tool rebuilds it from the files at will), "
+                    "not a RAG store")
+            raise UserError(f"{self.path} is {what}; it was left as it is: give another path")
         if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise UserError(f"{self.path} is a RAG store of schema version {meta.get('schema_version')}, but this "
-                            f"tokenomy reads version {SCHEMA_VERSION}: re-ingest your documents into a new store, "
-                            f"or delete {self.path}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+            why = f"schema version {meta.get('schema_version')}, expected {SCHEMA_VERSION}"
+            raise _Unusable(why, UserError(
+                f"{self.path} is a RAG store of schema version {meta.get('schema_version')}, but this tokenomy reads "
+                f"version {SCHEMA_VERSION}; it was left as it is: re-ingest your documents into a new store, or "
+                f"delete {self.path} and ingest them again (tokenomy rag ingest DIR --store {self.path})"), ours=True)
+
+    def _discard(self, why: str) -> None:
+        log.warning("search index %s is unusable (%s); rebuilding it from %s", self.path, why, self.index_of)
+        self.rebuilt.append(why)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def rebuild(self, why: str) -> None:
+        """Delete a search index found damaged while it was read and start it afresh (empty: ingest again).
+
+        Raises:
+            UserError: this is a RAG store, which is never rebuilt (its vectors and triplets cost a model).
+        """
+        if self.kind != "index":
+            raise UserError(f"{self.path} is a RAG store ({why}); it is not rebuilt: re-ingest your documents into "
+                            f"a new store (tokenomy rag ingest DIR --store NEW)")
+        with self._lock:
+            self._conn.close()
+            self._cache = None
+            self._discard(why)
+            self._conn = self._connect()
 
     def close(self) -> None:
         """Close the connection (the store stays on disk)."""
@@ -179,7 +285,8 @@ class RagStore:
 
     def ingest(self, source: str | Path | Iterable[str | Path], *, embedder: Embedder | None = None,
                extract: Extractor | None = None, max_tokens: int = 200, max_bytes: int = MAX_BYTES,
-               on_file: Callable[[str, str], None] | None = None) -> IngestStats:
+               on_file: Callable[[str, str], None] | None = None, chunker: Chunker | None = None,
+               suffixes: Collection[str] = tuple(SUFFIXES), source_name: str | None = None) -> IngestStats:
         """Bring the store in step with a directory (recursively, hidden paths skipped) or a list of files.
 
         Paths are stored relative to the directory (POSIX style); files given one by one are stored as given.
@@ -194,6 +301,11 @@ class RagStore:
             max_bytes: Larger files are skipped.
             on_file: Called as ``on_file(path, status)`` after each file, with status ``added``, ``updated``,
                 ``unchanged``, ``removed`` or ``skipped``.
+            chunker: Cuts a document into ``(heading, text)`` chunks; ``None``: sections cut to ``max_tokens``
+                (``split_chunks``). ``CorpusIndex`` gives one chunk per paragraph, headed by the file's title.
+            suffixes: The file types a directory is scanned for (lowercase, with the dot).
+            source_name: What the directory's files are recorded as coming from (default: its resolved path);
+                ``CorpusIndex`` records ``"."``, so that an index that moves with its corpus stays valid.
 
         Returns:
             What was done.
@@ -203,7 +315,9 @@ class RagStore:
         """
         t0 = time.perf_counter()
         stats = IngestStats()
-        root, files = _scan(source)
+        root, files = _scan(source, suffixes)
+        if root is not None and source_name is not None:
+            root = source_name
         calls0, hits0 = len(getattr(extract, "call_usages", ())), getattr(extract, "cache_hits", 0)
         self._check_embedder(embedder)
         if embedder is None and self._select("SELECT 1 FROM vectors LIMIT 1"):
@@ -225,7 +339,8 @@ class RagStore:
                 stats.removed += 1
                 done(rel, "removed")
         for rel, path in files:
-            status, why = self._ingest_file(rel, path, root or "", embedder, extract, max_tokens, max_bytes, stats)
+            status, why = self._ingest_file(rel, path, root or "", embedder, extract, max_tokens, max_bytes, stats,
+                                            chunker)
             if status == "skipped":
                 stats.skipped.append((rel, why))
             else:
@@ -241,7 +356,8 @@ class RagStore:
         return stats
 
     def _ingest_file(self, rel: str, path: Path, source: str, embedder: Embedder | None, extract: Extractor | None,
-                     max_tokens: int, max_bytes: int, stats: IngestStats) -> tuple[str, str]:
+                     max_tokens: int, max_bytes: int, stats: IngestStats,
+                     chunker: Chunker | None) -> tuple[str, str]:
         with self._lock:
             row = self._conn.execute("SELECT source, sha1, size, mtime FROM docs WHERE path = ?", (rel,)).fetchone()
         if row and row[0] != source:
@@ -252,6 +368,7 @@ class RagStore:
             if row and (row[2], row[3]) == (st.st_size, st.st_mtime_ns):
                 return "unchanged", ""
             data = read_bytes(path, max_bytes)
+            stats.hashed += 1
             sha = hashlib.sha1(data).hexdigest()
             # A file written in the last moments may change again without changing its mtime: record an
             # impossible mtime so that the next run compares its content again.
@@ -261,7 +378,8 @@ class RagStore:
                     conn.execute("UPDATE docs SET size = ?, mtime = ? WHERE path = ?", (len(data), mtime, rel))
                 return "unchanged", ""
             doc = parse_document(path, data)
-            pieces = split_chunks(doc.text, max_tokens=max_tokens, headings=doc.kind != "text")
+            pieces = list(chunker(doc) if chunker is not None else
+                          split_chunks(doc.text, max_tokens=max_tokens, headings=doc.kind != "text"))
         except (UserError, OSError) as exc:
             if row:  # what the store holds of it is stale now
                 with self._write() as conn:
@@ -381,17 +499,32 @@ class RagStore:
         """Every chunk, in id order (documents in ingestion order, each in reading order)."""
         return [Chunk(*r) for r in self._select(f"{_CHUNK_SQL} ORDER BY c.id")]
 
-    def bm25(self, query: str, k: int = 5) -> list[Hit]:
+    def bm25(self, query: str, k: int = 5, *, heading_weight: float = 1.0) -> list[Hit]:
         """The ``k`` chunks that best match ``query`` by BM25 over heading and text (higher score is better).
 
         The query is free text: its words are quoted and OR'ed, so FTS5 syntax in it is matched as words.
+        ``heading_weight``: what a match in the heading counts, a match in the text counting 1.
         """
         match = fts_query(query)
-        if match is None or k <= 0:
+        return [] if match is None else self.match(match, k, heading_weight=heading_weight)
+
+    def match(self, expression: str, k: int = 5, *, heading_weight: float = 1.0, n: int | None = None) -> list[Hit]:
+        """The ``k`` chunks that match an FTS5 ``expression``, best first by BM25 (ties: by path and position).
+
+        Args:
+            expression: FTS5 syntax over the columns ``heading`` and ``text``: build it with ``fts_query`` or
+                ``phrase_query`` (``tools.builtin.chunking``), never from raw text.
+            k: How many at most.
+            heading_weight: What a match in the heading counts, a match in the text counting 1.
+            n: Only chunks at this position in their document (1: the first).
+        """
+        if k <= 0:
             return []
-        rows = self._select("SELECT c.id, d.path, c.n, c.text, c.heading, bm25(chunks_fts) AS s FROM chunks_fts "
-                            "JOIN chunks c ON c.id = chunks_fts.rowid JOIN docs d ON d.id = c.doc_id "
-                            "WHERE chunks_fts MATCH ? ORDER BY s, c.id LIMIT ?", (match, k))
+        where = "chunks_fts MATCH ?" + ("" if n is None else " AND c.n = ?")
+        args: list[Any] = [float(heading_weight), expression, *(() if n is None else (n,)), k]
+        rows = self._select("SELECT c.id, d.path, c.n, c.text, c.heading, bm25(chunks_fts, ?, 1.0) AS s FROM "
+                            "chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid JOIN docs d ON d.id = c.doc_id "
+                            f"WHERE {where} ORDER BY s, d.path, c.n LIMIT ?", args)
         return [Hit(Chunk(*r[:5]), -float(r[5]), rank) for rank, r in enumerate(rows)]
 
     def vectors(self) -> tuple[list[int], np.ndarray]:
@@ -462,7 +595,8 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _scan(source: str | Path | Iterable[str | Path]) -> tuple[str | None, list[tuple[str, Path]]]:
+def _scan(source: str | Path | Iterable[str | Path],
+          suffixes: Collection[str] = tuple(SUFFIXES)) -> tuple[str | None, list[tuple[str, Path]]]:
     """``(root, [(stored path, file)])``: root is the resolved directory, or ``None`` for files."""
     if isinstance(source, (str, os.PathLike)):
         top = Path(source)
@@ -473,7 +607,7 @@ def _scan(source: str | Path | Iterable[str | Path]) -> tuple[str | None, list[t
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     path = Path(folder) / name
-                    if not name.startswith(".") and path.suffix.lower() in SUFFIXES and path.is_file() \
+                    if not name.startswith(".") and path.suffix.lower() in suffixes and path.is_file() \
                             and _inside(path, root):
                         found.append((path.relative_to(root).as_posix(), path))
             return root.as_posix(), sorted(found)
