@@ -5,8 +5,12 @@ solver, critic, planner), and the reasoning policies that decide how much model 
   ``StepRoute``, ``SentenceLead``, ``AlternatingTurns``, ``Consensus``);
 - ``tokenomy.agents.budget``: difficulty routers and budgets (``EntropyRouter``, ``ProbeRouter``, ``TaleBudget``,
   ``PlanAndBudget``, ``BudgetForcing``, ``ThinkingCap``);
-- ``tokenomy.agents.sampling``: self-consistency with early stopping (``ESC``, ``AdaptiveConsistency``,
-  ``ShortMK``) and answer normalizers.
+- ``tokenomy.agents.answers``: reading a reply's answer (``normalize_answer`` by kind: number, text, yes/no,
+  list) and comparing answers (``canonical``, ``answer_matches``);
+- self-consistency with early stopping: ``tokenomy.agents.sampling`` (``Sample``, votes),
+  ``tokenomy.agents.stopping`` (``FixedN``, ``ESC``, ``AdaptiveConsistency``, ``ShortMK``),
+  ``tokenomy.agents.consistency`` (``SelfConsistency`` on an engine) and ``tokenomy.agents.replay`` (``replay``
+  on stored samples).
 
 Every policy is usable as an agent's model (``policy.as_engine()``). Agents talk to models only through
 ``tokenomy.kernels``.

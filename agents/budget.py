@@ -31,8 +31,9 @@ from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
 from tokenomy.kernels.usage import Usage
 
+from .answers import Normalizer
 from .collab import PairPolicy
-from .policy import Format, Normalizer, Policy, Problem, _Run
+from .policy import Format, Policy, Problem, _Run
 
 __all__ = ["EntropyRouter", "ProbeRouter", "Tier", "TaleBudget", "PlanAndBudget", "BudgetForcing", "ThinkingCap",
            "allocate", "SCHEDULES", "surprisal"]

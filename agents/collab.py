@@ -36,7 +36,8 @@ from typing import Any, ClassVar
 from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
 
-from .policy import Format, Normalizer, Policy, Problem, _Run, first_line
+from .answers import Normalizer
+from .policy import Format, Policy, Problem, _Run, first_line
 
 __all__ = ["PairPolicy", "ThoughtInject", "PlanExpand", "StepRoute", "SentenceLead", "AlternatingTurns",
            "Consensus", "LongOnly", "ShortOnly", "COLLAB_POLICIES"]

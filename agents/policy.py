@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,9 +32,9 @@ from tokenomy.kernels.engine import Engine
 from tokenomy.kernels.types import Capabilities, Completion, PromptInput, Request, SamplingParams, chat_messages
 from tokenomy.kernels.usage import CostLedger, Usage
 
-__all__ = ["Problem", "Format", "Step", "PolicyResult", "Policy", "PolicyEngine", "Normalizer", "first_line"]
+from .answers import Normalizer
 
-Normalizer = Callable[[str | None], str | None]
+__all__ = ["Problem", "Format", "Step", "PolicyResult", "Policy", "PolicyEngine", "first_line"]
 
 
 def first_line(text: str) -> str:

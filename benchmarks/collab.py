@@ -37,17 +37,11 @@ from tokenomy.agents.collab import (
     StepRoute,
     ThoughtInject,
 )
+from tokenomy.agents.consistency import SelfConsistency
 from tokenomy.agents.policy import Format, Policy
-from tokenomy.agents.sampling import (
-    ESC,
-    AdaptiveConsistency,
-    FixedN,
-    Sample,
-    SelfConsistency,
-    ShortMK,
-    StoppingRule,
-    replay,
-)
+from tokenomy.agents.replay import replay
+from tokenomy.agents.sampling import Sample
+from tokenomy.agents.stopping import ESC, AdaptiveConsistency, FixedN, ShortMK, StoppingRule
 from tokenomy.kernels.engine import Engine
 
 from .graph import paired_bootstrap

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 
+from tokenomy.agents.answers import Normalizer
 from tokenomy.agents.policy import Problem
 
 __all__ = ["FAMILIES", "LEVELS", "SPLITS", "STOP", "INSTRUCTIONS", "Item", "ladder", "level_items", "problem",
@@ -388,7 +389,7 @@ def check(item: Item, text: str | None) -> bool:
     return extract(item, text) == item.answer
 
 
-def normalizer(family: str) -> Callable[[str | None], str | None]:
+def normalizer(family: str) -> Normalizer:
     """The extractor of a family as a one-argument function (for voting over samples: equal answers are equal
     strings, unreadable ones are None)."""
     if family not in _EXTRACTORS:

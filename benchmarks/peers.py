@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy import plot
+from tokenomy.agents.answers import answer_matches
 
 from .peer_agents import FRAMEWORKS
 from .referee import Record, RecordingProxy, RefereeError, VllmServer, check_model
-from .world import Task, World, answer_matches
+from .world import Task, World
 
 BASELINE = "tokenomy-rewoo"
 PEERS = tuple(f for f in FRAMEWORKS if not f.startswith("tokenomy-"))

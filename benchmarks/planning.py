@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy import plot
+from tokenomy.agents.answers import answer_matches
 from tokenomy.kernels.scripted import ScriptedEngine
 from tokenomy.kernels.types import Request
 from tokenomy.planners.grammar import result_index
 
-from .world import Task, World, answer_matches
+from .world import Task, World
 
 __all__ = ["OracleEngine", "PlanningRecord", "run_planning_bench", "oracle_reply", "t_min", "fit_growth",
            "strategy_for", "STRATEGIES", "format_report", "plot_records", "live_summary"]

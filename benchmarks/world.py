@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy.planners.exemplars import Exemplar
-from tokenomy.tools.builtin.chunking import SOURCE
 from tokenomy.tools.builtin.prose import resolve_attribute
 
-__all__ = ["World", "Task", "GoldStep", "plain", "slug", "normalize_answer", "answer_matches"]
+__all__ = ["World", "Task", "GoldStep", "plain", "slug"]
 
 # type -> relation -> target type
 RELATIONS: dict[str, dict[str, str]] = {
@@ -485,9 +484,6 @@ def _twin(name: str, rng: random.Random) -> str:
     return f"{head}{rng.choice(_SYL)} {tail}".strip() if tail else name + rng.choice(_SYL)
 
 
-_NUM = re.compile(r"-?\d+(?:\.\d+)?")
-
-
 def calc_value(expression: str | float) -> int | float:
     """What the ``calc`` tool returns: the expression's value, an integer where it is whole."""
     from tokenomy.tools.builtin.calculator import evaluate
@@ -499,22 +495,3 @@ def calc_value(expression: str | float) -> int | float:
 def slug(name: str) -> str:
     """The file stem of an entity in ``World.write_corpus``: ``"Kelmar Works"`` -> ``"kelmar-works"``."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def normalize_answer(text: Any) -> str:
-    """Lower case, notes, ``[file#n]`` sources and thousands separators removed, ``.0`` dropped, outer
-    punctuation trimmed."""
-    t = SOURCE.sub("", plain(text)).lower().replace(",", "")
-    t = re.sub(r"(\d)\.0\b", r"\1", t)
-    return t.strip(" .!\"'")
-
-
-def answer_matches(answer: Any, gold: str) -> bool:
-    """Exact match after ``normalize_answer``, or (for numeric gold answers) the answer's only number is it."""
-    if answer is None:
-        return False
-    a, g = normalize_answer(answer), normalize_answer(gold)
-    if a == g:
-        return True
-    nums = _NUM.findall(a)
-    return bool(_NUM.fullmatch(g)) and len(set(nums)) == 1 and nums[0] == g

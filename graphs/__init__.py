@@ -23,7 +23,7 @@ else:
     from .simulator import SimAgent, SimQuestion, Simulator
 
 # Training needs torch: its names load on first use, so building and running graphs does not import torch.
-_LAZY = {name: ".train" for name in ("EvalReport", "TeamTask", "TrainConfig", "TrainReport", "evaluate", "is_correct",
+_LAZY = {name: ".train" for name in ("EvalReport", "TeamTask", "TrainConfig", "TrainReport", "evaluate",
                                      "train_policy")}
 _LAZY.update({name: ".policy" for name in ("IndependentLogits", "LowRank", "GNNPolicy", "StaticPolicy", "load_policy",
                                            "POLICIES", "mask_f1")})
@@ -58,7 +58,6 @@ __all__ = [
     "TrainReport",
     "EvalReport",
     "evaluate",
-    "is_correct",
     "train_policy",
     "to_mermaid",
     "to_dot",

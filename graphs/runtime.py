@@ -31,6 +31,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from tokenomy.agents import Agent
+from tokenomy.agents.answers import canonical
 from tokenomy.errors import BudgetExceeded, TokenomyError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.kernels.registry import default_spec, shared_engine
@@ -48,7 +49,7 @@ from tokenomy.planners.run import (
 
 from .graph import DECISION, AgentGraph, Call, Edge, GraphError, Mask, Schedule
 
-__all__ = ["GraphTeam", "GraphResult", "GraphState", "extract_answer", "normalize", "prompt_messages", "block_text",
+__all__ = ["GraphTeam", "GraphResult", "GraphState", "extract_answer", "prompt_messages", "block_text",
            "CODIFIED_FORMAT"]
 
 CODIFIED_FORMAT = 'Reply with one line: answer = "<the answer>"'
@@ -77,13 +78,6 @@ def extract_answer(text: str) -> str | None:
                     return value[1:].split('"')[0].strip()
             return value.split(" #")[0].strip()
     return _ANSWER_IS.sub("", lines[0].strip()) or lines[0].strip()
-
-
-def normalize(answer: Any) -> str:
-    """How votes compare answers: lower case, thousands separators and outer punctuation removed."""
-    t = str(answer).strip().lower()
-    t = re.sub(r"(\d),(\d{3})", r"\1\2", t)
-    return t.strip(" .!\"'")
 
 
 def codified(answer: str | None) -> str:
@@ -362,8 +356,8 @@ class GraphTeam(Strategy):
                 return {"answer": None, "done": True, "notes": ["no decision input gave an answer"]}
             if self._active.decision == "final":
                 return {"answer": answers[-1], "done": True}
-            top = Counter(normalize(a) for a in answers).most_common(1)[0][0]
-            return {"answer": next(a for a in answers if normalize(a) == top), "done": True}
+            top = Counter(canonical(a) for a in answers).most_common(1)[0][0]
+            return {"answer": next(a for a in answers if canonical(a) == top), "done": True}
 
         return node
 

@@ -10,7 +10,6 @@ iterations (AgentPrune's schedule). The tokens spent training are counted apart 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,17 +17,15 @@ from typing import Any
 
 import torch
 
+from tokenomy.agents.answers import answer_matches
 from tokenomy.errors import TokenomyError
 from tokenomy.kernels import Usage
 
 from .graph import AgentGraph, Mask
 from .policy import EdgePolicy, effective_items, mask_f1
-from .runtime import GraphResult, GraphTeam, normalize
+from .runtime import GraphResult, GraphTeam
 
-__all__ = ["TeamTask", "TrainConfig", "TrainReport", "IterationRecord", "train_policy", "is_correct", "evaluate",
-           "EvalReport"]
-
-_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+__all__ = ["TeamTask", "TrainConfig", "TrainReport", "IterationRecord", "train_policy", "evaluate", "EvalReport"]
 
 
 @dataclass(frozen=True)
@@ -37,17 +34,6 @@ class TeamTask:
 
     question: str
     answer: str
-
-
-def is_correct(answer: Any, gold: str) -> bool:
-    """Equal after ``normalize``, or (for a numeric gold answer) the answer's only number is it."""
-    if answer is None:
-        return False
-    a, g = normalize(answer), normalize(gold)
-    if a == g:
-        return True
-    nums = set(_NUM.findall(a))
-    return bool(_NUM.fullmatch(g)) and len(nums) == 1 and nums.pop() == g
 
 
 @dataclass
@@ -123,7 +109,7 @@ def _threshold_f1(policy: EdgePolicy, graph: AgentGraph, questions: Sequence[str
 
 
 def train_policy(policy: EdgePolicy, team: GraphTeam, tasks: Sequence[TeamTask], config: TrainConfig | None = None,
-                 *, oracle: Mask | None = None, check: Callable[[Any, str], bool] = is_correct,
+                 *, oracle: Mask | None = None, check: Callable[[Any, str], bool] = answer_matches,
                  on_iteration: Callable[[IterationRecord], None] | None = None) -> TrainReport:
     """Train ``policy`` on ``tasks`` by running ``team`` (whose graph the policy was made for).
 
@@ -223,7 +209,7 @@ class EvalReport:
 
 
 def evaluate(team: GraphTeam, tasks: Sequence[TeamTask], topology: str = "", *,
-             check: Callable[[Any, str], bool] = is_correct) -> EvalReport:
+             check: Callable[[Any, str], bool] = answer_matches) -> EvalReport:
     """Run every task once on ``team`` (its policy's deterministic masks, if it has one)."""
     rep = EvalReport(topology or team.graph.name, [], [], [], Usage())
     for t in tasks:

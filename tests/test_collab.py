@@ -184,7 +184,7 @@ def test_consensus_calls_the_long_model_only_on_disagreement():
 
 
 def test_consensus_compares_answers_with_the_problems_normalizer():
-    from tokenomy.agents.sampling import normalize_number
+    from tokenomy.agents.answers import normalize_number
 
     long = engine(lambda t: " 7")
     short = engine(lambda t: " 7." if t.endswith("A:") else (" 7, of course" if t.endswith("is") else "3+4"))
@@ -341,7 +341,8 @@ def test_real_pair_step_route_and_consensus(gemma_engine, embedded_engine):
     # s1's budget forcing on a real engine (min_tokens) and early-stopping sampling on the short model.
     forced = BudgetForcing(embedded_engine, budget=24, min_think=12, max_waits=1).run(problem(item))
     assert forced.ledger.models["model"].decode_tokens >= 1
-    from tokenomy.agents.sampling import ESC, SelfConsistency
+    from tokenomy.agents.consistency import SelfConsistency
+    from tokenomy.agents.stopping import ESC
 
     vote = SelfConsistency(embedded_engine, ESC(window=3, max_samples=6), normalizer="number", max_tokens=8,
                            stop=("\n",)).run(Format().direct(problem(item)))

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tokenomy.agents.answers import answer_matches
+from tokenomy.agents.answers import canonical as normalize_answer
 from tokenomy.benchmarks.planning import (
     STRATEGIES,
     OracleEngine,
@@ -18,7 +20,7 @@ from tokenomy.benchmarks.planning import (
     strategy_for,
     t_min,
 )
-from tokenomy.benchmarks.world import World, answer_matches, normalize_answer, plain
+from tokenomy.benchmarks.world import World, plain
 from tokenomy.kernels.tokens import count_text
 from tokenomy.planners import parse_plan, validate_plan
 from tokenomy.tools.base import ToolError

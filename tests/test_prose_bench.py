@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from tests.test_prose_questions import CORPUS, PROSE
+from tokenomy.agents.answers import answer_matches
 from tokenomy.benchmarks.planning import OracleEngine, strategy_for
 from tokenomy.benchmarks.prose import (
     contains_value,
@@ -18,7 +19,6 @@ from tokenomy.benchmarks.prose import (
     run_prose_bench,
     to_task,
 )
-from tokenomy.benchmarks.world import answer_matches
 from tokenomy.errors import UserError
 from tokenomy.tools import calc, lookup_tool, search_tool
 from tokenomy.tools.builtin import CorpusIndex

@@ -8,23 +8,11 @@ from math import comb
 
 import pytest
 
-from tokenomy.agents.sampling import (
-    ESC,
-    NORMALIZERS,
-    AdaptiveConsistency,
-    FixedN,
-    Sample,
-    SelfConsistency,
-    ShortMK,
-    beta_majority_probability,
-    load_pools,
-    majority_vote,
-    normalize_answer,
-    replay,
-    save_pools,
-    short_m_at_k,
-    vote_counts,
-)
+from tokenomy.agents.answers import NORMALIZERS, normalize_answer
+from tokenomy.agents.consistency import SelfConsistency
+from tokenomy.agents.replay import load_pools, replay, save_pools
+from tokenomy.agents.sampling import Sample, majority_vote, vote_counts
+from tokenomy.agents.stopping import ESC, AdaptiveConsistency, FixedN, ShortMK, beta_majority_probability, short_m_at_k
 from tokenomy.kernels import ScriptedEngine
 
 # -- normalizers -------------------------------------------------------------------------------------------------
