@@ -105,7 +105,8 @@ def test_a_batch_s_buffers_grow_as_its_rows_need_and_the_tokens_stay_the_same(ti
                                                                                monkeypatch):
     """Buffers are not sized for max_tokens up front (a long max_tokens would reserve its KV for every row): they
     start DECODE_CHUNK past the longest row and double when a row reaches the end."""
-    from tokenomy.kernels import batch, hf
+    from tokenomy.kernels import batch
+    from tokenomy.kernels import hf_batch as hf
 
     monkeypatch.setattr(hf, "DECODE_CHUNK", 2)
     sizes = []
@@ -232,7 +233,7 @@ def test_a_cuda_graph_is_asked_for_only_when_enough_steps_are_left(tiny_engine_f
 def test_a_row_that_finishes_at_the_end_of_its_buffer_does_not_write_past_it(tiny_engine_factory, monkeypatch):
     """The long prompt fills its buffer exactly as it finishes; the short one goes on without the batch growing.
     The finished row's later writes stay in its buffer (an index error before the fix; a stray write on a GPU)."""
-    from tokenomy.kernels import hf
+    from tokenomy.kernels import hf_batch as hf
 
     monkeypatch.setattr(hf, "DECODE_CHUNK", 2)
     plain = tiny_engine_factory(prefix_cache=False, batch=False)

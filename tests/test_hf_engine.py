@@ -440,7 +440,8 @@ def test_a_prefill_group_caches_its_rows_as_views_and_launches_every_group_befor
     per request and layer), and the host launches every group's forward pass before it reads any first token
     (it waits for the device once, not once per group). Tokens stay the plain path's, also for a later request
     that reads those views back from the cache."""
-    from tokenomy.kernels import hf
+    from tokenomy.kernels import hf_batch as hf
+    from tokenomy.kernels.hf_decoding import _Decoding
 
     monkeypatch.setattr(hf, "PREFILL_BATCH_TOKENS", 40)  # a few uncached tokens each: groups after the first
     plain = tiny_engine_factory(prefix_cache=False, batch=False)
@@ -448,10 +449,10 @@ def test_a_prefill_group_caches_its_rows_as_views_and_launches_every_group_befor
     system = tiny_tokenizer("a shared system prompt for every agent of the team. " * 2)["input_ids"]
     prompts = [system + tiny_tokenizer(f" agent {i:02d} go")["input_ids"] for i in range(12)]
     events, groups = [], []
-    real_prefill, real_step = fast._prefill_together, hf._Decoding.step
+    real_prefill, real_step = fast._prefill_together, _Decoding.step
     monkeypatch.setattr(fast, "_prefill_together",
                         lambda items: events.append("prefill") or groups.append(len(items)) or real_prefill(items))
-    monkeypatch.setattr(hf._Decoding, "step", lambda self, *a: events.append("token") or real_step(self, *a))
+    monkeypatch.setattr(_Decoding, "step", lambda self, *a: events.append("token") or real_step(self, *a))
     first = SamplingParams(max_tokens=1)
     got = fast.generate_batch([Request(prompt=p, params=first) for p in prompts])
     assert [c.token_ids for c in got] == [plain.generate(p, first).token_ids for p in prompts]
@@ -470,7 +471,7 @@ def test_a_prefill_group_caches_its_rows_as_views_and_launches_every_group_befor
 @pytest.mark.parametrize("budget", [300, 600])
 def test_batched_prefill_in_groups_under_a_token_budget_gives_the_same_tokens(tiny_engine_factory, tiny_tokenizer,
                                                                                monkeypatch, budget):
-    from tokenomy.kernels import hf
+    from tokenomy.kernels import hf_batch as hf
 
     monkeypatch.setattr(hf, "PREFILL_BATCH_TOKENS", budget)  # ~236-token prompts: groups of 1, then of 2
     plain = tiny_engine_factory(prefix_cache=False, batch=False)

@@ -1,0 +1,122 @@
+"""One request's decoding in the transformers engine (``kernels.hf``): from a step's logits to its next token
+(grammar mask, min tokens, sampling, logprobs) and the ways a request ends (EOS, a stop string, the grammar's end,
+the token limit, cancellation). The same per request whether it decodes alone or in a batch (``kernels.hf_batch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from tokenomy.errors import RequestCancelled
+
+from .types import FinishReason, Request
+
+
+class _DecodingEngine(Protocol):
+    """What a request's decoding reads from its engine (``hf.TransformersEngine``)."""
+
+    _torch: Any
+    device: Any
+    tokenizer: Any
+    eos_token_ids: list[int]
+
+
+class _Decoding:
+    """One request's decoding: sampling, grammar, min tokens, logprobs and the ways it ends (EOS, a stop string,
+    the grammar's end, the token limit, cancellation), one token per ``step``."""
+
+    def __init__(self, engine: _DecodingEngine, req: Request, max_new: int, constraint: Any,
+                 gen: list[int]) -> None:
+        torch = engine._torch
+        self.engine, self.req, self.max_new, self.constraint, self.gen = engine, req, max_new, constraint, gen
+        self.params = req.params
+        self.logprobs: list[float] = []
+        self.generator = None
+        if not self.params.greedy:
+            self.generator = torch.Generator(device=engine.device)
+            if self.params.seed is not None:
+                self.generator.manual_seed(self.params.seed)
+            else:
+                self.generator.seed()
+        self.longest_stop = max((len(st) for st in self.params.stop), default=0)
+        self.text, self.floor = "", 0
+        self.cut: int | None = None
+        self.finish: FinishReason = "length"
+
+    @property
+    def fast(self) -> bool:
+        """Whether the next token is the argmax of the raw logits (greedy, no grammar, no logprobs, EOS not held
+        off): then a batch's argmax, taken on the device, is this request's token."""
+        params = self.params
+        return params.greedy and self.constraint is None and not params.logprobs and (
+            len(self.gen) >= params.min_tokens or not self.engine.eos_token_ids)
+
+    def step(self, logits: Any, token: int | None = None) -> bool:
+        """Pick the next token from ``logits`` (``[V]``), or take ``token`` (the argmax, when ``fast``); ``True``
+        when the request is finished."""
+        engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
+        torch = engine._torch
+        if self.req.cancelled:
+            raise RequestCancelled(f"{self.req.request_id} was cancelled after {len(gen)} tokens")
+        if token is not None and self.fast:
+            tok = token
+        else:
+            scores = logits.unsqueeze(0)
+            if constraint is not None:
+                scores = scores.clone()
+                constraint.mask_logits(scores)
+            if len(gen) < params.min_tokens and engine.eos_token_ids:
+                scores = scores.clone()
+                scores[0, engine.eos_token_ids] = float("-inf")
+            tok = _sample(torch, scores[0], params, self.generator)
+        if params.logprobs:
+            self.logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
+        gen.append(tok)
+        if constraint is not None:
+            constraint.accept(tok)
+        if tok in engine.eos_token_ids:
+            self.finish = "stop"
+            return True
+        if params.stop:
+            prev = len(self.text)
+            self.text = engine.tokenizer.decode(gen, skip_special_tokens=True)
+            if len(gen) <= params.min_tokens:  # stop strings count only after min_tokens
+                self.floor = len(self.text)
+            else:
+                self.cut = _find_stop(self.text, params.stop, max(self.floor, prev - self.longest_stop))
+            if self.cut is not None:
+                self.text, self.finish = self.text[:self.cut], "stop"
+                return True
+        if constraint is not None and constraint.finished:
+            self.finish = "stop"
+            return True
+        return len(gen) >= self.max_new
+
+    def result(self) -> tuple[list[float], FinishReason, str]:
+        text = self.text
+        if self.cut is None:  # not cut at a stop string: the text is all that was generated
+            text = self.engine.tokenizer.decode(self.gen, skip_special_tokens=True)
+        return self.logprobs, self.finish, text
+
+
+def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
+    return min(hits) if hits else None
+
+
+def _sample(torch: Any, scores: Any, params: Any, generator: Any) -> int:
+    if params.greedy:
+        return int(torch.argmax(scores))
+    scores = scores / params.temperature
+    if params.top_k:
+        kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < params.top_p
+        mask = torch.zeros_like(probs, dtype=torch.bool).scatter(0, order, keep)
+        probs = torch.where(mask, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
