@@ -190,8 +190,8 @@ def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, bud
 
 def _measure(store: Any, embedder: Embedder, qs: list[Question], budgets: Sequence[int], say: Callable[[str], None]
              ) -> list[RagRecord]:
+    from tokenomy.planners.rag import RagPipeline
     from tokenomy.tools.rag.compress import compress_chunks
-    from tokenomy.tools.rag.pipeline import RagPipeline
 
     records: list[RagRecord] = []
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tokenomy import Engine, load_engine
 from tokenomy.benchmarks.world import World
-from tokenomy.tools.rag import Embedder, RagPipeline, RagStore
+from tokenomy.planners.rag import RagPipeline
+from tokenomy.tools.rag import Embedder, RagStore
 from tokenomy.tools.rag.embed import MiniLMEmbedder
 from tokenomy.tools.rag.graph import extract_triplets
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tokenomy.cli import main
-from tokenomy.tools.rag import NO_FIT, NO_MATCH
+from tokenomy.planners.rag import NO_FIT, NO_MATCH
 
 QUESTION = "Who is the mayor of Orvel?"
 ORVEL = "Orvel is a town of 8200 people. Its mayor is Ana Toll. Orvel was founded in 1850."
@@ -90,3 +90,14 @@ def test_a_budget_nothing_fits_in_is_not_called_no_match(store, capsys):
 def main_json(capsys, store, question):
     assert main(["rag", "ask", question, "--store", store, "--model", "scripted", "--json"]) == 0
     return capsys.readouterr().out
+
+
+def test_the_default_store_is_in_the_tokenomy_cache_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENOMY_CACHE_DIR", str(tmp_path / "cache"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(f"# Orvel\n\n{ORVEL}\n")
+    assert main(["rag", "ingest", str(docs), "--no-vectors"]) == 0
+    assert f"store {tmp_path / 'cache' / 'rag' / 'store.sqlite'}:" in capsys.readouterr().out
+    assert main(["rag", "ask", QUESTION, "--model", "scripted", "--json"]) == 0  # the same store, found again
+    assert json.loads(capsys.readouterr().out)["retrieved"] == ["a.md#1"]

@@ -368,7 +368,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 
 def cmd_rag(args: argparse.Namespace) -> int:
-    from tokenomy.tools.rag import cli as rag_cli
+    from tokenomy import rag_cli
 
     return {"ingest": rag_cli.cmd_ingest, "ask": rag_cli.cmd_ask}[args.rag_command](args)
 

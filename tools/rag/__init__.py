@@ -2,11 +2,12 @@
 
 ``RagStore`` (SQLite: chunks, an FTS5 index, sentence embeddings, knowledge triplets) is filled by ``ingest``;
 retrievers (BM25, dense, hybrid, graph) find chunks; compressors fill a token budget with the best chunks,
-sentences or triplets; ``RagPipeline`` runs retrieve -> compress -> generate and serves as a plan tool or an
-agent. The embedding model and torch load only when an embedder is used.
+sentences or triplets. The built-in ``search``/``lookup`` tools read the same kind of store (``CorpusIndex``).
+Asking a model about what was retrieved is a strategy: ``tokenomy.planners.rag.RagPipeline`` (retrieve ->
+compress -> generate, also a plan tool), and ``tokenomy rag`` is ``tokenomy.rag_cli``. The embedding model and
+torch load only when an embedder is used.
 """
 
-from .pipeline import COMPRESSORS, NO_FIT, NO_MATCH, RagAnswer, RagPipeline
 from .retrievers import (
                          RETRIEVERS,
                          BM25Retriever,
@@ -22,11 +23,6 @@ from .types import Chunk, Context, Embedder, Hit, Triplet
 __all__ = [
     "RagStore",
     "IngestStats",
-    "RagPipeline",
-    "RagAnswer",
-    "COMPRESSORS",
-    "NO_MATCH",
-    "NO_FIT",
     "Retriever",
     "BM25Retriever",
     "DenseRetriever",

@@ -1,10 +1,16 @@
 """``RagPipeline``: retrieve -> compress -> generate, with the context tokens of every step on the record.
 
-    from tokenomy.tools.rag import RagPipeline, RagStore
+    from tokenomy.planners.rag import RagPipeline
+    from tokenomy.tools.rag import RagStore
     store = RagStore("docs.sqlite"); store.ingest("docs/", embedder=MiniLMEmbedder(), extract=extract_triplets)
     pipe = RagPipeline(store, model="embedded", retriever="hybrid", compressor="graph", budget_tokens=200)
     answer = pipe.ask("Who founded Kelmar Works?")   # answer.text, answer.cites, answer.context.tokens
     plan_tool = pipe.as_tool()                       # `retrieve(query)` inside codified plans
+
+Retrieval and compression are data handling (``tools.rag``); asking a model about what they found is a strategy,
+so the pipeline lives here, with the other strategies, and calls its model as they do: through a ``Worker`` in
+front of the engine (``tokenomy.kernels``). An agent that plans over the pipeline's tool is an ordinary
+``Agent(name="retriever", role="planner", tools=("retrieve",))`` of ``tokenomy.agents``.
 
 The compressor is where the tokens go: ``chunks`` packs whole chunks (the usual RAG baseline), ``sentences``
 the sentences that share most with the question, ``triplets`` the knowledge-graph facts ranked by Personalized
@@ -19,16 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokenomy.errors import UserError
-
-from .retrievers import GraphRetriever, Retriever, make_retriever
-from .types import Context, Embedder, Hit
+from tokenomy.kernels import Engine, SamplingParams, Worker
+from tokenomy.tools.rag.retrievers import GraphRetriever, Retriever, make_retriever
+from tokenomy.tools.rag.store import RagStore
+from tokenomy.tools.rag.types import Context, Embedder, Hit
 
 if TYPE_CHECKING:
-    from tokenomy.agents import Agent
-    from tokenomy.kernels import Engine, Usage
+    from tokenomy.kernels import Usage
     from tokenomy.tools import Tool
-
-    from .store import RagStore
 
 __all__ = ["RagPipeline", "RagAnswer", "COMPRESSORS", "NO_MATCH", "NO_FIT", "RAG_SYSTEM"]
 
@@ -72,7 +76,8 @@ class RagPipeline:
 
     Args:
         store: a ``RagStore`` or the path of one.
-        model: an engine or a model spec for ``ask`` (``None``: retrieval and context only).
+        model: an engine, a shared ``Worker`` in front of one, or a model spec, for ``ask`` (``None``: retrieval and
+            context only).
         embedder: the store's embedder, for ``dense``/``hybrid`` and for sentence scoring; ``None``: the
             all-MiniLM-L6-v2 embedder when the store has its vectors.
         retriever: ``bm25``, ``dense``, ``hybrid`` or ``graph``, or a ``Retriever``.
@@ -82,18 +87,16 @@ class RagPipeline:
         max_answer_tokens: the most tokens of an answer.
     """
 
-    def __init__(self, store: RagStore | str | Path, *, model: Engine | str | None = None,
+    def __init__(self, store: RagStore | str | Path, *, model: Engine | Worker | str | None = None,
                  embedder: Embedder | None = None, retriever: str | Retriever = "hybrid", compressor: str = "graph",
                  budget_tokens: int = 256, k: int = 5, max_answer_tokens: int = 48) -> None:
-        from .store import RagStore
-
         if compressor not in COMPRESSORS:
             raise UserError(f"unknown compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
         if budget_tokens < 1 or k < 1:
             raise UserError(f"budget_tokens and k must be >= 1 (got {budget_tokens} and {k})")
         self.store = store if isinstance(store, RagStore) else RagStore(store)
         if embedder is None and self.store.embedder_name:
-            from .embed import MiniLMEmbedder
+            from tokenomy.tools.rag.embed import MiniLMEmbedder
 
             if self.store.embedder_name == MiniLMEmbedder.name:
                 embedder = MiniLMEmbedder()
@@ -106,7 +109,8 @@ class RagPipeline:
             from tokenomy.kernels import load_engine
 
             model = load_engine(model)
-        self.model: Engine | None = model
+        self.worker: Worker | None = (model if isinstance(model, Worker) or model is None else Worker(model))
+        """Where ``ask`` sends its one model call, as the strategies do (``None``: no model)."""
         self.max_answer_tokens = max_answer_tokens
         self.calls = 0
         self.context_tokens = 0
@@ -119,7 +123,7 @@ class RagPipeline:
 
     def context(self, question: str, hits: list[Hit] | None = None) -> Context:
         """The compressed context for ``question`` (``hits``: already retrieved ones)."""
-        from .compress import compress_chunks, compress_hybrid, compress_sentences, compress_triplets
+        from tokenomy.tools.rag.compress import compress_chunks, compress_hybrid, compress_sentences, compress_triplets
 
         hits = self.retrieve(question) if hits is None else hits
         if self.compressor == "chunks":
@@ -145,7 +149,7 @@ class RagPipeline:
         """Answer ``question`` from the store with one model call (none when nothing matches)."""
         if not question.strip():
             raise UserError("the question is empty")
-        if self.model is None:
+        if self.worker is None:
             raise UserError("this pipeline has no model: give RagPipeline(model=...) to answer questions")
         hits = self.retrieve(question)
         ctx = self.context(question, hits)
@@ -153,7 +157,8 @@ class RagPipeline:
             return RagAnswer(question, NO_FIT if hits else NO_MATCH, ctx, hits)
         messages = [{"role": "system", "content": RAG_SYSTEM},
                     {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
-        c = self.model.chat(messages, max_tokens=self.max_answer_tokens, agent="rag")
+        c = self.worker.generate(messages, SamplingParams(max_tokens=self.max_answer_tokens), agent="rag",
+                                 tags=("rag",))
         raw = c.text.strip().split("\n")[0].strip()
         allowed = set(ctx.cites)
         cited = [m for m in dict.fromkeys(_CITE.findall(raw)) if m in allowed]
@@ -178,11 +183,3 @@ class RagPipeline:
 
         retrieve.__name__ = name
         return tool(retrieve)
-
-    def as_agent(self, name: str = "retriever", *, tool_name: str = "retrieve", max_tokens: int = 96) -> Agent:
-        """An agent for an ``AgentGraph`` that plans over this pipeline's tool; run the team with
-        ``tools=[pipeline.as_tool(tool_name)]``."""
-        from tokenomy.agents import Agent
-
-        return Agent(name=name, role="planner", tools=(tool_name,), max_tokens=max_tokens)
-

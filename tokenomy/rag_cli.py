@@ -1,4 +1,9 @@
-"""``tokenomy rag ingest DIR`` and ``tokenomy rag ask "question"`` (their arguments: ``tokenomy.cli``)."""
+"""``tokenomy rag ingest DIR`` and ``tokenomy rag ask "question"`` (their arguments: ``tokenomy.cli``).
+
+A roof module, like ``cli``: it uses the store (``tools.rag``) and the pipeline that asks a model (``planners.rag``).
+Without ``--store`` the store is ``rag/store.sqlite`` in tokenomy's cache directory (``TOKENOMY_CACHE_DIR``
+overrides that, as for the models, the runs and the search indexes).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ __all__ = ["cmd_ingest", "cmd_ask", "default_store_path"]
 
 
 def default_store_path() -> Path:
-    from platformdirs import user_cache_dir
+    """``<cache>/rag/store.sqlite``, where ``<cache>`` is tokenomy's cache directory (``TOKENOMY_CACHE_DIR``)."""
+    from tokenomy.kernels.embedded import cache_root
 
-    return Path(user_cache_dir("tokenomy")) / "rag" / "store.sqlite"
+    return cache_root() / "rag" / "store.sqlite"
 
 
 def _store(path: str | None) -> Path:
@@ -24,13 +30,12 @@ def _store(path: str | None) -> Path:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tokenomy.kernels.usage import Usage
-
-    from .model_extract import make_extractor
-    from .store import RagStore
+    from tokenomy.tools.rag.model_extract import make_extractor
+    from tokenomy.tools.rag.store import RagStore
 
     embedder = None
     if not args.no_vectors:
-        from .embed import MiniLMEmbedder
+        from tokenomy.tools.rag.embed import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
     path = _store(args.store)
@@ -64,9 +69,8 @@ def _ingest_command(args: argparse.Namespace, path: Path) -> str:
 def cmd_ask(args: argparse.Namespace) -> int:
     from tokenomy.errors import UserError
     from tokenomy.kernels import default_spec, load_engine
-
-    from .pipeline import RagPipeline
-    from .store import RagStore
+    from tokenomy.planners.rag import RagPipeline
+    from tokenomy.tools.rag.store import RagStore
 
     path = _store(args.store)
     if not path.exists():
