@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
 from tokenomy.agents.budget import EntropyRouter, PlanAndBudget, ProbeRouter, TaleBudget, ThinkingCap, Tier
 from tokenomy.agents.collab import (
     AlternatingTurns,
@@ -42,6 +41,7 @@ from tokenomy.agents.policy import Format, Policy
 from tokenomy.agents.replay import replay
 from tokenomy.agents.sampling import Sample
 from tokenomy.agents.stopping import ESC, AdaptiveConsistency, FixedN, ShortMK, StoppingRule
+from tokenomy.benchmarks import plot
 from tokenomy.kernels.engine import Engine
 
 from .graph import paired_bootstrap

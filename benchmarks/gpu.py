@@ -595,7 +595,7 @@ def format_gpu_table(records: Sequence[GpuRecord]) -> str:
 
 def plot_records(records: Sequence[GpuRecord], path: str | Path) -> Path:
     """A PNG of TTFT and decode tokens/s per workload and variant (side by side)."""
-    from tokenomy import plot
+    from tokenomy.benchmarks import plot
 
     rows = [(f"{r.workload} {r.variant}", {"TTFT ms": r.ttft_ms or 0.0, "decode tok/s": r.decode_tok_s or 0.0})
             for r in records if r.workload != "kernel"]

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
 from tokenomy.agents import Agent
+from tokenomy.benchmarks import plot
 from tokenomy.graphs import AgentGraph, GraphTeam, Simulator
 from tokenomy.graphs.policy import POLICIES, EdgePolicy, StaticPolicy, effective_items
 from tokenomy.graphs.train import EvalReport, TeamTask, TrainConfig, TrainReport, evaluate, train_policy

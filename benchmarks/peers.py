@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
 from tokenomy.agents.answers import answer_matches
+from tokenomy.benchmarks import plot
 
 from .peer_agents import FRAMEWORKS
 from .referee import Record, RecordingProxy, RefereeError, VllmServer, check_model

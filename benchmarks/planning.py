@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
 from tokenomy.agents.answers import answer_matches
+from tokenomy.benchmarks import plot
 from tokenomy.kernels.scripted import ScriptedEngine
 from tokenomy.kernels.types import Request
 from tokenomy.planners.grammar import result_index

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
+from tokenomy.benchmarks import plot
 from tokenomy.errors import PlanError
 from tokenomy.kernels import Engine, Usage
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenomy import plot
+from tokenomy.benchmarks import plot
 from tokenomy.kernels.engine import Engine
 from tokenomy.kernels.radix import RadixCache
 from tokenomy.kernels.types import Completion, Request, SamplingParams

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tokenomy import plot
+from tokenomy.benchmarks import plot
 from tokenomy.errors import UserError
 from tokenomy.tools.rag.types import Context, Embedder, Hit
 

@@ -8,7 +8,9 @@ A total therefore never silently turns into ``None`` because one call lacked a n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Usage", "UsageLedger", "ModelCost", "CostLedger"]
 
@@ -86,8 +88,41 @@ class Usage:
             out["gen_ai.usage.cache_read.input_tokens"] = self.cached_prompt_tokens
         return out
 
-    def to_dict(self) -> dict[str, int | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "unknown_fields"}
+    @classmethod
+    def from_otel(cls, attributes: Mapping[str, Any], *, calls: int = 1) -> Usage:
+        """The usage of one call from its OpenTelemetry GenAI attributes (``to_otel``'s inverse): an attribute that
+        is absent, or not a count (a damaged trace file), is unknown (``None``), not 0."""
+        return cls(prompt_tokens=_count(attributes.get("gen_ai.usage.input_tokens")),
+                   cached_prompt_tokens=_count(attributes.get("gen_ai.usage.cache_read.input_tokens")),
+                   completion_tokens=_count(attributes.get("gen_ai.usage.output_tokens")), calls=calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as plain data (JSON, checkpoints), with ``unknown``: the fields that are a lower bound, only
+        when there are any. ``from_dict`` reads it back."""
+        out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
+                               "completion_tokens": self.completion_tokens, "calls": self.calls}
+        if self.unknown_fields:
+            out["unknown"] = sorted(self.unknown_fields)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """``to_dict``'s inverse (a missing count is unknown, ``None``; a missing ``calls`` is 0)."""
+        return cls(prompt_tokens=_count(data.get("prompt_tokens")),
+                   cached_prompt_tokens=_count(data.get("cached_prompt_tokens")),
+                   completion_tokens=_count(data.get("completion_tokens")), calls=_count(data.get("calls")) or 0,
+                   unknown_fields=frozenset(data.get("unknown") or ()))
+
+    @staticmethod
+    def sum(usages: Iterable[Usage]) -> Usage:
+        """The sum of ``usages`` (``Usage()`` for none), started from the first rather than from ``Usage()``, whose
+        zeros would turn a count nobody reported (cached tokens from a server that does not report them) into a
+        known 0."""
+        items = list(usages)
+        total = items[0] if items else Usage()
+        for u in items[1:]:
+            total = total + u
+        return total
 
     def __str__(self) -> str:
         def show(v: int | None, name: str) -> str:
@@ -170,9 +205,14 @@ class ModelCost:
         return self.flops_per_token * (self.prefill_tokens + self.decode_tokens)
 
     def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "calls": self.usage.calls, "prefill_tokens": self.prefill_tokens,
-                "cached_tokens": self.cached_tokens, "decode_tokens": self.decode_tokens,
-                "discarded_tokens": self.discarded_tokens, "flops": self.flops}
+        """Counts as plain data; ``unknown`` lists the usage fields some call did not report (the counts built
+        from them are lower bounds), only when there are any."""
+        out: dict[str, object] = {"model": self.model, "calls": self.usage.calls, "prefill_tokens": self.prefill_tokens,
+                                  "cached_tokens": self.cached_tokens, "decode_tokens": self.decode_tokens,
+                                  "discarded_tokens": self.discarded_tokens, "flops": self.flops}
+        if self.usage.unknown_fields:
+            out["unknown"] = sorted(self.usage.unknown_fields)
+        return out
 
 
 class CostLedger:
@@ -216,3 +256,15 @@ class CostLedger:
     def to_dict(self) -> dict[str, object]:
         return {"models": {k: c.to_dict() for k, c in self.models.items()}, "tokens": self.tokens,
                 "flops": self.flops}
+
+
+def _count(value: Any) -> int | None:
+    """``value`` as a token count read from a file (a trace, a checkpoint): ``None``, unknown, for anything that
+    is not a whole number >= 0 (a damaged or hand-edited file must not stop a report)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and value >= 0 else None

@@ -178,9 +178,9 @@ class Plan(BaseModel):
         return _strip(self.model_dump())
 
     def _repr_html_(self) -> str:
-        from tokenomy.viz import plan_svg
-
+        # A notebook's display hook, the one lazy import allowed here (tests/test_layout.py): drawing is above the AST.
         from .printer import plan_steps
+        from .render import plan_svg
 
         return plan_svg(plan_steps(self))
 

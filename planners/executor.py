@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenomy.errors import TokenomyError, UserError
-from tokenomy.trace import in_step
+from tokenomy.events import in_step
 
 from . import ast as A
 

@@ -1,4 +1,5 @@
-"""``tokenomy.plot`` and each benchmark's ``plot_records``: real PNGs from records built with the real classes."""
+"""``tokenomy.benchmarks.plot`` and each benchmark's ``plot_records``: real PNGs from records built with the real
+classes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tokenomy import plot
-from tokenomy.benchmarks import collab, graph, planning, plans, prefix, rag
+from tokenomy.benchmarks import collab, graph, planning, plans, plot, prefix, rag
 from tokenomy.benchmarks.collab import CollabRecord
 from tokenomy.benchmarks.graph import GraphRecord
 from tokenomy.benchmarks.planning import PlanningRecord
@@ -179,8 +179,8 @@ def test_bars_stacked_and_side_by_side(tmp_path, figures):
 def test_importing_the_module_is_cheap_and_drawing_never_uses_pyplot(tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        import tokenomy.plot as plot
-        assert "matplotlib" not in sys.modules, "import tokenomy.plot imported matplotlib"
+        import tokenomy.benchmarks.plot as plot
+        assert "matplotlib" not in sys.modules, "import tokenomy.benchmarks.plot imported matplotlib"
         plot.lines({{"a": [(1, 2), (2, 3)]}}, {str(tmp_path / "a.png")!r}, title="t", xlabel="x", ylabel="y")
         plot.bars([("a", {{"k": 1}})], {str(tmp_path / "b.png")!r}, title="t", ylabel="y")
         plot.scatter({{"p": [("a", 1, 2)], "q": []}}, {str(tmp_path / "c.png")!r}, title="t", xlabel="x", ylabel="y",

@@ -26,6 +26,24 @@ def test_usage_adds_and_keeps_unknown_as_none():
         Usage(prompt_tokens=-1)
 
 
+def test_usage_round_trips_and_reads_damaged_counts_as_unknown():
+    a = Usage(prompt_tokens=10, cached_prompt_tokens=4, completion_tokens=3, calls=1)
+    b = Usage(prompt_tokens=5, cached_prompt_tokens=None, completion_tokens=2, calls=1)
+    s = Usage.sum([a, b])
+    assert Usage.from_dict(s.to_dict()) == s and s.to_dict()["unknown"] == ["cached_prompt_tokens"]
+    assert "unknown" not in a.to_dict()
+    assert Usage.from_otel(a.to_otel()) == a
+    assert Usage.sum([]) == Usage()
+    # The summing starts from the first usage: nobody's zero turns an unreported count into a known 0.
+    assert Usage.sum([b]).cached_prompt_tokens is None
+    damaged = Usage.from_otel({"gen_ai.usage.input_tokens": -1, "gen_ai.usage.output_tokens": "lots",
+                               "gen_ai.usage.cache_read.input_tokens": True})
+    assert (damaged.prompt_tokens, damaged.completion_tokens, damaged.cached_prompt_tokens) == (None, None, None)
+    assert Usage.from_otel({"gen_ai.usage.input_tokens": 7.0, "gen_ai.usage.output_tokens": "3"}).total_tokens == 10
+    read = Usage.from_dict({"prompt_tokens": [1], "completion_tokens": 2, "calls": "x"})
+    assert (read.prompt_tokens, read.cached_prompt_tokens, read.completion_tokens, read.calls) == (None, None, 2, 0)
+
+
 def test_ledger_by_agent_and_tag():
     led = UsageLedger()
     led.record(Usage(prompt_tokens=3, completion_tokens=1, calls=1), "planner", ("round0",))

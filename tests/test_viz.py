@@ -15,9 +15,11 @@ import pytest
 from tests.trace_doubles import HOSTILE, graph_trace, rewoo_trace
 from tokenomy.cli import main
 from tokenomy.graphs import AgentGraph, Mask
+from tokenomy.graphs.render import graph_svg
 from tokenomy.planners import parse_plan
+from tokenomy.planners.render import plan_svg
 from tokenomy.trace import Trace
-from tokenomy.viz import graph_svg, plan_svg, render_html, timeline_svg, trace_graph
+from tokenomy.viz import render_html, timeline_svg, trace_graph
 
 
 class _Scan(HTMLParser):

@@ -23,25 +23,20 @@ back (``tokenomy viz`` draws it) and ``export_otel`` sends it to OpenTelemetry w
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokenomy.errors import MissingExtra, UserError
+from tokenomy.events import EVENT_KINDS, utf8_safe
+from tokenomy.kernels.usage import Usage
 
-__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "in_node", "in_step", "trace_context",
-           "input_messages", "output_text", "otel_input", "otel_output", "clip", "edge_name", "RESULT_CHARS"]
-
-RESULT_CHARS = 2000  # tool results and plan values are cut to this many characters in a trace
-
-_node: contextvars.ContextVar[str | None] = contextvars.ContextVar("tokenomy_node", default=None)
-_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("tokenomy_step", default=None)
+__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "input_messages", "output_text",
+           "edge_name"]
 
 
 def runs_dir() -> Path:
@@ -50,62 +45,6 @@ def runs_dir() -> Path:
     from tokenomy.kernels.embedded import cache_root
 
     return cache_root() / "runs"
-
-
-@contextmanager
-def in_node(name: str) -> Iterator[None]:
-    """Events emitted inside this block (and in tasks it starts) carry ``node=name``."""
-    token = _node.set(name)
-    try:
-        yield
-    finally:
-        _node.reset(token)
-
-
-@contextmanager
-def in_step(name: str) -> Iterator[None]:
-    """Events emitted inside this block (and in tasks it starts) carry ``step=name``."""
-    token = _step.set(name)
-    try:
-        yield
-    finally:
-        _step.reset(token)
-
-
-def trace_context() -> dict[str, str]:
-    """The ``node`` and ``step`` the current code runs in, where known."""
-    out = {}
-    if (n := _node.get()) is not None:
-        out["node"] = n
-    if (s := _step.get()) is not None:
-        out["step"] = s
-    return out
-
-
-def clip(value: Any, limit: int = RESULT_CHARS) -> str:
-    """``value`` as text (JSON where it is JSON data), cut to ``limit`` characters with a marker."""
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            text = str(value)
-    return text if len(text) <= limit else text[:limit] + f" [... {len(text) - limit} more characters]"
-
-
-def otel_input(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Chat messages in the GenAI conventions' ``gen_ai.input.messages`` form (role and text parts)."""
-    return [{"role": str(m.get("role", "user")), "parts": [{"type": "text", "content": str(m.get("content", ""))}]}
-            for m in messages]
-
-
-def otel_output(text: str, finish_reason: str | None = None) -> list[dict[str, Any]]:
-    """A completion in the ``gen_ai.output.messages`` form."""
-    out: dict[str, Any] = {"role": "assistant", "parts": [{"type": "text", "content": text}]}
-    if finish_reason:
-        out["finish_reason"] = finish_reason
-    return [out]
 
 
 def _text(parts: Any) -> str:
@@ -146,18 +85,6 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def utf8_safe(text: str) -> str:
-    """``text`` with its lone surrogates (which UTF-8 cannot encode: a tool that decoded bytes with
-    ``surrogateescape``) replaced by U+FFFD, so files, SQLite and the checkpointer can hold it."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-
-
 class TraceWriter:
     """Appends events to a JSON-lines file (thread-safe); usable as a strategy's ``on_event``. ``common`` fields
     (say ``run=thread_id``) are added to every event."""
@@ -192,9 +119,17 @@ def read_trace(path: str | Path) -> list[dict[str, Any]]:
     return Trace.load(path).events
 
 
-def _tokens(e: Mapping[str, Any]) -> tuple[int, int, int]:
-    return (int(e.get("gen_ai.usage.input_tokens") or 0), int(e.get("gen_ai.usage.cache_read.input_tokens") or 0),
-            int(e.get("gen_ai.usage.output_tokens") or 0))
+# The short names of a token row and the ``Usage`` fields they come from.
+_ROW = {"prompt": "prompt_tokens", "cached": "cached_prompt_tokens", "completion": "completion_tokens"}
+
+
+def _row(usage: Usage) -> dict[str, Any]:
+    """A token row: prompt, cached, completion and calls (unknown counts as 0), and ``unknown``, the names of the
+    counts some call did not report (they are lower bounds), only when there are any."""
+    row: dict[str, Any] = {k: getattr(usage, f) or 0 for k, f in _ROW.items()} | {"calls": usage.calls}
+    if unknown := sorted(k for k, f in _ROW.items() if f in usage.unknown_fields):
+        row["unknown"] = unknown
+    return row
 
 
 def _count(v: Any) -> bool:
@@ -301,6 +236,9 @@ class Trace:
         return Trace(events, self.path, self.skipped)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
+        """The events of one kind (one of ``tokenomy.events.EVENT_KINDS``; a misspelt kind is an error, not [])."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}: one of {', '.join(EVENT_KINDS)}")
         return [e for e in self.events if e.get("event") == kind]
 
     @property
@@ -338,20 +276,18 @@ class Trace:
                         r[k] = e[k]
         return list(out.values())
 
-    def tokens_by(self, key: str) -> dict[str, dict[str, int]]:
-        """Prompt, cached, completion tokens and calls of model calls, summed by an event field (``agent``,
-        ``node``, ``gen_ai.request.model``, ``round``)."""
-        out: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "cached": 0, "completion": 0,
-                                                              "calls": 0})
+    def _usage_by(self, key: str) -> dict[str, Usage]:
+        out: dict[str, list[Usage]] = defaultdict(list)
         for e in self.model_calls:
             k = e.get(key)
-            p, c, o = _tokens(e)
-            d = out[str(k) if k is not None else "?"]
-            d["prompt"] += p
-            d["cached"] += c
-            d["completion"] += o
-            d["calls"] += 1
-        return dict(out)
+            out[str(k) if k is not None else "?"].append(Usage.from_otel(e))
+        return {k: Usage.sum(us) for k, us in out.items()}
+
+    def tokens_by(self, key: str) -> dict[str, dict[str, Any]]:
+        """Prompt, cached, completion tokens and calls of model calls, summed by an event field (``agent``,
+        ``node``, ``gen_ai.request.model``, ``round``); a row's ``unknown`` lists the counts that some call did not
+        report (a lower bound, not a 0), only when there are any."""
+        return {k: _row(u) for k, u in self._usage_by(key).items()}
 
     def tokens_by_edge(self) -> dict[str, int]:
         """Tokens sent along each edge of the agent graph (``message`` events)."""
@@ -360,23 +296,16 @@ class Trace:
             out[edge_name(e)] += int(e.get("tokens") or 0)
         return dict(out)
 
-    def total(self) -> dict[str, int]:
-        t = {"prompt": 0, "cached": 0, "completion": 0, "calls": 0}
-        for d in self.tokens_by("agent").values():
-            for k in t:
-                t[k] += d[k]
-        return t
-
-    def to_html(self, *, title: str | None = None) -> str:
-        """The whole self-contained page ``tokenomy viz`` writes."""
-        from tokenomy.viz import render_html
-
-        return render_html(self, title=title)
+    def total(self) -> dict[str, Any]:
+        """The token row of every model call together (``unknown`` as in ``tokens_by``)."""
+        return _row(Usage.sum(self._usage_by("agent").values()))
 
     def _repr_html_(self) -> str:
-        from tokenomy.viz import iframe
+        # A notebook's display hook: the one place the reader asks the viewer (above it) for the page, lazily,
+        # so that importing tokenomy.trace never imports tokenomy.viz (tests/test_layout.py allows only this).
+        from tokenomy.viz import iframe, render_html
 
-        return iframe(self.to_html())
+        return iframe(render_html(self))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         t = self.total()

@@ -17,80 +17,19 @@ import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenomy.benchmarks.plot import bars
+from tokenomy.graphs.render import graph_svg
+from tokenomy.planners.render import plan_svg
+from tokenomy.svg import SVG_STYLE, escape, short
 from tokenomy.trace import Trace, edge_name, input_messages, output_text
 
-__all__ = ["render_html", "write_html", "write_png", "trace_graph", "graph_svg", "plan_svg", "timeline_svg",
-           "iframe"]
+__all__ = ["render_html", "write_html", "write_png", "trace_graph", "timeline_svg", "iframe"]
 
-_STATUS_FILL = {"ok": "#d8f0d8", "error": "#f6cccc", "timeout": "#f6cccc", "eval": "#f6cccc", "failed": "#f6cccc",
-                "skipped": "#ececec", None: "#ffffff"}
 _KIND_FILL = {"model_call": "#6b8fd6", "tool_call": "#e0a03a", "error": "#d05050"}
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def _short(s: str, n: int) -> str:
-    s = " ".join(str(s).split())
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
-# -- layout ------------------------------------------------------------------------------------------------
-
-
-def _layers(nodes: Sequence[str], edges: Iterable[tuple[str, str]]) -> dict[str, int]:
-    """Longest-path layers of the graph's DAG part (edges that close a cycle are ignored, in order)."""
-    import networkx as nx
-
-    g: Any = nx.DiGraph()
-    g.add_nodes_from(nodes)
-    for u, v in edges:
-        if u == v or u not in g or v not in g:
-            continue
-        g.add_edge(u, v)
-        if not nx.is_directed_acyclic_graph(g):
-            g.remove_edge(u, v)
-    layer: dict[str, int] = {}
-    for n in nx.topological_sort(g):
-        layer[n] = max((layer[p] + 1 for p in g.predecessors(n)), default=0)
-    return layer
-
-
-def _positions(nodes: Sequence[str], layer: Mapping[str, int], dx: float, dy: float, x0: float, y0: float
-               ) -> tuple[dict[str, tuple[float, float]], float, float]:
-    cols: dict[int, list[str]] = defaultdict(list)
-    for n in nodes:
-        cols[layer.get(n, 0)].append(n)
-    tallest = max((len(c) for c in cols.values()), default=1)
-    pos = {}
-    for k, col in cols.items():
-        off = (tallest - len(col)) * dy / 2
-        for i, n in enumerate(col):
-            pos[n] = (x0 + k * dx, y0 + off + i * dy)
-    width = x0 * 2 + (max(cols, default=0)) * dx
-    height = y0 * 2 + (tallest - 1) * dy
-    return pos, width, height
-
-
-def _circle(names: Sequence[str]) -> tuple[dict[str, tuple[float, float]], float, float]:
-    n = len(names)
-    r = 0.0 if n == 1 else max(90.0, 34.0 * n / math.pi)
-    cx, cy = 80 + r, 110 + r
-    pos = {name: (cx + r * math.cos(math.pi + 2 * math.pi * i / n), cy + r * math.sin(math.pi + 2 * math.pi * i / n))
-           for i, name in enumerate(names)}
-    pos["decision"] = (cx + r + 170, cy)
-    return pos, cx + r + 250, cy + r + 90
-
-
-_SVG_STYLE = ("<style>svg.tk{max-width:100%;height:auto}.tk text{font:12px sans-serif;fill:#223}"
-              ".tk .sub{font-size:10px;fill:#667}"
-              ".tk .node,.tk .step,.tk .call{cursor:pointer}.tk .off text{fill:#999}"
-              ".tk .node:hover circle,.tk .step:hover rect{stroke-width:3}.tk g:focus{outline:none}</style>")
 
 
 # -- the agent graph ---------------------------------------------------------------------------------------
@@ -153,144 +92,6 @@ def trace_graph(trace: Trace) -> dict[str, Any]:
     return {"name": name, "agents": agents, "edges": edges, **extra}
 
 
-def _with_decision(g: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The agents and edges to draw: an agent graph's decision node joins its agents (as its solver, when a
-    solver decides)."""
-    agents = [dict(a) for a in g.get("agents", [])]
-    edges = [dict(e) for e in g.get("edges", [])]
-    if not any(e["dst"] == "decision" for e in edges) or any(a["name"] == "decision" for a in agents):
-        return agents, edges
-    solver = g.get("solver") if g.get("decision") == "solver" else None
-    node: dict[str, Any] = {"name": "decision", "role": "decision", "state": "runs",
-                            "label": f"solver {solver}" if solver else f"{g.get('decision') or 'vote'}"}
-    for a in agents:
-        if solver and a["name"] == solver:
-            node |= {k: a[k] for k in ("tokens", "calls") if k in a}
-    agents = [a for a in agents if a["name"] != solver] + [node]
-    return agents, edges
-
-
-def graph_svg(g: Mapping[str, Any]) -> str:
-    """An SVG of an agent graph given as plain data (``graphs.render.to_json`` or ``trace_graph``)."""
-    agents, edges = _with_decision(g)
-    names = [a["name"] for a in agents]
-    edges = [e for e in edges if e["src"] in names and e["dst"] in names]
-    if not agents:
-        return '<svg class="tk" xmlns="http://www.w3.org/2000/svg" width="240" height="40"><text x="8" y="24">' \
-               "no agents in this trace</text></svg>"
-    if "decision" in names:  # a team: agents on a circle, the decision node to its right
-        pos, width, height = _circle([n for n in names if n != "decision"])
-    else:  # a pipeline (planner -> executor -> tools, solver): left to right
-        flow = [(e["src"], e["dst"]) for e in edges if e.get("kind") != "temporal"]
-        pos, width, height = _positions(names, _layers(names, flow), 190, 96, 70, 60)
-    top_a = max((a.get("tokens") or 0 for a in agents), default=0) or 1
-    top_e = max((e.get("tokens") or 0 for e in edges), default=0) or 1
-    radius = {a["name"]: 16 + 22 * math.sqrt((a.get("tokens") or 0) / top_a) for a in agents}
-    out = [f'<svg class="tk agent-graph" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
-           f'height="{height + 30:.0f}" viewBox="0 0 {width:.0f} {height + 30:.0f}" role="img" '
-           f'aria-label="agent graph {_e(g.get("name", ""))}">', _SVG_STYLE]
-    pairs = {(e["src"], e["dst"]) for e in edges}
-    for e in edges:
-        (x1, y1), (x2, y2) = pos[e["src"]], pos[e["dst"]]
-        off = e.get("state", "runs") != "runs"
-        dist = math.hypot(x2 - x1, y2 - y1) or 1.0
-        ux, uy = (x2 - x1) / dist, (y2 - y1) / dist
-        r1, r2 = radius[e["src"]], radius[e["dst"]] + 3
-        sx, sy, tx, ty = x1 + ux * r1, y1 + uy * r1, x2 - ux * r2, y2 - uy * r2
-        bend = 0.0
-        if e.get("kind") == "temporal" or (e["dst"], e["src"]) in pairs or e["src"] == e["dst"]:
-            bend = 36.0 if e.get("kind") == "temporal" else 18.0
-        mx, my = (sx + tx) / 2 - uy * bend, (sy + ty) / 2 + ux * bend
-        if e["src"] == e["dst"]:
-            sx, sy, tx, ty, mx, my = x1 - 10, y1 - r1, x1 + 10, y1 - r1, x1, y1 - r1 - 50
-        tok = e.get("tokens")
-        w = 1.2 + 7 * (tok or 0) / top_e if not off else 1.2
-        colour = "#bbb" if off else ("#3a6fd0" if e.get("kind") == "temporal" else "#556")
-        dash = ' stroke-dasharray="5 4"' if off or e.get("kind") == "temporal" else ""
-        calls = e.get("calls")
-        label = "" if off else (f"{tok} tok" if tok else (f"{calls} call{'s' if calls != 1 else ''}" if calls
-                                                          else ""))
-        cls = "edge off" if off else "edge"
-        title = f"{e['src']} → {e['dst']} ({e.get('kind', '')}, {e.get('state', 'runs')})" + (
-            f": {tok} tokens" if tok else "")
-        # The arrowhead is drawn, not a marker, so it grows with the line and the line stops at its base.
-        hx, hy = tx - mx, ty - my
-        hd = math.hypot(hx, hy) or 1.0
-        hx, hy = hx / hd, hy / hd
-        size = 7 + 1.6 * w
-        bx, by = tx - hx * size, ty - hy * size
-        head = (f"{tx:.1f},{ty:.1f} {bx - hy * size * 0.5:.1f},{by + hx * size * 0.5:.1f} "
-                f"{bx + hy * size * 0.5:.1f},{by - hx * size * 0.5:.1f}")
-        arrow = {"temporal": "~>", "decision": "=>"}.get(str(e.get("kind")), "->")
-        out.append(f'<g class="{cls}" data-edge="{_e(e["src"])} {arrow} {_e(e["dst"])}" '
-                   f'data-state="{_e(e.get("state"))}">'
-                   f"<title>{_e(title)}</title>"
-                   f'<path d="M{sx:.1f},{sy:.1f} Q{mx:.1f},{my:.1f} {bx:.1f},{by:.1f}" fill="none" '
-                   f'stroke="{colour}" stroke-width="{w:.1f}"{dash}/><polygon points="{head}" fill="{colour}"/>')
-        if label:
-            lx, ly = (sx + 2 * mx + tx) / 4, (sy + 2 * my + ty) / 4 - 4 - w / 2
-            out.append(f'<text class="sub" x="{lx:.1f}" y="{ly:.1f}" text-anchor="middle">{_e(label)}</text>')
-        out.append("</g>")
-    for a in agents:
-        x, y = pos[a["name"]]
-        r = radius[a["name"]]
-        off = a.get("state", "runs") != "runs"
-        role = a.get("role", "")
-        fill = "#f2f2f2" if off else ("#fbe3b8" if role == "tool" else "#dce6fa" if role != "decision"
-                                      else "#e8dcfa")
-        dash = ' stroke-dasharray="4 3"' if off else ""
-        calls = a.get("calls")
-        sub = a.get("state") if off else (f"{a['tokens']} tok" if a.get("tokens") else (
-            f"{calls} call{'s' if calls != 1 else ''}" if calls else a.get("label") or role))
-        out.append(f'<g class="node{" off" if off else ""}" data-agent="{_e(a["name"])}" tabindex="0">'
-                   f"<title>{_e(a['name'])} ({_e(role)}, {_e(a.get('state', 'runs'))})</title>"
-                   f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{fill}" stroke="{"#aaa" if off else "#556"}"'
-                   f' stroke-width="1.5"{dash}/>'
-                   f'<text x="{x:.1f}" y="{y + r + 14:.1f}" text-anchor="middle">{_e(_short(a["name"], 22))}</text>'
-                   f'<text class="sub" x="{x:.1f}" y="{y + r + 26:.1f}" text-anchor="middle">{_e(sub)}</text></g>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-# -- plans -------------------------------------------------------------------------------------------------
-
-
-def plan_svg(steps: Sequence[Mapping[str, Any]], results: Mapping[str, Mapping[str, Any]] | None = None, *,
-             plan_index: int = 0) -> str:
-    """An SVG of a plan's data-flow DAG (``planners.plan_steps``); with ``results`` (an ``execution`` event's),
-    each step is coloured by its status and shows its value."""
-    ids = [s["id"] for s in steps]
-    if not ids:
-        return '<svg class="tk" xmlns="http://www.w3.org/2000/svg" width="200" height="30"><text x="6" y="20">' \
-               "empty plan</text></svg>"
-    edges = [(r, s["id"]) for s in steps for r in s.get("reads", []) if r in ids]
-    pos, width, height = _positions(ids, _layers(ids, edges), 250, 64, 120, 40)
-    bw, bh = 220, 44
-    out = [f'<svg class="tk plan-dag" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-           f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="plan">', _SVG_STYLE]
-    for u, v in edges:  # a curve from u's right side into v's left side, ending in a drawn arrowhead
-        (x1, y1), (x2, y2) = pos[u], pos[v]
-        tip = x2 - bw / 2
-        out.append(f'<path d="M{x1 + bw / 2:.1f},{y1:.1f} C{x1 + bw / 2 + 18:.1f},{y1:.1f} {tip - 26:.1f},'
-                   f'{y2:.1f} {tip - 8:.1f},{y2:.1f}" fill="none" stroke="#778" stroke-width="1.3"/>'
-                   f'<polygon points="{tip:.1f},{y2:.1f} {tip - 8:.1f},{y2 - 4:.1f} {tip - 8:.1f},{y2 + 4:.1f}" '
-                   'fill="#778"/>')
-    for s in steps:
-        x, y = pos[s["id"]]
-        res = (results or {}).get(s["id"])
-        status = res.get("status") if res else None
-        value = res.get("value") if res else None
-        line2 = f"{status}: {value}" if status and value is not None else (status or s.get("kind", ""))
-        out.append(f'<g class="step" data-step="{_e(s["id"])}" data-plan="{plan_index}" '
-                   f'data-status="{_e(status or "")}" tabindex="0"><title>{_e(s.get("text", ""))}</title>'
-                   f'<rect x="{x - bw / 2:.1f}" y="{y - bh / 2:.1f}" width="{bw}" height="{bh}" rx="6" '
-                   f'fill="{_STATUS_FILL.get(status, "#fff")}" stroke="#556" stroke-width="1.2"/>'
-                   f'<text x="{x - bw / 2 + 8:.1f}" y="{y - 4:.1f}">{_e(_short(s.get("text", s["id"]), 32))}</text>'
-                   f'<text class="sub" x="{x - bw / 2 + 8:.1f}" y="{y + 13:.1f}">{_e(_short(line2, 38))}</text></g>')
-    out.append("</svg>")
-    return "".join(out)
-
-
 # -- the timeline ------------------------------------------------------------------------------------------
 
 
@@ -329,7 +130,7 @@ def timeline_svg(events: Sequence[Mapping[str, Any]]) -> str:
     scale = width / span_s
     out = [f'<svg class="tk timeline" xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" '
            f'height="{height}" viewBox="0 0 {left + width + 20} {height}" role="img" aria-label="timeline">',
-           _SVG_STYLE]
+           SVG_STYLE]
     step = 10 ** math.floor(math.log10(span_s / 4)) if span_s > 0 else 1
     for mult in (1, 2, 5, 10):
         if span_s / (step * mult) <= 8:
@@ -343,7 +144,7 @@ def timeline_svg(events: Sequence[Mapping[str, Any]]) -> str:
         k += 1
     for j, lane in enumerate(lanes):
         y = 28 + j * lane_h
-        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{_e(_short(lane, 20))}</text>')
+        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{escape(short(lane, 20))}</text>')
     for i, lane, (s, t), e in items:
         y = 28 + lanes.index(lane) * lane_h
         x = left + (s - t0) * scale
@@ -352,7 +153,7 @@ def timeline_svg(events: Sequence[Mapping[str, Any]]) -> str:
         what = (f"{e.get('agent')}: {e.get('gen_ai.usage.input_tokens', '?')} + "
                 f"{e.get('gen_ai.usage.output_tokens', '?')} tokens" if e["event"] == "model_call"
                 else f"{e.get('gen_ai.tool.name')}" + (f" (error: {e['error']})" if e.get("error") else ""))
-        out.append(f'<g class="call" data-event="{i}" tabindex="0"><title>{_e(what)}, {t - s:.3f} s</title>'
+        out.append(f'<g class="call" data-event="{i}" tabindex="0"><title>{escape(what)}, {t - s:.3f} s</title>'
                    f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{lane_h - 8}" rx="3" '
                    f'fill="{_KIND_FILL[kind]}"/></g>')
     out.append("</svg>")
@@ -362,18 +163,20 @@ def timeline_svg(events: Sequence[Mapping[str, Any]]) -> str:
 # -- tables ------------------------------------------------------------------------------------------------
 
 
-def _token_table(title: str, rows: Mapping[str, Mapping[str, int]], key: str) -> str:
+def _token_table(title: str, rows: Mapping[str, Mapping[str, Any]], key: str) -> str:
     if not rows:
-        return f"<h3>{_e(title)}</h3><p class='muted'>none in this trace</p>"
+        return f"<h3>{escape(title)}</h3><p class='muted'>none in this trace</p>"
     total = sum(r["prompt"] + r["completion"] for r in rows.values()) or 1
     body = []
     for name, r in sorted(rows.items(), key=lambda kv: -(kv[1]["prompt"] + kv[1]["completion"])):
         t = r["prompt"] + r["completion"]
         share = 100 * t / total
-        body.append(f"<tr><td>{_e(name)}</td><td>{r['calls']}</td><td>{r['prompt']}</td><td>{r['cached']}</td>"
-                    f"<td>{r['completion']}</td><td>{t}</td><td><span class='bar' style='width:{share:.1f}px'>"
+        # A count some call did not report is a lower bound: marked "+", as Usage prints it.
+        n = {k: f"{r[k]}+" if k in r.get("unknown", ()) else str(r[k]) for k in ("prompt", "cached", "completion")}
+        body.append(f"<tr><td>{escape(name)}</td><td>{r['calls']}</td><td>{n['prompt']}</td><td>{n['cached']}</td>"
+                    f"<td>{n['completion']}</td><td>{t}</td><td><span class='bar' style='width:{share:.1f}px'>"
                     f"</span> {share:.0f}%</td></tr>")
-    return (f"<h3>{_e(title)}</h3><table class='tokens' data-by='{_e(key)}'><thead><tr><th>{_e(key)}</th>"
+    return (f"<h3>{escape(title)}</h3><table class='tokens' data-by='{escape(key)}'><thead><tr><th>{escape(key)}</th>"
             "<th>calls</th><th>prompt</th><th>cached</th><th>completion</th><th>total</th><th>share</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
 
@@ -386,7 +189,7 @@ def _edge_table(trace: Trace) -> str:
     counts: dict[str, int] = defaultdict(int)
     for m in trace.messages:
         counts[edge_name(m)] += 1
-    body = "".join(f"<tr><td>{_e(k)}</td><td>{counts[k]}</td><td>{v}</td><td><span class='bar' "
+    body = "".join(f"<tr><td>{escape(k)}</td><td>{counts[k]}</td><td>{v}</td><td><span class='bar' "
                    f"style='width:{100 * v / total:.1f}px'></span> {100 * v / total:.0f}%</td></tr>"
                    for k, v in sorted(rows.items(), key=lambda kv: -kv[1]))
     return ("<h3>Tokens per edge</h3><table class='tokens' data-by='edge'><thead><tr><th>edge</th><th>messages</th>"
@@ -545,8 +348,8 @@ def render_html(trace: Trace, *, title: str | None = None) -> str:
     if trace.skipped:
         notes.append(f"{trace.skipped} lines of the trace file were not well-formed events and were skipped")
     plan_html = "".join(
-        f"<h3>{_e(p['title'])}</h3>" + plan_svg(p["steps"], p["results"], plan_index=i)
-        + (f"<pre class='muted'>{_e(p['text'])}</pre>" if not p["steps"] else "") for i, p in enumerate(plans)
+        f"<h3>{escape(p['title'])}</h3>" + plan_svg(p["steps"], p["results"], plan_index=i)
+        + (f"<pre class='muted'>{escape(p['text'])}</pre>" if not p["steps"] else "") for i, p in enumerate(plans)
     ) or "<p class='muted'>No plan in this trace.</p>"
     legend_plan = ("<div class='legend'><span><i style='background:#d8f0d8'></i>ok</span><span><i style='background:"
                    "#f6cccc'></i>error / timeout</span><span><i style='background:#ececec'></i>skipped</span></div>")
@@ -554,12 +357,12 @@ def render_html(trace: Trace, *, title: str | None = None) -> str:
                    "'background:#e0a03a'></i>tool call</span><span><i style='background:#d05050'></i>failed</span>"
                    "</div>")
     data = _details_data(trace) | {"plans": plans}
-    body = f"""<header><h1>{_e(title)}</h1><div class="q">{_e(question or '')}</div></header>
+    body = f"""<header><h1>{escape(title)}</h1><div class="q">{escape(question or '')}</div></header>
 <main><div>
 <section id="summary"><h2>Run</h2><table class="summary">{''.join(
-        f'<tr><td><b>{_e(k)}</b></td><td>{_e(v)}</td></tr>' for k, v in summary if v not in (None, ''))}</table>
-{''.join(f'<p class="muted">note: {_e(n)}</p>' for n in notes)}</section>
-<section id="graph"><h2>Agent graph: {_e(g['name'])}</h2>
+        f'<tr><td><b>{escape(k)}</b></td><td>{escape(v)}</td></tr>' for k, v in summary if v not in (None, ''))}</table>
+{''.join(f'<p class="muted">note: {escape(n)}</p>' for n in notes)}</section>
+<section id="graph"><h2>Agent graph: {escape(g['name'])}</h2>
 <p class="muted">Agents are sized by the tokens they spent, edges are as wide as the tokens sent along them; pruned and
 dead parts are dashed grey. Click an agent for its prompts and outputs.</p>{graph_svg(g)}</section>
 <section id="plans"><h2>Plans</h2>{legend_plan}{plan_html}</section>
@@ -571,7 +374,7 @@ dead parts are dashed grey. Click an agent for its prompts and outputs.</p>{grap
 step or a call.</p></div></section></aside></main>"""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>{body}"
             f'<script id="trace-data" type="application/json">{_json_for_script(data)}</script>'
             f"<script>{_JS}</script></body></html>\n")
@@ -588,7 +391,6 @@ def write_html(trace: Trace | str | Path, path: str | Path, *, title: str | None
 
 def write_png(trace: Trace | str | Path, path: str | Path) -> Path:
     """A PNG of the trace's token breakdown per agent (prompt not cached, cached prompt, completion)."""
-    from tokenomy.plot import bars
 
     t = trace if isinstance(trace, Trace) else Trace.load(trace)
     rows = [(agent, {"prompt (not cached)": d["prompt"] - d["cached"], "prompt (cached)": d["cached"],
