@@ -89,7 +89,7 @@ def _run_plan(text: str, tools: Sequence[Any] = (), **settings: Any) -> Any:
 
 
 def _error_of(value: Any) -> str:
-    from tokenomy.planners.run import to_state
+    from tokenomy.planners.state import to_state
 
     return json.dumps(to_state(value), ensure_ascii=False)
 

@@ -36,16 +36,9 @@ from tokenomy.errors import BudgetExceeded, TokenomyError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.kernels.registry import default_spec, shared_engine
 from tokenomy.kernels.tokens import text_tokens
-from tokenomy.planners.run import (
-    Checkpoints,
-    EventSink,
-    RunResult,
-    RunState,
-    Strategy,
-    _usage_to_dict,
-    new_graph,
-    to_state,
-)
+from tokenomy.planners.journal import Checkpoints
+from tokenomy.planners.run import EventSink, Strategy, new_graph
+from tokenomy.planners.state import RunResult, RunState, to_state
 
 from .graph import DECISION, AgentGraph, Call, Edge, GraphError, Mask, Schedule
 
@@ -133,7 +126,7 @@ class GraphResult(RunResult):
     def by_round(self) -> dict[int, Usage]:
         out: dict[int, Usage] = {}
         for c in self.calls:
-            out[c["round"]] = out.get(c["round"], Usage()) + _usage(c["usage"])
+            out[c["round"]] = out.get(c["round"], Usage()) + Usage.from_dict(c["usage"])
         return dict(sorted(out.items()))
 
     @property
@@ -158,11 +151,6 @@ class GraphResult(RunResult):
         return {**super().to_json(), "calls": self.calls,
                 "by_round": {r: u.to_dict() for r, u in self.by_round.items()}, "by_edge": self.by_edge,
                 "mask": self.mask.to_json() if self.mask else None}
-
-
-def _usage(d: Mapping[str, Any]) -> Usage:
-    return Usage(prompt_tokens=d.get("prompt_tokens"), cached_prompt_tokens=d.get("cached_prompt_tokens"),
-                 completion_tokens=d.get("completion_tokens"), calls=d.get("calls", 0))
 
 
 # -- the runner ----------------------------------------------------------------------------------------------
@@ -400,7 +388,7 @@ class GraphTeam(Strategy):
                        "tokens": edge_tokens[str(e)]})
         return {"outputs": {key: {"text": text, "message": message, "answer": answer}},
                 "calls": [{"agent": agent.name, "round": rnd, "usage": usage.to_dict(), "edges": edge_tokens}],
-                "usage": {agent.name: _usage_to_dict(usage)}}
+                "usage": {agent.name: usage.to_dict()}}
 
     def _plan(self, agent: Agent, worker: Worker, question: str) -> tuple[str, Usage]:
         """A planner agent's turn: a ReWOO run over its tools; its message is the plan it ran and the answer."""

@@ -24,10 +24,12 @@ else:
     from .executor import ExecutionResult, PlanExecutor, StepError, StepRecord
     from .exemplars import ORVEL, Exemplar
     from .grammar import PLAN_GRAMMAR, for_tools
+    from .journal import Checkpoints
     from .parser import PlanParseError, close_plan, parse_plan
     from .printer import plan_steps, print_expr, print_plan, print_rewoo
     from .rewoo import Rewoo
-    from .run import Checkpoints, RunResult, RunState, Strategy
+    from .run import Strategy
+    from .state import RunResult, RunState
     from .validate import Issue, PlanValidationError, check_plan, validate_plan
 
     STRATEGIES: dict[str, type[Strategy]] = {"rewoo": Rewoo, "rewoo-nl": RewooNL, "react": React,

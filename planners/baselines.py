@@ -25,13 +25,15 @@ from typing import Any
 
 from pydantic import Field
 
+from tokenomy.errors import UserError
 from tokenomy.kernels import Engine, Worker
 
 from .executor import StepError, clip_value
 from .exemplars import ORVEL, Exemplar
-from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
+from .run import EventSink, Strategy, new_graph
+from .state import RunState, from_state, to_state
 
-__all__ = ["RewooNL", "React", "PlanExecute", "show_value"]
+__all__ = ["RewooNL", "React", "PlanExecute", "show_value", "text_call"]
 
 
 def show_value(v: Any, limit: int = 4000) -> str:
@@ -77,8 +79,6 @@ class _TextToolStrategy(Strategy):
         import asyncio
 
         from tokenomy.errors import UserError
-
-        from .run import text_call
 
         tool = self.tools.get(tool_name)
         if tool is None:
@@ -422,3 +422,32 @@ class PlanExecute(_TextToolStrategy):
         g.add_edge("act", "replan")
         g.add_conditional_edges("replan", self.route, {"end": END, "execute": "execute"})
         return g
+
+
+# -- calling a tool from text (ReWOO's ``Tool[input]``, ReAct's ``Action Input``) -------------------------
+
+
+def text_call(tool: Any, text: str) -> dict[str, Any]:
+    """The arguments of ``tool`` from one text input, as ReWOO's ``Tool[input]`` and ReAct's
+    ``Action Input`` give them: a tool with one argument (or one required argument) gets the whole text; a tool
+    with more gets the text split at commas, in the order of its arguments (the last one takes the rest).
+    Surrounding quotes are removed. Raises ``UserError`` when there are too few parts."""
+    fields = list(tool.args_model.model_fields.items())
+    required = [n for n, f in fields if f.is_required()]
+    text = text.strip()
+    if len(fields) == 1 or len(required) <= 1 and "," not in text:
+        name = required[0] if required else fields[0][0]
+        return {name: _unquote(text)}
+    names = [n for n, _ in fields]
+    parts = [p for p in text.split(",", len(names) - 1)]
+    if len(parts) < len(required):
+        raise UserError(f"{tool.name} needs {len(required)} inputs separated by commas "
+                        f"({', '.join(required)}), got {text!r}")
+    return {n: _unquote(p) for n, p in zip(names, parts, strict=False)}
+
+
+def _unquote(s: str) -> str:
+    s = s.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+        return s[1:-1]
+    return s

@@ -21,9 +21,9 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from tokenomy.errors import PlanError
+from tokenomy.events import clip
 from tokenomy.kernels import Completion, Engine, Grammar, Worker
 from tokenomy.kernels.tokens import text_tokens
-from tokenomy.trace import clip
 
 from . import ast as A
 from .executor import ExecutionResult, PlanExecutor, StepError
@@ -31,7 +31,8 @@ from .exemplars import ORVEL, Exemplar
 from .grammar import for_tools, numbered_for_tools
 from .parser import close_plan, parse_plan
 from .printer import plan_steps, print_plan
-from .run import EventSink, RunState, Strategy, from_state, new_graph, to_state
+from .run import EventSink, Strategy, new_graph
+from .state import RunState, from_state, to_state
 from .validate import check_plan, free_refs, merge_repeated_calls, number_results, rename_reassigned
 
 __all__ = ["Rewoo", "RewooState", "tool_signature"]

@@ -1,5 +1,5 @@
-"""What every planning strategy shares: a LangGraph ``StateGraph`` over a pydantic state, a SQLite checkpointer,
-a journal of finished tool calls, usage per agent, and trace events.
+"""What every planning strategy shares: a LangGraph ``StateGraph`` over a pydantic state (``state.py``), a SQLite
+checkpointer and a journal of finished tool calls (``journal.py``), usage per agent, and trace events.
 
 A strategy (``rewoo``, ``rewoo-nl``, ``react``, ``plan-execute``) is a ``Strategy`` subclass that builds its
 graph in ``build()``. Every model call is one graph node, so LangGraph's checkpoint after each node means a
@@ -14,312 +14,25 @@ dict per model call, tool call and plan (the root ``tokenomy.trace`` module writ
 
 from __future__ import annotations
 
-import contextvars
-import dataclasses
-import hashlib
-import json
-import logging
-import math
-import operator
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from tokenomy.errors import MissingExtra, UserError, storage_error
+from tokenomy.errors import UserError, storage_error
+from tokenomy.events import in_node, otel_input, otel_output, trace_context
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
-from tokenomy.tools.base import collect_usage
 from tokenomy.tools.registry import SideEffectsNotAllowed
-from tokenomy.trace import clip, in_node, otel_input, otel_output, trace_context, utf8_safe
 
-from .executor import MAX_TEXT, StepError, clip_value, text_len
+from .journal import Checkpoints, JournaledTool, ToolJournal, end_node_tool_usage, node_tool_usage
+from .state import RunResult, RunState, from_state, merge_usage, to_state
 
-__all__ = ["RunState", "RunResult", "Strategy", "Checkpoints", "ToolJournal", "text_call", "to_state",
-           "from_state", "EventSink"]
+__all__ = ["Strategy", "EventSink", "new_graph"]
 
 EventSink = Callable[[dict[str, Any]], None]
-
-
-# -- state values ----------------------------------------------------------------------------------------
-
-
-def _usage_to_dict(u: Usage) -> dict[str, Any]:
-    return {**u.to_dict(), "unknown": sorted(u.unknown_fields)}
-
-
-def _usage_from_dict(d: Mapping[str, Any]) -> Usage:
-    return Usage(prompt_tokens=d.get("prompt_tokens"), cached_prompt_tokens=d.get("cached_prompt_tokens"),
-                 completion_tokens=d.get("completion_tokens"), calls=d.get("calls", 0),
-                 unknown_fields=frozenset(d.get("unknown", ())))
-
-
-def merge_usage(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The state reducer of ``usage``: sums per agent."""
-    out = dict(a)
-    for agent, d in b.items():
-        out[agent] = _usage_to_dict(_usage_from_dict(out[agent]) + _usage_from_dict(d)) if agent in out else d
-    return out
-
-
-def to_state(value: Any) -> Any:
-    """A JSON value for the graph state and the journal: errors become ``{"$error": ...}``, pydantic models and
-    dataclasses their fields; anything else that JSON cannot hold becomes its ``str``."""
-    if isinstance(value, StepError):
-        return {"$error": value.message, "step": value.step, "kind": value.kind}
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_state(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): to_state(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_state(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf": JSON has no such numbers
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-        return {"$int": hex(value)}  # the checkpointer's msgpack holds 64 bits (hex: no 4,300-digit limit)
-    if isinstance(value, str):
-        return utf8_safe(value)
-    if value is None or isinstance(value, int | float | bool):
-        return value
-    return utf8_safe(str(value))
-
-
-def from_state(value: Any) -> Any:
-    """The value ``to_state`` wrote: an error as a ``StepError``, integers of more than 64 bits as ``int``."""
-    if isinstance(value, dict) and "$error" in value:
-        return StepError(value.get("step", "?"), value["$error"], value.get("kind", "error"))
-    return _big_ints(value)
-
-
-def _big_ints(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and isinstance(value.get("$int"), str):
-            try:
-                return int(value["$int"], 16)
-            except ValueError:
-                return value
-        return {k: _big_ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_big_ints(v) for v in value]
-    return value
-
-
-class RunState(BaseModel):
-    """The state every strategy's graph carries (strategies add their own fields)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=False)
-
-    question: str
-    strategy: str = ""
-    plan: str = ""
-    """The first plan in the strategy's own format, as the model wrote it."""
-    plan_valid: bool | None = None
-    """Whether the model's first plan parsed and validated without repair (``None``: the strategy has no plan)."""
-    plans: Annotated[list[str], operator.add] = Field(default_factory=list)
-    values: dict[str, Any] = Field(default_factory=dict)
-    """Results by name (errors as ``{"$error": ...}``)."""
-    answer: Any = None
-    done: bool = False
-    usage: Annotated[dict[str, dict[str, Any]], merge_usage] = Field(default_factory=dict)
-    notes: Annotated[list[str], operator.add] = Field(default_factory=list)
-
-
-@dataclass
-class RunResult:
-    """The outcome of one run of a strategy."""
-
-    question: str
-    strategy: str
-    answer: Any
-    plan: str
-    plan_valid: bool | None
-    usage: dict[str, Usage]
-    thread_id: str
-    values: dict[str, Any] = field(default_factory=dict)
-    plans: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total(self) -> Usage:
-        return _sum_usage(list(self.usage.values()))
-
-    def to_json(self) -> dict[str, Any]:
-        t = self.total
-        return {
-            "question": self.question,
-            "answer": to_state(self.answer),
-            "strategy": self.strategy,
-            "plan": self.plan,
-            "plan_valid": self.plan_valid,
-            "usage": {"prompt_tokens": t.prompt_tokens, "cached_prompt_tokens": t.cached_prompt_tokens,
-                      "completion_tokens": t.completion_tokens, "calls": t.calls},
-            "usage_by_agent": {a: u.to_dict() for a, u in sorted(self.usage.items())},
-            "thread_id": self.thread_id,
-            "notes": self.notes,
-        }
-
-
-# -- checkpoints and the tool journal ---------------------------------------------------------------------
-
-
-class Checkpoints:
-    """One SQLite file holding LangGraph's checkpoints and tokenomy's tool journal.
-
-    ``Checkpoints(path)`` opens (or creates) the file; ``Checkpoints()`` keeps them in memory for this process.
-    ``timeout_s`` is how long a write waits for another process's lock before the run stops with a
-    ``StorageError`` (as it does on a failing disk or a damaged file; what was written before stays).
-    """
-
-    def __init__(self, path: str | Path | None = None, *, timeout_s: float = 30.0) -> None:
-        try:
-            from langgraph.checkpoint.sqlite import SqliteSaver
-        except ImportError as exc:  # pragma: no cover - a core dependency
-            raise MissingExtra("langgraph-checkpoint-sqlite", None, "checkpoints",
-                               install="pip install langgraph-checkpoint-sqlite") from exc
-        self.path = Path(path) if path is not None else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        target = str(self.path) if self.path is not None else ":memory:"
-        try:
-            self.conn = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
-                "PRIMARY KEY (thread_id, key))")
-            self.conn.commit()
-            self.saver = SqliteSaver(self.conn)
-            self.saver.setup()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):  # locked, a failing disk: the file may be fine
-                raise storage_error(target, exc) from exc
-            raise UserError(f"checkpoint file {target} is not a usable SQLite database ({exc}); "
-                            "move it away or pass another path") from exc
-        # The journal shares the saver's connection, so it takes the saver's lock (sqlite3 connections are not
-        # safe to use from two threads at once).
-        self._lock = self.saver.lock
-
-    def journal(self, thread_id: str) -> ToolJournal:
-        return ToolJournal(self, thread_id)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class ToolJournal:
-    """Finished tool calls of one thread, by content."""
-
-    def __init__(self, store: Checkpoints, thread_id: str) -> None:
-        self.store = store
-        self.thread_id = thread_id
-
-    def get(self, key: str) -> tuple[bool, Any]:
-        """The journaled value of ``key``; ``(False, None)`` when there is none, or none that can be read (a
-        damaged row: the call is made again)."""
-        try:
-            with self.store._lock:
-                row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
-                                              (self.thread_id, key)).fetchone()
-            return (True, _big_ints(json.loads(row[0]))) if row else (False, None)
-        except (sqlite3.Error, ValueError, TypeError, RecursionError):
-            return False, None
-
-    def put(self, key: str, value: Any) -> None:
-        try:
-            text = json.dumps(value, allow_nan=False)  # ASCII: a lone surrogate in a result survives, escaped
-        except (TypeError, ValueError):
-            return  # not JSON: such a call is made again on resume
-        try:
-            with self.store._lock:
-                self.store.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)",
-                                        (self.thread_id, key, text))
-                self.store.conn.commit()
-        except sqlite3.Error as exc:
-            # The call itself succeeded: it is not failed (and run again) for a write that did not take. The
-            # checkpoint after this node writes to the same file and stops the run with a StorageError if the
-            # file stays unwritable.
-            logging.getLogger("tokenomy").warning("the tool journal in %s could not record a call: %s",
-                                                  self.store.path, storage_error(self.store.path, exc))
-
-
-class _JournaledTool:
-    """A tool seen through the journal: a call already journaled in this scope returns its recorded value."""
-
-    def __init__(self, tool: Any, strategy: Strategy, journal: ToolJournal | None, scope: str,
-                 counters: dict[str, int]) -> None:
-        self.tool = tool
-        self.name = tool.name
-        self.args_model = tool.args_model
-        self.side_effects = bool(getattr(tool, "side_effects", False))
-        self.strategy = strategy
-        self.journal = journal
-        self.scope = scope
-        self.counters = counters
-
-    async def ainvoke(self, **kwargs: Any) -> Any:
-        args = json.dumps(to_state(kwargs), sort_keys=True, ensure_ascii=False)
-        base = hashlib.sha256(f"{self.scope}\x00{self.name}\x00{args}".encode()).hexdigest()[:32]
-        n = self.counters.get(base, 0)
-        self.counters[base] = n + 1
-        key = f"{base}:{n}"
-        base_event = {"event": "tool_call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": self.name,
-                      "gen_ai.tool.call.arguments": kwargs}
-        if self.journal is not None:
-            found, value = self.journal.get(key)
-            if found:
-                self.strategy.emit({**base_event, "replayed": True, "start_time": time.time(), "duration_s": 0.0,
-                                    "gen_ai.tool.call.result": clip(value)})
-                # Its model calls count once: the node that made them did not finish, so its state update (and
-                # the usage in it) was never checkpointed; the journal kept what they spent.
-                found, spent = self.journal.get(f"{key}:usage")
-                if found:
-                    _count_tool_usage(self.name, [_usage_from_dict(spent)])
-                return value
-        start, wall = time.perf_counter(), time.time()
-        try:
-            with collect_usage() as spent:
-                raw = await self.tool.ainvoke(**kwargs)
-        except BaseException as exc:
-            self.strategy.emit({**base_event, "error.type": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}",
-                                "start_time": wall, "duration_s": time.perf_counter() - start})
-            raise
-        size = text_len(raw, 10**12)
-        value = clip_value(raw, MAX_TEXT)  # what the journal, the checkpoints and the trace can hold
-        del raw
-        self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
-                            "gen_ai.tool.call.result": clip(value), "result_chars": size})
-        if self.journal is not None:
-            if spent:  # first: a journaled result always has its usage beside it
-                self.journal.put(f"{key}:usage", _usage_to_dict(_sum_usage(spent)))
-            self.journal.put(key, to_state(value))
-        _count_tool_usage(self.name, spent)
-        return value
-
-
-_NODE_TOOL_USAGE: contextvars.ContextVar[dict[str, Usage] | None] = contextvars.ContextVar(
-    "tokenomy_node_tool_usage", default=None)
-
-
-def _sum_usage(usages: Sequence[Usage]) -> Usage:
-    """The sum, started from the first usage rather than from ``Usage()``, whose zeros would turn a count nobody
-    reported (cached tokens from a server that does not report them) into a known 0."""
-    return sum(usages[1:], usages[0]) if usages else Usage()
-
-
-def _count_tool_usage(tool: str, spent: Sequence[Usage]) -> None:
-    """Add a tool call's model usage to the running node's, under the agent ``tool:<name>``."""
-    sink = _NODE_TOOL_USAGE.get()
-    if sink is None or not spent:
-        return
-    agent = f"tool:{tool}"
-    sink[agent] = _sum_usage([sink[agent], *spent] if agent in sink else list(spent))
 
 
 def new_graph(state: type[RunState], nodes: Mapping[str, Callable[[Any], dict[str, Any]]]) -> Any:
@@ -337,48 +50,18 @@ def _traced(name: str, fn: Callable[[Any], dict[str, Any]]) -> Callable[[Any], d
 
     def node(s: Any) -> dict[str, Any]:
         # The model calls of the node's tools (the llm tool's) join the node's usage update.
-        spent: dict[str, Usage] = {}
-        token = _NODE_TOOL_USAGE.set(spent)
+        spent, token = node_tool_usage()
         try:
             with in_node(name):
                 update = fn(s)
         finally:
-            _NODE_TOOL_USAGE.reset(token)
+            end_node_tool_usage(token)
         if spent:
             update = {**update, "usage": merge_usage(update.get("usage") or {},
-                                                     {a: _usage_to_dict(u) for a, u in spent.items()})}
+                                                     {a: u.to_dict() for a, u in spent.items()})}
         return update
 
     return node
-
-
-# -- calling a tool from text (the natural-language baselines) ------------------------------------------
-
-
-def text_call(tool: Any, text: str) -> dict[str, Any]:
-    """The arguments of ``tool`` from one text input, as ReWOO's ``Tool[input]`` and ReAct's
-    ``Action Input`` give them: a tool with one argument (or one required argument) gets the whole text; a tool
-    with more gets the text split at commas, in the order of its arguments (the last one takes the rest).
-    Surrounding quotes are removed. Raises ``UserError`` when there are too few parts."""
-    fields = list(tool.args_model.model_fields.items())
-    required = [n for n, f in fields if f.is_required()]
-    text = text.strip()
-    if len(fields) == 1 or len(required) <= 1 and "," not in text:
-        name = required[0] if required else fields[0][0]
-        return {name: _unquote(text)}
-    names = [n for n, _ in fields]
-    parts = [p for p in text.split(",", len(names) - 1)]
-    if len(parts) < len(required):
-        raise UserError(f"{tool.name} needs {len(required)} inputs separated by commas "
-                        f"({', '.join(required)}), got {text!r}")
-    return {n: _unquote(p) for n, p in zip(names, parts, strict=False)}
-
-
-def _unquote(s: str) -> str:
-    s = s.strip()
-    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
-        return s[1:-1]
-    return s
 
 
 # -- the base class ----------------------------------------------------------------------------------------
@@ -447,13 +130,13 @@ class Strategy:
         c = self.worker.generate(list(messages), SamplingParams(max_tokens=max_tokens, stop=tuple(stop)),
                                  grammar=grammar, agent=agent, tags=(self.name, *self.tags))
         self.emit_call(agent, self.worker.engine, messages, c, start)
-        return c, {agent: _usage_to_dict(c.usage)}
+        return c, {agent: c.usage.to_dict()}
 
-    def journaled(self, scope: str) -> dict[str, _JournaledTool]:
+    def journaled(self, scope: str) -> dict[str, JournaledTool]:
         """The tools as seen through this run's journal, for one node invocation (``scope`` names it and must
         be the same when the node runs again on resume)."""
         counters: dict[str, int] = {}
-        return {n: _JournaledTool(t, self, self._journal, scope, counters) for n, t in self.tools.items()}
+        return {n: JournaledTool(t, self, self._journal, scope, counters) for n, t in self.tools.items()}
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -539,6 +222,6 @@ class Strategy:
         state = self.state_model.model_validate(dict(values))
         return RunResult(question=state.question, strategy=self.name, answer=from_state(state.answer),
                          plan=state.plan, plan_valid=state.plan_valid,
-                         usage={a: _usage_from_dict(d) for a, d in state.usage.items()}, thread_id=thread_id,
+                         usage={a: Usage.from_dict(d) for a, d in state.usage.items()}, thread_id=thread_id,
                          values={k: from_state(v) for k, v in state.values.items()}, plans=list(state.plans),
                          notes=list(state.notes), state=state.model_dump())

@@ -196,7 +196,7 @@ def test_positional_arguments_bind_to_the_tools_parameters():
 
 def test_run_works_under_a_running_event_loop_and_keeps_the_callers_context():
     """A notebook or an async app calls the synchronous ``run`` with a loop already running in its thread."""
-    from tokenomy.trace import in_node, trace_context
+    from tokenomy.events import in_node, trace_context
 
     seen = []
 

@@ -124,7 +124,7 @@ def test_on_the_embedded_model_a_message_without_content_fails_alone(embedded_en
 from tokenomy.planners import PlanParseError, parse_plan  # noqa: E402
 from tokenomy.planners.executor import PlanExecutor, StepError  # noqa: E402
 from tokenomy.planners.parser import MAX_DEPTH  # noqa: E402
-from tokenomy.planners.run import to_state  # noqa: E402
+from tokenomy.planners.state import to_state  # noqa: E402
 from tokenomy.tools import tool  # noqa: E402
 
 HUNDRED = '"' + "x" * 100 + '"'

@@ -15,8 +15,7 @@ from pydantic import create_model
 from tokenomy.errors import EngineError, UserError
 from tokenomy.kernels import ScriptedEngine
 from tokenomy.planners import STRATEGIES, Checkpoints, PlanExecute, React, Rewoo, RewooNL, make_strategy
-from tokenomy.planners.baselines import parse_nl_plan
-from tokenomy.planners.run import text_call
+from tokenomy.planners.baselines import parse_nl_plan, text_call
 from tokenomy.trace import TraceWriter, read_trace
 
 

@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tokenomy.kernels import UsageLedger
     from tokenomy.kernels.registry import load_engine
     from tokenomy.planners import STRATEGIES, Checkpoints, make_strategy
-    from tokenomy.planners.run import to_state
+    from tokenomy.planners.state import to_state
     from tokenomy.tools import calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
     from tokenomy.tools.builtin import CorpusIndex
     from tokenomy.trace import TraceWriter, runs_dir

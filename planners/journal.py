@@ -1,0 +1,188 @@
+"""Checkpoints and the tool journal: one SQLite file holding LangGraph's checkpoints and the finished tool calls
+of each thread, so a resumed run repeats neither a finished model call (a checkpointed node) nor a finished tool
+call (journaled by content: thread, node scope, tool, arguments, occurrence). Only successful calls are journaled:
+a failure is tried again on resume. A tool's own model calls (the ``llm`` tool's) are journaled beside its result
+and counted in the node's usage under the agent ``tool:<name>``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tokenomy.errors import MissingExtra, UserError, storage_error
+from tokenomy.events import clip
+from tokenomy.kernels import Usage
+from tokenomy.tools.base import collect_usage
+
+from .executor import MAX_TEXT, clip_value, text_len
+from .state import _big_ints, to_state
+
+if TYPE_CHECKING:
+    from .run import Strategy
+
+__all__ = ["Checkpoints", "ToolJournal", "JournaledTool", "node_tool_usage", "end_node_tool_usage"]
+
+
+class Checkpoints:
+    """One SQLite file holding LangGraph's checkpoints and tokenomy's tool journal.
+
+    ``Checkpoints(path)`` opens (or creates) the file; ``Checkpoints()`` keeps them in memory for this process.
+    ``timeout_s`` is how long a write waits for another process's lock before the run stops with a
+    ``StorageError`` (as it does on a failing disk or a damaged file; what was written before stays).
+    """
+
+    def __init__(self, path: str | Path | None = None, *, timeout_s: float = 30.0) -> None:
+        try:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+        except ImportError as exc:  # pragma: no cover - a core dependency
+            raise MissingExtra("langgraph-checkpoint-sqlite", None, "checkpoints",
+                               install="pip install langgraph-checkpoint-sqlite") from exc
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = str(self.path) if self.path is not None else ":memory:"
+        try:
+            self.conn = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
+                "PRIMARY KEY (thread_id, key))")
+            self.conn.commit()
+            self.saver = SqliteSaver(self.conn)
+            self.saver.setup()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, a failing disk: the file may be fine
+                raise storage_error(target, exc) from exc
+            raise UserError(f"checkpoint file {target} is not a usable SQLite database ({exc}); "
+                            "move it away or pass another path") from exc
+        # The journal shares the saver's connection, so it takes the saver's lock (sqlite3 connections are not
+        # safe to use from two threads at once).
+        self._lock = self.saver.lock
+
+    def journal(self, thread_id: str) -> ToolJournal:
+        return ToolJournal(self, thread_id)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class ToolJournal:
+    """Finished tool calls of one thread, by content."""
+
+    def __init__(self, store: Checkpoints, thread_id: str) -> None:
+        self.store = store
+        self.thread_id = thread_id
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """The journaled value of ``key``; ``(False, None)`` when there is none, or none that can be read (a
+        damaged row: the call is made again)."""
+        try:
+            with self.store._lock:
+                row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
+                                              (self.thread_id, key)).fetchone()
+            return (True, _big_ints(json.loads(row[0]))) if row else (False, None)
+        except (sqlite3.Error, ValueError, TypeError, RecursionError):
+            return False, None
+
+    def put(self, key: str, value: Any) -> None:
+        try:
+            text = json.dumps(value, allow_nan=False)  # ASCII: a lone surrogate in a result survives, escaped
+        except (TypeError, ValueError):
+            return  # not JSON: such a call is made again on resume
+        try:
+            with self.store._lock:
+                self.store.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)",
+                                        (self.thread_id, key, text))
+                self.store.conn.commit()
+        except sqlite3.Error as exc:
+            # The call itself succeeded: it is not failed (and run again) for a write that did not take. The
+            # checkpoint after this node writes to the same file and stops the run with a StorageError if the
+            # file stays unwritable.
+            logging.getLogger("tokenomy").warning("the tool journal in %s could not record a call: %s",
+                                                  self.store.path, storage_error(self.store.path, exc))
+
+
+class JournaledTool:
+    """A tool seen through the journal: a call already journaled in this scope returns its recorded value."""
+
+    def __init__(self, tool: Any, strategy: Strategy, journal: ToolJournal | None, scope: str,
+                 counters: dict[str, int]) -> None:
+        self.tool = tool
+        self.name = tool.name
+        self.args_model = tool.args_model
+        self.side_effects = bool(getattr(tool, "side_effects", False))
+        self.strategy = strategy
+        self.journal = journal
+        self.scope = scope
+        self.counters = counters
+
+    async def ainvoke(self, **kwargs: Any) -> Any:
+        args = json.dumps(to_state(kwargs), sort_keys=True, ensure_ascii=False)
+        base = hashlib.sha256(f"{self.scope}\x00{self.name}\x00{args}".encode()).hexdigest()[:32]
+        n = self.counters.get(base, 0)
+        self.counters[base] = n + 1
+        key = f"{base}:{n}"
+        base_event = {"event": "tool_call", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": self.name,
+                      "gen_ai.tool.call.arguments": kwargs}
+        if self.journal is not None:
+            found, value = self.journal.get(key)
+            if found:
+                self.strategy.emit({**base_event, "replayed": True, "start_time": time.time(), "duration_s": 0.0,
+                                    "gen_ai.tool.call.result": clip(value)})
+                # Its model calls count once: the node that made them did not finish, so its state update (and
+                # the usage in it) was never checkpointed; the journal kept what they spent.
+                found, spent = self.journal.get(f"{key}:usage")
+                if found:
+                    _count_tool_usage(self.name, [Usage.from_dict(spent)])
+                return value
+        start, wall = time.perf_counter(), time.time()
+        try:
+            with collect_usage() as spent:
+                raw = await self.tool.ainvoke(**kwargs)
+        except BaseException as exc:
+            self.strategy.emit({**base_event, "error.type": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}",
+                                "start_time": wall, "duration_s": time.perf_counter() - start})
+            raise
+        size = text_len(raw, 10**12)
+        value = clip_value(raw, MAX_TEXT)  # what the journal, the checkpoints and the trace can hold
+        del raw
+        self.strategy.emit({**base_event, "start_time": wall, "duration_s": time.perf_counter() - start,
+                            "gen_ai.tool.call.result": clip(value), "result_chars": size})
+        if self.journal is not None:
+            if spent:  # first: a journaled result always has its usage beside it
+                self.journal.put(f"{key}:usage", Usage.sum(spent).to_dict())
+            self.journal.put(key, to_state(value))
+        _count_tool_usage(self.name, spent)
+        return value
+
+
+_NODE_TOOL_USAGE: contextvars.ContextVar[dict[str, Usage] | None] = contextvars.ContextVar(
+    "tokenomy_node_tool_usage", default=None)
+
+
+def _count_tool_usage(tool: str, spent: Sequence[Usage]) -> None:
+    """Add a tool call's model usage to the running node's, under the agent ``tool:<name>``."""
+    sink = _NODE_TOOL_USAGE.get()
+    if sink is None or not spent:
+        return
+    agent = f"tool:{tool}"
+    sink[agent] = Usage.sum([sink[agent], *spent] if agent in sink else list(spent))
+
+
+def node_tool_usage() -> tuple[dict[str, Usage], contextvars.Token[dict[str, Usage] | None]]:
+    """Start collecting the model usage of the tools a node calls: the dict fills as they run; pass the token to
+    ``end_node_tool_usage`` when the node is done."""
+    spent: dict[str, Usage] = {}
+    return spent, _NODE_TOOL_USAGE.set(spent)
+
+
+def end_node_tool_usage(token: contextvars.Token[dict[str, Usage] | None]) -> None:
+    _NODE_TOOL_USAGE.reset(token)
