@@ -18,7 +18,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator
 
 from tokenomy.errors import PlanError
 from tokenomy.events import clip
@@ -33,7 +33,7 @@ from .parser import close_plan, parse_plan
 from .printer import plan_steps, print_plan
 from .run import EventSink, Strategy, new_graph
 from .state import RunState, from_state, to_state
-from .validate import check_plan, free_refs, merge_repeated_calls, number_results, rename_reassigned
+from .validate import check_plan, merge_repeated_calls, number_results, rename_reassigned
 
 __all__ = ["Rewoo", "RewooState", "tool_signature"]
 
@@ -73,18 +73,51 @@ def tool_signature(tool: Any) -> str:
 
 
 class RewooState(RunState):
-    current: str = ""
-    """The plan (canonical text) the executor runs next."""
+    """The ReWOO graph's state. Its plans are typed (``ast.Plan``) between nodes: a node writes a plan as its JSON
+    tree (``_tree``), which is what the checkpoints hold, and the next node reads it back as a ``Plan``, with no
+    printing and parsing in between. ``model_dump`` shows them as canonical plan text (``RunResult.state``, the
+    CLI's ``plan_ran``); text (a checkpoint of an older version, a dump) is parsed when read."""
+
+    current: A.Plan | None = None
+    """The plan the executor runs next."""
     draft: str = ""
     """A plan the model wrote that did not parse or validate, awaiting one repair call."""
     feedback: str = ""
     extra: str = ""
     """What a re-plan is told: the known results and what failed."""
     replans: int = 0
-    ran: Annotated[list[str], operator.add] = Field(default_factory=list)
-    """The plans the executor ran, in canonical form (repeated calls merged, re-assigned names renamed)."""
+    ran: Annotated[list[A.Plan], operator.add] = Field(default_factory=list)
+    """The plans the executor ran, as they ran (repeated calls merged, re-assigned names renamed)."""
     failed_asserts: list[str] = Field(default_factory=list)
     steps: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("current", mode="before")
+    @classmethod
+    def _read_current(cls, v: Any) -> Any:
+        return _read_plan(v) if isinstance(v, str) else v
+
+    @field_validator("ran", mode="before")
+    @classmethod
+    def _read_ran(cls, v: Any) -> Any:
+        return [_read_plan(p) if isinstance(p, str) else p for p in v] if isinstance(v, list) else v
+
+    @field_serializer("current")
+    def _show_current(self, plan: A.Plan | None) -> str:
+        return print_plan(plan) if plan is not None else ""
+
+    @field_serializer("ran")
+    def _show_ran(self, plans: list[A.Plan]) -> list[str]:
+        return [print_plan(p) for p in plans]
+
+
+def _read_plan(text: str) -> A.Plan | None:
+    """A plan kept as canonical text (``""``: none)."""
+    return parse_plan(text) if text.strip() else None
+
+
+def _tree(plan: A.Plan | None) -> dict[str, Any] | None:
+    """A plan as a node writes it into the state: its JSON tree (plain data for the checkpoints)."""
+    return plan.model_dump(mode="json") if plan is not None else None
 
 
 class Rewoo(Strategy):
@@ -175,8 +208,11 @@ class Rewoo(Strategy):
         """Parse and validate a plan (a re-plan may read the ``known`` results by name); a name assigned again
         at the top level names a new result from there on (see ``rename_reassigned``). Returns the plan and the
         new names given."""
+        return self._validated(parse_plan(text), known)
+
+    def _validated(self, plan: A.Plan, known: Iterable[str] = ()) -> tuple[A.Plan, dict[str, str]]:
         known = list(known)
-        plan, renamed = rename_reassigned(parse_plan(text), taken=known)
+        plan, renamed = rename_reassigned(plan, taken=known)
         plan, merged = merge_repeated_calls(plan, self._pure)
         renamed |= merged
         if known:
@@ -220,7 +256,7 @@ class Rewoo(Strategy):
             if not candidate.calls():
                 continue
             try:
-                self.checked(print_plan(candidate), known)
+                self._validated(candidate, known)
             except PlanError:
                 continue
             return candidate
@@ -289,7 +325,7 @@ class Rewoo(Strategy):
             update |= {"plan": text, "plan_valid": err is None and not cut}
         if err is None:
             assert plan is not None
-            return update | {"current": print_plan(plan), "draft": "", "feedback": ""}
+            return update | {"current": _tree(plan), "draft": "", "feedback": ""}
         return update | {"draft": text, "feedback": err.feedback,
                          "notes": [*notes, f"{'re-plan' if s.extra else 'plan'} rejected: {err}"]}
 
@@ -302,7 +338,7 @@ class Rewoo(Strategy):
         self._emit_plan(text, plan, err, repair=True)
         update: dict[str, Any] = {"usage": usage, "plans": [text], "draft": "", "feedback": ""}
         if plan is not None and plan.calls():
-            return update | {"current": print_plan(plan), "notes": notes}
+            return update | {"current": _tree(plan), "notes": notes}
         if err is not None:
             notes.append(f"repaired plan rejected too: {err}")
         else:
@@ -313,11 +349,12 @@ class Rewoo(Strategy):
             if head is not None:
                 n = len(head.body) - 1
                 notes.append(f"ran the first {n} valid statement{'s' if n > 1 else ''} of the {source}")
-                return update | {"current": print_plan(head), "notes": notes}
-        return update | {"current": print_plan(plan) if plan is not None else "", "notes": notes}
+                return update | {"current": _tree(head), "notes": notes}
+        return update | {"current": _tree(plan), "notes": notes}
 
     def node_execute(self, s: RewooState) -> dict[str, Any]:
-        plan = parse_plan(s.current)
+        plan = s.current
+        assert plan is not None  # after_plan routes here only with a plan
         known = self._known(s) if s.replans else {}
         executor = self.executor.with_tools(self.journaled(f"execute:{s.replans}"))
         result = executor.run(plan, known=known)
@@ -326,7 +363,8 @@ class Rewoo(Strategy):
         steps = [{"name": r.name, "tool": r.tool, "args": to_state(r.args), "ok": r.ok, "attempts": r.attempts,
                   "seconds": round(r.seconds, 4)} for r in result.steps]
         return {"values": {**s.values, **values} if s.replans else values, "answer": to_state(result.answer),
-                "failed_asserts": result.failed_asserts, "steps": s.steps + steps, "current": "", "ran": [s.current]}
+                "failed_asserts": result.failed_asserts, "steps": s.steps + steps, "current": None,
+                "ran": [_tree(plan)]}
 
     def node_replan_context(self, s: RewooState) -> dict[str, Any]:
         known = "\n".join(f"{k} = {_show(v)}" for k, v in self._known(s).items())
@@ -366,19 +404,15 @@ class Rewoo(Strategy):
         """The result names the answer of the last plan that ran reads, in order."""
         if not s.ran:
             return []
-        try:
-            plan = parse_plan(s.ran[-1])
-        except PlanError:
-            return []
-        answers = [st for st in plan.body if isinstance(st, A.Answer)]
-        return sorted(free_refs(answers[-1].value)) if answers else []
+        answers = [st for st in s.ran[-1].body if isinstance(st, A.Answer)]
+        return sorted(A.free_refs(answers[-1].value)) if answers else []
 
     # -- edges ---------------------------------------------------------------------------------------------
 
     def after_plan(self, s: RewooState) -> str:
         if s.draft:
             return "repair"
-        return "execute" if s.current else "solve"
+        return "execute" if s.current is not None else "solve"
 
     def after_execute(self, s: RewooState) -> str:
         errors = [v for v in map(from_state, s.values.values()) if isinstance(v, StepError) and v.kind != "skipped"]

@@ -6,8 +6,10 @@ import pytest
 from pydantic import create_model
 
 from tokenomy.kernels import ScriptedEngine
-from tokenomy.planners import PlanExecutor, check_plan, parse_plan
-from tokenomy.planners.rewoo import Rewoo, tool_signature
+from tokenomy.planners import PlanExecutor, check_plan, parse_plan, print_plan
+from tokenomy.planners import ast as A
+from tokenomy.planners.journal import Checkpoints
+from tokenomy.planners.rewoo import Rewoo, RewooState, tool_signature
 
 FACTS = {("Zarvon Motors", "headquarters"): "Telmar", ("Telmar", "population"): "1204000",
          ("Telmar", "history"): "Telmar was founded by river traders. " * 10}
@@ -103,6 +105,33 @@ def test_valid_head_of_a_rejected_plan_still_runs():
     assert ts[0].calls == [{"entity": "Zarvon Motors", "attribute": "headquarters"}]
     assert any("ran the first 1 valid statement of the first plan" in n for n in r.notes)
     assert r.state["ran"] == ['hq = lookup(entity="Zarvon Motors", attribute="headquarters")\nanswer(hq)']
+
+
+def test_plans_stay_typed_between_nodes_and_checkpoints_hold_their_tree(tmp_path):
+    store = Checkpoints(tmp_path / "ck.sqlite")
+    strategy = Rewoo(scripted([PLAN]), tools())
+    r = strategy.run("q", thread_id="t", checkpoints=store)
+    assert r.answer == "1204000" and r.state["ran"] == [PLAN]  # the result shows the plans as text
+    app = strategy.compile(store)
+    written = [snap.values for snap in app.get_state_history({"configurable": {"thread_id": "t"}})]
+    currents = [v["current"] for v in written if v.get("current") is not None]
+    # What the planner node wrote and the executor read is the plan's JSON tree (plain data), never text.
+    assert currents and all(isinstance(c, dict) and c["body"] for c in currents)
+    assert A.Plan.model_validate(currents[0]) == parse_plan(PLAN)
+    assert all(isinstance(p, dict) for p in written[0]["ran"])
+    store.close()
+
+
+def test_rewoo_state_reads_plan_text_and_dumps_it():
+    # An older checkpoint kept the plans as canonical text: it is read back typed, and a dump round-trips.
+    s = RewooState.model_validate({"question": "q", "current": PLAN, "ran": [PLAN, PLAN]})
+    assert isinstance(s.current, A.Plan) and s.current == parse_plan(PLAN) and len(s.ran) == 2
+    dumped = s.model_dump()
+    assert dumped["current"] == print_plan(parse_plan(PLAN)) and dumped["ran"] == [PLAN, PLAN]
+    assert RewooState.model_validate(dumped) == s
+    assert RewooState.model_validate({"question": "q", "current": ""}).current is None
+    tree = parse_plan(PLAN).model_dump(mode="json")
+    assert RewooState.model_validate({"question": "q", "current": tree}).current == parse_plan(PLAN)
 
 
 def test_nothing_valid_to_salvage_means_no_answer():
