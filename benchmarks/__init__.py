@@ -1,4 +1,4 @@
-"""tokenomy.benchmarks: the ``tokenomy bench ...`` suites (``prefix`` today)."""
+"""tokenomy.benchmarks: the ``tokenomy bench ...`` suites; ``commands`` makes each one a subcommand."""
 
 if __name__ != "tokenomy.benchmarks":  # found as a top-level package from the repository root
     from tokenomy._toplevel import defer_to_installed

@@ -174,3 +174,39 @@ def test_a_stopped_run_prints_a_resume_command_with_its_options(tmp_path):
         "t9", "react", options[1], options[3], options[5], options[7], True)
     again = subprocess.run(words, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "run t9 stopped" in again.stderr  # the same run, stopped at the same call
+
+
+def test_bench_subcommands_have_their_own_flags(capsys):
+    import pytest
+
+    from tokenomy.benchmarks.commands import BENCHMARKS, Benchmark
+    from tokenomy.cli import build_parser
+
+    assert all(isinstance(b, Benchmark) for b in BENCHMARKS)
+    parser = build_parser()
+    # The invocations the README, BENCHMARKS.md and the tests use still parse, each to its benchmark's run.
+    for words in (["prefix", "--quick", "--model", "embedded:smollm2-135m", "--dtypes", ""],
+                  ["plans", "--quick", "--model", "scripted", "--json", "p.json"],
+                  ["planning", "--quick", "--no-live", "--strategies", "rewoo,react", "--plot", "p.png"],
+                  ["graph", "--no-live", "--iterations", "2", "--tasks", "6"],
+                  ["collab", "--replay", "r.json"], ["rag", "--corpus", "c", "--questions", "q"],
+                  ["gpu", "--smoke", "--variants", "radix"], ["peers", "--merge", "a.json,b.json"],
+                  ["faults", "--json", "f.json"]):
+        args = parser.parse_args(["bench", *words])
+        (bench,) = [b for b in BENCHMARKS if b.name == words[0]]
+        assert args.name == bench.name and args.fn == bench.run
+    # A flag of another benchmark is refused instead of being silently ignored, and so is an unknown benchmark.
+    for words in (["faults", "--quick"], ["prefix", "--replay", "r.json"], ["nope"], []):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["bench", *words])
+        assert exc.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_bench_bad_list_flags_are_user_errors(capsys):
+    from tokenomy.cli import main
+
+    assert main(["bench", "planning", "--no-live", "--strategies", "rewoo,reflexion"]) == 1
+    assert "--strategies: unknown reflexion; choose from" in capsys.readouterr().err
+    assert main(["bench", "planning", "--live-hops", "1,x"]) == 1
+    assert "expected comma-separated numbers, got '1,x'" in capsys.readouterr().err

@@ -99,7 +99,7 @@ def test_live_path_on_the_scripted_double(corpus, tiny_tokenizer):
 def test_cli_transcripts_file_gets_one_json_line_per_task(tmp_path):
     import argparse
 
-    from tokenomy.cli import _transcripts
+    from tokenomy.benchmarks.commands import _transcripts
 
     path = tmp_path / "runs" / "t.jsonl"
     path.parent.mkdir()

@@ -37,10 +37,12 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenomy.benchmarks.commands import BENCHMARKS
+from tokenomy.benchmarks.commands import add_to as add_benchmarks
 from tokenomy.errors import StorageError, TokenomyError, UserError
 
 
@@ -151,7 +153,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import uuid
 
-    from tokenomy.errors import UserError
     from tokenomy.kernels import UsageLedger
     from tokenomy.kernels.registry import load_engine
     from tokenomy.planners import STRATEGIES, Checkpoints, make_strategy
@@ -215,140 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
-def _write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, str, bool]], quiet: bool = False,
-                   **extra: Any) -> None:
-    """A benchmark's JSON: its records, anything extra, and each goal with what was measured."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"records": [r.to_json() for r in records], **extra,
-                   "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in goals]}, f, indent=2)
-    if not quiet:
-        print(f"\nwrote {path}")
-
-
-def _strategies(args: argparse.Namespace) -> tuple[str, ...]:
-    from tokenomy.benchmarks.planning import STRATEGIES
-
-    if not args.strategies:
-        return STRATEGIES
-    names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
-    unknown = [n for n in names if n not in STRATEGIES]
-    if unknown or not names:
-        raise UserError(f"--strategies: unknown {', '.join(unknown) or 'empty list'}; choose from "
-                        f"{', '.join(STRATEGIES)}")
-    return names
-
-
-def _bench_planning_prose(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import prose
-
-    if not (args.corpus and args.questions):
-        raise UserError("bench planning on prose needs both --corpus DIR and --questions FILE")
-    report = prose.run_prose_bench(
-        args.corpus, args.questions, live=not args.no_live, strategies=_strategies(args), limit=args.limit,
-        k_exemplars=args.exemplars, spec=None if args.model == "embedded" else args.model,
-        progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True), transcript=_transcripts(args))
-    print(prose.format_prose_report(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
-        print(f"\nwrote {args.json}")
-    return 0
-
-
-def _bench_planning(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import planning
-
-    if args.corpus or args.questions:
-        return _bench_planning_prose(args)
-    hops = (1, 2, 4) if args.quick else (1, 2, 3, 4, 5, 6)
-    live_hops = () if args.no_live else (
-        _int_list(args.live_hops) if args.live_hops else ((1, 2) if args.quick else (1, 2, 3, 4)))
-    strategies = _strategies(args)
-    records = planning.run_planning_bench(
-        hops=hops, tasks_per_hop=args.tasks or (3 if args.quick else 5), seed=args.seed,
-        k_exemplars=args.exemplars, live_hops=live_hops,
-        live_tasks=args.live_tasks or (1 if args.quick else 2), strategies=strategies,
-        modes=("live",) if args.live_only else ("oracle", "live"),
-        spec=args.model, progress=lambda m: print(f"[planning] {m}", file=sys.stderr, flush=True),
-        transcript=_transcripts(args))
-    print(planning.format_report(records))
-    if args.json:
-        _write_records(args.json, records, planning.goals(records), growth=planning.growth(records))
-    if args.plot:
-        print(f"wrote {planning.plot_records(records, args.plot)}")
-    return 0
-
-
-def _transcripts(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
-    """``--transcripts FILE``: one JSON line per live task (question, gold, answer, every call), written as it
-    ends so a long run can be read while it goes."""
-    if not args.transcripts:
-        return None
-    path = Path(args.transcripts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("")
-
-    def write(row: dict[str, Any]) -> None:
-        with path.open("a") as f:
-            f.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
-
-    return write
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise SystemExit(f"tokenomy: expected comma-separated numbers, got {text!r}") from None
-
-
-def _bench_graph(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import graph
-
-    records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
-                                    iterations=args.iterations, questions=args.tasks,
-                                    spec=None if args.model == "embedded" else args.model,
-                                    progress=lambda m: print(f"[graph] {m}", file=sys.stderr, flush=True))
-    print(graph.format_report(records))
-    if args.json:
-        _write_records(args.json, records, graph.goals(records))
-    if args.plot:
-        print(f"wrote {graph.plot_records(records, args.plot)}")
-    return 0
-
-
-def _bench_collab(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import collab
-
-    def progress(m: str) -> None:
-        print(f"[collab] {m}", file=sys.stderr, flush=True)
-
-    if args.replay:
-        pools, gold, routing = collab.load_record(args.replay)
-        records = collab.replay_sampling(pools, gold, k=max(len(p) for p in pools), seed=args.seed)
-        records += collab.replay_routing(routing) if routing else []
-        for r in records:
-            print(f"{r.policy:<24} accuracy {r.accuracy:.3f}  samples {r.samples:.2f}  tokens {r.tokens:.1f}  "
-                  f"{'; '.join(r.notes)}")
-        if args.json:
-            _write_records(args.json, records, [])
-        if args.plot:
-            print(f"wrote {collab.plot_records(records, args.plot)}")
-        return 0
-    report = collab.run_collab_bench(quick=args.quick, long_spec=args.long, short_spec=args.short, seed=args.seed,
-                                     items=args.tasks, record=args.record, progress=progress)
-    print(collab.format_report(report))
-    if args.json:
-        _write_records(args.json, report.records, collab.goals(report), calibration=report.scores,
-                       kept=report.kept, note=report.note, long=report.long, short=report.short)
-    if args.plot:
-        print(f"wrote {collab.plot_records(report.records, args.plot)}")
-    return 0
-
-
 def cmd_viz(args: argparse.Namespace) -> int:
-    from tokenomy.errors import UserError
     from tokenomy.trace import Trace
     from tokenomy.viz import write_html, write_png
 
@@ -371,178 +239,6 @@ def cmd_rag(args: argparse.Namespace) -> int:
     from tokenomy import rag_cli
 
     return {"ingest": rag_cli.cmd_ingest, "ask": rag_cli.cmd_ask}[args.rag_command](args)
-
-
-def _bench_rag(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import rag
-
-    def progress(m: str) -> None:
-        print(m, file=sys.stderr, flush=True)
-
-    result = rag.run_rag_bench(quick=args.quick, seed=args.seed, questions=args.tasks, progress=progress,
-                               corpus=args.corpus, questions_file=args.questions, extract=args.extract,
-                               model=args.model)
-    print(rag.format_rag_report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"records": [r.to_json() for r in result["records"]], "goal": result["goal"],
-                       "ingest": result["ingest"], "questions": result["questions"]}, f, indent=2)
-        print(f"\nwrote {args.json}")
-    if args.plot:
-        print(f"wrote {rag.plot_records(result['records'], args.plot)}")
-    return 0
-
-
-def _bench_gpu(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import gpu
-
-    if args.smoke:
-        cfg = gpu.GpuConfig.smoke()
-    else:
-        import torch
-
-        if not torch.cuda.is_available():
-            print("tokenomy: bench gpu needs a CUDA GPU (--smoke runs a tiny version on the CPU, to test the code)",
-                  file=sys.stderr)
-            return 2
-        cfg = gpu.GpuConfig(arch=args.arch, **({"batch": 8, "prefix": 1024, "new": 32} if args.quick else {}))
-    def save(records: list[Any]) -> None:  # after every record: a run cut off keeps what it measured
-        if args.json:
-            _write_records(args.json, records, gpu.goals(records), config=cfg.__dict__, quiet=True)
-
-    names = [n.strip() for n in args.variants.split(",")] if args.variants else [*gpu.VARIANTS, "kernel"]
-    unknown = sorted(set(names) - {*gpu.VARIANTS, "kernel"})
-    if unknown:
-        print(f"tokenomy: unknown gpu variants {', '.join(unknown)}; known: {', '.join(gpu.VARIANTS)}, kernel",
-              file=sys.stderr)
-        return 2
-    records = gpu.run_gpu_bench(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True), on_record=save,
-                                profile=args.profile, variants=[n for n in gpu.VARIANTS if n in names],
-                                kernel="kernel" in names)
-    print(gpu.format_gpu_table(records))
-    if args.json:
-        _write_records(args.json, records, gpu.goals(records), config=cfg.__dict__)
-    if args.plot:
-        print(f"wrote {gpu.plot_records(records, args.plot)}")
-    return 0
-
-
-def _bench_peers(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import peers
-
-    if bool(args.corpus) != bool(args.questions):
-        raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
-    if args.merge:
-        paths = [p.strip() for p in args.merge.split(",") if p.strip()]
-        try:
-            records = peers.load_records(paths)
-        except ValueError as e:
-            raise UserError(f"--merge: {e}") from e
-        found: dict[str, str] = {}
-        for path in paths:
-            found.update(json.loads(Path(path).read_text(encoding="utf-8")).get("versions") or {})
-        return _peers_output(args, records, found)
-    names = tuple(n.strip() for n in (args.frameworks or "").split(",") if n.strip()) or peers.FRAMEWORKS
-    unknown = [n for n in names if n not in peers.FRAMEWORKS]
-    if unknown:
-        raise UserError(f"--frameworks: unknown {', '.join(unknown)}; choose from {', '.join(peers.FRAMEWORKS)}")
-    model = args.model.removeprefix("embedded:") if args.model.startswith("embedded:") else None
-    found = peers.versions(peers.peers_python(setup=False))
-
-    def save(records: list[Any]) -> None:  # after every framework: a run cut off keeps what it measured
-        if args.json:
-            _write_records(args.json, records, peers.goals(records), versions=found, quiet=True)
-
-    records = peers.run_peers_bench(frameworks=names, quick=args.quick, seed=args.seed, server=args.server,
-                                    model=args.served_model, embedded=model, task_timeout=args.task_timeout,
-                                    log_dir=args.logs, on_record=save, corpus=args.corpus, questions=args.questions,
-                                    progress=lambda m: print(f"[peers] {m}", file=sys.stderr, flush=True))
-    return _peers_output(args, records, found)
-
-
-def _peers_output(args: argparse.Namespace, records: Sequence[Any], found: dict[str, str]) -> int:
-    from tokenomy.benchmarks import peers
-
-    print(peers.format_report(records, found))
-    if args.json:
-        _write_records(args.json, records, peers.goals(records), versions=found)
-    if args.plot:
-        print(f"wrote {peers.plot_records(records, args.plot)}")
-    return 0
-
-
-BENCHES = ("prefix", "plans", "planning", "graph", "collab", "rag", "gpu", "peers", "faults")
-
-
-def _bench_faults(args: argparse.Namespace) -> int:
-    from tokenomy.benchmarks import faults
-
-    results = faults.run_faults(progress=lambda m: print(f"[faults] {m}", file=sys.stderr, flush=True))
-    print(faults.format_report(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(faults.to_json(results), indent=2))
-        print(f"\nwrote {args.json}")
-    return 0 if all(r.outcome == "handled" for r in results) else 1
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name not in BENCHES:
-        print(f"unknown benchmark {args.name!r}; available: {', '.join(BENCHES)}", file=sys.stderr)
-        return 2
-    if args.name == "planning":
-        return _bench_planning(args)
-    if args.name == "graph":
-        return _bench_graph(args)
-    if args.name == "collab":
-        return _bench_collab(args)
-    if args.name == "rag":
-        return _bench_rag(args)
-    if args.name == "gpu":
-        return _bench_gpu(args)
-    if args.name == "peers":
-        return _bench_peers(args)
-    if args.name == "faults":
-        return _bench_faults(args)
-    if args.name == "plans":
-        from tokenomy.benchmarks import plans
-
-        spec = None if args.model == "embedded" else args.model
-        questions = plans.QUESTIONS[:3] if args.quick else None
-        precords = plans.run_plans_bench(spec, questions)
-        print(plans.format_table(precords))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(plans.to_json(precords), f, indent=2)
-            print(f"\nwrote {args.json}")
-        if args.plot:
-            print(f"wrote {plans.plot_records(precords, args.plot)}")
-        return 0
-    from tokenomy.benchmarks.prefix import format_table, plot_records, run_prefix_bench, to_json
-
-    with_vllm = False if args.no_vllm else None
-    records = run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=with_vllm,
-                               workloads=args.workload or None)
-    dtype_records = []
-    from tokenomy.kernels.registry import parse_spec
-
-    dtypes = [d for d in args.dtypes.split(",") if d] if args.dtypes else []
-    if dtypes and parse_spec(args.model)[0] in ("embedded", "hf"):  # the transformers engine's dtypes
-        from tokenomy.benchmarks.dtype import format_dtype_table, run_dtype_bench
-
-        print(f"dtypes on the CPU: {', '.join(dtypes)}")
-        dtype_records = run_dtype_bench(args.model, dtypes, new_tokens=16 if args.quick else 32)
-    print()
-    print(format_table(records))
-    if dtype_records:
-        print()
-        print(format_dtype_table(dtype_records))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"records": to_json(records), "dtypes": [r.to_json() for r in dtype_records]}, f, indent=2)
-        print(f"\nwrote {args.json}")
-    if args.plot:
-        print(f"wrote {plot_records(records, args.plot)}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -605,74 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--show-context", action="store_true", help="print the context the model read")
     ask.set_defaults(fn=cmd_rag)
 
-    bench = sub.add_parser("bench", help="run a benchmark (prefix, plans, planning, graph, collab, rag, gpu, peers, "
-                                         "faults)")
-    bench.add_argument("name", help="which benchmark: prefix (KV reuse), plans (the valid-plan rate), planning "
-                                    "(tokens per strategy on multi-hop tasks), graph (pruned agent graphs), "
-                                    "collab (long/short policies on a difficulty ladder), rag (context tokens "
-                                    "per retriever), gpu, peers (against other frameworks) or faults (hostile "
-                                    "requests, plans, tools, files, processes and servers)")
-    bench.add_argument("--quick", action="store_true", help="smaller workloads")
-    bench.add_argument("--corpus", default=None, metavar="DIR",
-                       help="planning, rag, peers: a prose corpus instead of the synthetic world (with --questions); "
-                            "planning and peers run on it with the real search/lookup/calc tools")
-    bench.add_argument("--questions", default=None, metavar="FILE",
-                       help="planning, rag, peers: the corpus's questions (JSON lines with question, answer, hops, "
-                            "support; planning and peers also read their gold programs)")
-    bench.add_argument("--extract", choices=["rules", "model", "both"], default="rules",
-                       help="rag: the triplet extractor (model and both use --model)")
-    bench.add_argument("--json", default=None, help="write the records to this file")
-    bench.add_argument("--model", default="embedded", help="the engine spec (prefix: embedded or hf:<dir>; plans: any)")
-    bench.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"])
-    bench.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
-    bench.add_argument("--plot", default=None, metavar="PATH", help="also draw the results as a PNG here")
-    bench.add_argument("--no-live", action="store_true", help="planning, graph: no model runs (oracle replay, "
-                                                              "simulator)")
-    bench.add_argument("--tasks", type=int, default=0, help="planning: tasks per hop count (oracle); graph: "
-                                                            "simulator evaluation questions; collab: items; rag: "
-                                                            "questions per hop count")
-    bench.add_argument("--iterations", type=int, default=50, help="graph: training iterations of each policy "
-                                                                  "on the simulator")
-    bench.add_argument("--dtypes", default="float32,bfloat16",
-                       help="prefix: CPU speed of the model in these dtypes, side by side ('' to skip)")
-    bench.add_argument("--live-tasks", type=int, default=0, help="planning: live tasks per hop count")
-    bench.add_argument("--live-hops", default="", help="planning: the hop counts of the live tasks, e.g. 1,2,3")
-    bench.add_argument("--live-only", action="store_true", help="planning: only the live runs (no oracle replay)")
-    bench.add_argument("--transcripts", default=None, metavar="FILE",
-                       help="planning: write every live task's question, gold and given answer and its model and "
-                            "tool calls here (JSON lines)")
-    bench.add_argument("--exemplars", type=int, default=1, help="planning: exemplar tasks in every prompt (K)")
-    bench.add_argument("--limit", type=int, default=0, metavar="N", help="planning --corpus: live-run only the "
-                                                                         "first N questions")
-    bench.add_argument("--strategies", default=None, metavar="LIST", help="planning: the strategies to run, "
-                                                                          "comma-separated (default all)")
-    bench.add_argument("--seed", type=int, default=0, help="planning, graph, collab: the seed")
-    bench.add_argument("--long", default=None, help="collab: the long model (default embedded:gemma-3-270m)")
-    bench.add_argument("--short", default=None, help="collab: the short model (default embedded:smollm2-135m)")
-    bench.add_argument("--record", default=None, help="collab: store the sampled pools here (JSON)")
-    bench.add_argument("--replay", default=None, help="collab: score the stopping rules on a stored record, "
-                                                      "no model")
-    bench.add_argument("--arch", default="llama-3-8b", help="gpu: the architecture (random weights): llama-3-8b or "
-                                                            "qwen2.5-1.5b")
-    bench.add_argument("--smoke", action="store_true", help="gpu: a tiny model on the CPU (tests the code only)")
-    bench.add_argument("--variants", default=None, metavar="LIST", help="gpu: the variants to run, comma-separated "
-                                                                        "(default all: plain, generate, batch, radix, "
-                                                                        "radix+kernel, and kernel, the sweep)")
-    bench.add_argument("--profile", default=None, metavar="PATH", help="gpu: also profile the fast paths (torch "
-                                                                       "profiler tables per kernel) into this file")
-    bench.add_argument("--frameworks", default=None, metavar="LIST",
-                       help="peers: the frameworks to run, comma-separated (default all)")
-    bench.add_argument("--server", default=None, metavar="URL", help="peers: an OpenAI base URL already serving "
-                                                                     "the model (default: start vllm serve)")
-    bench.add_argument("--merge", default=None, metavar="A.json,B.json",
-                       help="peers: report the records of earlier --json files as one run (frameworks run in "
-                            "separate sittings on the same server and tasks; a later file's framework wins)")
-    bench.add_argument("--served-model", default=None, metavar="NAME", help="peers: the model's name on --server")
-    bench.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
-                       help="peers: seconds a framework may take for one task")
-    bench.add_argument("--logs", default=None, metavar="DIR",
-                       help="peers: write the proxy's request log and each framework's stderr here")
-    bench.set_defaults(fn=cmd_bench)
+    bench = sub.add_parser("bench", help="run a benchmark: " + ", ".join(b.name for b in BENCHMARKS),
+                           description="Every benchmark is a subcommand with its own flags (tokenomy bench NAME "
+                                       "--help); --json PATH writes its records, --plot PATH draws them.")
+    add_benchmarks(bench.add_subparsers(dest="name", required=True, metavar="NAME"))
     return p
 
 

@@ -1,0 +1,470 @@
+"""``tokenomy bench NAME``: each benchmark is a ``Benchmark``, a subcommand with its own flags, and the CLI loops
+over ``BENCHMARKS`` (``add_to``). A benchmark's module is imported when it runs, so ``tokenomy --help`` and the
+other commands do not load torch and every benchmark's dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tokenomy.errors import UserError
+
+__all__ = ["BENCHMARKS", "Benchmark", "Command", "add_to"]
+
+
+@runtime_checkable
+class Benchmark(Protocol):
+    """One ``tokenomy bench`` subcommand."""
+
+    name: str
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Its flags."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Run it with the parsed flags; the exit code."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``Benchmark`` made of two functions."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        self.arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self.main(args)
+
+
+# -- shared flags and output ---------------------------------------------------------------------------------
+
+
+def _output(p: argparse.ArgumentParser, *, quick: bool = True, plot: bool = True) -> None:
+    if quick:
+        p.add_argument("--quick", action="store_true", help="a smaller workload")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this file")
+    if plot:
+        p.add_argument("--plot", default=None, metavar="PATH", help="also draw the results as a PNG here")
+
+
+def _model(p: argparse.ArgumentParser, what: str = "the engine spec") -> None:
+    p.add_argument("--model", default="embedded", help=f"{what} (default: embedded)")
+
+
+def _seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="the seed")
+
+
+def _prose(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--corpus", default=None, metavar="DIR", help=f"a prose corpus instead of the synthetic world "
+                                                                 f"(with --questions); {what}")
+    p.add_argument("--questions", default=None, metavar="FILE", help="the corpus's questions (JSON lines with "
+                                                                     "question, answer, hops, support)")
+
+
+def _progress(tag: str) -> Callable[[str], None]:
+    return lambda m: print(f"[{tag}] {m}" if tag else m, file=sys.stderr, flush=True)
+
+
+def _spec(args: argparse.Namespace) -> str | None:
+    return None if args.model == "embedded" else args.model
+
+
+def write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, str, bool]], quiet: bool = False,
+                  **extra: Any) -> None:
+    """A benchmark's JSON: its records, anything extra, and each goal with what was measured."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"records": [r.to_json() for r in records], **extra,
+                   "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in goals]}, f, indent=2)
+    if not quiet:
+        print(f"\nwrote {path}")
+
+
+def _write_json(path: str, data: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2))
+    print(f"\nwrote {path}")
+
+
+def _plot(args: argparse.Namespace, draw: Callable[[Any, str], Any], records: Any) -> None:
+    if args.plot:
+        print(f"wrote {draw(records, args.plot)}")
+
+
+def _names(text: str | None, known: Sequence[str], flag: str) -> tuple[str, ...]:
+    """A comma-separated choice from ``known`` (all of them when ``text`` is empty)."""
+    if not text:
+        return tuple(known)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UserError(f"{flag}: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(known)}")
+    return names
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# -- prefix, plans -------------------------------------------------------------------------------------------
+
+
+def _prefix_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    p.add_argument("--model", default="embedded", help="embedded, embedded:NAME or hf:<dir> (default: embedded)")
+    p.add_argument("--workload", action="append", choices=["agents", "rewoo", "sc"], help="one workload (repeat)")
+    p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="CPU speed of the model in these dtypes, side by side ('' to skip)")
+
+
+def _prefix(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import prefix
+    from tokenomy.kernels.registry import parse_spec
+
+    records = prefix.run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=False if args.no_vllm else None,
+                                      workloads=args.workload or None)
+    dtype_records = []
+    dtypes = [d for d in args.dtypes.split(",") if d] if args.dtypes else []
+    if dtypes and parse_spec(args.model)[0] in ("embedded", "hf"):  # the transformers engine's dtypes
+        from tokenomy.benchmarks.dtype import format_dtype_table, run_dtype_bench
+
+        print(f"dtypes on the CPU: {', '.join(dtypes)}")
+        dtype_records = run_dtype_bench(args.model, dtypes, new_tokens=16 if args.quick else 32)
+    print()
+    print(prefix.format_table(records))
+    if dtype_records:
+        print()
+        print(format_dtype_table(dtype_records))
+    if args.json:
+        _write_json(args.json, {"records": prefix.to_json(records), "dtypes": [r.to_json() for r in dtype_records]})
+    _plot(args, prefix.plot_records, records)
+    return 0
+
+
+def _plans_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _model(p)
+
+
+def _plans(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import plans
+
+    records = plans.run_plans_bench(_spec(args), plans.QUESTIONS[:3] if args.quick else None)
+    print(plans.format_table(records))
+    if args.json:
+        _write_json(args.json, plans.to_json(records))
+    _plot(args, plans.plot_records, records)
+    return 0
+
+
+# -- planning ------------------------------------------------------------------------------------------------
+
+
+def _planning_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _model(p)
+    _seed(p)
+    _prose(p, "the strategies run on it with the real search/lookup/calc tools and its gold programs")
+    p.add_argument("--no-live", action="store_true", help="no model runs (oracle replay only)")
+    p.add_argument("--tasks", type=int, default=0, help="tasks per hop count (oracle)")
+    p.add_argument("--live-tasks", type=int, default=0, help="live tasks per hop count")
+    p.add_argument("--live-hops", default="", help="the hop counts of the live tasks, e.g. 1,2,3")
+    p.add_argument("--live-only", action="store_true", help="only the live runs (no oracle replay)")
+    p.add_argument("--transcripts", default=None, metavar="FILE", help="write every live task's question, gold and "
+                   "given answer and its model and tool calls here (JSON lines)")
+    p.add_argument("--exemplars", type=int, default=1, help="exemplar tasks in every prompt (K)")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="--corpus: live-run only the first N questions")
+    p.add_argument("--strategies", default=None, metavar="LIST", help="the strategies, comma-separated (default all)")
+
+
+def _transcripts(args: argparse.Namespace) -> Callable[[dict[str, Any]], None] | None:
+    """``--transcripts FILE``: one JSON line per live task (question, gold, answer, every call), written as it
+    ends so a long run can be read while it goes."""
+    if not args.transcripts:
+        return None
+    path = Path(args.transcripts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+    def write(row: dict[str, Any]) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+
+    return write
+
+
+def _planning(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import planning
+
+    strategies = _names(args.strategies, planning.STRATEGIES, "--strategies")
+    if args.corpus or args.questions:
+        return _planning_prose(args, strategies)
+    live_hops = () if args.no_live else (
+        _int_list(args.live_hops) if args.live_hops else ((1, 2) if args.quick else (1, 2, 3, 4)))
+    records = planning.run_planning_bench(
+        hops=(1, 2, 4) if args.quick else (1, 2, 3, 4, 5, 6), tasks_per_hop=args.tasks or (3 if args.quick else 5),
+        seed=args.seed, k_exemplars=args.exemplars, live_hops=live_hops,
+        live_tasks=args.live_tasks or (1 if args.quick else 2), strategies=strategies,
+        modes=("live",) if args.live_only else ("oracle", "live"), spec=args.model, progress=_progress("planning"),
+        transcript=_transcripts(args))
+    print(planning.format_report(records))
+    if args.json:
+        write_records(args.json, records, planning.goals(records), growth=planning.growth(records))
+    _plot(args, planning.plot_records, records)
+    return 0
+
+
+def _planning_prose(args: argparse.Namespace, strategies: tuple[str, ...]) -> int:
+    from tokenomy.benchmarks import prose
+
+    if not (args.corpus and args.questions):
+        raise UserError("bench planning on prose needs both --corpus DIR and --questions FILE")
+    report = prose.run_prose_bench(args.corpus, args.questions, live=not args.no_live, strategies=strategies,
+                                   limit=args.limit, k_exemplars=args.exemplars, spec=_spec(args),
+                                   progress=_progress("planning"), transcript=_transcripts(args))
+    print(prose.format_prose_report(report))
+    if args.json:
+        _write_json(args.json, report.to_json())
+    return 0
+
+
+# -- graph, collab -------------------------------------------------------------------------------------------
+
+
+def _graph_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _model(p)
+    _seed(p)
+    p.add_argument("--no-live", action="store_true", help="the simulator only (no model runs)")
+    p.add_argument("--tasks", type=int, default=0, help="simulator evaluation questions")
+    p.add_argument("--iterations", type=int, default=50, help="training iterations of each policy on the simulator")
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import graph
+
+    records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
+                                    iterations=args.iterations, questions=args.tasks, spec=_spec(args),
+                                    progress=_progress("graph"))
+    print(graph.format_report(records))
+    if args.json:
+        write_records(args.json, records, graph.goals(records))
+    _plot(args, graph.plot_records, records)
+    return 0
+
+
+def _collab_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _seed(p)
+    p.add_argument("--tasks", type=int, default=0, help="ladder items")
+    p.add_argument("--long", default=None, help="the long model (default embedded:gemma-3-270m)")
+    p.add_argument("--short", default=None, help="the short model (default embedded:smollm2-135m)")
+    p.add_argument("--record", default=None, metavar="PATH", help="store the sampled pools here (JSON)")
+    p.add_argument("--replay", default=None, metavar="PATH", help="score the stopping rules on a stored record, "
+                                                                  "no model")
+
+
+def _collab(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import collab
+
+    if args.replay:
+        pools, gold, routing = collab.load_record(args.replay)
+        records = collab.replay_sampling(pools, gold, k=max(len(p) for p in pools), seed=args.seed)
+        records += collab.replay_routing(routing) if routing else []
+        for r in records:
+            print(f"{r.policy:<24} accuracy {r.accuracy:.3f}  samples {r.samples:.2f}  tokens {r.tokens:.1f}  "
+                  f"{'; '.join(r.notes)}")
+        if args.json:
+            write_records(args.json, records, [])
+        _plot(args, collab.plot_records, records)
+        return 0
+    report = collab.run_collab_bench(quick=args.quick, long_spec=args.long, short_spec=args.short, seed=args.seed,
+                                     items=args.tasks, record=args.record, progress=_progress("collab"))
+    print(collab.format_report(report))
+    if args.json:
+        write_records(args.json, report.records, collab.goals(report), calibration=report.scores,
+                      kept=report.kept, note=report.note, long=report.long, short=report.short)
+    _plot(args, collab.plot_records, report.records)
+    return 0
+
+
+# -- rag, gpu ------------------------------------------------------------------------------------------------
+
+
+def _rag_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _model(p, "the model of --extract model/both")
+    _seed(p)
+    _prose(p, "ingested and asked instead")
+    p.add_argument("--tasks", type=int, default=0, help="questions per hop count")
+    p.add_argument("--extract", choices=["rules", "model", "both"], default="rules", help="the triplet extractor")
+
+
+def _rag(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import rag
+
+    result = rag.run_rag_bench(quick=args.quick, seed=args.seed, questions=args.tasks, progress=_progress(""),
+                               corpus=args.corpus, questions_file=args.questions, extract=args.extract,
+                               model=args.model)
+    print(rag.format_rag_report(result))
+    if args.json:
+        _write_json(args.json, {"records": [r.to_json() for r in result["records"]], "goal": result["goal"],
+                                "ingest": result["ingest"], "questions": result["questions"]})
+    _plot(args, rag.plot_records, result["records"])
+    return 0
+
+
+def _gpu_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    p.add_argument("--arch", default="llama-3-8b", help="the architecture (random weights): llama-3-8b or "
+                                                        "qwen2.5-1.5b")
+    p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (tests the code only)")
+    p.add_argument("--variants", default=None, metavar="LIST", help="the variants, comma-separated (default all: "
+                   "plain, generate, batch, radix, radix+kernel, and kernel, the sweep)")
+    p.add_argument("--profile", default=None, metavar="PATH", help="also profile the fast paths (torch profiler "
+                                                                   "tables per kernel) into this file")
+
+
+def _gpu(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import gpu
+
+    if args.smoke:
+        cfg = gpu.GpuConfig.smoke()
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("tokenomy: bench gpu needs a CUDA GPU (--smoke runs a tiny version on the CPU, to test the code)",
+                  file=sys.stderr)
+            return 2
+        cfg = gpu.GpuConfig(arch=args.arch, **({"batch": 8, "prefix": 1024, "new": 32} if args.quick else {}))
+
+    def save(records: list[Any]) -> None:  # after every record: a run cut off keeps what it measured
+        if args.json:
+            write_records(args.json, records, gpu.goals(records), config=cfg.__dict__, quiet=True)
+
+    names = [n.strip() for n in args.variants.split(",")] if args.variants else [*gpu.VARIANTS, "kernel"]
+    unknown = sorted(set(names) - {*gpu.VARIANTS, "kernel"})
+    if unknown:
+        print(f"tokenomy: unknown gpu variants {', '.join(unknown)}; known: {', '.join(gpu.VARIANTS)}, kernel",
+              file=sys.stderr)
+        return 2
+    records = gpu.run_gpu_bench(cfg, progress=_progress(""), on_record=save, profile=args.profile,
+                                variants=[n for n in gpu.VARIANTS if n in names], kernel="kernel" in names)
+    print(gpu.format_gpu_table(records))
+    if args.json:
+        write_records(args.json, records, gpu.goals(records), config=cfg.__dict__)
+    _plot(args, gpu.plot_records, records)
+    return 0
+
+
+# -- peers, faults -------------------------------------------------------------------------------------------
+
+
+def _peers_args(p: argparse.ArgumentParser) -> None:
+    _output(p)
+    _seed(p)
+    _prose(p, "every framework runs on it with the real search/lookup/calc tools")
+    p.add_argument("--model", default="embedded", help="embedded or embedded:NAME: the model vllm serve serves")
+    p.add_argument("--frameworks", default=None, metavar="LIST", help="the frameworks, comma-separated (default all)")
+    p.add_argument("--server", default=None, metavar="URL", help="an OpenAI base URL already serving the model "
+                                                                 "(default: start vllm serve)")
+    p.add_argument("--served-model", default=None, metavar="NAME", help="the model's name on --server")
+    p.add_argument("--merge", default=None, metavar="A.json,B.json",
+                   help="report the records of earlier --json files as one run (frameworks run in separate "
+                        "sittings on the same server and tasks; a later file's framework wins)")
+    p.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds a framework may take for one task")
+    p.add_argument("--logs", default=None, metavar="DIR", help="write the proxy's request log and each framework's "
+                                                               "stderr here")
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import peers
+
+    if bool(args.corpus) != bool(args.questions):
+        raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
+    if args.merge:
+        paths = [p.strip() for p in args.merge.split(",") if p.strip()]
+        try:
+            records = peers.load_records(paths)
+        except ValueError as e:
+            raise UserError(f"--merge: {e}") from e
+        found: dict[str, str] = {}
+        for path in paths:
+            found.update(json.loads(Path(path).read_text(encoding="utf-8")).get("versions") or {})
+    else:
+        names = _names(args.frameworks, peers.FRAMEWORKS, "--frameworks")
+        found = peers.versions(peers.peers_python(setup=False))
+
+        def save(records: list[Any]) -> None:  # after every framework: a run cut off keeps what it measured
+            if args.json:
+                write_records(args.json, records, peers.goals(records), versions=found, quiet=True)
+
+        records = peers.run_peers_bench(
+            frameworks=names, quick=args.quick, seed=args.seed, server=args.server, model=args.served_model,
+            embedded=args.model.removeprefix("embedded:") if args.model.startswith("embedded:") else None,
+            task_timeout=args.task_timeout, log_dir=args.logs, on_record=save, corpus=args.corpus,
+            questions=args.questions, progress=_progress("peers"))
+    print(peers.format_report(records, found))
+    if args.json:
+        write_records(args.json, records, peers.goals(records), versions=found)
+    _plot(args, peers.plot_records, records)
+    return 0
+
+
+def _faults_args(p: argparse.ArgumentParser) -> None:
+    _output(p, quick=False, plot=False)
+
+
+def _faults(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import faults
+
+    results = faults.run_faults(progress=_progress("faults"))
+    print(faults.format_report(results))
+    if args.json:
+        _write_json(args.json, faults.to_json(results))
+    return 0 if all(r.outcome == "handled" for r in results) else 1
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Command("prefix", "KV-cache reuse of shared prompt prefixes (and the model's dtypes on the CPU)", _prefix_args,
+            _prefix),
+    Command("plans", "the planner's valid-plan rate, with and without the decoding grammar", _plans_args, _plans),
+    Command("planning", "tokens, calls and accuracy of each strategy on multi-hop tasks (or a prose corpus)",
+            _planning_args, _planning),
+    Command("graph", "preset and pruned agent communication graphs, on the simulator and live", _graph_args, _graph),
+    Command("collab", "long/short policies, routers, budgets and early-stopping sampling on a difficulty ladder",
+            _collab_args, _collab),
+    Command("rag", "context tokens and answers per retriever and compressor", _rag_args, _rag),
+    Command("gpu", "the fast paths on one CUDA GPU, random weights", _gpu_args, _gpu),
+    Command("peers", "tokenomy against LangGraph, smolagents, DSPy and LlamaIndex on one vllm serve, every request "
+                     "counted by a recording proxy", _peers_args, _peers),
+    Command("faults", "hostile requests, plans, tools, files, processes and servers: each handled alone",
+            _faults_args, _faults),
+)
+
+
+def add_to(subparsers: Any) -> None:
+    """Add every benchmark as a subcommand of ``subparsers`` (an ``add_subparsers()`` result), each with its
+    flags and ``fn`` set to its ``run``."""
+    for bench in BENCHMARKS:
+        p = subparsers.add_parser(bench.name, help=bench.help, description=bench.help)
+        bench.add_arguments(p)
+        p.set_defaults(fn=bench.run)
