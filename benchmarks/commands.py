@@ -21,8 +21,13 @@ __all__ = ["BENCHMARKS", "Benchmark", "Command", "add_to"]
 class Benchmark(Protocol):
     """One ``tokenomy bench`` subcommand."""
 
-    name: str
-    help: str
+    @property
+    def name(self) -> str:
+        """Its word after ``tokenomy bench``."""
+
+    @property
+    def help(self) -> str:
+        """One line on what it measures."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Its flags."""
