@@ -220,7 +220,7 @@ def embedded_tokenizer() -> Any:
 
 def _transcript(strategy: str, task: Task, events: Sequence[dict[str, Any]], answer: Any, correct: bool,
                 error: str | None) -> dict[str, Any]:
-    from tokenomy.trace import output_text
+    from tokenomy.events import output_text
 
     calls: list[dict[str, Any]] = []
     for e in events:
@@ -241,8 +241,8 @@ def run_group(strategy: str, mode: str, tasks: Sequence[Task], world: World | No
     ``make_tools()``'s for each task when given (the real tools over a corpus). ``transcript`` receives one
     dict per task (question, gold answer, answer, whether it matched, error, and every model and tool call), to
     read why a live answer was wrong."""
+    from tokenomy.events import input_messages, output_text
     from tokenomy.kernels.tokens import TokenCounter, count_messages, count_text
-    from tokenomy.trace import input_messages, output_text
 
     first = tasks[0]
     rec = PlanningRecord(strategy=strategy, hops=first.hops, mode=mode, tasks=len(tasks), branches=first.branches,

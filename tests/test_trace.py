@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import require_module
 from tests.trace_doubles import HOSTILE, graph_trace, rewoo_trace
 from tokenomy.errors import UserError
-from tokenomy.events import clip
+from tokenomy.events import clip, input_messages, output_text
 from tokenomy.planners import parse_plan, plan_steps
-from tokenomy.trace import Trace, export_otel, input_messages, output_text, read_trace
+from tokenomy.trace import Trace, export_otel, read_trace
 
 
 def test_a_rewoo_run_traces_every_kind_of_event_in_order(tmp_path):

@@ -1,7 +1,7 @@
 """The events of a trace, for every floor of the package: their kinds, the node and step they ran in, and the
 helpers that shape their fields (clipping, the OpenTelemetry GenAI message forms, UTF-8-safe text).
 
-A leaf: it imports nothing of tokenomy but ``errors``, so kernels, tools, planners and agents emit events without
+A leaf: it imports nothing of tokenomy, so kernels, tools, planners and agents emit events without
 importing the trace reader (``tokenomy.trace``) or the viewer (``tokenomy.viz``), which sit above them.
 """
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["EVENT_KINDS", "RESULT_CHARS", "in_node", "in_step", "trace_context", "clip", "otel_input", "otel_output",
-           "utf8_safe"]
+           "input_messages", "output_text", "utf8_safe"]
 
 # The kinds of event a trace holds (``event`` field); tokenomy.trace's module docstring says what each carries.
 EVENT_KINDS = ("run", "model_call", "tool_call", "plan", "execution", "message", "graph", "checkpoint")
@@ -79,6 +79,25 @@ def otel_output(text: str, finish_reason: str | None = None) -> list[dict[str, A
     if finish_reason:
         out["finish_reason"] = finish_reason
     return [out]
+
+
+def _text(parts: Any) -> str:
+    if isinstance(parts, list):
+        return "".join(str(p.get("content", "")) if isinstance(p, dict) else str(p) for p in parts)
+    return "" if parts is None else str(parts)
+
+
+def input_messages(event: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A ``model_call`` event's prompt as ``{"role", "content"}`` messages."""
+    msgs = event.get("gen_ai.input.messages") or []
+    return [{"role": str(m.get("role", "")), "content": _text(m.get("parts", m.get("content")))}
+            for m in msgs if isinstance(m, dict)]
+
+
+def output_text(event: Mapping[str, Any]) -> str:
+    """A ``model_call`` event's completion text."""
+    msgs = event.get("gen_ai.output.messages") or []
+    return "".join(_text(m.get("parts")) for m in msgs if isinstance(m, dict))
 
 
 def utf8_safe(text: str) -> str:

@@ -35,8 +35,7 @@ from tokenomy.errors import MissingExtra, UserError
 from tokenomy.events import EVENT_KINDS, utf8_safe
 from tokenomy.kernels.usage import Usage
 
-__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "input_messages", "output_text",
-           "edge_name"]
+__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "edge_name"]
 
 
 def runs_dir() -> Path:
@@ -45,25 +44,6 @@ def runs_dir() -> Path:
     from tokenomy.kernels.embedded import cache_root
 
     return cache_root() / "runs"
-
-
-def _text(parts: Any) -> str:
-    if isinstance(parts, list):
-        return "".join(str(p.get("content", "")) if isinstance(p, dict) else str(p) for p in parts)
-    return "" if parts is None else str(parts)
-
-
-def input_messages(event: Mapping[str, Any]) -> list[dict[str, str]]:
-    """A ``model_call`` event's prompt as ``{"role", "content"}`` messages."""
-    msgs = event.get("gen_ai.input.messages") or []
-    return [{"role": str(m.get("role", "")), "content": _text(m.get("parts", m.get("content")))}
-            for m in msgs if isinstance(m, dict)]
-
-
-def output_text(event: Mapping[str, Any]) -> str:
-    """A ``model_call`` event's completion text."""
-    msgs = event.get("gen_ai.output.messages") or []
-    return "".join(_text(m.get("parts")) for m in msgs if isinstance(m, dict))
 
 
 def edge_name(message: Mapping[str, Any]) -> str:

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from tokenomy.benchmarks.plot import bars
+from tokenomy.events import input_messages, output_text
 from tokenomy.graphs.render import graph_svg
 from tokenomy.planners.render import plan_svg
 from tokenomy.svg import SVG_STYLE, escape, short
-from tokenomy.trace import Trace, edge_name, input_messages, output_text
+from tokenomy.trace import Trace, edge_name
 
 __all__ = ["render_html", "write_html", "write_png", "trace_graph", "timeline_svg", "iframe"]
 
