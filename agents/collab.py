@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
 
-from .answers import Normalizer
+from .answers import Normalizer, normalize_text
 from .policy import Format, Policy, Problem, _Run, first_line
 
 __all__ = ["PairPolicy", "ThoughtInject", "PlanExpand", "StepRoute", "SentenceLead", "AlternatingTurns",
@@ -307,7 +307,7 @@ class Consensus(PairPolicy):
         self.think, self.short_think, self.answer_tokens = think, short_think, answer_tokens
 
     def _solve(self, run: _Run, p: Problem) -> str:
-        norm = p.normalizer or self.normalizer or (lambda t: (first_line(t).casefold() or None) if t else None)
+        norm = p.normalizer or self.normalizer or normalize_text
         direct = self._direct(run, "short", p, self.answer_tokens, kind="direct").text
         thought = self._think(run, "short", p, self.short_think, kind="cot").text
         cot = self._answer_after(run, "short", p, thought, self.answer_tokens).text

@@ -191,6 +191,10 @@ def test_consensus_compares_answers_with_the_problems_normalizer():
     assert Consensus(long, short).run(P).escalated  # "7." and "7, of course" differ as text
     res = Consensus(long, short).run(Problem(P.question, normalizer=normalize_number))
     assert not res.escalated and res.answer == "7"
+    # Without one, answers compare as text by the one text normaliser (agents.answers): case and punctuation
+    # at the ends do not make a disagreement.
+    short = engine(lambda t: " Paris." if t.endswith("A:") else (' "paris"' if t.endswith("is") else "**PARIS**"))
+    assert not Consensus(long, short).run(P).escalated
 
 
 def test_entropy_router_escalates_unsure_answers_and_calibrates():
