@@ -144,11 +144,11 @@ def run_rag_bench(*, quick: bool = False, seed: int = 0, questions: int = 0, bud
         corpus: a directory of prose to use instead of the synthetic world; needs ``questions_file`` (see
             ``benchmarks.rag_prose``).
         questions_file: the corpus's questions, one JSON object per line.
-        extract: ``rules``, ``model`` or ``both`` (see ``tools.rag.model_extract.make_extractor``), or an
+        extract: ``rules``, ``model`` or ``both`` (see ``planners.rag_extract.make_extractor``), or an
             extractor callable.
         model: the engine or spec of the ``model`` extractor (default: ``default_spec()``).
     """
-    from tokenomy.tools.rag.model_extract import make_extractor
+    from tokenomy.planners.rag_extract import make_extractor
     from tokenomy.tools.rag.store import RagStore
 
     say = progress or (lambda _: None)

@@ -17,6 +17,7 @@ Each rule is a function over ``{repo-relative path: source}``, so that the tests
 4. ``__all__`` names nothing twice and only names that the module binds (the lazy names its ``__getattr__``
    serves count); a package's ``__init__`` lists every public name it binds, except submodules and the names
    it imports from outside tokenomy (``Path``, ``Any``: implementation details, not the package's API).
+5. Tools call no model: of kernels they import only ``MODEL_FREE_KERNELS``, but the explicit ``llm`` tool.
 """
 
 from __future__ import annotations
@@ -302,7 +303,23 @@ def all_violations(files: dict[str, str]) -> list[str]:
     return found
 
 
+MODEL_FREE_KERNELS = frozenset({"tokenomy.kernels.tokens", "tokenomy.kernels.usage", "tokenomy.kernels.types",
+                                "tokenomy.kernels.embedded"})
+"""What tools may use of kernels: token counts, usage, the result types, the cache directory; no engine."""
+MODEL_TOOLS = frozenset({"tools/builtin/llm.py"})  # the explicit `llm` tool: it calls the model it is given
+
+
+def model_violations(files: dict[str, str]) -> list[str]:
+    """Tools call no model (rule 5): a module of tools/ imports of kernels only ``MODEL_FREE_KERNELS`` (type hints
+    under TYPE_CHECKING aside), but the explicit ``llm`` tool; a step that asks a model is a strategy's."""
+    return [f"{i.where}: tools call no model; only {', '.join(sorted(MODEL_TOOLS))} may reach an engine"
+            for i in imports(parse(files)) if i.module.name.startswith("tokenomy.tools")
+            and i.module.path not in MODEL_TOOLS and i.target.startswith("tokenomy.kernels")
+            and i.target not in MODEL_FREE_KERNELS and not i.type_checking]
+
+
 CHECKS = {"floors": floor_violations, "cycles": cycle_violations, "private": private_violations,
+          "models": model_violations,
           "__all__": all_violations}
 
 
@@ -359,6 +376,9 @@ PLANTED = [  # rule, the file replaced, its faulty source, the violations expect
                  ["planners/ast.py:1 imports tokenomy.agents.answers: takes the private name _merge,"
                   " but tokenomy.planners is not tokenomy.agents"], id="private-name"),
     pytest.param("private", "agents/policy.py", "from .answers import _merge\n", [], id="private-name-in-its-package"),
+    pytest.param("models", "tools/search.py", "def rerank():\n    from tokenomy.kernels.registry import load_engine\n",
+                 ["tools/search.py:2 imports tokenomy.kernels.registry (inside rerank()): tools call no model; only "
+                  "tools/builtin/llm.py may reach an engine"], id="a-tool-loading-a-model"),
     pytest.param("__all__", "kernels/__init__.py",
                  "from .usage import Usage\nfrom .usage import UsageLedger\n\n__all__ = ['Usage', 'Usage', 'Ledger']\n",
                  ["kernels/__init__.py:4 __all__ names 'Usage' 2 times",

@@ -214,7 +214,7 @@ def test_rag_ask_on_the_real_models(tmp_path):
 
 
 def test_model_extractor_keeps_only_grounded_facts(tmp_path, capsys):
-    from tokenomy.tools.rag.model_extract import ModelExtractor, parse_triplet_lines
+    from tokenomy.planners.rag_extract import ModelExtractor, parse_triplet_lines
 
     text = "Orvel is a town of 8200 people. Its mayor is Ana Toll."
     reply = ("Orvel | population | 8200\n- Orvel | mayor | Ana Toll\nOrvel | mayor | Bob Invented\n"

@@ -13,9 +13,9 @@ from tokenomy.benchmarks.rag_prose import Fact, load_questions
 from tokenomy.cli import main
 from tokenomy.errors import UserError
 from tokenomy.kernels import ScriptedEngine
+from tokenomy.planners.rag_extract import ExtractCache, ModelExtractor, make_extractor
 from tokenomy.tools.rag import RagStore
 from tokenomy.tools.rag.extract import extract_triplets
-from tokenomy.tools.rag.model_extract import ExtractCache, ModelExtractor, make_extractor
 from tokenomy.tools.rag.prose import is_person
 
 from .rag_doubles import HashEmbedder
@@ -174,7 +174,7 @@ def test_model_facts_are_cached_per_chunk_so_reingesting_costs_nothing(tmp_path)
 
 
 def test_model_replies_in_numbered_lists_or_markdown_tables_are_read():
-    from tokenomy.tools.rag.model_extract import parse_triplet_lines
+    from tokenomy.planners.rag_extract import parse_triplet_lines
 
     text = "Orvel is a town of 8200 people. Its mayor is Ana Toll."
     reply = ("```\n| Subject | Relation | Object |\n|---|---|---|\n| Orvel | population | 8200 |\n"

@@ -30,7 +30,7 @@ def _store(path: str | None) -> Path:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tokenomy.kernels.usage import Usage
-    from tokenomy.tools.rag.model_extract import make_extractor
+    from tokenomy.planners.rag_extract import make_extractor
     from tokenomy.tools.rag.store import RagStore
 
     embedder = None

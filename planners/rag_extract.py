@@ -1,4 +1,7 @@
-"""Triplet extraction by a model, for text the rules of ``extract`` do not read well.
+"""Triplet extraction by a model, for text the rules of ``tools.rag.extract`` do not read well.
+
+It asks a model, so it lives with the strategies (``planners``, beside the RAG pipeline), not in ``tools``,
+which call no model but through the explicit ``llm`` tool; the store it feeds takes any ``extract`` callable.
 
 ``ModelExtractor(engine)`` is an ``extract`` callable for ``RagStore.ingest``: one model call per chunk, asking for
 ``subject | relation | object`` lines. The reply is data: lines that are not three non-empty fields, fields longer
@@ -184,7 +187,7 @@ def make_extractor(kind: str, model: Engine | str | None = None, *, cache: Extra
     Returns:
         A callable ``extract(text)``; for ``model`` and ``both`` it has ``usage`` (the extraction's tokens).
     """
-    from .extract import extract_triplets
+    from tokenomy.tools.rag.extract import extract_triplets
 
     if kind not in EXTRACTORS:
         raise UserError(f"unknown extractor {kind!r}; choose one of {', '.join(EXTRACTORS)}")
