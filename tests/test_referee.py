@@ -302,3 +302,20 @@ def test_a_real_vllm_serve_through_the_proxy_counts_prompt_cached_and_completion
 def test_vllm_server_says_where_vllm_is_missing(tmp_path):
     with pytest.raises(RefereeError, match="no such python"):
         VllmServer(Path("/models/m"), served_name="m", python=tmp_path / "none" / "python").__enter__()
+
+
+def test_vllm_memory_fraction_fits_the_weights_in_their_dtype(tmp_path):
+    from tokenomy.benchmarks.referee import memory_fraction_for
+
+    gib = 2**30
+    with open(tmp_path / "model.safetensors", "wb") as f:  # sparse: the size is all that is read
+        f.truncate(7_108_390_424)  # the 1.5B's weights, stored in float32
+    (tmp_path / "config.json").write_text('{"dtype": "float32"}')
+    # Served in float32 on a 23.5 GiB machine the 1.5B needs about half (0.25 left its KV cache nothing); in
+    # bfloat16 its weights take half the bytes on disk.
+    assert memory_fraction_for(tmp_path, "float32", total_bytes=int(23.54 * gib)) == 0.51
+    assert memory_fraction_for(tmp_path, "bfloat16", total_bytes=int(23.54 * gib)) == 0.37
+    assert memory_fraction_for(tmp_path, "float32", total_bytes=512 * gib) == 0.25  # a big machine: the floor
+    assert memory_fraction_for(tmp_path, "float32", total_bytes=8 * gib) == 0.9  # too small: the ceiling
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')  # stored in bf16: float32 doubles it
+    assert memory_fraction_for(tmp_path, "float32", total_bytes=int(23.54 * gib)) == 0.8
