@@ -229,13 +229,17 @@ def canonical(answer: Any) -> str:
     return t.strip(" .!\"'")
 
 
-def answer_matches(answer: Any, gold: str) -> bool:
+def answer_matches(answer: Any, gold: str, question: str | None = None) -> bool:
     """Whether ``answer`` is the gold answer: equal after ``canonical``, or (for a numeric gold answer) the answer's
-    only number is it (``"The population is 181334."``); ``None`` never matches."""
+    only number is it (``"The population is 181334."``); with the ``question``, numbers the answer repeats from it
+    do not count (``"The price of Urthudav 41 is 611."`` answers a question about Urthudav 41 with 611). ``None``
+    never matches."""
     if answer is None:
         return False
     a, g = canonical(answer), canonical(gold)
     if a == g:
         return True
-    nums = _NUM.findall(a)
-    return bool(_NUM.fullmatch(g)) and len(set(nums)) == 1 and nums[0] == g
+    nums = set(_NUM.findall(a))
+    if question is not None and len(nums) > 1:
+        nums -= set(_NUM.findall(canonical(question))) - {g}
+    return bool(_NUM.fullmatch(g)) and nums == {g}

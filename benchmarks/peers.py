@@ -242,7 +242,7 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
         cached = sum(r.cached_tokens or 0 for r in calls)
         completion = sum(r.completion_tokens or 0 for r in calls)
         failed = sum(1 for r in calls if r.status != 200)
-        correct = answer_matches(row.get("answer"), task.answer)
+        correct = answer_matches(row.get("answer"), task.answer, task.question)
         rec.prompt_tokens += prompt
         rec.cached_tokens += cached
         rec.completion_tokens += completion
@@ -341,7 +341,7 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
                 for i, task in enumerate(tasks):
                     row = runner.ask(f"{fw}--{task.id}", task.question, task_timeout)
                     rows.append(row)
-                    ok = answer_matches(row.get("answer"), task.answer)
+                    ok = answer_matches(row.get("answer"), task.answer, task.question)
                     say(f"{fw}: task {i + 1}/{len(tasks)} ({task.hops} hops) {'right' if ok else 'wrong'}"
                         f"{' [' + row['error_kind'] + ']' if row.get('error_kind') else ''}")
                     if on_record is not None and i + 1 < len(tasks):  # a run cut off keeps its tasks so far

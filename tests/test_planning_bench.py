@@ -139,6 +139,13 @@ def test_answer_matching():
     assert not answer_matches("between 12 and 13", "12")
     assert not answer_matches(None, "12")
     assert answer_matches(12.0, "12")
+    # A sentence that repeats a number of the question (a name such as "Urthudav 41") still answers with its
+    # other number; without the question, or with two new numbers, it does not match.
+    q = "What is the price in crowns of Urthudav 41?"
+    assert answer_matches("The price in crowns of Urthudav 41 is 611.", "611", q)
+    assert not answer_matches("The price in crowns of Urthudav 41 is 611.", "611")
+    assert not answer_matches("Urthudav 41 costs between 600 and 611.", "611", q)
+    assert answer_matches("41", "41", q) and not answer_matches("It is 41 or 40.", "41", q)
 
 
 # -- oracle replay through the real strategies -------------------------------------------------------------
