@@ -37,6 +37,8 @@ from tokenomy.errors import TokenomyError
 _T = TypeVar("_T")
 
 MAX_BODY = 32 * 1024**2
+INFO_PATHS = ("/version", "/props", "/api/version")
+"""GETs of a server's own description (vLLM, llama.cpp, Ollama), passed through unrecorded."""
 """Largest request body the proxy forwards (bytes); a larger one is refused with 413 and recorded."""
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
@@ -201,9 +203,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> tuple[str, str]:
         parts = self.path.split("/", 3)  # "", "r", tag, "v1/..."
-        if len(parts) == 4 and parts[1] == "r" and parts[3].startswith("v1"):
+        if len(parts) == 4 and parts[1] == "r" and (parts[3].startswith("v1") or "/" + parts[3] in INFO_PATHS):
             return parts[2], "/" + parts[3]
         return "-", self.path
+
+    def _forward_info(self, path: str) -> None:
+        """A GET of the server's own description (``/version`` ...), passed through unrecorded: it is no model
+        call, and a client that asks which server it talks to (tokenomy's ``openai:`` engine) must find the
+        server behind the referee, not the referee."""
+        root = self.proxy.upstream[:-len("/v1")]
+        try:
+            resp = self.proxy._client.get(root + path, timeout=10.0)
+            status, data, kind = resp.status_code, resp.content, resp.headers.get("content-type", "text/plain")
+        except httpx.HTTPError as e:
+            status, data, kind = 502, f"referee proxy: {type(e).__name__}".encode(), "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _refuse(self, status: int, tag: str, path: str, why: str, started: float | None = None) -> None:
         body = json.dumps({"error": {"message": f"referee proxy: {why}", "type": "proxy_error"}}).encode()
@@ -218,6 +236,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, body: bytes | None) -> None:
         proxy = self.proxy
         tag, path = self._route()
+        if self.command == "GET" and path in INFO_PATHS:
+            self._forward_info(path)
+            return
         if not path.startswith("/v1"):
             self._refuse(404, tag, path, "not an OpenAI path: use /r/TAG/v1/...")
             return

@@ -11,12 +11,12 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import CapabilityError, EngineError, TokenomyError
 
-from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored
+from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored, StreamChunk
 
 __all__ = ["Engine"]
 
@@ -163,6 +163,19 @@ class Engine(abc.ABC):
         Many agents sharing one engine should go through a ``Worker``, which also batches and orders them.
         """
         return await in_daemon_thread(self.generate, (prompt, params), dict(kwargs), name="tokenomy-generate")
+
+    def stream(self, prompt: PromptInput, params: SamplingParams | None = None, *, grammar: Grammar | None = None,
+               agent: str | None = None, tags: Sequence[str] = (), **sampling: object) -> Iterator[StreamChunk]:
+        """Generate one completion as it decodes: ``StreamChunk``s of new text, the last one carrying the whole
+        ``Completion`` and its usage. Engines that cannot stream (this default) send the text in one chunk."""
+        completion = self.generate(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
+        yield StreamChunk(completion.text, completion)
+
+    async def astream(self, prompt: PromptInput, params: SamplingParams | None = None,
+                      **kwargs: object) -> AsyncIterator[StreamChunk]:
+        """``stream`` for asyncio callers (this default: ``agenerate``'s completion in one chunk)."""
+        completion = await self.agenerate(prompt, params, **kwargs)
+        yield StreamChunk(completion.text, completion)
 
     @staticmethod
     def make_request(

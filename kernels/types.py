@@ -18,6 +18,7 @@ __all__ = [
     "Grammar",
     "Request",
     "Completion",
+    "StreamChunk",
     "Capabilities",
     "Scored",
     "CAPABILITY_NAMES",
@@ -170,6 +171,17 @@ class Completion:
     request_id: str = ""
     engine: str = ""
     latency_s: float = 0.0
+    reasoning: str = ""
+    """A reasoning model's thinking, where the server returns it apart from the answer (``text``)."""
+
+
+@dataclass
+class StreamChunk:
+    """A piece of a streamed completion (``Engine.stream``): ``delta`` is the text generated since the previous
+    chunk; the last chunk carries the whole ``completion`` (with its usage) and is the only one that does."""
+
+    delta: str
+    completion: Completion | None = None
 
 
 CAPABILITY_NAMES = ("batching", "prefix_cache", "grammar", "logprobs", "token_ids", "stop_strings", "prefill",

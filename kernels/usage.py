@@ -35,15 +35,18 @@ class Usage:
     """Tokens generated."""
     calls: int = 0
     """Model calls (one per completion)."""
+    reasoning_tokens: int | None = 0
+    """Of ``completion_tokens``, those a reasoning model spent thinking, where the server reports them apart
+    (OpenAI's ``completion_tokens_details.reasoning_tokens``); ``None`` when a reply had reasoning but no count."""
     unknown_fields: frozenset[str] = field(default=frozenset(), compare=False)
     """Fields that at least one summed call did not report: their value is a lower bound."""
 
     def __post_init__(self) -> None:
-        for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "calls"):
+        for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "calls", "reasoning_tokens"):
             v = getattr(self, f)
             if v is not None and v < 0:
                 raise ValueError(f"Usage.{f} must be >= 0, got {v}")
-        missing = {f for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens")
+        missing = {f for f in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "reasoning_tokens")
                    if getattr(self, f) is None}
         if missing - self.unknown_fields:
             object.__setattr__(self, "unknown_fields", self.unknown_fields | missing)
@@ -68,6 +71,7 @@ class Usage:
             cached_prompt_tokens=_add(self.cached_prompt_tokens, other.cached_prompt_tokens),
             completion_tokens=_add(self.completion_tokens, other.completion_tokens),
             calls=self.calls + other.calls,
+            reasoning_tokens=_add(self.reasoning_tokens, other.reasoning_tokens),
             unknown_fields=self.unknown_fields | other.unknown_fields,
         )
 
@@ -101,6 +105,8 @@ class Usage:
         when there are any. ``from_dict`` reads it back."""
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
                                "completion_tokens": self.completion_tokens, "calls": self.calls}
+        if self.reasoning_tokens != 0:
+            out["reasoning_tokens"] = self.reasoning_tokens
         if self.unknown_fields:
             out["unknown"] = sorted(self.unknown_fields)
         return out
@@ -111,6 +117,7 @@ class Usage:
         return cls(prompt_tokens=_count(data.get("prompt_tokens")),
                    cached_prompt_tokens=_count(data.get("cached_prompt_tokens")),
                    completion_tokens=_count(data.get("completion_tokens")), calls=_count(data.get("calls")) or 0,
+                   reasoning_tokens=_count(data["reasoning_tokens"]) if "reasoning_tokens" in data else 0,
                    unknown_fields=frozenset(data.get("unknown") or ()))
 
     @staticmethod
@@ -133,6 +140,7 @@ class Usage:
             f"prompt={show(self.prompt_tokens, 'prompt_tokens')} "
             f"(cached={show(self.cached_prompt_tokens, 'cached_prompt_tokens')}) "
             f"completion={show(self.completion_tokens, 'completion_tokens')} calls={self.calls}"
+            + ("" if self.reasoning_tokens == 0 else f" reasoning={show(self.reasoning_tokens, 'reasoning_tokens')}")
         )
 
 

@@ -24,7 +24,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class FakeOpenAIServer:
-    """A TEST DOUBLE of an OpenAI-compatible server (vLLM-like), on 127.0.0.1 with a random free port.
+    """A TEST DOUBLE of an OpenAI-compatible server (vLLM-like: it answers ``GET /version``), on 127.0.0.1 with a
+    random free port.
 
     Replies are deterministic: chat echoes the last message reversed, completions upper-case the prompt (or say
     how many ids it had). ``bodies`` records ``(path, json_body, authorization)`` of every request. Failures:
@@ -45,6 +46,15 @@ class FakeOpenAIServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):  # vLLM's /version: the engine's profile detection finds a vLLM server
+                found = self.path == "/version"
+                data = json.dumps({"version": "0.0-fake"} if found else {"detail": "Not Found"}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

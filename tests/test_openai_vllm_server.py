@@ -80,3 +80,28 @@ def test_real_server_answers_and_reports_cached_tokens(server_url):
         assert len(d.text) == 2 and d.text.isdigit()
     finally:
         engine.close()
+
+
+def test_real_server_is_found_to_be_vllm_and_streams_with_usage(server_url):
+    import asyncio
+
+    engine = load_engine(f"openai:smol@{server_url}")
+    try:
+        assert engine.profile.name == "vllm" and engine.capabilities.grammar and engine.capabilities.min_tokens
+        messages = [{"role": "user", "content": "Count from one to ten in words."}]
+        whole = engine.chat(messages, max_tokens=24)
+        chunks = list(engine.stream(messages, max_tokens=24))
+        assert len(chunks) > 3 and all(c.completion is None for c in chunks[:-1])  # pieces as they decode
+        last = chunks[-1].completion
+        assert last.text == "".join(c.delta for c in chunks) == whole.text  # greedy: the same reply
+        assert last.usage.prompt_tokens == whole.usage.prompt_tokens
+        assert last.usage.completion_tokens == whole.usage.completion_tokens
+
+        async def both():
+            pieces = [c async for c in engine.astream(messages, max_tokens=24)]
+            return await engine.agenerate(messages, max_tokens=24), pieces
+
+        again, pieces = asyncio.run(both())
+        assert again.text == whole.text and pieces[-1].completion.text == whole.text
+    finally:
+        engine.close()

@@ -57,6 +57,9 @@ class ScriptedServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/version":  # vLLM's
+                    self._send(200, {"version": "0.0-scripted"})
+                    return
                 self._send(200, {"object": "list", "data": [{"id": "m", "root": "/models/m", "object": "model"}]})
 
             def do_POST(self) -> None:  # noqa: N802
@@ -166,8 +169,10 @@ def test_tokenomy_s_openai_engine_through_the_proxy_counts_what_the_proxy_counts
         engine = load_engine(f"openai:m@{proxy.base_url('rewoo-q3')}")
         try:
             c = engine.chat([{"role": "user", "content": "2+2?"}], max_tokens=5)
+            assert engine.profile.name == "vllm"  # the server behind the referee, asked through it
         finally:
             engine.close()
+    assert [r.path for r in proxy.records] == ["/v1/chat/completions"]  # the question of which server: unrecorded
     rec = proxy.records_for("rewoo-q3")[-1]
     assert c.text == "four"
     assert (c.usage.prompt_tokens, c.usage.cached_prompt_tokens, c.usage.completion_tokens) == (
