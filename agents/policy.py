@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
+from tokenomy.kernels.limits import UsageLimits, limits_scope
 from tokenomy.kernels.types import Capabilities, Completion, PromptInput, Request, SamplingParams, chat_messages
 from tokenomy.kernels.usage import CostLedger, Usage
 
@@ -210,12 +211,14 @@ class Policy(abc.ABC):
     def needs_for(self, role: str) -> tuple[str, ...]:
         return tuple(self.needs.get(role, ()))
 
-    def run(self, problem: Problem | str) -> PolicyResult:
-        """Answer ``problem``; every call is counted, whatever happens."""
+    def run(self, problem: Problem | str, *, limits: UsageLimits | None = None) -> PolicyResult:
+        """Answer ``problem``; every call is counted, whatever happens. ``limits``: a budget checked before every
+        model call (``BudgetExceeded`` stops the policy)."""
         if isinstance(problem, str):
             problem = Problem(problem)
         run = _Run(self, problem)
-        text = first_line(self._solve(run, problem))
+        with limits_scope(limits):
+            text = first_line(self._solve(run, problem))
         norm = problem.normalizer or self.normalizer
         answer = norm(text) if norm is not None else (text or None)
         return PolicyResult(text, answer, run.ledger, run.steps, run.notes, run.escalated)

@@ -34,6 +34,7 @@ from tokenomy.agents import Agent
 from tokenomy.agents.answers import canonical
 from tokenomy.errors import BudgetExceeded, TokenomyError
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
+from tokenomy.kernels.limits import UsageLimits
 from tokenomy.kernels.registry import default_spec, shared_engine
 from tokenomy.kernels.tokens import text_tokens
 from tokenomy.planners.journal import Checkpoints
@@ -237,24 +238,27 @@ class GraphTeam(Strategy):
             return self.build()
 
     def run(self, question: str, *, thread_id: str | None = None, checkpoints: Checkpoints | str | Path | None = None,
-            recursion_limit: int = 200, mask: Mask | None = None) -> GraphResult:  # type: ignore[override]
-        """Answer ``question``; ``mask`` overrides the graph's own (and the policy's)."""
+            recursion_limit: int = 200, mask: Mask | None = None,
+            limits: UsageLimits | None = None) -> GraphResult:  # type: ignore[override]
+        """Answer ``question``; ``mask`` overrides the graph's own (and the policy's); ``limits``: a budget
+        checked before every model call, as in every strategy."""
         with self._run_lock:
             self._active = self.graph.apply(mask) if mask is not None else self.realize(question)
             self._active.check_budget()
             self._check_min_budget(question)
             return super().run(question, thread_id=thread_id, checkpoints=checkpoints,  # type: ignore[return-value]
-                               recursion_limit=recursion_limit)
+                               recursion_limit=recursion_limit, limits=limits)
 
     def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *,  # type: ignore[override]
-               recursion_limit: int = 200) -> GraphResult:
+               recursion_limit: int = 200, limits: UsageLimits | None = None) -> GraphResult:
         store = checkpoints if isinstance(checkpoints, Checkpoints) else Checkpoints(checkpoints)
         try:
             with self._run_lock:
                 tup = store.saver.get_tuple({"configurable": {"thread_id": thread_id}})
                 saved = tup.checkpoint.get("channel_values", {}).get("mask") if tup else None
                 self._active = self.graph.apply(Mask.from_json(saved)) if saved else self.graph
-                return super().resume(thread_id, store, recursion_limit=recursion_limit)  # type: ignore[return-value]
+                return super().resume(thread_id, store, recursion_limit=recursion_limit,  # type: ignore[return-value]
+                                      limits=limits)
         finally:
             if not isinstance(checkpoints, Checkpoints):
                 store.close()

@@ -12,10 +12,11 @@ if __name__ != "tokenomy.kernels":  # found as a top-level package from the repo
     defer_to_installed(__name__)
 else:
     from .engine import Engine
+    from .limits import Price, UsageLimits
     from .radix import RadixCache
     from .registry import default_spec, load_engine, parse_spec, shared_engine
     from .scripted import ScriptedEngine
-    from .types import CAPABILITY_NAMES, Capabilities, Completion, Grammar, Request, SamplingParams, Scored
+    from .types import CAPABILITY_NAMES, Capabilities, Completion, Grammar, Request, SamplingParams, Scored, StreamChunk
     from .usage import Usage, UsageLedger
     from .worker import Router, Worker
 
@@ -25,11 +26,14 @@ __all__ = [
     "CAPABILITY_NAMES",
     "Scored",
     "Completion",
+    "StreamChunk",
     "Grammar",
     "Request",
     "SamplingParams",
     "Usage",
     "UsageLedger",
+    "UsageLimits",
+    "Price",
     "RadixCache",
     "ScriptedEngine",
     "Worker",

@@ -9,6 +9,7 @@ does not fail the others), and ``agenerate`` for asyncio callers.
 from __future__ import annotations
 
 import abc
+import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import CapabilityError, EngineError, TokenomyError
 
+from .limits import admit_all, settle_all
 from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored, StreamChunk
 
 __all__ = ["Engine"]
@@ -105,17 +107,33 @@ class Engine(abc.ABC):
         reqs = list(requests)
         if not reqs:
             return []
-        with self._lock:
+        refused: dict[int, TokenomyError] = {}
+        for i, req in enumerate(reqs):  # every budget in force where the request was made, before the call
             try:
-                results = self._run_batch(reqs)
+                admit_all(req, self)
             except TokenomyError as exc:
-                results = [exc] * len(reqs)
-            except Exception as exc:  # a backend bug or crash: every request of the batch failed
-                err = EngineError(f"{type(self).__name__} failed on a batch of {len(reqs)}: {exc!r}")
-                err.__cause__ = exc
-                results = [err] * len(reqs)
-        if len(results) != len(reqs):
-            raise EngineError(f"{type(self).__name__} returned {len(results)} results for {len(reqs)} requests")
+                refused[i] = exc
+        run = [r for i, r in enumerate(reqs) if i not in refused]
+        ran: list[Completion | BaseException] = []
+        try:
+            if run:
+                with self._lock:
+                    try:
+                        ran = self._run_batch(run)
+                    except TokenomyError as exc:
+                        ran = [exc] * len(run)
+                    except Exception as exc:  # a backend bug or crash: every request of the batch failed
+                        err = EngineError(f"{type(self).__name__} failed on a batch of {len(run)}: {exc!r}")
+                        err.__cause__ = exc
+                        ran = [err] * len(run)
+        finally:
+            for req, r in itertools.zip_longest(run, ran):
+                if req is not None:
+                    settle_all(req, r.usage if isinstance(r, Completion) else None, self.spec)
+        if len(ran) != len(run):
+            raise EngineError(f"{type(self).__name__} returned {len(ran)} results for {len(run)} requests")
+        done = iter(ran)
+        results = [refused[i] if i in refused else next(done) for i in range(len(reqs))]
         out: list[Completion | TokenomyError] = []
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, TokenomyError):

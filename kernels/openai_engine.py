@@ -47,6 +47,7 @@ from tokenomy.errors import (
 )
 
 from .engine import Engine, now
+from .limits import admit_all, settle_all
 from .openai_profiles import PROFILES, ServerProfile, detect
 from .openai_profiles import profile as named_profile
 from .types import (
@@ -414,20 +415,27 @@ class OpenAIEngine(Engine):
                         **kwargs: object) -> Completion:
         """``generate`` on ``AsyncOpenAI``: the event loop stays free while the server works."""
         req = self.make_request(prompt, params, **kwargs)  # type: ignore[arg-type]
-        kind, body = await asyncio.to_thread(self._body, req)  # the profile may ask the server once
-        start = now()
-        client = self._aclient()
+        admit_all(req, self)  # the budgets in force (they may lower max_tokens)
+        completion = None
+        try:
+            kind, body = await asyncio.to_thread(self._body, req)  # the profile may ask the server once
+            start = now()
+            client = self._aclient()
 
-        async def post(guard: _Guard, left: float) -> Any:
-            token = _GUARD.set(guard)
-            try:
-                raw = await self._api(client, kind).with_raw_response.create(**body, timeout=self._timeout(left))
-                return self._json(raw.content, kind)
-            finally:
-                _GUARD.reset(token)
+            async def post(guard: _Guard, left: float) -> Any:
+                token = _GUARD.set(guard)
+                try:
+                    raw = await self._api(client, kind).with_raw_response.create(**body,
+                                                                                 timeout=self._timeout(left))
+                    return self._json(raw.content, kind)
+                finally:
+                    _GUARD.reset(token)
 
-        data = await self._aretrying(req, kind, post)
-        return self._completion(data, req, kind, now() - start)
+            data = await self._aretrying(req, kind, post)
+            completion = self._completion(data, req, kind, now() - start)
+            return completion
+        finally:
+            settle_all(req, completion.usage if completion is not None else None, self.spec)
 
     # -- streaming ---------------------------------------------------------------------------------------
 
@@ -437,22 +445,28 @@ class OpenAIEngine(Engine):
         chunk per piece of text, the last one with the whole ``Completion`` and its usage. A failure before the
         first piece is retried like any request; one after it is an ``EngineError``."""
         req = self.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
-        kind, body = self._body(req)
-        body.update(stream=True, stream_options={"include_usage": True})
-        start = now()
-        state = _StreamState()
-        opened = self._retrying(req, kind, lambda guard, left: self._open_stream(kind, body, guard, left))
+        admit_all(req, self)
+        completion = None
         try:
-            for event in opened:
-                delta = state.add(event)
-                if delta:
-                    yield StreamChunk(delta)
-        except Exception as exc:
-            raise EngineError(f"{self._path(kind)}: the stream broke after {len(state.text)} characters: "
-                              f"{exc!r}") from exc
+            kind, body = self._body(req)
+            body.update(stream=True, stream_options={"include_usage": True})
+            start = now()
+            state = _StreamState()
+            opened = self._retrying(req, kind, lambda guard, left: self._open_stream(kind, body, guard, left))
+            try:
+                for event in opened:
+                    delta = state.add(event)
+                    if delta:
+                        yield StreamChunk(delta)
+            except Exception as exc:
+                raise EngineError(f"{self._path(kind)}: the stream broke after {len(state.text)} characters: "
+                                  f"{exc!r}") from exc
+            finally:
+                opened.close()
+            completion = state.completion(req, self.spec, now() - start)
         finally:
-            opened.close()
-        yield StreamChunk("", state.completion(req, self.spec, now() - start))
+            settle_all(req, completion.usage if completion is not None else None, self.spec)
+        yield StreamChunk("", completion)
 
     def _open_stream(self, kind: str, body: dict[str, Any], guard: _Guard, left: float) -> Any:
         token = _GUARD.set(guard)
@@ -465,31 +479,37 @@ class OpenAIEngine(Engine):
                       **kwargs: object) -> AsyncIterator[StreamChunk]:
         """``stream`` on ``AsyncOpenAI``."""
         req = self.make_request(prompt, params, **kwargs)  # type: ignore[arg-type]
-        kind, body = await asyncio.to_thread(self._body, req)
-        body.update(stream=True, stream_options={"include_usage": True})
-        start = now()
-        client = self._aclient()
-        state = _StreamState()
-
-        async def open_stream(guard: _Guard, left: float) -> Any:
-            token = _GUARD.set(guard)
-            try:
-                return await self._api(client, kind).create(**body, timeout=self._timeout(left))
-            finally:
-                _GUARD.reset(token)
-
-        opened = await self._aretrying(req, kind, open_stream)
+        admit_all(req, self)
+        completion = None
         try:
-            async for event in opened:
-                delta = state.add(event)
-                if delta:
-                    yield StreamChunk(delta)
-        except Exception as exc:
-            raise EngineError(f"{self._path(kind)}: the stream broke after {len(state.text)} characters: "
-                              f"{exc!r}") from exc
+            kind, body = await asyncio.to_thread(self._body, req)
+            body.update(stream=True, stream_options={"include_usage": True})
+            start = now()
+            client = self._aclient()
+            state = _StreamState()
+
+            async def open_stream(guard: _Guard, left: float) -> Any:
+                token = _GUARD.set(guard)
+                try:
+                    return await self._api(client, kind).create(**body, timeout=self._timeout(left))
+                finally:
+                    _GUARD.reset(token)
+
+            opened = await self._aretrying(req, kind, open_stream)
+            try:
+                async for event in opened:
+                    delta = state.add(event)
+                    if delta:
+                        yield StreamChunk(delta)
+            except Exception as exc:
+                raise EngineError(f"{self._path(kind)}: the stream broke after {len(state.text)} characters: "
+                                  f"{exc!r}") from exc
+            finally:
+                await opened.close()
+            completion = state.completion(req, self.spec, now() - start)
         finally:
-            await opened.close()
-        yield StreamChunk("", state.completion(req, self.spec, now() - start))
+            settle_all(req, completion.usage if completion is not None else None, self.spec)
+        yield StreamChunk("", completion)
 
     # -- errors -----------------------------------------------------------------------------------------
 

@@ -111,6 +111,12 @@ class Grammar:
         return cls("json_schema", text)
 
 
+def _current_limits() -> tuple[Any, ...]:
+    from .limits import active_limits
+
+    return active_limits()
+
+
 def chat_messages(prompt: PromptInput) -> list[dict[str, Any]] | None:
     """The prompt as chat messages, or ``None`` if it is raw text or token ids."""
     if isinstance(prompt, str) or not len(prompt) or not isinstance(prompt[0], Mapping):
@@ -138,6 +144,10 @@ class Request:
     """Free labels (node, round, edge...): usage is recorded per tag too."""
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    limits: tuple[Any, ...] = field(default_factory=lambda: _current_limits(), repr=False, compare=False)
+    """The budgets (``UsageLimits``) in force where the request was made; the engine checks each before the call."""
+    held: list[Any] = field(default_factory=list, repr=False, compare=False)
+    """What the request holds in each budget while it runs (the engine's bookkeeping)."""
 
     def cancel(self) -> None:
         """Ask for this request to stop: before it starts it never runs; while decoding it stops at the next

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenomy.errors import UserError
 from tokenomy.kernels import Engine, SamplingParams, Worker
+from tokenomy.kernels.limits import UsageLimits, limits_scope
 from tokenomy.tools.rag.retrievers import GraphRetriever, Retriever, make_retriever
 from tokenomy.tools.rag.store import RagStore
 from tokenomy.tools.rag.types import Context, Embedder, Hit
@@ -145,8 +146,9 @@ class RagPipeline:
     def _cite(self, chunk_id: int) -> str:
         return self.store.chunk(chunk_id).cite
 
-    def ask(self, question: str) -> RagAnswer:
-        """Answer ``question`` from the store with one model call (none when nothing matches)."""
+    def ask(self, question: str, *, limits: UsageLimits | None = None) -> RagAnswer:
+        """Answer ``question`` from the store with one model call (none when nothing matches); ``limits``: a
+        budget checked before that call."""
         if not question.strip():
             raise UserError("the question is empty")
         if self.worker is None:
@@ -157,8 +159,9 @@ class RagPipeline:
             return RagAnswer(question, NO_FIT if hits else NO_MATCH, ctx, hits)
         messages = [{"role": "system", "content": RAG_SYSTEM},
                     {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
-        c = self.worker.generate(messages, SamplingParams(max_tokens=self.max_answer_tokens), agent="rag",
-                                 tags=("rag",))
+        with limits_scope(limits):
+            c = self.worker.generate(messages, SamplingParams(max_tokens=self.max_answer_tokens), agent="rag",
+                                     tags=("rag",))
         raw = c.text.strip().split("\n")[0].strip()
         allowed = set(ctx.cites)
         cited = [m for m in dict.fromkeys(_CITE.findall(raw)) if m in allowed]

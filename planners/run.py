@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from tokenomy.errors import UserError, storage_error
 from tokenomy.events import in_node, otel_input, otel_output, trace_context
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
+from tokenomy.kernels.limits import UsageLimits, limits_scope
 from tokenomy.tools.registry import SideEffectsNotAllowed
 
 from .journal import Checkpoints, JournaledTool, ToolJournal, end_node_tool_usage, node_tool_usage
@@ -144,19 +145,24 @@ class Strategy:
         return self.build().compile(checkpointer=(checkpoints or Checkpoints()).saver)
 
     def run(self, question: str, *, thread_id: str | None = None,
-            checkpoints: Checkpoints | str | Path | None = None, recursion_limit: int = 100) -> RunResult:
+            checkpoints: Checkpoints | str | Path | None = None, recursion_limit: int = 100,
+            limits: UsageLimits | None = None) -> RunResult:
         """Answer ``question``. With ``checkpoints`` (a ``Checkpoints`` or a file path) the run can be resumed
-        with ``resume(thread_id, checkpoints)`` after a crash."""
+        with ``resume(thread_id, checkpoints)`` after a crash, or after ``limits`` (a ``UsageLimits``, checked
+        before every model call) stopped it with ``BudgetExceeded``."""
         if not question or not question.strip():
             raise UserError("the question is empty")
         thread_id = thread_id or uuid.uuid4().hex[:12]
-        return self._invoke({"question": question, "strategy": self.name}, thread_id, checkpoints, recursion_limit)
+        with limits_scope(limits):
+            return self._invoke({"question": question, "strategy": self.name}, thread_id, checkpoints,
+                                recursion_limit)
 
-    def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *, recursion_limit: int = 100
-               ) -> RunResult:
+    def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *, recursion_limit: int = 100,
+               limits: UsageLimits | None = None) -> RunResult:
         """Go on with a run from its last checkpoint: finished nodes (model calls) and journaled tool calls
         are not made again."""
-        return self._invoke(None, thread_id, checkpoints, recursion_limit)
+        with limits_scope(limits):
+            return self._invoke(None, thread_id, checkpoints, recursion_limit)
 
     def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Checkpoints | str | Path | None,
                 recursion_limit: int) -> RunResult:

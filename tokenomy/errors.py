@@ -154,13 +154,20 @@ def storage_error(path: object, exc: BaseException) -> StorageError:
 
 
 class BudgetExceeded(TokenomyError):
-    """A token or call budget ran out; ``spent`` and ``limit`` say by how much."""
+    """A token, call or dollar budget ran out; ``spent`` and ``limit`` say by how much, ``usage`` and ``dollars``
+    what the finished calls spent (where a ``UsageLimits`` raised it)."""
 
-    def __init__(self, what: str, spent: int, limit: int) -> None:
+    def __init__(self, what: str, spent: float, limit: float, *, usage: object = None,
+                 dollars: float | None = None) -> None:
         self.what = what
         self.spent = spent
         self.limit = limit
-        super().__init__(f"budget exceeded: {what} {spent} > limit {limit}")
+        self.usage = usage
+        self.dollars = dollars
+        shown = f"{spent:.6g}" if isinstance(spent, float) else str(spent)
+        done = f"; the finished calls spent {usage}" if usage is not None else ""
+        done += f" (${dollars:.6f})" if dollars else ""
+        super().__init__(f"budget exceeded: {what} {shown} > limit {limit}{done}")
 
 
 class PlanError(TokenomyError):
