@@ -89,3 +89,12 @@ def test_rag_pipeline_runs_on_the_embedded_model(embedded_engine):
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("answer:") == 2 and "context" in out.stdout and "sources:" in out.stdout
+
+
+def test_mcp_time_budget_calls_the_published_time_server_under_a_budget(capsys):
+    require_module("mcp_server_time", "pip install 'tokenomy[test]'")
+    plan = ('t = convert_time(source_timezone="Europe/Paris", time="14:30", target_timezone="Asia/Tokyo")\n'
+            'answer(t.target.datetime)')
+    r = load("mcp_time_budget").main(engine=scripted(plan))
+    assert r.answer[11:16] in ("22:30", "21:30")  # 8 h later in winter, 7 h in summer
+    assert "of 4000 tokens and 4 calls" in capsys.readouterr().out

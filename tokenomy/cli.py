@@ -44,6 +44,7 @@ from typing import Any
 from tokenomy.benchmarks.commands import BENCHMARKS
 from tokenomy.benchmarks.commands import add_to as add_benchmarks
 from tokenomy.errors import StorageError, TokenomyError, UserError
+from tokenomy.mcp_server import add_parser as add_mcp
 
 
 def invoked_as() -> str:
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--show-context", action="store_true", help="print the context the model read")
     ask.set_defaults(fn=cmd_rag)
+
+    add_mcp(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark: " + ", ".join(b.name for b in BENCHMARKS),
                            description="Every benchmark is a subcommand with its own flags (tokenomy bench NAME "
