@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from tokenomy.errors import UserError
 from tokenomy.kernels.engine import Engine
 from tokenomy.kernels.limits import UsageLimits, limits_scope
+from tokenomy.kernels.registry import as_engine
 from tokenomy.kernels.types import Capabilities, Completion, PromptInput, Request, SamplingParams, chat_messages
 from tokenomy.kernels.usage import CostLedger, Usage
 
@@ -202,7 +203,7 @@ class Policy(abc.ABC):
         missing = [r for r in self.roles if r not in engines]
         if missing:
             raise UserError(f"{self.name} needs an engine for {', '.join(missing)}")
-        self.engines = dict(engines)
+        self.engines = {role: as_engine(e) for role, e in engines.items()}  # a LangChain chat model works too
         for role in self.roles:
             self.engines[role].require(self.needs_for(role), who=f"{self.name} ({role} model)")
         self.normalizer = normalizer

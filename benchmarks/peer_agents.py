@@ -154,8 +154,9 @@ def run_langgraph(question: str, url: str, model: str, box: Toolbox) -> tuple[An
     """LangChain's ``create_agent`` (LangGraph's prebuilt tool-calling agent loop) over ``ChatOpenAI``."""
     from langchain.agents import create_agent
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
-    llm = ChatOpenAI(model=model, base_url=url, api_key=API_KEY, temperature=0)
+    llm = ChatOpenAI(model=model, base_url=url, api_key=SecretStr(API_KEY), temperature=0)
     agent = create_agent(llm, tools=box.functions)
     # LangGraph counts each node it runs: a model call and its tools are two steps.
     state = agent.invoke({"messages": [{"role": "user", "content": question}]}, {"recursion_limit": 2 * MAX_STEPS})

@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import CapabilityError, EngineError, TokenomyError
@@ -93,6 +94,13 @@ class Engine(abc.ABC):
     def embed(self, prompt: PromptInput) -> list[float]:
         """The last layer's hidden state at the last token of ``prompt`` (``hidden_states`` capability)."""
         raise CapabilityError("embed()", self.spec or type(self).__name__, ["hidden_states"])
+
+    def as_langchain(self) -> Any:
+        """This engine as a LangChain chat model (``TokenomyChatModel``: ``invoke``, ``stream``, ``batch`` and their
+        async forms, ``usage_metadata`` on every reply); needs ``langchain-core``."""
+        from .langchain_engine import as_langchain
+
+        return as_langchain(self)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing to free
         """Free the engine's resources. The engine must not be used afterwards."""

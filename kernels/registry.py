@@ -117,3 +117,20 @@ def close_shared() -> None:
         _shared.clear()
     for e in engines:
         e.close()
+
+
+def as_engine(model: Any) -> Engine:
+    """``model`` as an engine: an ``Engine`` as it is, a spec string loaded, a LangChain chat model
+    (``ChatOpenAI``, ``ChatOllama`` ...) wrapped in ``LangChainEngine``."""
+    if isinstance(model, Engine):
+        return model
+    if isinstance(model, str):
+        return load_engine(model)
+    from .langchain_engine import LangChainEngine, is_chat_model
+
+    if is_chat_model(model):
+        return LangChainEngine(model)
+    from tokenomy.errors import UserError
+
+    raise UserError(f"{type(model).__name__} is not a model: give an Engine, a model spec such as 'embedded', or a "
+                    "LangChain chat model")

@@ -105,13 +105,15 @@ class Worker:
     fails as a whole is run again one request at a time, so that only the bad request gets the error.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 64, gather_s: float = 0.002,
+    def __init__(self, engine: Engine | Any, *, max_batch: int = 64, gather_s: float = 0.002,
                  schedule: str = "lpm", default_timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         if max_batch < 1:
             raise ValueError(f"Worker.max_batch must be >= 1, got {max_batch}")
         if schedule not in ("lpm", "fcfs"):
             raise ValueError(f"Worker.schedule must be 'lpm' or 'fcfs', got {schedule!r}")
-        self.engine = engine
+        from .registry import as_engine
+
+        self.engine = as_engine(engine)  # a LangChain chat model works too
         self.max_batch = max_batch
         self.gather_s = gather_s
         self.schedule = schedule
@@ -124,7 +126,7 @@ class Worker:
         self._pending: list[tuple[Request, cf.Future[Completion]]] = []
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"tokenomy-worker-{engine.spec}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"tokenomy-worker-{self.engine.spec}", daemon=True)
         self._thread.start()
 
     # -- submitting -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from tokenomy.errors import UserError, storage_error
 from tokenomy.events import in_node, otel_input, otel_output, trace_context
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
 from tokenomy.kernels.limits import UsageLimits, limits_scope
-from tokenomy.tools.registry import SideEffectsNotAllowed
+from tokenomy.tools.registry import SideEffectsNotAllowed, as_tool
 
 from .journal import Checkpoints, JournaledTool, ToolJournal, end_node_tool_usage, node_tool_usage
 from .state import RunResult, RunState, from_state, merge_usage, to_state
@@ -90,7 +90,7 @@ class Strategy:
         items: Iterable[Any] = tools.values() if isinstance(tools, Mapping) else tools
         self.tools: dict[str, Any] = {}
         allowed = bool(getattr(tools, "allow_side_effects", False))
-        for t in items:
+        for t in map(as_tool, items):  # a plain function or a LangChain tool becomes a Tool
             if t.name in self.tools:
                 raise UserError(f"two tools are named {t.name!r}")
             if getattr(t, "side_effects", False) and not allowed:

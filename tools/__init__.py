@@ -14,7 +14,7 @@ else:
     from .builtin import CorpusIndex, calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
     from .decorator import tool
     from .langchain import from_langchain, to_langchain
-    from .registry import DuplicateTool, SideEffectsNotAllowed, ToolRegistry, UnknownTool
+    from .registry import DuplicateTool, SideEffectsNotAllowed, ToolRegistry, UnknownTool, as_tool
 
 __all__ = [
     "Tool",
@@ -25,6 +25,7 @@ __all__ = [
     "ToolArgumentError",
     "UnknownTool",
     "SideEffectsNotAllowed",
+    "as_tool",
     "DuplicateTool",
     "from_langchain",
     "to_langchain",

@@ -9,6 +9,7 @@ importable.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -17,7 +18,25 @@ from tokenomy.errors import UserError
 from .base import Tool
 from .decorator import tool as make_tool
 
-__all__ = ["ToolRegistry", "UnknownTool", "SideEffectsNotAllowed", "DuplicateTool"]
+__all__ = ["ToolRegistry", "UnknownTool", "SideEffectsNotAllowed", "DuplicateTool", "as_tool"]
+
+
+def as_tool(obj: Any) -> Tool:
+    """``obj`` as a tokenomy ``Tool``: a ``Tool`` as it is, a LangChain tool through ``from_langchain``, a plain
+    function (sync or async, with type hints and a docstring) through ``@tool``."""
+    if isinstance(obj, Tool):
+        return obj
+    lc_tools = sys.modules.get("langchain_core.tools")  # a LangChain tool means LangChain is already imported
+    if lc_tools is not None and isinstance(obj, lc_tools.BaseTool):
+        from .langchain import from_langchain
+
+        return from_langchain(obj)
+    if isinstance(getattr(obj, "name", None), str) and callable(getattr(obj, "ainvoke", None)):
+        return obj  # type: ignore[no-any-return]  # shaped like a Tool (a name, ainvoke): used as it is
+    if callable(obj) and not isinstance(obj, type):
+        return make_tool(obj)
+    raise UserError(f"{obj!r} is not a tool: give a tokenomy Tool, a LangChain tool, or a function with type "
+                    "hints and a docstring")
 
 
 class UnknownTool(UserError):
@@ -62,7 +81,7 @@ class ToolRegistry:
 
     def register(self, t: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
         """Add a tool (a plain function is wrapped with ``@tool`` first) and return it."""
-        item = t if isinstance(t, Tool) else make_tool(t)
+        item = as_tool(t)
         if item.side_effects and not self.allow_side_effects:
             raise SideEffectsNotAllowed(item.name)
         old = self._tools.get(item.name)
