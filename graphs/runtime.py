@@ -238,8 +238,8 @@ class GraphTeam(Strategy):
             return self.build()
 
     def run(self, question: str, *, thread_id: str | None = None, checkpoints: Checkpoints | str | Path | None = None,
-            recursion_limit: int = 200, mask: Mask | None = None,
-            limits: UsageLimits | None = None) -> GraphResult:  # type: ignore[override]
+            recursion_limit: int = 200, mask: Mask | None = None, limits: UsageLimits | None = None,
+            answer_type: Any = None) -> GraphResult:  # type: ignore[override]
         """Answer ``question``; ``mask`` overrides the graph's own (and the policy's); ``limits``: a budget
         checked before every model call, as in every strategy."""
         with self._run_lock:
@@ -247,7 +247,7 @@ class GraphTeam(Strategy):
             self._active.check_budget()
             self._check_min_budget(question)
             return super().run(question, thread_id=thread_id, checkpoints=checkpoints,  # type: ignore[return-value]
-                               recursion_limit=recursion_limit, limits=limits)
+                               recursion_limit=recursion_limit, limits=limits, answer_type=answer_type)
 
     def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *,  # type: ignore[override]
                recursion_limit: int = 200, limits: UsageLimits | None = None) -> GraphResult:

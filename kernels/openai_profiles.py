@@ -46,7 +46,8 @@ class ServerProfile:
     def capabilities(self) -> Capabilities:
         return Capabilities(batching=True, prefix_cache=True,
                             grammar=bool(self.grammar_kinds & {"ebnf", "lark"}), logprobs=self.logprobs,
-                            token_ids=False, stop_strings=True, min_tokens="min_tokens" in self.extras)
+                            token_ids=False, stop_strings=True, min_tokens="min_tokens" in self.extras,
+                            json_schema="json_schema" in self.grammar_kinds)
 
     def sampling_fields(self, p: SamplingParams, *, chat: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """The standard fields of ``p`` and the non-standard ones (sent as ``extra_body``); a knob this server

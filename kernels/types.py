@@ -195,7 +195,7 @@ class StreamChunk:
 
 
 CAPABILITY_NAMES = ("batching", "prefix_cache", "grammar", "logprobs", "token_ids", "stop_strings", "prefill",
-                    "min_tokens", "n", "prompt_logprobs", "hidden_states", "thinking_cap")
+                    "min_tokens", "n", "prompt_logprobs", "hidden_states", "thinking_cap", "json_schema")
 
 
 @dataclass
@@ -237,6 +237,12 @@ class Capabilities:
     """``Engine.embed(prompt)`` returns the last layer's hidden state at the prompt's last token."""
     thinking_cap: bool = False
     """Enforces a cap on thinking tokens itself (else policies cap thinking with ``max_tokens`` and stop strings)."""
+    json_schema: bool = False
+    """Constrains a reply to a JSON schema (``Grammar.json_schema``); engines with ``grammar`` do it too."""
+
+    def __post_init__(self) -> None:
+        if self.grammar and not self.json_schema:
+            object.__setattr__(self, "json_schema", True)
 
     def missing(self, needs: Sequence[str]) -> list[str]:
         """The capabilities of ``needs`` this engine lacks (unknown names raise ``ValueError``)."""

@@ -146,23 +146,32 @@ class Strategy:
 
     def run(self, question: str, *, thread_id: str | None = None,
             checkpoints: Checkpoints | str | Path | None = None, recursion_limit: int = 100,
-            limits: UsageLimits | None = None) -> RunResult:
+            limits: UsageLimits | None = None, answer_type: Any = None) -> RunResult:
         """Answer ``question``. With ``checkpoints`` (a ``Checkpoints`` or a file path) the run can be resumed
         with ``resume(thread_id, checkpoints)`` after a crash, or after ``limits`` (a ``UsageLimits``, checked
-        before every model call) stopped it with ``BudgetExceeded``."""
+        before every model call) stopped it with ``BudgetExceeded``. ``answer_type`` (a pydantic model, or any
+        type pydantic validates): the answer comes back parsed as it (``planners.typed``)."""
         if not question or not question.strip():
             raise UserError("the question is empty")
         thread_id = thread_id or uuid.uuid4().hex[:12]
         with limits_scope(limits):
-            return self._invoke({"question": question, "strategy": self.name}, thread_id, checkpoints,
-                                recursion_limit)
+            result = self._invoke({"question": question, "strategy": self.name}, thread_id, checkpoints,
+                                  recursion_limit)
+            return self._typed(result, answer_type)
 
     def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *, recursion_limit: int = 100,
-               limits: UsageLimits | None = None) -> RunResult:
+               limits: UsageLimits | None = None, answer_type: Any = None) -> RunResult:
         """Go on with a run from its last checkpoint: finished nodes (model calls) and journaled tool calls
         are not made again."""
         with limits_scope(limits):
-            return self._invoke(None, thread_id, checkpoints, recursion_limit)
+            return self._typed(self._invoke(None, thread_id, checkpoints, recursion_limit), answer_type)
+
+    def _typed(self, result: RunResult, answer_type: Any) -> RunResult:
+        if answer_type is None:
+            return result
+        from .typed import typed_answer
+
+        return typed_answer(self.worker, result, answer_type)
 
     def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Checkpoints | str | Path | None,
                 recursion_limit: int) -> RunResult:
