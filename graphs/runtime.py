@@ -263,14 +263,15 @@ class GraphTeam(Strategy):
             if not isinstance(checkpoints, Checkpoints):
                 store.close()
 
-    def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Any, recursion_limit: int) -> RunResult:
+    def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Any, recursion_limit: int,
+                *rest: Any) -> RunResult:
         if inp is not None:
             inp = {**inp, "mask": self._active.mask().to_json()}
         if self.on_event is not None:
             from .render import to_json
 
             self.emit({"event": "graph", "gen_ai.conversation.id": thread_id, **to_json(self._active)})
-        return super()._invoke(inp, thread_id, checkpoints, recursion_limit)
+        return super()._invoke(inp, thread_id, checkpoints, recursion_limit, *rest)
 
     def _check_min_budget(self, question: str) -> None:
         limit = self._active.budget.max_tokens

@@ -20,12 +20,14 @@ PageRank, and ``graph`` (TeaRAG-style) facts first, sentences after, all within 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import UserError
-from tokenomy.kernels import Engine, SamplingParams, Worker
+from tokenomy.kernels import Completion, Engine, SamplingParams, Worker
 from tokenomy.kernels.limits import UsageLimits, limits_scope
 from tokenomy.tools.rag.retrievers import GraphRetriever, Retriever, make_retriever
 from tokenomy.tools.rag.store import RagStore
@@ -149,6 +151,42 @@ class RagPipeline:
     def ask(self, question: str, *, limits: UsageLimits | None = None) -> RagAnswer:
         """Answer ``question`` from the store with one model call (none when nothing matches); ``limits``: a
         budget checked before that call."""
+        ready = self._prepare(question)
+        if isinstance(ready, RagAnswer):
+            return ready
+        hits, ctx, messages = ready
+        assert self.worker is not None
+        with limits_scope(limits):
+            c = self.worker.generate(messages, SamplingParams(max_tokens=self.max_answer_tokens), agent="rag",
+                                     tags=("rag",))
+        return self._finish(question, ctx, hits, c)
+
+    async def arun(self, question: str, *, limits: UsageLimits | None = None) -> RagAnswer:
+        """``ask`` for asyncio callers (retrieval and the call in a thread; the event loop stays free)."""
+        return await in_daemon_thread(self.ask, (question,), {"limits": limits}, name="tokenomy-rag")
+
+    async def astream(self, question: str, *, limits: UsageLimits | None = None) -> AsyncIterator[str | RagAnswer]:
+        """The answer's text as the model decodes it (``str`` pieces), then the whole ``RagAnswer``."""
+        ready = await in_daemon_thread(self._prepare, (question,), name="tokenomy-rag")
+        if isinstance(ready, RagAnswer):
+            yield ready.text
+            yield ready
+            return
+        hits, ctx, messages = ready
+        assert self.worker is not None
+        completion = None
+        with limits_scope(limits):
+            async for chunk in self.worker.engine.astream(messages, SamplingParams(max_tokens=self.max_answer_tokens),
+                                                          agent="rag", tags=("rag",)):
+                if chunk.delta:
+                    yield chunk.delta
+                completion = chunk.completion or completion
+        assert completion is not None
+        self.worker.ledger.record(completion.usage, "rag", ("rag",))
+        yield self._finish(question, ctx, hits, completion)
+
+    def _prepare(self, question: str) -> RagAnswer | tuple[list[Hit], Context, list[dict[str, str]]]:
+        """Retrieval and the context: the messages of the model call, or the answer when none is needed."""
         if not question.strip():
             raise UserError("the question is empty")
         if self.worker is None:
@@ -157,11 +195,10 @@ class RagPipeline:
         ctx = self.context(question, hits)
         if not ctx.text.strip():
             return RagAnswer(question, NO_FIT if hits else NO_MATCH, ctx, hits)
-        messages = [{"role": "system", "content": RAG_SYSTEM},
-                    {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
-        with limits_scope(limits):
-            c = self.worker.generate(messages, SamplingParams(max_tokens=self.max_answer_tokens), agent="rag",
-                                     tags=("rag",))
+        return hits, ctx, [{"role": "system", "content": RAG_SYSTEM},
+                           {"role": "user", "content": f"Facts:\n{ctx.text}\n\nQuestion: {question}"}]
+
+    def _finish(self, question: str, ctx: Context, hits: list[Hit], c: Completion) -> RagAnswer:
         raw = c.text.strip().split("\n")[0].strip()
         allowed = set(ctx.cites)
         cited = [m for m in dict.fromkeys(_CITE.findall(raw)) if m in allowed]

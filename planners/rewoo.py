@@ -144,8 +144,9 @@ class Rewoo(Strategy):
     def __init__(self, model: Engine | Worker, tools: Iterable[Any] | Mapping[str, Any], *, max_replans: int = 1,
                  plan_tokens: int = 160, answer_tokens: int = 48, executor: PlanExecutor | None = None,
                  exemplars: Sequence[Exemplar] = (ORVEL,), numbered: bool = True,
-                 on_event: EventSink | None = None) -> None:
+                 on_event: EventSink | None = None, approve_plans: bool = False) -> None:
         super().__init__(model, tools, on_event=on_event)
+        self.approve_plans = approve_plans
         self.numbered = numbered
         self.exemplars = tuple(exemplars)
         self.max_replans = max_replans
@@ -412,6 +413,30 @@ class Rewoo(Strategy):
     def after_plan(self, s: RewooState) -> str:
         if s.draft:
             return "repair"
+        if s.current is None:
+            return "solve"
+        return "approve" if self.approve_plans else "execute"
+
+    def node_approve(self, s: RewooState) -> dict[str, Any]:
+        """With ``approve_plans``: stop before the plan runs (LangGraph's ``interrupt``) with the question and
+        the plan; the run goes on with ``resume(..., approve=...)`` (or ``Command(resume=...)`` in your graph):
+        ``True`` runs it, ``False`` ends the run with no answer, a plan's text runs that plan instead."""
+        from langgraph.types import interrupt
+
+        assert s.current is not None
+        decision = interrupt({"question": s.question, "plan": print_plan(s.current)})
+        if decision is True or (isinstance(decision, str) and decision.strip().lower() in ("yes", "approve", "ok")):
+            return {"notes": ["the plan was approved"]}
+        if not isinstance(decision, str) or not decision.strip() or decision.strip().lower() in ("no", "reject"):
+            return {"current": None, "done": True, "answer": None, "notes": ["the plan was rejected"]}
+        try:
+            plan, _ = self.checked(decision.strip(), self._known(s) if s.replans else ())
+        except PlanError as err:
+            return {"current": None, "done": True, "answer": None,
+                    "notes": [f"the edited plan was rejected: {err}"]}
+        return {"current": _tree(plan), "notes": ["the plan was replaced by the approver's"]}
+
+    def after_approve(self, s: RewooState) -> str:
         return "execute" if s.current is not None else "solve"
 
     def after_execute(self, s: RewooState) -> str:
@@ -424,10 +449,12 @@ class Rewoo(Strategy):
         from langgraph.graph import END, START
 
         g = new_graph(RewooState, {"plan": self.node_plan, "repair": self.node_repair, "execute": self.node_execute,
-                                   "replan": self.node_replan_context, "solve": self.node_solve})
+                                   "replan": self.node_replan_context, "solve": self.node_solve,
+                                   "approve": self.node_approve})
         g.add_edge(START, "plan")
-        g.add_conditional_edges("plan", self.after_plan, ["repair", "execute", "solve"])
-        g.add_conditional_edges("repair", self.after_plan, ["execute", "solve"])
+        g.add_conditional_edges("plan", self.after_plan, ["repair", "approve", "execute", "solve"])
+        g.add_conditional_edges("repair", self.after_plan, ["approve", "execute", "solve"])
+        g.add_conditional_edges("approve", self.after_approve, ["execute", "solve"])
         g.add_conditional_edges("execute", self.after_execute, ["replan", "solve"])
         g.add_edge("replan", "plan")
         g.add_edge("solve", END)

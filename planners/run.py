@@ -14,14 +14,18 @@ dict per model call, tool call and plan (the root ``tokenomy.trace`` module writ
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from langchain_core.runnables import RunnableConfig
+
+from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import UserError, storage_error
 from tokenomy.events import in_node, otel_input, otel_output, trace_context
 from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage, Worker
@@ -34,6 +38,7 @@ from .state import RunResult, RunState, from_state, merge_usage, to_state
 __all__ = ["Strategy", "EventSink", "new_graph"]
 
 EventSink = Callable[[dict[str, Any]], None]
+_UNSET: Any = object()  # ``resume`` without an answer to a pending question
 
 
 def new_graph(state: type[RunState], nodes: Mapping[str, Callable[[Any], dict[str, Any]]]) -> Any:
@@ -160,11 +165,73 @@ class Strategy:
             return self._typed(result, answer_type)
 
     def resume(self, thread_id: str, checkpoints: Checkpoints | str | Path, *, recursion_limit: int = 100,
-               limits: UsageLimits | None = None, answer_type: Any = None) -> RunResult:
+               limits: UsageLimits | None = None, answer_type: Any = None, approve: Any = _UNSET) -> RunResult:
         """Go on with a run from its last checkpoint: finished nodes (model calls) and journaled tool calls
-        are not made again."""
+        are not made again. ``approve``: the answer to the run's pending question (``RunResult.pending``: a plan
+        to approve), ``True``, ``False`` or an edited plan."""
         with limits_scope(limits):
-            return self._typed(self._invoke(None, thread_id, checkpoints, recursion_limit), answer_type)
+            return self._typed(self._invoke(None, thread_id, checkpoints, recursion_limit, approve), answer_type)
+
+    async def arun(self, question: str, **options: Any) -> RunResult:
+        """``run`` for asyncio callers: the run goes on in a thread of its own, the event loop stays free."""
+        return await in_daemon_thread(self.run, (question,), options, name=f"tokenomy-{self.name}")
+
+    async def astream(self, question: str, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """The run's events as they happen (the trace's: the run, each node, model call, tool call and
+        checkpoint), then ``{"event": "result", "result": RunResult}``. Options as ``run``'s."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        before = self.on_event
+
+        def sink(event: dict[str, Any]) -> None:
+            if before is not None:
+                before(event)
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def go() -> RunResult:
+            with self._lock:  # one run at a time per strategy object: the sink is this run's alone
+                self.on_event = sink
+            try:
+                return self.run(question, **options)
+            finally:
+                self.on_event = before
+
+        task: asyncio.Future[Any] = asyncio.ensure_future(in_daemon_thread(go, name=f"tokenomy-{self.name}"))
+        while not (task.done() and events.empty()):
+            getter: asyncio.Future[Any] = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield {"event": "result", "result": task.result()}
+
+    def as_subgraph(self) -> Any:
+        """This strategy as a compiled LangGraph graph with no checkpointer of its own, to add to your graph
+        (``builder.add_node("research", strategy.as_subgraph())``): your graph's checkpointer keeps its steps. It
+        reads ``question`` from your state and writes the keys your state shares with it (``answer``, ``usage``
+        per agent, ``plan``, ``values``, ``notes`` ...); its events go to your graph's ``custom`` stream as
+        ``{"tokenomy": event}``. Tools are not journaled here (your checkpointer resumes a step, not a tool)."""
+        self.on_event = _to_stream_writer(self.on_event)
+        return self.build().compile()
+
+    def as_node(self, *, question: str = "question", answer: str = "answer",
+                usage: str | None = "usage") -> Callable[..., dict[str, Any]]:
+        """A node for your graph that asks this strategy ``state[question]`` and writes ``state[answer]`` and
+        ``state[usage]`` (tokens per agent, as ``Usage.to_dict``), for states whose keys differ from the
+        strategy's. Runs as a subgraph under your checkpointer (see ``as_subgraph``)."""
+        graph = self.as_subgraph()
+        name = self.name
+
+        def node(state: Any, config: RunnableConfig) -> dict[str, Any]:
+            q = state[question] if isinstance(state, Mapping) else getattr(state, question)
+            out = graph.invoke({"question": q, "strategy": name}, config)
+            update = {answer: from_state(out.get("answer"))}
+            if usage:
+                update[usage] = dict(out.get("usage") or {})
+            return update
+
+        return node
 
     def _typed(self, result: RunResult, answer_type: Any) -> RunResult:
         if answer_type is None:
@@ -174,7 +241,7 @@ class Strategy:
         return typed_answer(self.worker, result, answer_type)
 
     def _invoke(self, inp: dict[str, Any] | None, thread_id: str, checkpoints: Checkpoints | str | Path | None,
-                recursion_limit: int) -> RunResult:
+                recursion_limit: int, approve: Any = _UNSET) -> RunResult:
         store = checkpoints if isinstance(checkpoints, Checkpoints) else Checkpoints(checkpoints)
         with self._lock:  # one run at a time per strategy object (the worker may be shared)
             self._journal = store.journal(thread_id)
@@ -194,7 +261,14 @@ class Strategy:
                     # node, though invoking goes on from them.
                     if snapshot.values.get("done") and not snapshot.next:
                         return self.result(snapshot.values, thread_id)
+                    if approve is not _UNSET:
+                        if not getattr(snapshot, "interrupts", ()):
+                            raise UserError(f"run {thread_id!r} waits for no approval")
+                        from langgraph.types import Command
+
+                        inp = Command(resume=approve)  # type: ignore[assignment]
                 values = self._stream(app, inp, config, thread_id)
+                pending = [i.value for i in getattr(app.get_state(config), "interrupts", ())]
             except sqlite3.Error as exc:  # the checkpoint file, while LangGraph read or wrote it
                 raise storage_error(store.path or ":memory:", exc) from exc
             finally:
@@ -202,6 +276,11 @@ class Strategy:
                 if not isinstance(checkpoints, Checkpoints):
                     store.close()
         result = self.result(values, thread_id)
+        if pending:  # stopped at an interrupt (a plan to approve): the answer comes with resume(approve=...)
+            result.pending = pending
+            self.emit({"event": "run", "status": "interrupted", "gen_ai.conversation.id": thread_id,
+                       "pending": to_state(pending)})
+            return result
         self.emit({"event": "run", "status": "finished", "gen_ai.conversation.id": thread_id,
                    "answer": to_state(result.answer), "notes": result.notes,
                    "usage": {a: u.to_dict() for a, u in result.usage.items()}})
@@ -210,9 +289,11 @@ class Strategy:
     def _stream(self, app: Any, inp: dict[str, Any] | None, config: dict[str, Any], thread_id: str
                 ) -> dict[str, Any]:
         """Run the compiled graph to its end; trace the run's start, each checkpoint and a failure."""
-        self.emit({"event": "run", "status": "started" if inp is not None else "resumed",
+        fresh = isinstance(inp, dict)  # else None or a Command answering an interrupt: a resumed run
+        self.emit({"event": "run", "status": "started" if fresh else "resumed",
                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.name,
-                   "gen_ai.conversation.id": thread_id, **({"question": inp["question"]} if inp else {})})
+                   "gen_ai.conversation.id": thread_id,
+                   **({"question": inp["question"]} if isinstance(inp, dict) else {})})
         values: dict[str, Any] = {}
         try:
             # "sync": each step's checkpoint is on disk before the next step starts, so a process killed
@@ -240,3 +321,24 @@ class Strategy:
                          usage={a: Usage.from_dict(d) for a, d in state.usage.items()}, thread_id=thread_id,
                          values={k: from_state(v) for k, v in state.values.items()}, plans=list(state.plans),
                          notes=list(state.notes), state=state.model_dump())
+
+
+def _to_stream_writer(before: EventSink | None) -> EventSink:
+    """An event sink that also writes each event to the LangGraph stream writer of the run it happens in (a
+    user's graph streamed with ``stream_mode="custom"``); outside a LangGraph run only ``before`` gets it."""
+    if getattr(before, "to_stream_writer", False):
+        return before  # type: ignore[return-value]
+
+    def sink(event: dict[str, Any]) -> None:
+        if before is not None:
+            before(event)
+        try:
+            from langgraph.config import get_stream_writer
+
+            writer = get_stream_writer()
+        except Exception:  # not inside a LangGraph run
+            return
+        writer({"tokenomy": event})
+
+    sink.to_stream_writer = True  # type: ignore[attr-defined]
+    return sink

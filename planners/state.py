@@ -111,6 +111,8 @@ class RunResult:
     plans: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    pending: list[Any] = field(default_factory=list)
+    """What a run stopped to ask (LangGraph interrupts: a plan to approve); empty when it finished."""
 
     @property
     def total(self) -> Usage:

@@ -177,3 +177,41 @@ def test_export_to_opentelemetry_makes_a_span_per_call_under_a_run_span(tmp_path
     assert boom.status.status_code.name == "ERROR"
     assert all(s.start_time <= s.end_time for s in spans)
     assert {ev.name for ev in root.events} >= {"plan", "execution", "message", "checkpoint", "run"}
+
+
+def test_live_spans_come_as_the_run_happens_and_content_only_when_asked(tmp_path):
+    require_module("opentelemetry.sdk", "pip install 'tokenomy[test]'")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tokenomy import tool
+    from tokenomy.kernels import ScriptedEngine
+    from tokenomy.planners.rewoo import Rewoo
+    from tokenomy.trace import OtelSink
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen_during = []
+
+    @tool
+    def lookup(entity: str, attribute: str) -> str:
+        """Looks a fact up."""
+        seen_during.append([s.name for s in exporter.get_finished_spans()])  # the planner's span is out already
+        return "412,000"
+
+    for capture in (False, True):
+        exporter.clear()
+        sink = OtelSink(provider, capture_content=capture)
+        engine = ScriptedEngine(lambda req: 'e1 = lookup(entity="Velmora", attribute="population")\nanswer(e1)')
+        Rewoo(engine, [lookup], on_event=sink).run("What is the population of Velmora?")
+        spans = exporter.get_finished_spans()
+        root = next(s for s in spans if s.name == "invoke_agent rewoo")
+        chat = next(s for s in spans if s.name == "chat scripted")
+        call = next(s for s in spans if s.name == "execute_tool lookup")
+        assert chat.parent.span_id == root.context.span_id == call.parent.span_id
+        assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+        assert ("gen_ai.input.messages" in chat.attributes) == capture
+        assert ("gen_ai.tool.call.arguments" in call.attributes) == capture
+    assert seen_during[0] == ["chat scripted"]  # spans are sent as calls end, not when the run is over

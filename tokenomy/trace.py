@@ -24,6 +24,7 @@ back (``tokenomy viz`` draws it) and ``export_otel`` sends it to OpenTelemetry w
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from tokenomy.errors import MissingExtra, UserError
 from tokenomy.events import EVENT_KINDS, utf8_safe
 from tokenomy.kernels.usage import Usage
 
-__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "edge_name"]
+__all__ = ["TraceWriter", "Trace", "runs_dir", "read_trace", "export_otel", "OtelSink", "edge_name"]
 
 
 def runs_dir() -> Path:
@@ -369,3 +370,79 @@ def export_otel(trace: Trace | Sequence[Mapping[str, Any]], tracer_provider: Any
             root.set_status(Status(StatusCode.ERROR, failed))
         root.end(end_time=_ns(max(times)))
     return spans
+
+
+_CONTENT = {"gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions", "question", "answer",
+            "gen_ai.tool.call.arguments", "gen_ai.tool.call.result", "args", "result", "plan", "text", "evidence"}
+"""Attributes that carry what was said (prompts, replies, tool arguments and results): sent only when content
+capture is on, as the GenAI conventions ask."""
+
+
+class OtelSink:
+    """Live OpenTelemetry spans, as a run happens: pass it as a strategy's ``on_event``. A run is an
+    ``invoke_agent`` span, open from its start to its end; each model call a ``chat`` span and each tool call an
+    ``execute_tool`` span under it, sent when the call ends (with its own start time); other events (plans,
+    checkpoints) are span events of the run. Content (messages, tool arguments and results, plans, the answer) is
+    left out unless ``capture_content`` is true (default: ``$OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+    is ``true``). ``tracer_provider``: an SDK ``TracerProvider``; default: the global one.
+
+    Raises:
+        MissingExtra: ``opentelemetry-sdk`` is not installed (``pip install 'tokenomy[otel]'``).
+    """
+
+    def __init__(self, tracer_provider: Any = None, *, capture_content: bool | None = None) -> None:
+        try:
+            from opentelemetry import trace as ot
+        except ImportError as exc:
+            raise MissingExtra("opentelemetry-sdk", "otel", "live OpenTelemetry spans") from exc
+        if capture_content is None:
+            capture_content = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "").lower() == "true"
+        self.capture_content = capture_content
+        self._ot = ot
+        self._tracer = (tracer_provider or ot.get_tracer_provider()).get_tracer("tokenomy")
+        self._runs: dict[str, Any] = {}
+        self._current: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _attrs(self, e: Mapping[str, Any]) -> dict[str, Any]:
+        skip = _SKIP if self.capture_content else _SKIP | _CONTENT
+        return {k: _attr(v) for k, v in e.items() if k not in skip and v is not None}
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        kind = event.get("event")
+        strategy = str(event.get("strategy") or "tokenomy")
+        with self._lock:
+            # Model and tool calls name no run: they belong to the strategy's run in progress (one at a time).
+            rid = str(event.get("run") or event.get("gen_ai.conversation.id") or self._current.get(strategy, ""))
+            root = self._runs.get(rid)
+            if kind == "run" and event.get("status") in ("started", "resumed") and root is None:
+                self._current[strategy] = rid
+                self._runs[rid] = self._tracer.start_span(
+                    f"invoke_agent {strategy}", start_time=_ns(event.get("time")),
+                    attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": strategy,
+                                "gen_ai.conversation.id": rid})
+                return
+            if root is None:  # an event outside a run this sink saw start
+                return
+            if kind in _SPAN_KINDS:
+                end = event.get("time")
+                start = event.get("start_time")
+                if start is None and isinstance(end, int | float):
+                    start = end - float(event.get("latency_s") or event.get("duration_s") or 0.0)
+                name = (f"chat {event.get('gen_ai.request.model', '')}".strip() if kind == "model_call"
+                        else f"execute_tool {event.get('gen_ai.tool.name', '')}".strip())
+                span = self._tracer.start_span(name, context=self._ot.set_span_in_context(root),
+                                               start_time=_ns(start), attributes=self._attrs(event))
+                if event.get("error"):
+                    span.set_status(Status(StatusCode.ERROR, str(event["error"])))
+                span.end(end_time=_ns(end))
+                return
+            root.add_event(str(kind), attributes=self._attrs(event), timestamp=_ns(event.get("time")))
+            if kind == "run" and event.get("status") in ("finished", "failed", "interrupted"):
+                if event.get("status") == "failed":
+                    root.set_status(Status(StatusCode.ERROR, str(event.get("error") or "failed")))
+                root.end(end_time=_ns(event.get("time")))
+                del self._runs[rid]
+                self._current.pop(strategy, None)
