@@ -264,23 +264,32 @@ def _chat_model_class() -> Any:
                                   temperature=float(kwargs.get("temperature", self.temperature)),
                                   stop=tuple(stop or ()))
 
+        def _extra(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+            """The engine's own keywords a tokenomy caller passes through: a grammar, the agent and tags."""
+            return {"grammar": kwargs.get("grammar"), "agent": kwargs.get("tokenomy_agent"),
+                    "tags": tuple(kwargs.get("tokenomy_tags") or ())}
+
         def _message(self, c: Completion) -> Any:
             return m.AIMessage(content=c.text, usage_metadata=metadata(c.usage),
                                response_metadata={"finish_reason": c.finish_reason, "model_name": c.engine})
 
+        @property
+        def _identifying_params(self) -> dict[str, Any]:
+            return {"engine": getattr(self.engine, "spec", "")}
+
         def _generate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                       **kwargs: Any) -> Any:
-            c = self.engine.chat(to_dicts(messages), self._params(stop, kwargs))
+            c = self.engine.chat(to_dicts(messages), self._params(stop, kwargs), **self._extra(kwargs))
             return ChatResult(generations=[ChatGeneration(message=self._message(c))])
 
         async def _agenerate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                              **kwargs: Any) -> Any:
-            c = await self.engine.agenerate(to_dicts(messages), self._params(stop, kwargs))
+            c = await self.engine.agenerate(to_dicts(messages), self._params(stop, kwargs), **self._extra(kwargs))
             return ChatResult(generations=[ChatGeneration(message=self._message(c))])
 
         def _stream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                     **kwargs: Any) -> Iterator[Any]:
-            for chunk in self.engine.stream(to_dicts(messages), self._params(stop, kwargs)):
+            for chunk in self.engine.stream(to_dicts(messages), self._params(stop, kwargs), **self._extra(kwargs)):
                 piece = _piece(chunk)
                 if run_manager is not None and chunk.delta:
                     run_manager.on_llm_new_token(chunk.delta, chunk=ChatGenerationChunk(message=piece))
@@ -288,7 +297,8 @@ def _chat_model_class() -> Any:
 
         async def _astream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                            **kwargs: Any) -> AsyncIterator[Any]:
-            async for chunk in self.engine.astream(to_dicts(messages), self._params(stop, kwargs)):
+            async for chunk in self.engine.astream(to_dicts(messages), self._params(stop, kwargs),
+                                                   **self._extra(kwargs)):
                 piece = _piece(chunk)
                 if run_manager is not None and chunk.delta:
                     await run_manager.on_llm_new_token(chunk.delta, chunk=ChatGenerationChunk(message=piece))

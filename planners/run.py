@@ -103,6 +103,7 @@ class Strategy:
             self.tools[t.name] = t
         self.on_event = on_event
         self._journal: ToolJournal | None = None
+        self._in_user_graph = False
         self._lock = threading.Lock()
 
     # -- to implement --------------------------------------------------------------------------------------
@@ -133,10 +134,40 @@ class Strategy:
             grammar: Grammar | None = None, stop: Sequence[str] = ()) -> tuple[Completion, dict[str, Any]]:
         """One model call; returns the completion and the state update of its usage."""
         start = time.time()
-        c = self.worker.generate(list(messages), SamplingParams(max_tokens=max_tokens, stop=tuple(stop)),
-                                 grammar=grammar, agent=agent, tags=(self.name, *self.tags))
+        params = SamplingParams(max_tokens=max_tokens, stop=tuple(stop))
+        c = self._ask_in_user_graph(agent, messages, params, grammar) if self._in_user_graph else None
+        if c is None:
+            c = self.worker.generate(list(messages), params, grammar=grammar, agent=agent,
+                                     tags=(self.name, *self.tags))
         self.emit_call(agent, self.worker.engine, messages, c, start)
         return c, {agent: c.usage.to_dict()}
+
+    def _ask_in_user_graph(self, agent: str, messages: Sequence[Mapping[str, str]], params: SamplingParams,
+                           grammar: Grammar | None) -> Completion | None:
+        """Inside a user's LangGraph run (``as_subgraph``): the call goes through the engine's LangChain face with
+        the run's config, so LangGraph's ``messages`` stream mode gets its tokens as they decode (tagged with
+        ``tokenomy_agent``); ``None`` outside a LangGraph run."""
+        try:
+            from langgraph.config import get_config
+
+            config = get_config()
+        except Exception:  # not inside a LangGraph run
+            return None
+        from tokenomy.kernels.langchain_engine import usage_of
+
+        tags = (self.name, *self.tags)
+        llm = self.worker.engine.as_langchain()
+        metadata = {**(config.get("metadata") or {}), "tokenomy_agent": agent}
+        start = time.perf_counter()
+        msg = llm.invoke([dict(m) for m in messages], {**config, "metadata": metadata}, stop=list(params.stop),
+                         max_tokens=params.max_tokens, temperature=params.temperature, grammar=grammar,
+                         tokenomy_agent=agent, tokenomy_tags=tags)
+        usage = usage_of(msg)
+        self.worker.ledger.record(usage, agent, tags)
+        meta = msg.response_metadata or {}
+        return Completion(text=str(msg.content), token_ids=[], usage=usage, engine=self.worker.engine.spec,
+                          finish_reason="length" if meta.get("finish_reason") == "length" else "stop",
+                          latency_s=time.perf_counter() - start)
 
     def journaled(self, scope: str) -> dict[str, JournaledTool]:
         """The tools as seen through this run's journal, for one node invocation (``scope`` names it and must
@@ -213,6 +244,7 @@ class Strategy:
         per agent, ``plan``, ``values``, ``notes`` ...); its events go to your graph's ``custom`` stream as
         ``{"tokenomy": event}``. Tools are not journaled here (your checkpointer resumes a step, not a tool)."""
         self.on_event = _to_stream_writer(self.on_event)
+        self._in_user_graph = True
         return self.build().compile()
 
     def as_node(self, *, question: str = "question", answer: str = "answer",

@@ -151,3 +151,24 @@ def test_rag_arun_and_astream(tmp_path):
     assert whole.text == "412,000" and whole.cited == ["velmora.md#1"]
     *text, answer = pieces
     assert "".join(text) == "412,000 [velmora.md#1]" and answer.text == "412,000" and answer.usage.calls == 1
+
+
+def test_messages_mode_gets_the_model_s_tokens_as_they_decode():
+    engine = ScriptedEngine(lambda req: PLAN)
+    graph = _parent(Rewoo(engine, [_lookup([])]), InMemorySaver())
+    pieces, agents = [], set()
+    out = None
+    for ns, mode, chunk in graph.stream({"question": "What is the population of Velmora?"},
+                                        {"configurable": {"thread_id": "m"}}, stream_mode=["messages", "values"],
+                                        subgraphs=True):  # LangGraph streams a subgraph's messages with subgraphs
+        if mode == "values" and ns:
+            continue
+        if mode == "messages":
+            message, meta = chunk
+            pieces.append(message.content)
+            agents.add(meta.get("tokenomy_agent"))
+        else:
+            out = chunk
+    assert "".join(pieces) == PLAN and agents == {"planner"}
+    assert out["answer"] == "412,000" and out["usage"]["planner"]["prompt_tokens"] > 0
+    assert [r.agent for r in engine.requests] == ["planner"]  # one call, made once
