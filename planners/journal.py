@@ -110,10 +110,53 @@ class ToolJournal:
                                                   self.store.path, storage_error(self.store.path, exc))
 
 
+class StoreJournal:
+    """The tool journal in a LangGraph ``BaseStore`` (``InMemoryStore``, ``SqliteStore``, ``PostgresStore`` ...):
+    the journal of a strategy run as a subgraph of a user's graph, under the user's checkpointer. ``namespace``
+    names one invocation (the thread and the subgraph's checkpoint namespace, which LangGraph keeps on resume)."""
+
+    def __init__(self, store: Any, namespace: tuple[str, ...]) -> None:
+        self.store, self.namespace = store, namespace
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        try:
+            item = self.store.get(self.namespace, key)
+            return (True, _big_ints(item.value["v"])) if item is not None else (False, None)
+        except Exception:  # a store that fails to read: the call is made again
+            return False, None
+
+    def put(self, key: str, value: Any) -> None:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return  # not JSON: such a call is made again on resume
+        try:
+            self.store.put(self.namespace, key, {"v": value}, index=False)
+        except Exception as exc:  # the call itself succeeded; only its replay is lost
+            logging.getLogger("tokenomy").warning("the tool journal in %s could not record a call: %s",
+                                                  type(self.store).__name__, exc)
+
+
+def store_journal() -> StoreJournal | None:
+    """The journal of the LangGraph run this is called in, where the user's graph has a store; else ``None``."""
+    try:
+        from langgraph.config import get_config, get_store
+
+        store = get_store()
+        configurable = get_config().get("configurable") or {}
+    except Exception:  # not inside a LangGraph run
+        return None
+    if store is None:
+        return None
+    thread = str(configurable.get("thread_id") or "")
+    ns = str(configurable.get("checkpoint_ns") or "").replace(".", "_")
+    return StoreJournal(store, ("tokenomy_tool_journal", thread or "-", ns or "-"))
+
+
 class JournaledTool:
     """A tool seen through the journal: a call already journaled in this scope returns its recorded value."""
 
-    def __init__(self, tool: Any, strategy: Strategy, journal: ToolJournal | None, scope: str,
+    def __init__(self, tool: Any, strategy: Strategy, journal: ToolJournal | StoreJournal | None, scope: str,
                  counters: dict[str, int]) -> None:
         self.tool = tool
         self.name = tool.name

@@ -32,7 +32,7 @@ from tokenomy.kernels import Completion, Engine, Grammar, SamplingParams, Usage,
 from tokenomy.kernels.limits import UsageLimits, limits_scope
 from tokenomy.tools.registry import SideEffectsNotAllowed, as_tool
 
-from .journal import Checkpoints, JournaledTool, ToolJournal, end_node_tool_usage, node_tool_usage
+from .journal import Checkpoints, JournaledTool, ToolJournal, end_node_tool_usage, node_tool_usage, store_journal
 from .state import RunResult, RunState, from_state, merge_usage, to_state
 
 __all__ = ["Strategy", "EventSink", "new_graph"]
@@ -173,7 +173,8 @@ class Strategy:
         """The tools as seen through this run's journal, for one node invocation (``scope`` names it and must
         be the same when the node runs again on resume)."""
         counters: dict[str, int] = {}
-        return {n: JournaledTool(t, self, self._journal, scope, counters) for n, t in self.tools.items()}
+        journal = self._journal if self._journal is not None or not self._in_user_graph else store_journal()
+        return {n: JournaledTool(t, self, journal, scope, counters) for n, t in self.tools.items()}
 
     # -- running -------------------------------------------------------------------------------------------
 

@@ -172,3 +172,41 @@ def test_messages_mode_gets_the_model_s_tokens_as_they_decode():
     assert "".join(pieces) == PLAN and agents == {"planner"}
     assert out["answer"] == "412,000" and out["usage"]["planner"]["prompt_tokens"] > 0
     assert [r.agent for r in engine.requests] == ["planner"]  # one call, made once
+
+
+def test_under_the_user_s_checkpointer_and_store_a_resumed_step_does_not_call_a_finished_tool_again():
+    from langgraph.store.memory import InMemoryStore
+
+    calls, crash = [], [True]
+
+    @tool
+    def first(x: str) -> str:
+        """The first step."""
+        calls.append(("first", x))
+        return f"<{x}>"
+
+    @tool
+    def second(y: str) -> str:
+        """The second step; the first time, the process dies in it."""
+        calls.append(("second", y))
+        if crash[0]:
+            crash[0] = False
+            raise KeyboardInterrupt("killed mid-step")
+        return y.upper()
+
+    plan = 'e1 = first(x="a")\ne2 = second(y=e1)\nanswer(e2)'
+    for store, again in ((InMemoryStore(), []), (None, [("first", "a")])):  # without a store: no journal
+        calls.clear()
+        crash[0] = True
+        builder = StateGraph(Parent)
+        builder.add_node("research", Rewoo(ScriptedEngine(lambda req: plan), [first, second]).as_subgraph())
+        builder.add_edge(START, "research")
+        graph = builder.compile(checkpointer=InMemorySaver(), store=store)
+        config = {"configurable": {"thread_id": "k"}}
+        try:
+            graph.invoke({"question": "q"}, config)
+        except KeyboardInterrupt:
+            pass
+        assert calls == [("first", "a"), ("second", "<a>")]
+        out = graph.invoke(None, config)  # LangGraph resumes the step; the journal answers for the finished call
+        assert out["answer"] == "<A>" and calls == [("first", "a"), ("second", "<a>"), *again, ("second", "<a>")]
