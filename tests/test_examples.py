@@ -98,3 +98,42 @@ def test_mcp_time_budget_calls_the_published_time_server_under_a_budget(capsys):
     r = load("mcp_time_budget").main(engine=scripted(plan))
     assert r.answer[11:16] in ("22:30", "21:30")  # 8 h later in winter, 7 h in summer
     assert "of 4000 tokens and 4 calls" in capsys.readouterr().out
+
+
+def test_langgraph_embed_asks_for_approval_then_reports(capsys):
+    plan = 'p = lookup(entity="Velmora", attribute="population")\nanswer(p)'
+    seen = []
+    state = load("langgraph_embed").main(engine=scripted(plan), approve=lambda pending: seen.append(pending) or True)
+    assert seen and seen[0]["plan"].startswith("p = lookup(") and "412,000" in str(state["answer"])
+    out = capsys.readouterr().out
+    assert "plan to approve" in out and "model call: planner" in out and "(1 calls)" in out
+
+
+def test_typed_stream_streams_then_parses_the_answer(capsys):
+    def reply(req):
+        if req.agent == "planner":
+            return 'p = lookup(entity="Velmora", attribute="population")\nanswer(p)'
+        if req.agent == "answer":
+            return '{"name": "Velmora", "population": 412000}'
+        return "hello there from the model"
+
+    r = load("typed_stream").main(engine=ScriptedEngine(reply))
+    assert r.answer.population == 412000 and r.answer.name == "Velmora"
+    out = capsys.readouterr().out
+    assert "streamed: hello there" in out and "typed answer: Town(" in out
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("name, args, expect", [
+    ("typed_stream", [], ["streamed:", "typed answer: Town("]),
+    ("langgraph_embed", ["--yes"], ["plan to approve", "model call: planner"]),
+    ("mcp_time_budget", [], ["answer:", "spent:"]),
+])
+def test_the_interface_examples_run_on_the_embedded_model(name, args, expect, embedded_engine):
+    if name == "mcp_time_budget":
+        require_module("mcp_server_time", "pip install 'tokenomy[test]'")
+    env = {k: v for k, v in os.environ.items() if k != "TOKENOMY_MODEL"}
+    out = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert all(e in out.stdout for e in expect), out.stdout
