@@ -51,7 +51,7 @@ def main(question: str = QUESTION, engine: Engine | None = None,
     config = {"configurable": {"thread_id": "example"}}
     ask: Any = {"question": question}
     while True:
-        for ns, mode, chunk in graph.stream(ask, config, stream_mode=["custom", "updates"], subgraphs=True):
+        for _ns, mode, chunk in graph.stream(ask, config, stream_mode=["custom", "updates"], subgraphs=True):
             if mode == "custom" and chunk["tokenomy"]["event"] == "model_call":
                 e = chunk["tokenomy"]
                 print(f"  model call: {e['agent']}, {e.get('gen_ai.usage.input_tokens')} prompt tokens")
