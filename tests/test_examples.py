@@ -137,3 +137,16 @@ def test_the_interface_examples_run_on_the_embedded_model(name, args, expect, em
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert all(e in out.stdout for e in expect), out.stdout
+
+
+def test_langchain_models_both_ways(capsys):
+    require_module("langchain_openai", "pip install 'tokenomy[test]'")
+    from .strict_openai_server import StrictOpenAIServer
+
+    engine = ScriptedEngine(lambda req: "Paris is the capital.")
+    with StrictOpenAIServer() as server:
+        out = load("langchain_models").main(engine=engine, openai=f"strict-model@{server.url}")
+    assert out["chain"].content == "Paris is the capital." and out["chain"].usage_metadata["input_tokens"] > 0
+    planner = out["run"].usage["planner"]
+    assert planner.prompt_tokens == 12 * planner.calls  # counted by the server, through ChatOpenAI
+    assert "usage_metadata" in capsys.readouterr().out
