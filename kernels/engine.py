@@ -86,9 +86,21 @@ class Engine(abc.ABC):
 
     def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
               tags: Sequence[str] = ()) -> Scored:
-        """Each token's log-probability of ``continuation`` right after ``prompt`` (a scoring pass, no sampling).
+        """Each token's log-probability of ``continuation`` right after ``prompt`` (a scoring pass, no sampling),
+        within the budgets in force (``UsageLimits``: the pass counts as a call of prompt tokens).
 
-        Engines with the ``prompt_logprobs`` capability implement it."""
+        Engines with the ``prompt_logprobs`` capability implement ``_score``."""
+        req = Request(prompt=prompt, params=SamplingParams(max_tokens=1), agent=agent, tags=tuple(tags))
+        admit_all(req, self)
+        scored = None
+        try:
+            scored = self._score(prompt, continuation, agent=agent, tags=tags)
+            return scored
+        finally:
+            settle_all(req, scored.usage if scored is not None else None, self.spec)
+
+    def _score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+               tags: Sequence[str] = ()) -> Scored:
         raise CapabilityError("score()", self.spec or type(self).__name__, ["prompt_logprobs"])
 
     def embed(self, prompt: PromptInput) -> list[float]:

@@ -207,8 +207,8 @@ class TransformersEngine(BatchDecoding, Engine):
             self._flops = 2.0 * (non_embedding + emb.shape[0] * emb.shape[1])
         return float(self._flops)
 
-    def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
-              tags: Sequence[str] = ()) -> Scored:
+    def _score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+               tags: Sequence[str] = ()) -> Scored:
         """Log-probabilities of ``continuation``'s tokens after ``prompt``, reusing the prompt's cached KV."""
         torch = self._torch
         ids = self.prompt_token_ids(prompt)

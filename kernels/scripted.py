@@ -109,10 +109,10 @@ class ScriptedEngine(Engine):
         return render_chatml(messages) if messages is not None else bytes(token_ids(prompt) or []).decode(
             "utf-8", errors="replace")
 
-    def score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
-              tags: Sequence[str] = ()) -> Scored:
+    def _score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
+               tags: Sequence[str] = ()) -> Scored:
         if self._scorer is None:
-            return super().score(prompt, continuation, agent=agent, tags=tags)
+            return super()._score(prompt, continuation, agent=agent, tags=tags)
         ids = self.prompt_token_ids(prompt)
         cont = list(continuation.encode("utf-8")) if self.tokenizer is None else list(
             self.tokenizer(continuation, add_special_tokens=False)["input_ids"])

@@ -154,3 +154,12 @@ def test_bad_limits_are_refused():
         UsageLimits(calls=-1)
     with pytest.raises(UserError, match="prices must be >= 0"):
         Price(input=-1, output=0)
+
+
+def test_a_scoring_pass_is_a_call_within_the_budget():
+    engine = ScriptedEngine(lambda req: "ok", scorer=lambda prompt, cont: [-0.5] * len(cont.encode()))
+    with UsageLimits(calls=1) as limits:
+        scored = engine.score("2 + 2 =", " 4")
+        assert scored.usage.prompt_tokens == len("2 + 2 =") + 2 and limits.spent.calls == 1
+        with pytest.raises(BudgetExceeded):
+            engine.score("2 + 2 =", " 5")
