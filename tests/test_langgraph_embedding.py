@@ -210,3 +210,49 @@ def test_under_the_user_s_checkpointer_and_store_a_resumed_step_does_not_call_a_
         assert calls == [("first", "a"), ("second", "<a>")]
         out = graph.invoke(None, config)  # LangGraph resumes the step; the journal answers for the finished call
         assert out["answer"] == "<A>" and calls == [("first", "a"), ("second", "<a>"), *again, ("second", "<a>")]
+
+
+def test_under_postgres_the_user_s_checkpointer_and_store_keep_the_run_and_its_journal():
+    from .conftest import require, require_module
+    from .pg import pg_bin, postgres_server
+
+    require_module("langgraph.checkpoint.postgres", "pip install 'tokenomy[test]'")
+    if pg_bin() is None:
+        require("PostgreSQL's initdb and pg_ctl (apt install postgresql)")
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from langgraph.store.postgres import PostgresStore
+
+    calls, crash = [], [True]
+
+    @tool
+    def first(x: str) -> str:
+        """The first step."""
+        calls.append("first")
+        return f"<{x}>"
+
+    @tool
+    def second(y: str) -> str:
+        """The second step; the first time, the process dies in it."""
+        calls.append("second")
+        if crash[0]:
+            crash[0] = False
+            raise KeyboardInterrupt("killed mid-step")
+        return y.upper()
+
+    plan = 'e1 = first(x="a")\ne2 = second(y=e1)\nanswer(e2)'
+    with postgres_server() as url, PostgresSaver.from_conn_string(url) as saver, \
+            PostgresStore.from_conn_string(url) as store:
+        saver.setup()
+        store.setup()
+        builder = StateGraph(Parent)
+        builder.add_node("research", Rewoo(ScriptedEngine(lambda req: plan), [first, second]).as_subgraph())
+        builder.add_edge(START, "research")
+        graph = builder.compile(checkpointer=saver, store=store)
+        config = {"configurable": {"thread_id": "pg"}}
+        try:
+            graph.invoke({"question": "q"}, config)
+        except KeyboardInterrupt:
+            pass
+        out = graph.invoke(None, config)
+        assert out["answer"] == "<A>" and calls == ["first", "second", "second"]  # first: not run again
+        assert out["usage"]["planner"]["calls"] == 1 and graph.get_state(config).values["answer"] == "<A>"
