@@ -315,6 +315,22 @@ _SPAN_KINDS = {"model_call", "tool_call"}
 _SKIP = {"event", "time", "start_time", "latency_s", "duration_s"}
 
 
+def _call_span(tracer: Any, parent: Any, e: Mapping[str, Any], attrs: dict[str, Any]) -> None:
+    """A model or tool call's span under ``parent``, with the call's own start and end times."""
+    from opentelemetry.trace import Status, StatusCode
+
+    end = e.get("time")
+    start = e.get("start_time")
+    if start is None and isinstance(end, int | float):
+        start = end - float(e.get("latency_s") or e.get("duration_s") or 0.0)
+    name = (f"chat {e.get('gen_ai.request.model', '')}".strip() if e.get("event") == "model_call"
+            else f"execute_tool {e.get('gen_ai.tool.name', '')}".strip())
+    span = tracer.start_span(name, context=parent, start_time=_ns(start), attributes=attrs)
+    if e.get("error"):
+        span.set_status(Status(StatusCode.ERROR, str(e["error"])))
+    span.end(end_time=_ns(end))
+
+
 def export_otel(trace: Trace | Sequence[Mapping[str, Any]], tracer_provider: Any = None) -> int:
     """Send a trace to OpenTelemetry as spans: one ``invoke_agent`` span per run, a ``chat`` span per model call
     and an ``execute_tool`` span per tool call under it (with their own start and end times), and the other
@@ -351,16 +367,7 @@ def export_otel(trace: Trace | Sequence[Mapping[str, Any]], tracer_provider: Any
             kind = e.get("event")
             attrs = {k: _attr(v) for k, v in e.items() if k not in _SKIP and v is not None}
             if kind in _SPAN_KINDS:
-                end = e.get("time")
-                start = e.get("start_time")
-                if start is None and isinstance(end, int | float):
-                    start = end - float(e.get("latency_s") or e.get("duration_s") or 0.0)
-                name = (f"chat {e.get('gen_ai.request.model', '')}".strip() if kind == "model_call"
-                        else f"execute_tool {e.get('gen_ai.tool.name', '')}".strip())
-                span = tracer.start_span(name, context=ctx, start_time=_ns(start), attributes=attrs)
-                if e.get("error"):
-                    span.set_status(Status(StatusCode.ERROR, str(e["error"])))
-                span.end(end_time=_ns(end))
+                _call_span(tracer, ctx, e, attrs)
                 spans += 1
             else:
                 root.add_event(str(kind), attributes=attrs, timestamp=_ns(e.get("time")))
@@ -427,17 +434,7 @@ class OtelSink:
             if root is None:  # an event outside a run this sink saw start
                 return
             if kind in _SPAN_KINDS:
-                end = event.get("time")
-                start = event.get("start_time")
-                if start is None and isinstance(end, int | float):
-                    start = end - float(event.get("latency_s") or event.get("duration_s") or 0.0)
-                name = (f"chat {event.get('gen_ai.request.model', '')}".strip() if kind == "model_call"
-                        else f"execute_tool {event.get('gen_ai.tool.name', '')}".strip())
-                span = self._tracer.start_span(name, context=self._ot.set_span_in_context(root),
-                                               start_time=_ns(start), attributes=self._attrs(event))
-                if event.get("error"):
-                    span.set_status(Status(StatusCode.ERROR, str(event["error"])))
-                span.end(end_time=_ns(end))
+                _call_span(self._tracer, self._ot.set_span_in_context(root), event, self._attrs(event))
                 return
             root.add_event(str(kind), attributes=self._attrs(event), timestamp=_ns(event.get("time")))
             if kind == "run" and event.get("status") in ("finished", "failed", "interrupted"):
