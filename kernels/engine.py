@@ -9,7 +9,9 @@ does not fail the others), and ``agenerate`` for asyncio callers.
 from __future__ import annotations
 
 import abc
+import asyncio
 import itertools
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -202,18 +204,65 @@ class Engine(abc.ABC):
         """
         return await in_daemon_thread(self.generate, (prompt, params), dict(kwargs), name="tokenomy-generate")
 
+    streams_tokens: bool = False
+    """Calls ``Request.on_text`` as it decodes (``stream`` then yields text token by token)."""
+
     def stream(self, prompt: PromptInput, params: SamplingParams | None = None, *, grammar: Grammar | None = None,
                agent: str | None = None, tags: Sequence[str] = (), **sampling: object) -> Iterator[StreamChunk]:
         """Generate one completion as it decodes: ``StreamChunk``s of new text, the last one carrying the whole
-        ``Completion`` and its usage. Engines that cannot stream (this default) send the text in one chunk."""
-        completion = self.generate(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
-        yield StreamChunk(completion.text, completion)
+        ``Completion`` and its usage. Engines that cannot stream send the text in one chunk."""
+        req = self.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
+        if not self.streams_tokens:
+            (completion,) = self.generate_batch([req])
+            assert isinstance(completion, Completion)
+            yield StreamChunk(completion.text, completion)
+            return
+        pieces: queue.Queue[Any] = queue.Queue()
+        req.on_text = pieces.put
+        done = object()
+
+        def run() -> None:
+            try:
+                pieces.put((done, self.generate_batch([req], return_exceptions=True)[0]))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                pieces.put((done, exc))
+
+        threading.Thread(target=run, name="tokenomy-stream", daemon=True).start()
+        try:
+            while True:
+                item = pieces.get()
+                if isinstance(item, tuple) and item and item[0] is done:
+                    if isinstance(item[1], BaseException):
+                        raise item[1]
+                    yield StreamChunk("", item[1])
+                    return
+                yield StreamChunk(item)
+        finally:
+            req.cancel()  # a reader that stops early stops the decoding too (a no-op once it is done)
 
     async def astream(self, prompt: PromptInput, params: SamplingParams | None = None,
                       **kwargs: object) -> AsyncIterator[StreamChunk]:
-        """``stream`` for asyncio callers (this default: ``agenerate``'s completion in one chunk)."""
-        completion = await self.agenerate(prompt, params, **kwargs)
-        yield StreamChunk(completion.text, completion)
+        """``stream`` for asyncio callers: the decoding runs in a thread, the event loop stays free."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        end = object()
+
+        def run() -> None:
+            try:
+                for chunk in self.stream(prompt, params, **kwargs):  # type: ignore[arg-type]
+                    loop.call_soon_threadsafe(pieces.put_nowait, chunk)
+                loop.call_soon_threadsafe(pieces.put_nowait, end)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+
+        threading.Thread(target=run, name="tokenomy-astream", daemon=True).start()
+        while True:
+            item = await pieces.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     @staticmethod
     def make_request(

@@ -60,6 +60,7 @@ class TransformersEngine(BatchDecoding, Engine):
             with ``batch`` on a GPU.
     """
 
+    streams_tokens = True
     capabilities = Capabilities(batching=False, prefix_cache=True, grammar=True, logprobs=True, token_ids=True,
                                 prefill=True, min_tokens=True, prompt_logprobs=True, hidden_states=True)
 

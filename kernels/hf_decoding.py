@@ -43,6 +43,8 @@ class _Decoding:
         self.text, self.floor = "", 0
         self.cut: int | None = None
         self.finish: FinishReason = "length"
+        self.sent = 0
+        """Characters already handed to ``req.on_text``."""
 
     @property
     def fast(self) -> bool:
@@ -54,7 +56,28 @@ class _Decoding:
 
     def step(self, logits: Any, token: int | None = None) -> bool:
         """Pick the next token from ``logits`` (``[V]``), or take ``token`` (the argmax, when ``fast``); ``True``
-        when the request is finished."""
+        when the request is finished. A streaming request (``req.on_text``) gets the new text as it goes."""
+        done = self._step(logits, token)
+        if self.req.on_text is not None:
+            self._emit(done)
+        return done
+
+    def _emit(self, done: bool) -> None:
+        """Hand the text decoded since the last call to ``req.on_text``: all of it when the request is done;
+        before that, less what a stop string could still cut and an unfinished character."""
+        if done:
+            text = self.result()[2]
+            end = len(text)
+        else:
+            text = self.text if self.params.stop else self.engine.tokenizer.decode(self.gen, skip_special_tokens=True)
+            end = len(text) - (self.longest_stop if self.params.stop else 0)
+            while end > self.sent and text[end - 1] == "\ufffd":  # a character whose bytes are not all out yet
+                end -= 1
+        if end > self.sent:
+            self.req.on_text(text[self.sent:end])
+            self.sent = end
+
+    def _step(self, logits: Any, token: int | None = None) -> bool:
         engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
         torch = engine._torch
         if self.req.cancelled:

@@ -148,6 +148,9 @@ class Request:
     """The budgets (``UsageLimits``) in force where the request was made; the engine checks each before the call."""
     held: list[Any] = field(default_factory=list, repr=False, compare=False)
     """What the request holds in each budget while it runs (the engine's bookkeeping)."""
+    on_text: Any = field(default=None, repr=False, compare=False)
+    """``on_text(delta)`` as text is decoded, on engines that stream (``Engine.streams_tokens``); ``Engine.stream``
+    sets it."""
 
     def cancel(self) -> None:
         """Ask for this request to stop: before it starts it never runs; while decoding it stops at the next

@@ -546,3 +546,27 @@ def test_processes_converting_the_embedded_model_at_once_convert_it_once(tmp_pat
     assert [p.returncode for p in procs] == [0, 0]
     assert outs[0] == outs[1] and outs[0].startswith(str(tmp_path / "cache"))
     assert log.read_text() == "converting\n"
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_stream_yields_the_text_as_it_decodes_and_ends_with_the_same_completion(tiny_engine_factory, tiny_tokenizer,
+                                                                                 batch):
+    engine = tiny_engine_factory(batch=batch)
+    prompt = "the cat sat on"
+    whole = engine.generate(prompt, max_tokens=24)
+    chunks = list(engine.stream(prompt, max_tokens=24))
+    *pieces, last = chunks
+    assert len(pieces) > 3  # token by token, not one piece at the end
+    assert "".join(c.delta for c in chunks) == whole.text == last.completion.text
+    assert last.completion.token_ids == whole.token_ids and last.completion.usage.completion_tokens == 24
+    stopped = engine.generate(prompt, max_tokens=24, stop=[whole.text[5:8]])
+    streamed = "".join(c.delta for c in engine.stream(prompt, max_tokens=24, stop=[whole.text[5:8]]))
+    assert streamed == stopped.text  # what a stop string cuts is never sent
+
+
+def test_a_stream_stopped_early_stops_the_decoding(tiny_engine_factory):
+    engine = tiny_engine_factory()
+    gen = engine.stream("the cat sat on", max_tokens=200)
+    next(gen)
+    gen.close()  # the reader went away: the request is cancelled, the engine is free for the next one
+    assert engine.generate("the dog", max_tokens=3).usage.completion_tokens == 3
