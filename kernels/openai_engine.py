@@ -191,6 +191,7 @@ class OpenAIEngine(Engine):
                             "default_headers": default_headers}
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._detect_lock = threading.Lock()
+        self._probe_after = 0.0
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="tokenomy-openai")
 
     # -- the server's profile ---------------------------------------------------------------------------
@@ -198,13 +199,16 @@ class OpenAIEngine(Engine):
     @property
     def profile(self) -> ServerProfile:
         """The server's profile: as named, or asked of the server once (a server that cannot be reached yet is
-        treated as plain OpenAI and asked again next time)."""
+        treated as plain OpenAI and asked again 10 s later)."""
         if self._profile is not None:
             return self._profile
         with self._detect_lock:
             if self._profile is None:
+                if time.monotonic() < self._probe_after:  # unreachable a moment ago: not asked again yet
+                    return PROFILES["openai"]
                 found = detect(self.base_url, self._probe)
                 if found is None:
+                    self._probe_after = time.monotonic() + 10.0
                     return PROFILES["openai"]
                 self._profile = found
             return self._profile
