@@ -89,14 +89,18 @@ class UsageLimits:
         self._held_tokens = self._held_calls = 0
         self._held_dollars = 0.0
         self._lock = threading.Lock()
-        self._tokens: list[contextvars.Token[tuple[UsageLimits, ...]]] = []
 
     def __enter__(self) -> UsageLimits:
-        self._tokens.append(_ACTIVE.set((*_ACTIVE.get(), self)))
+        _ACTIVE.set((*_ACTIVE.get(), self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _ACTIVE.reset(self._tokens.pop())
+        # This context's stack less its innermost entry of this budget (no reset token: one budget may be entered
+        # in several threads or tasks at once, each with its own context).
+        stack = _ACTIVE.get()
+        at = max((i for i, x in enumerate(stack) if x is self), default=None)
+        if at is not None:
+            _ACTIVE.set(stack[:at] + stack[at + 1:])
 
     def __repr__(self) -> str:
         parts = [f"{k}={v}" for k, v in (("total_tokens", self.total_tokens), ("calls", self.calls),

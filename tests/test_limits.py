@@ -163,3 +163,27 @@ def test_a_scoring_pass_is_a_call_within_the_budget():
         assert scored.usage.prompt_tokens == len("2 + 2 =") + 2 and limits.spent.calls == 1
         with pytest.raises(BudgetExceeded):
             engine.score("2 + 2 =", " 5")
+
+
+def test_one_budget_entered_in_many_threads_at_once_counts_them_all():
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = ScriptedEngine(lambda req: "ok")
+    limits = UsageLimits(calls=6)
+
+    def run(_):
+        with limits:
+            engine.generate("a")
+            engine.generate("b")
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda i: _try(run, i), range(4)))
+    assert limits.spent.calls == 6 and outcomes.count("refused") in (1, 2)  # 8 asked, 6 made, however interleaved
+
+
+def _try(fn, arg):
+    try:
+        fn(arg)
+        return "ok"
+    except BudgetExceeded:
+        return "refused"
