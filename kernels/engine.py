@@ -20,7 +20,7 @@ from typing import Any
 from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import CapabilityError, EngineError, TokenomyError
 
-from .limits import admit_all, settle_all
+from .limits import admit_all, budgeted, settle_all
 from .types import Capabilities, Completion, Grammar, PromptInput, Request, SamplingParams, Scored, StreamChunk
 
 __all__ = ["Engine"]
@@ -93,13 +93,10 @@ class Engine(abc.ABC):
 
         Engines with the ``prompt_logprobs`` capability implement ``_score``."""
         req = Request(prompt=prompt, params=SamplingParams(max_tokens=1), agent=agent, tags=tuple(tags))
-        admit_all(req, self)
-        scored = None
-        try:
+        with budgeted(req, self) as spent:
             scored = self._score(prompt, continuation, agent=agent, tags=tags)
+            spent.usage = scored.usage
             return scored
-        finally:
-            settle_all(req, scored.usage if scored is not None else None, self.spec)
 
     def _score(self, prompt: PromptInput, continuation: str, *, agent: str | None = None,
                tags: Sequence[str] = ()) -> Scored:

@@ -21,7 +21,7 @@ from typing import Any
 from tokenomy.errors import EngineError, MissingExtra, TokenomyError, UserError
 
 from .engine import Engine, now
-from .limits import admit_all, settle_all
+from .limits import budgeted
 from .types import (
     Capabilities,
     Completion,
@@ -35,7 +35,7 @@ from .types import (
 )
 from .usage import Usage
 
-__all__ = ["LangChainEngine", "as_langchain", "is_chat_model"]
+__all__ = ["LangChainEngine", "as_langchain", "is_chat_model", "completion_of"]
 
 
 def _core() -> Any:
@@ -85,6 +85,19 @@ def usage_of(message: Any) -> Usage:
                  reasoning_tokens=out.get("reasoning", 0))
 
 
+def completion_of(message: Any, *, engine: str, request_id: str = "", latency: float = 0.0) -> Completion:
+    """A LangChain reply (an ``AIMessage``) as a ``Completion``: its text, finish reason, usage and reasoning."""
+    meta = getattr(message, "response_metadata", None) or {}
+    reason = meta.get("finish_reason") or meta.get("stop_reason") or meta.get("done_reason")
+    content = message.content
+    text = content if isinstance(content, str) else "".join(
+        p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
+    reasoning = (getattr(message, "additional_kwargs", None) or {}).get("reasoning_content") or ""
+    return Completion(text=text, token_ids=[], finish_reason="length" if reason in ("length", "max_tokens")
+                      else "stop", usage=usage_of(message), request_id=request_id, engine=engine,
+                      latency_s=latency, reasoning=str(reasoning))
+
+
 class LangChainEngine(Engine):
     """A LangChain ``BaseChatModel`` as a tokenomy engine.
 
@@ -120,15 +133,7 @@ class LangChainEngine(Engine):
         return kw
 
     def _completion(self, message: Any, req: Request, latency: float) -> Completion:
-        meta = getattr(message, "response_metadata", None) or {}
-        reason = meta.get("finish_reason") or meta.get("stop_reason") or meta.get("done_reason")
-        content = message.content
-        text = content if isinstance(content, str) else "".join(
-            p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
-        reasoning = (getattr(message, "additional_kwargs", None) or {}).get("reasoning_content") or ""
-        return Completion(text=text, token_ids=[], finish_reason="length" if reason in ("length", "max_tokens")
-                          else "stop", usage=usage_of(message), request_id=req.request_id, engine=self.spec,
-                          latency_s=latency, reasoning=str(reasoning))
+        return completion_of(message, engine=self.spec, request_id=req.request_id, latency=latency)
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
         start = now()
@@ -161,9 +166,7 @@ class LangChainEngine(Engine):
                         **kwargs: object) -> Completion:
         """``generate`` through the model's ``ainvoke``."""
         req = self.make_request(prompt, params, **kwargs)  # type: ignore[arg-type]
-        admit_all(req, self)
-        completion = None
-        try:
+        with budgeted(req, self) as spent:
             start = now()
             try:
                 reply = await self.model.ainvoke(to_langchain_messages(req.prompt),
@@ -173,17 +176,14 @@ class LangChainEngine(Engine):
             except Exception as exc:
                 raise EngineError(f"{self.spec}: {type(exc).__name__}: {exc}") from exc
             completion = self._completion(reply, req, now() - start)
+            spent.usage = completion.usage
             return completion
-        finally:
-            settle_all(req, completion.usage if completion is not None else None, self.spec)
 
     def stream(self, prompt: PromptInput, params: SamplingParams | None = None, *, grammar: Grammar | None = None,
                agent: str | None = None, tags: Sequence[str] = (), **sampling: object) -> Iterator[StreamChunk]:
         """The reply as the model streams it; the last chunk has the whole completion and its usage."""
         req = self.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
-        admit_all(req, self)
-        completion = None
-        try:
+        with budgeted(req, self) as spent:
             start, whole = now(), None
             try:
                 for piece in self.model.stream(to_langchain_messages(req.prompt),
@@ -198,8 +198,7 @@ class LangChainEngine(Engine):
             if whole is None:
                 whole = _core().AIMessage(content="")
             completion = self._completion(whole, req, now() - start)
-        finally:
-            settle_all(req, completion.usage if completion is not None else None, self.spec)
+            spent.usage = completion.usage
         yield StreamChunk("", completion)
 
 

@@ -188,6 +188,25 @@ def admit_all(req: Request, engine: Any) -> None:
             raise
 
 
+class Spent:
+    """What a budgeted call spent (``budgeted``): the block sets ``usage`` once the call has its completion."""
+
+    usage: Usage | None = None
+
+
+@contextmanager
+def budgeted(req: Request, engine: Any) -> Iterator[Spent]:
+    """One call made outside ``generate_batch`` (asyncio, a stream, a scoring pass) within the budgets in force:
+    ``req`` is admitted on entry (``BudgetExceeded`` if one refuses), and settled on exit with what the block put
+    in ``spent.usage`` (nothing, where it failed first)."""
+    admit_all(req, engine)
+    spent = Spent()
+    try:
+        yield spent
+    finally:
+        settle_all(req, spent.usage, engine.spec)
+
+
 def settle_all(req: Request, usage: Usage | None, spec: str) -> None:
     """Release what ``req`` held in each budget and count ``usage`` (``None``: it spent nothing)."""
     held, req.held = list(req.held), []

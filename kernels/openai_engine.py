@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import os
 import random
@@ -47,7 +48,7 @@ from tokenomy.errors import (
 )
 
 from .engine import Engine, now
-from .limits import admit_all, settle_all
+from .limits import budgeted
 from .openai_profiles import PROFILES, ServerProfile, detect
 from .openai_profiles import profile as named_profile
 from .types import (
@@ -114,36 +115,49 @@ def _http_module(response: Any) -> Any:
     return sys.modules[type(response).__module__.split(".")[0]]
 
 
+@functools.cache
+def _capped(http: Any, sync: bool) -> type:
+    """A byte stream of ``http``'s kind that reads another through a ``_Guard`` (made once per kind)."""
+    if sync:
+        class Capped(http.SyncByteStream):  # type: ignore[misc, name-defined]
+            def __init__(self, inner: Any, guard: _Guard) -> None:
+                self.inner, self.guard = inner, guard
+
+            def __iter__(self) -> Iterator[bytes]:
+                for chunk in self.inner:
+                    self.guard.count(chunk)
+                    yield chunk
+
+            def close(self) -> None:
+                self.inner.close()
+
+        return Capped
+
+    class ACapped(http.AsyncByteStream):  # type: ignore[misc, name-defined]
+        def __init__(self, inner: Any, guard: _Guard) -> None:
+            self.inner, self.guard = inner, guard
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self.inner:
+                self.guard.count(chunk)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return ACapped
+
+
 def _guard_response(response: Any, *, sync: bool) -> None:
     """The client's response hook: refuse a declared size over the cap, and read the body through the guard."""
-    found = _GUARD.get()
-    if found is None:
+    guard = _GUARD.get()
+    if guard is None:
         return
-    guard = found
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > guard.limit:
         raise _TooLarge(f"{int(declared):,} bytes declared")
     guard.network = response.extensions.get("network_stream")
-    http, inner = _http_module(response), response.stream
-    if sync:
-        class Capped(http.SyncByteStream):  # type: ignore[misc, name-defined]
-            def __iter__(self) -> Iterator[bytes]:
-                for chunk in inner:
-                    guard.count(chunk)
-                    yield chunk
-
-            def close(self) -> None:
-                inner.close()
-    else:
-        class Capped(http.AsyncByteStream):  # type: ignore[misc, name-defined, no-redef]
-            async def __aiter__(self) -> AsyncIterator[bytes]:
-                async for chunk in inner:
-                    guard.count(chunk)
-                    yield chunk
-
-            async def aclose(self) -> None:
-                await inner.aclose()
-    response.stream = Capped()
+    response.stream = _capped(_http_module(response), sync)(response.stream, guard)
 
 
 class OpenAIEngine(Engine):
@@ -419,9 +433,7 @@ class OpenAIEngine(Engine):
                         **kwargs: object) -> Completion:
         """``generate`` on ``AsyncOpenAI``: the event loop stays free while the server works."""
         req = self.make_request(prompt, params, **kwargs)  # type: ignore[arg-type]
-        admit_all(req, self)  # the budgets in force (they may lower max_tokens)
-        completion = None
-        try:
+        with budgeted(req, self) as spent:
             kind, body = await asyncio.to_thread(self._body, req)  # the profile may ask the server once
             start = now()
             client = self._aclient()
@@ -437,9 +449,8 @@ class OpenAIEngine(Engine):
 
             data = await self._aretrying(req, kind, post)
             completion = self._completion(data, req, kind, now() - start)
+            spent.usage = completion.usage
             return completion
-        finally:
-            settle_all(req, completion.usage if completion is not None else None, self.spec)
 
     # -- streaming ---------------------------------------------------------------------------------------
 
@@ -449,9 +460,7 @@ class OpenAIEngine(Engine):
         chunk per piece of text, the last one with the whole ``Completion`` and its usage. A failure before the
         first piece is retried like any request; one after it is an ``EngineError``."""
         req = self.make_request(prompt, params, grammar=grammar, agent=agent, tags=tags, **sampling)
-        admit_all(req, self)
-        completion = None
-        try:
+        with budgeted(req, self) as spent:
             kind, body = self._body(req)
             body.update(stream=True, stream_options={"include_usage": True})
             start = now()
@@ -468,8 +477,7 @@ class OpenAIEngine(Engine):
             finally:
                 opened.close()
             completion = state.completion(req, self.spec, now() - start)
-        finally:
-            settle_all(req, completion.usage if completion is not None else None, self.spec)
+            spent.usage = completion.usage
         yield StreamChunk("", completion)
 
     def _open_stream(self, kind: str, body: dict[str, Any], guard: _Guard, left: float) -> Any:
@@ -483,9 +491,7 @@ class OpenAIEngine(Engine):
                       **kwargs: object) -> AsyncIterator[StreamChunk]:
         """``stream`` on ``AsyncOpenAI``."""
         req = self.make_request(prompt, params, **kwargs)  # type: ignore[arg-type]
-        admit_all(req, self)
-        completion = None
-        try:
+        with budgeted(req, self) as spent:
             kind, body = await asyncio.to_thread(self._body, req)
             body.update(stream=True, stream_options={"include_usage": True})
             start = now()
@@ -511,8 +517,7 @@ class OpenAIEngine(Engine):
             finally:
                 await opened.close()
             completion = state.completion(req, self.spec, now() - start)
-        finally:
-            settle_all(req, completion.usage if completion is not None else None, self.spec)
+            spent.usage = completion.usage
         yield StreamChunk("", completion)
 
     # -- errors -----------------------------------------------------------------------------------------

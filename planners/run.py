@@ -153,7 +153,7 @@ class Strategy:
             config = get_config()
         except Exception:  # not inside a LangGraph run
             return None
-        from tokenomy.kernels.langchain_engine import usage_of
+        from tokenomy.kernels.langchain_engine import completion_of
 
         tags = (self.name, *self.tags)
         llm = self.worker.engine.as_langchain()
@@ -162,12 +162,9 @@ class Strategy:
         msg = llm.invoke([dict(m) for m in messages], {**config, "metadata": metadata}, stop=list(params.stop),
                          max_tokens=params.max_tokens, temperature=params.temperature, grammar=grammar,
                          tokenomy_agent=agent, tokenomy_tags=tags)
-        usage = usage_of(msg)
-        self.worker.ledger.record(usage, agent, tags)
-        meta = msg.response_metadata or {}
-        return Completion(text=str(msg.content), token_ids=[], usage=usage, engine=self.worker.engine.spec,
-                          finish_reason="length" if meta.get("finish_reason") == "length" else "stop",
-                          latency_s=time.perf_counter() - start)
+        c = completion_of(msg, engine=self.worker.engine.spec, latency=time.perf_counter() - start)
+        self.worker.ledger.record(c.usage, agent, tags)
+        return c
 
     def journaled(self, scope: str) -> dict[str, JournaledTool]:
         """The tools as seen through this run's journal, for one node invocation (``scope`` names it and must

@@ -26,13 +26,14 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from tokenomy._threads import in_daemon_thread
 from tokenomy.errors import BudgetExceeded, RunError, UserError
 from tokenomy.kernels.usage import Usage
 
-__all__ = ["Tool", "ToolArgumentError", "ToolError", "ToolTimeout", "strip_titles", "type_text", "collect_usage"]
+__all__ = ["Tool", "ToolArgumentError", "ToolError", "ToolTimeout", "strip_titles", "type_text", "collect_usage",
+           "model_from_json_schema"]
 
 _USAGE_SINK: contextvars.ContextVar[list[Usage] | None] = contextvars.ContextVar("tokenomy_tool_usage", default=None)
 
@@ -266,3 +267,24 @@ def type_text(annotation: Any) -> str:
     if isinstance(annotation, type) and not isinstance(annotation, types.GenericAlias):
         return annotation.__name__
     return _MODULE_PREFIX.sub("", str(annotation).replace("NoneType", "None"))
+
+
+_JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
+                               "array": list, "object": dict, "null": type(None)}
+
+
+def model_from_json_schema(schema: dict[str, Any], name: str) -> type[BaseModel]:
+    """The argument model of a tool described by a JSON schema (a LangChain tool's, an MCP tool's ``inputSchema``):
+    a field per property, typed by its JSON type (``Any`` for nested ones), required as the schema says, extra
+    arguments refused; the model is named after ``name``."""
+    required = set(schema.get("required", []))
+    fields: dict[str, Any] = {}
+    for arg, prop in schema.get("properties", {}).items():
+        kind = prop.get("type")
+        annotation = _JSON_TYPES.get(kind, Any) if isinstance(kind, str) else Any
+        default = ... if arg in required else prop.get("default")
+        if default is None and arg not in required:
+            annotation = annotation | None if annotation is not Any else Any
+        fields[arg] = (annotation, Field(default, description=prop.get("description")))
+    model_name = "".join(p.capitalize() for p in name.split("_")) + "Args"
+    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[no-any-return]

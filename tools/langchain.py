@@ -11,19 +11,16 @@ import re
 import typing
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel
 
 from tokenomy.errors import MissingExtra, UserError
 
-from .base import Tool
+from .base import Tool, model_from_json_schema
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
 __all__ = ["from_langchain", "to_langchain"]
-
-_JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
-                               "array": list, "object": dict, "null": type(None)}
 
 
 def _langchain_tools() -> Any:
@@ -83,9 +80,9 @@ def _args_model(base_tool: Any, name: str) -> type[BaseModel]:
             return given  # type: ignore[no-any-return]
         return schema  # type: ignore[no-any-return]
     if isinstance(schema, dict):
-        return _model_from_json_schema(schema, name)
+        return model_from_json_schema(schema, name)
     # A pydantic v1 model (LangChain still accepts them): go through its JSON schema.
-    return _model_from_json_schema({"properties": base_tool.args, "required": _v1_required(schema)}, name)
+    return model_from_json_schema({"properties": base_tool.args, "required": _v1_required(schema)}, name)
 
 
 def _is_model(x: Any) -> bool:
@@ -97,20 +94,6 @@ def _v1_required(schema: Any) -> list[str]:
         return list(schema.schema().get("required", []))
     except Exception:
         return []
-
-
-def _model_from_json_schema(schema: dict[str, Any], name: str) -> type[BaseModel]:
-    required = set(schema.get("required", []))
-    fields: dict[str, Any] = {}
-    for arg, prop in schema.get("properties", {}).items():
-        kind = prop.get("type")
-        annotation = _JSON_TYPES.get(kind, Any) if isinstance(kind, str) else Any
-        default = ... if arg in required else prop.get("default")
-        if default is None and arg not in required:
-            annotation = annotation | None if annotation is not Any else Any
-        fields[arg] = (annotation, Field(default, description=prop.get("description")))
-    model_name = "".join(p.capitalize() for p in name.split("_")) + "Args"
-    return create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[no-any-return]
 
 
 def _output_type(base_tool: Any) -> Any:

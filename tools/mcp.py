@@ -29,8 +29,7 @@ from typing import Any
 
 from tokenomy.errors import MissingExtra, UserError
 
-from .base import Tool
-from .langchain import _model_from_json_schema
+from .base import Tool, model_from_json_schema
 
 __all__ = ["McpServer", "McpToolError"]
 
@@ -221,7 +220,7 @@ class McpServer:
         name = re.sub(r"\W", "_", spec.name)
         if not name or name[0].isdigit():
             name = f"_{name}"
-        args_model = _model_from_json_schema(dict(spec.input_schema or {}), name)
+        args_model = model_from_json_schema(dict(spec.input_schema or {}), name)
         read_only = bool(getattr(spec.annotations, "read_only_hint", False)) if spec.annotations else False
         server, remote, timeout = self, spec.name, self.timeout_s
 
