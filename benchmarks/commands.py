@@ -278,8 +278,8 @@ def _collab_args(p: argparse.ArgumentParser) -> None:
     _output(p)
     _seed(p)
     p.add_argument("--tasks", type=int, default=0, help="ladder items")
-    p.add_argument("--long", default=None, help="the long model (default embedded:gemma-3-270m)")
-    p.add_argument("--short", default=None, help="the short model (default embedded:smollm2-135m)")
+    p.add_argument("--long", default=None, help="the long model (default embedded:qwen2.5-coder-1.5b)")
+    p.add_argument("--short", default=None, help="the short model (default embedded:qwen2.5-coder-0.5b)")
     p.add_argument("--record", default=None, metavar="PATH", help="store the sampled pools here (JSON)")
     p.add_argument("--replay", default=None, metavar="PATH", help="score the stopping rules on a stored record, "
                                                                   "no model")
@@ -304,8 +304,37 @@ def _collab(args: argparse.Namespace) -> int:
     print(collab.format_report(report))
     if args.json:
         write_records(args.json, report.records, collab.goals(report), calibration=report.scores,
-                      kept=report.kept, note=report.note, long=report.long, short=report.short)
+                      kept=report.kept, note=report.note, long=report.long, short=report.short,
+                      training=report.training)
     _plot(args, collab.plot_records, report.records)
+    return 0
+
+
+def _speculative_args(p: argparse.ArgumentParser) -> None:
+    _output(p, plot=False)
+    _seed(p)
+    p.add_argument("--long", default="embedded:qwen2.5-coder-1.5b", help="the model that decodes (default "
+                                                                        "embedded:qwen2.5-coder-1.5b)")
+    p.add_argument("--draft", default="embedded:qwen2.5-coder-0.5b", help="the model that proposes its tokens "
+                                                                         "(default embedded:qwen2.5-coder-0.5b)")
+    p.add_argument("--requests", type=int, default=0, help="requests per workload (default 8; --quick 2)")
+    p.add_argument("--workloads", default=None, help="comma-separated: planner, solver, ladder (default all)")
+    p.add_argument("--draft-k", type=int, default=4, help="proposals per check to start from (it adapts)")
+
+
+def _speculative(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import speculative
+
+    records = speculative.run_speculative_bench(
+        long_spec=args.long, draft_spec=args.draft, n=args.requests or (2 if args.quick else 8),
+        workloads=_names(args.workloads, speculative.WORKLOADS, "--workloads"), draft_k=args.draft_k,
+        seed=args.seed, progress=_progress("speculative"))
+    print(speculative.format_table(records))
+    met = speculative.goals(records)
+    for goal, measured, ok in met:
+        print(f"{'MET' if ok else 'NOT MET'}: {goal}: {measured}")
+    if args.json:
+        write_records(args.json, records, met, long=args.long, draft=args.draft)
     return 0
 
 
@@ -457,6 +486,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Command("graph", "preset and pruned agent communication graphs, on the simulator and live", _graph_args, _graph),
     Command("collab", "long/short policies, routers, budgets and early-stopping sampling on a difficulty ladder",
             _collab_args, _collab),
+    Command("speculative", "the long model's decoding alone and with a draft model proposing its tokens",
+            _speculative_args, _speculative),
     Command("rag", "context tokens and answers per retriever and compressor", _rag_args, _rag),
     Command("gpu", "the fast paths on one CUDA GPU, random weights", _gpu_args, _gpu),
     Command("peers", "tokenomy against LangGraph, smolagents, DSPy and LlamaIndex on one vllm serve, every request "

@@ -61,6 +61,11 @@ class Constraint:
         if not ok:
             raise GrammarError(f"token {token_id} was rejected by the grammar")
 
+    def rollback(self, tokens: int) -> None:
+        """Undo the last ``tokens`` accepted tokens (speculative decoding's draft, once verified)."""
+        if tokens > 0:
+            self._m.rollback(tokens)
+
     @property
     def finished(self) -> bool:
         """True once the grammar is complete and only the end of the text may follow."""

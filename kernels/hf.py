@@ -31,6 +31,7 @@ from .batch import cache_keyword
 from .engine import Engine
 from .grammar import GrammarCompiler
 from .hf_batch import MIN_SHARED_PREFIX, BatchDecoding
+from .hf_speculative import Speculation, SpeculativeDecoding, check_draft
 from .radix import PrefixMatch, RadixCache
 from .tokens import TokenCounter
 from .types import Capabilities, Completion, PromptInput, Request, Scored
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_BYTES = 512 * 1024**2
 
 
-class TransformersEngine(BatchDecoding, Engine):
+class TransformersEngine(SpeculativeDecoding, BatchDecoding, Engine):
     """A causal LM from transformers, decoding one request at a time with a radix prefix cache.
 
     Args:
@@ -58,6 +59,10 @@ class TransformersEngine(BatchDecoding, Engine):
             (``kernels.shared_prefix``: the Triton kernel on a GPU); ``None``: with ``batch`` and the prefix cache.
         cuda_graphs: capture a batch's decode step as a CUDA graph and replay it (``kernels.batch``); ``None``:
             with ``batch`` on a GPU.
+        draft: a smaller model of the same tokenizer (an engine, or its spec: ``embedded:qwen2.5-coder-0.5b``)
+            that proposes tokens for this one to check (``kernels.hf_speculative``: the same tokens, sooner);
+            requests then decode one at a time. The spec form ``<model>+draft=<draft>`` does the same.
+        draft_k: the proposals per check to start from; it adapts to how many are kept, up to ``draft_k_max``.
     """
 
     streams_tokens = True
@@ -66,7 +71,8 @@ class TransformersEngine(BatchDecoding, Engine):
 
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
                  cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None,
-                 shared_prefix: bool | None = None, cuda_graphs: bool | None = None) -> None:
+                 shared_prefix: bool | None = None, cuda_graphs: bool | None = None,
+                 draft: TransformersEngine | str | None = None, draft_k: int = 4, draft_k_max: int = 8) -> None:
         super().__init__()
         import torch
 
@@ -107,6 +113,17 @@ class TransformersEngine(BatchDecoding, Engine):
         self.eos_token_ids = sorted(eos_ids)
         vocab = config.get_text_config().vocab_size
         self.grammars = GrammarCompiler(tokenizer, vocab, self.eos_token_ids)
+        if not 1 <= draft_k <= draft_k_max:
+            raise UserError(f"draft_k must be in [1, draft_k_max={draft_k_max}], got {draft_k}")
+        self.draft_k, self.draft_k_max = draft_k, draft_k_max
+        self.speculation = Speculation()
+        """What speculative decoding did over this engine's life (with a ``draft``)."""
+        self.draft: TransformersEngine | None = None
+        if draft is not None:
+            if isinstance(draft, str):
+                draft = _load_draft(draft, self.device)
+            check_draft(self, draft)
+            self.draft = draft
 
     # -- construction -----------------------------------------------------------------------------------
 
@@ -188,6 +205,8 @@ class TransformersEngine(BatchDecoding, Engine):
         return self.cache.peek(token_ids) if self.cache is not None else 0
 
     def _run_batch(self, requests: list[Request]) -> list[Completion | BaseException]:
+        if self.draft is not None:  # a draft proposes for one request at a time
+            return self._run_each(requests, self._generate_speculative)
         if self.batch:  # one request too: its steps run over a batch cache (a CUDA graph on a GPU)
             return self._generate_together(requests)
         return self._run_each(requests, self._generate_one)
@@ -195,6 +214,8 @@ class TransformersEngine(BatchDecoding, Engine):
     def close(self) -> None:
         if self.cache is not None:
             self.cache.clear()
+        if self.draft is not None:
+            self.draft.close()
 
     @property
     def flops_per_token(self) -> float:
@@ -247,6 +268,15 @@ class TransformersEngine(BatchDecoding, Engine):
             x = torch.tensor([ids[-self.context_window + 1:]], dtype=torch.long, device=self.device)
             out = self.model(input_ids=x, output_hidden_states=True, logits_to_keep=1)
             return [float(v) for v in out.hidden_states[-1][0, -1].float().tolist()]
+
+
+def _load_draft(spec: str, device: Any) -> TransformersEngine:
+    from .registry import load_engine
+
+    engine = load_engine(spec, device=str(device))
+    if not isinstance(engine, TransformersEngine):
+        raise UserError(f"a draft model must be a transformers model (embedded:<name> or hf:<dir>), not {spec!r}")
+    return engine
 
 
 def _sliceable_cache(config: Any) -> bool:

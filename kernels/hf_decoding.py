@@ -78,21 +78,53 @@ class _Decoding:
             self.sent = end
 
     def _step(self, logits: Any, token: int | None = None) -> bool:
-        engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
-        torch = engine._torch
-        if self.req.cancelled:
-            raise RequestCancelled(f"{self.req.request_id} was cancelled after {len(gen)} tokens")
+        self._check_cancelled()
         if token is not None and self.fast:
             tok = token
         else:
-            scores = logits.unsqueeze(0)
-            if constraint is not None:
-                scores = scores.clone()
-                constraint.mask_logits(scores)
-            if len(gen) < params.min_tokens and engine.eos_token_ids:
-                scores = scores.clone()
-                scores[0, engine.eos_token_ids] = float("-inf")
-            tok = _sample(torch, scores[0], params, self.generator)
+            tok = _sample(self.engine._torch, self.scores(logits)[0], self.params, self.generator)
+        return self._commit(logits, tok)
+
+    def _check_cancelled(self) -> None:
+        if self.req.cancelled:
+            raise RequestCancelled(f"{self.req.request_id} was cancelled after {len(self.gen)} tokens")
+
+    def scores(self, logits: Any) -> Any:
+        """``logits`` (``[V]``) as ``[1, V]`` scores the next token may be drawn from: the grammar's mask, and no
+        end of sequence before ``min_tokens``."""
+        engine, constraint = self.engine, self.constraint
+        scores = logits.unsqueeze(0)
+        if constraint is not None:
+            scores = scores.clone()
+            constraint.mask_logits(scores)
+        if len(self.gen) < self.params.min_tokens and engine.eos_token_ids:
+            scores = scores.clone()
+            scores[0, engine.eos_token_ids] = float("-inf")
+        return scores
+
+    def verify(self, logits: Any, proposal: int, draft_probs: Any) -> tuple[int, bool]:
+        """Speculative decoding's check of a drafted token against this model's ``logits`` at its position: greedy
+        keeps it when it is this model's own choice; sampling keeps it with probability ``min(1, p/q)`` and
+        otherwise draws from ``max(0, p - q)`` renormalised (the standard rejection rule: the tokens come out
+        distributed exactly as this model's own samples). ``draft_probs``: the draft's distribution ``q`` it was
+        drawn from (``None`` when greedy). Returns the token taken and whether the request is finished."""
+        self._check_cancelled()
+        torch = self.engine._torch
+        scores = self.scores(logits)[0]
+        if self.params.greedy:
+            tok = int(torch.argmax(scores))
+        else:
+            tok = _rejection_sample(torch, _probs(torch, scores, self.params), draft_probs, proposal,
+                                    self.generator)
+        done = self._commit(logits, tok)
+        if self.req.on_text is not None:
+            self._emit(done)
+        return tok, done
+
+    def _commit(self, logits: Any, tok: int) -> bool:
+        """Take ``tok`` as the next token; ``True`` when the request is finished."""
+        engine, params, gen, constraint = self.engine, self.params, self.gen, self.constraint
+        torch = engine._torch
         if params.logprobs:
             self.logprobs.append(float(torch.log_softmax(logits, dim=-1)[tok]))
         gen.append(tok)
@@ -128,9 +160,8 @@ def _find_stop(text: str, stops: Sequence[str], start: int) -> int | None:
     return min(hits) if hits else None
 
 
-def _sample(torch: Any, scores: Any, params: Any, generator: Any) -> int:
-    if params.greedy:
-        return int(torch.argmax(scores))
+def _probs(torch: Any, scores: Any, params: Any) -> Any:
+    """The distribution a sampled token is drawn from: ``scores`` (``[V]``) after temperature, top-k and top-p."""
     scores = scores / params.temperature
     if params.top_k:
         kth = torch.topk(scores, min(params.top_k, scores.shape[-1])).values[-1]
@@ -142,4 +173,25 @@ def _sample(torch: Any, scores: Any, params: Any, generator: Any) -> int:
         mask = torch.zeros_like(probs, dtype=torch.bool).scatter(0, order, keep)
         probs = torch.where(mask, probs, torch.zeros_like(probs))
         probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return probs
+
+
+def _sample(torch: Any, scores: Any, params: Any, generator: Any) -> int:
+    if params.greedy:
+        return int(torch.argmax(scores))
+    return int(torch.multinomial(_probs(torch, scores, params), 1, generator=generator))
+
+
+def _rejection_sample(torch: Any, p: Any, q: Any, proposal: int, generator: Any) -> int:
+    """A token distributed as ``p`` from a ``proposal`` drawn from ``q``: keep it with probability
+    ``min(1, p[x] / q[x])``, else draw from ``max(0, p - q)`` renormalised (Leviathan et al. 2023; Chen et al.
+    2023)."""
+    px, qx = float(p[proposal]), float(q[proposal])
+    u = float(torch.rand((), generator=generator, device=p.device))
+    if qx > 0 and u * qx < px:  # u < p/q without dividing by a tiny q
+        return proposal
+    residual = torch.clamp(p - q, min=0)
+    total = float(residual.sum())
+    if total <= 0:  # p == q up to rounding: the proposal's rejection had probability ~0; draw from p
+        residual, total = p, float(p.sum())
+    return int(torch.multinomial(residual / total, 1, generator=generator))

@@ -45,6 +45,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownModelSpec(f"empty model spec; use one of {_forms()}")
     spec = spec.strip()
+    if DRAFT in spec:
+        spec, draft = split_draft(spec)
+        for part in (spec, draft):
+            if parse_spec(part)[0] not in ("embedded", "hf"):
+                raise UnknownModelSpec(f"{part!r}: speculative decoding (<model>{DRAFT}<draft>) runs in the "
+                                       "transformers engine: both must be embedded[:<name>] or hf:<dir>")
     kind, sep, arg = spec.partition(":")
     if kind in ("embedded", "scripted") and not arg:
         return kind, ""
@@ -62,17 +68,31 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise UnknownModelSpec(f"unknown model spec {spec!r}; use one of {_forms()}")
 
 
+DRAFT = "+draft="
+"""Joins a model spec and its draft model's: ``embedded:qwen2.5-coder-1.5b+draft=embedded:qwen2.5-coder-0.5b``."""
+
+
+def split_draft(spec: str) -> tuple[str, str]:
+    """``(model, draft)`` of a spec (``draft`` empty when it names none)."""
+    model, _, draft = spec.partition(DRAFT)
+    if DRAFT in draft or (_ and not draft.strip()):
+        raise UnknownModelSpec(f"{spec!r}: name one draft model after {DRAFT!r}")
+    return model.strip(), draft.strip()
+
+
 def _forms() -> str:
     from .embedded import EMBEDDED_MODELS
 
     return (f"'embedded', 'embedded:<name>' ({', '.join(EMBEDDED_MODELS)}), 'hf:<dir>', 'vllm:<dir>', "
-            "'openai:<model>@<base_url>', 'scripted'")
+            "'openai:<model>@<base_url>', 'scripted', '<model>+draft=<draft model>'")
 
 
 def load_engine(spec: str | None = None, **options: Any) -> Engine:
     """Build a new engine for ``spec`` (default: ``default_spec()``). ``options`` go to its constructor."""
     spec = spec or default_spec()
     kind, arg = parse_spec(spec)
+    if DRAFT in spec:
+        options.setdefault("draft", split_draft(spec)[1])
     engine: Engine
     if kind == "embedded":
         from .hf import TransformersEngine

@@ -186,6 +186,9 @@ class Completion:
     latency_s: float = 0.0
     reasoning: str = ""
     """A reasoning model's thinking, where the server returns it apart from the answer (``text``)."""
+    speculation: Any = None
+    """What speculative decoding did for this completion (a ``kernels.hf_speculative.Speculation``), where a draft
+    model proposed its tokens; ``None`` otherwise."""
 
 
 @dataclass
