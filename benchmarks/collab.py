@@ -40,6 +40,7 @@ from tokenomy.agents.consistency import SelfConsistency
 from tokenomy.agents.policy import Format, Policy
 from tokenomy.agents.replay import replay
 from tokenomy.agents.sampling import Sample
+from tokenomy.agents.step_router import LearnedStepRoute
 from tokenomy.agents.stopping import ESC, AdaptiveConsistency, FixedN, ShortMK, StoppingRule
 from tokenomy.benchmarks import plot
 from tokenomy.kernels.engine import Engine
@@ -50,9 +51,11 @@ from .ladder import FAMILIES, LEVELS, Item, check, level_items, normalizer, prob
 __all__ = ["CollabRecord", "CollabReport", "run_collab_bench", "replay_sampling", "goals", "format_report",
            "plot_records"]
 
-LONG_SPEC = "embedded:gemma-3-270m"
+LONG_SPEC = "embedded:qwen2.5-coder-1.5b"
 CAP_GRID = (8, 16, 32, 64, 128, 256)
-SHORT_SPEC = "embedded:smollm2-135m"  # the fast one; the default embedded model is larger
+SHORT_SPEC = "embedded:qwen2.5-coder-0.5b"
+"""The pair: one tokenizer and chat template, the long model the stronger one (the 270M/135M pair it replaced had
+a long model weaker than the short one)."""
 Progress = Callable[[str], None]
 
 
@@ -99,6 +102,9 @@ class CollabReport:
     note: str
     long: str
     short: str
+    training: dict[str, Any] = field(default_factory=dict)
+    """What the trained routers learnt from, and what their training data cost (the learned step router's rows,
+    long-pays rows, training accuracy and both models' tokens and FLOPs)."""
 
 
 def _key(family: str, level: int) -> str:
@@ -202,7 +208,8 @@ def _evaluate(name: str, kind: str, policy: Policy, items: Sequence[Item], progr
     return rec
 
 
-def _policies(long: Engine, short: Engine, quick: bool, train: Sequence[Item], progress: Progress
+def _policies(long: Engine, short: Engine, quick: bool, train: Sequence[Item], progress: Progress,
+              training: dict[str, Any] | None = None, wanted: Sequence[str] | None = None
               ) -> list[tuple[str, Policy]]:
     think = 24 if quick else 48
     out: list[tuple[str, Policy]] = [
@@ -229,6 +236,22 @@ def _policies(long: Engine, short: Engine, quick: bool, train: Sequence[Item], p
         progress(f"routers trained on {len(train)} items (short right on {sum(short_ok)}; escalation rate "
                  f"{rate:.2f})")
     out += [("entropy-router", router), ("probe-router", probe)]
+    # The learned step router: both models write each step of the train items, each version rolled out and checked.
+    if short.capabilities.logprobs and (wanted is None or "learned-step-route" in wanted):
+        learned = LearnedStepRoute(long, short, max_steps=2 if quick else 4, step_tokens=16)
+        if train:
+            rows, cost = learned.collect([problem(it) for it in train],
+                                         [lambda text, it=it: check(it, text) for it in train])
+            if rows:
+                fit = learned.fit(rows, cost=cost).to_dict()
+            else:  # the short model wrote no step: untrained, every step goes to the long model
+                fit = {"rows": 0, "positives": 0, "accuracy": None, "threshold": learned.threshold,
+                       "cost": cost.to_dict()}
+            if training is not None:
+                training["learned-step-route"] = fit
+            progress(f"learned step router: {fit['rows']} steps of {len(train)} items, the long model paid on "
+                     f"{fit['positives']}; the data cost {cost.tokens} tokens")
+        out.append(("learned-step-route", learned))
     return out
 
 
@@ -258,7 +281,8 @@ def run_collab_bench(*, quick: bool = False, long_spec: str | None = None, short
     for name, pol in controls:
         records.append(_evaluate(name, "control", pol, evals, progress))
     base, low = records[0], records[1]
-    for name, pol in _policies(long, short, quick, train, progress):
+    training: dict[str, Any] = {}
+    for name, pol in _policies(long, short, quick, train, progress, training, policies):
         if policies is not None and name not in policies:
             continue
         records.append(_evaluate(name, "policy", pol, evals, progress))
@@ -314,7 +338,7 @@ def run_collab_bench(*, quick: bool = False, long_spec: str | None = None, short
             r.ci_low, r.ci_high = paired_bootstrap(r.correct, base.correct, seed=seed)
         if r.kind != "sampling" and r.flops is not None and base.flops:
             r.flops_vs_long = r.flops / base.flops
-    return CollabReport(records, scores, kept, note, long.spec, short.spec)
+    return CollabReport(records, scores, kept, note, long.spec, short.spec, training)
 
 
 def _mix(a: float | None, b: float | None, rate: float) -> float | None:
@@ -440,6 +464,12 @@ def format_report(report: CollabReport) -> str:
               "FLOPs count computed tokens only (cached prompt tokens cost none); CI: accuracy minus the long "
               "model's, paired bootstrap; rand@esc: a random router at the policy's escalation rate;",
               "capped L: the long model capped at the policy's mean decode spend"]
+    for name, fit in report.training.items():
+        cost = fit.get("cost", {})
+        acc = "-" if fit.get("accuracy") is None else f"{fit['accuracy']:.2f}"
+        lines.append(f"{name} trained on {fit['rows']} steps ({fit['positives']} where the long model paid), "
+                     f"training accuracy {acc}, threshold {fit['threshold']:.2f}; the data cost "
+                     f"{cost.get('tokens', 0)} tokens, {(cost.get('flops') or 0) / 1e9:.1f} GFLOPs")
     lines += ["", "goals (BENCHMARKS.md collab):"]
     for g, m, ok in goals(report):
         lines.append(f"  [{'met' if ok else 'MISSED'}] {g}: {m}")

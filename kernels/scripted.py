@@ -50,7 +50,8 @@ class ScriptedEngine(Engine):
         tokenizer: a HuggingFace tokenizer to count with (prompts after its chat template, replies without
             special tokens) instead of UTF-8 bytes.
         scorer: ``(prompt_text, continuation) -> log-probabilities`` (one per continuation token); gives the
-            engine the ``prompt_logprobs`` capability (``score``).
+            engine the ``prompt_logprobs`` capability (``score``) and the ``logprobs`` one (each reply's tokens,
+            scored the same way, where a request asks for them).
         embedder: ``prompt_text -> vector``; gives it the ``hidden_states`` capability (``embed``).
         flops_per_token: what each computed token is said to cost (for FLOPs accounting tests).
     """
@@ -67,7 +68,7 @@ class ScriptedEngine(Engine):
         self._scorer, self._embedder, self._flops = scorer, embedder, flops_per_token
         if scorer is not None or embedder is not None:
             self.capabilities = replace(type(self).capabilities, prompt_logprobs=scorer is not None,
-                                        hidden_states=embedder is not None)
+                                        logprobs=scorer is not None, hidden_states=embedder is not None)
         self.tokenizer = tokenizer
         self._counter = TokenCounter(tokenizer) if tokenizer is not None else None
         self.spec = "scripted"
@@ -123,9 +124,7 @@ class ScriptedEngine(Engine):
             if self.cache is not None:
                 cached = self.cache.match(ids[:-1]).length
                 self.cache.insert(ids + cont)
-        if len(logprobs) != len(cont):  # a scorer may give one value per step: spread it over the tokens
-            mean = sum(logprobs) / len(logprobs) if logprobs else 0.0
-            logprobs = [mean] * len(cont)
+        logprobs = _spread(logprobs, len(cont))
         return Scored(cont, logprobs, Usage(prompt_tokens=len(ids) + len(cont), cached_prompt_tokens=cached,
                                             completion_tokens=0, calls=1))
 
@@ -171,8 +170,11 @@ class ScriptedEngine(Engine):
             cached = match.length
             self.cache.insert(ids + gen[:-1])
         usage = Usage(prompt_tokens=len(ids), cached_prompt_tokens=cached, completion_tokens=len(gen), calls=1)
+        logprobs = None
+        if req.params.logprobs and self._scorer is not None:
+            logprobs = _spread([float(x) for x in self._scorer(self._text(req.prompt), text)], len(gen))
         return Completion(text=text, token_ids=gen, finish_reason=finish, usage=usage,  # type: ignore[arg-type]
-                          prompt_token_ids=ids, request_id=req.request_id, engine="scripted",
+                          prompt_token_ids=ids, logprobs=logprobs, request_id=req.request_id, engine="scripted",
                           latency_s=now() - start)
 
     def _next_reply(self, req: Request, ids: list[int]) -> Reply:
@@ -187,3 +189,11 @@ class ScriptedEngine(Engine):
             return str(req.prompt[-1].get("content", ""))  # type: ignore[index, union-attr]
         text = bytes(ids).decode("utf-8", errors="replace").rstrip("\n")
         return text.rsplit("\n", 1)[-1]
+
+
+def _spread(logprobs: list[float], n: int) -> list[float]:
+    """A scorer's values, one per token: as given, or their mean on every token (a scorer may give one value)."""
+    if len(logprobs) == n:
+        return logprobs
+    mean = sum(logprobs) / len(logprobs) if logprobs else 0.0
+    return [mean] * n

@@ -367,10 +367,14 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     report = collab.run_collab_bench(quick=True, long=long, short=short, items=3, calibration=1, samples=4,
                                      record=str(rec), progress=seen.append, families=("arithmetic", "carry"),
                                      levels=(1, 2),
-                                     policies=["consensus", "step-route", "entropy-router", "probe-router"])
+                                     policies=["consensus", "step-route", "entropy-router", "probe-router",
+                                               "learned-step-route"])
     names = [r.policy for r in report.records]
     assert names[:3] == ["long", "short", "long-think"]
-    assert {"consensus", "step-route", "entropy-router", "probe-router", "oracle-router"} <= set(names)
+    assert {"consensus", "step-route", "entropy-router", "probe-router", "oracle-router",
+            "learned-step-route"} <= set(names)
+    fit = report.training["learned-step-route"]  # trained on the train items' steps, its data's cost counted
+    assert fit["rows"] >= 0 and fit["cost"]["tokens"] > 0  # random weights may close every thinking at once
     assert any(n.startswith("long-capped(") for n in names)
     for r in report.records:
         if r.kind == "policy":
@@ -386,6 +390,7 @@ def test_collab_bench_end_to_end_on_tiny_random_models(tiny_tokenizer, tmp_path)
     assert len(report.scores) == 4 and report.kept and report.note
     text = collab.format_report(report)
     assert "goals (BENCHMARKS.md collab)" in text and "samples to match" in text
+    assert "learned-step-route trained on" in text
     pools, gold, routing = collab.load_record(str(rec))
     assert len(pools) == 3 and all(len(p) == 4 for p in pools) and len(gold) == 3
     # The stored record scores again, without a model, to the run's own numbers (through the command too).
