@@ -1,8 +1,9 @@
-"""Checkpoints and the tool journal: one SQLite file holding LangGraph's checkpoints and the finished tool calls
-of each thread, so a resumed run repeats neither a finished model call (a checkpointed node) nor a finished tool
-call (journaled by content: thread, node scope, tool, arguments, occurrence). Only successful calls are journaled:
-a failure is tried again on resume. A tool's own model calls (the ``llm`` tool's) are journaled beside its result
-and counted in the node's usage under the agent ``tool:<name>``.
+"""Checkpoints and the tool journal: one SQLite file (or one PostgreSQL database, for many processes) holding
+LangGraph's checkpoints and the finished tool calls of each thread, so a resumed run repeats neither a finished
+model call (a checkpointed node) nor a finished tool call (journaled by content: thread, node scope, tool,
+arguments, occurrence). Only successful calls are journaled: a failure is tried again on resume. A tool's own
+model calls (the ``llm`` tool's) are journaled beside its result and counted in the node's usage under the agent
+``tool:<name>``.
 """
 
 from __future__ import annotations
@@ -28,18 +29,47 @@ from .state import _big_ints, to_state
 if TYPE_CHECKING:
     from .run import Strategy
 
-__all__ = ["Checkpoints", "ToolJournal", "JournaledTool", "node_tool_usage", "end_node_tool_usage"]
+__all__ = ["Checkpoints", "ToolJournal", "is_postgres_url", "redact", "JournaledTool", "node_tool_usage",
+           "end_node_tool_usage"]
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """A connection URL without its password (for messages and printed output)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    host += f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class Checkpoints:
-    """One SQLite file holding LangGraph's checkpoints and tokenomy's tool journal.
+    """LangGraph's checkpoints and tokenomy's tool journal, in one SQLite file or one PostgreSQL database.
 
-    ``Checkpoints(path)`` opens (or creates) the file; ``Checkpoints()`` keeps them in memory for this process.
-    ``timeout_s`` is how long a write waits for another process's lock before the run stops with a
-    ``StorageError`` (as it does on a failing disk or a damaged file; what was written before stays).
+    ``Checkpoints(path)`` opens (or creates) the SQLite file; ``Checkpoints()`` keeps them in memory for this
+    process; ``Checkpoints("postgresql://user@host/db")`` uses that database (``langgraph-checkpoint-postgres``,
+    the ``postgres`` extra), which many processes on many machines share: one run's thread may be resumed by any
+    of them. ``timeout_s`` is how long a write waits for another process's lock (SQLite) or a connection is
+    tried (PostgreSQL) before the run stops with a ``StorageError`` (as it does on a failing disk, a damaged
+    file or a server that went away; what was written before stays).
     """
 
     def __init__(self, path: str | Path | None = None, *, timeout_s: float = 30.0) -> None:
+        self.url: str | None = None
+        self.path: Path | None = None
+        if is_postgres_url(path):
+            self.url = str(path)
+            self._open_postgres(self.url, timeout_s)
+            return
         try:
             from langgraph.checkpoint.sqlite import SqliteSaver
         except ImportError as exc:  # pragma: no cover - a core dependency
@@ -49,14 +79,15 @@ class Checkpoints:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         target = str(self.path) if self.path is not None else ":memory:"
+        self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         try:
-            self.conn = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
+            self.conn: Any = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
                 "PRIMARY KEY (thread_id, key))")
             self.conn.commit()
-            self.saver = SqliteSaver(self.conn)
+            self.saver: Any = SqliteSaver(self.conn)
             self.saver.setup()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # locked, a failing disk: the file may be fine
@@ -67,11 +98,69 @@ class Checkpoints:
         # safe to use from two threads at once).
         self._lock = self.saver.lock
 
+    def _open_postgres(self, url: str, timeout_s: float) -> None:
+        try:
+            import psycopg
+            from langgraph.checkpoint.postgres import PostgresSaver
+            from psycopg.rows import dict_row
+        except ImportError as exc:
+            raise MissingExtra("langgraph-checkpoint-postgres", "postgres", "checkpoints on PostgreSQL") from exc
+        self.errors = (psycopg.Error,)
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row,
+                                        connect_timeout=max(1, int(timeout_s)))
+        except psycopg.Error as exc:
+            raise storage_error(redact(url), exc) from exc
+        try:
+            # Processes starting together each set the tables up: one at a time (an advisory lock), or two
+            # would insert the same migration rows.
+            self.conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            try:
+                self.saver = PostgresSaver(self.conn)
+                self.saver.setup()
+                self.conn.execute("CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, "
+                                  "value TEXT, PRIMARY KEY (thread_id, key))")
+            finally:
+                self.conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise storage_error(redact(url), exc) from exc
+        self._lock = self.saver.lock
+
+    @property
+    def where(self) -> str:
+        """Where the checkpoints are, for messages: the file, the database's URL (no password) or memory."""
+        if self.url is not None:
+            return redact(self.url)
+        return str(self.path) if self.path is not None else ":memory:"
+
     def journal(self, thread_id: str) -> ToolJournal:
         return ToolJournal(self, thread_id)
 
+    def _journal_get(self, thread_id: str, key: str) -> str | None:
+        with self._lock:
+            if self.url is not None:
+                row = self.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=%s AND key=%s",
+                                        (thread_id, key)).fetchone()
+                return row["value"] if row else None
+            row = self.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
+                                    (thread_id, key)).fetchone()
+            return row[0] if row else None
+
+    def _journal_put(self, thread_id: str, key: str, text: str) -> None:
+        with self._lock:
+            if self.url is not None:
+                self.conn.execute("INSERT INTO tokenomy_tool_journal VALUES (%s, %s, %s) ON CONFLICT (thread_id, key) "
+                                  "DO UPDATE SET value = EXCLUDED.value", (thread_id, key, text))
+                return
+            self.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)", (thread_id, key, text))
+            self.conn.commit()
+
     def close(self) -> None:
         self.conn.close()
+
+
+_SETUP_LOCK = 0x746F6B656E6F6D  # "tokenom": the advisory lock key of the tables' setup
 
 
 class ToolJournal:
@@ -84,12 +173,11 @@ class ToolJournal:
     def get(self, key: str) -> tuple[bool, Any]:
         """The journaled value of ``key``; ``(False, None)`` when there is none, or none that can be read (a
         damaged row: the call is made again)."""
+        unreadable: tuple[type[BaseException], ...] = (*self.store.errors, ValueError, TypeError, RecursionError)
         try:
-            with self.store._lock:
-                row = self.store.conn.execute("SELECT value FROM tokenomy_tool_journal WHERE thread_id=? AND key=?",
-                                              (self.thread_id, key)).fetchone()
-            return (True, _big_ints(json.loads(row[0]))) if row else (False, None)
-        except (sqlite3.Error, ValueError, TypeError, RecursionError):
+            text = self.store._journal_get(self.thread_id, key)
+            return (True, _big_ints(json.loads(text))) if text is not None else (False, None)
+        except unreadable:
             return False, None
 
     def put(self, key: str, value: Any) -> None:
@@ -98,16 +186,13 @@ class ToolJournal:
         except (TypeError, ValueError):
             return  # not JSON: such a call is made again on resume
         try:
-            with self.store._lock:
-                self.store.conn.execute("INSERT OR REPLACE INTO tokenomy_tool_journal VALUES (?, ?, ?)",
-                                        (self.thread_id, key, text))
-                self.store.conn.commit()
-        except sqlite3.Error as exc:
+            self.store._journal_put(self.thread_id, key, text)
+        except self.store.errors as exc:
             # The call itself succeeded: it is not failed (and run again) for a write that did not take. The
-            # checkpoint after this node writes to the same file and stops the run with a StorageError if the
-            # file stays unwritable.
+            # checkpoint after this node writes to the same store and stops the run with a StorageError if it
+            # stays unwritable.
             logging.getLogger("tokenomy").warning("the tool journal in %s could not record a call: %s",
-                                                  self.store.path, storage_error(self.store.path, exc))
+                                                  self.store.where, storage_error(self.store.where, exc))
 
 
 class StoreJournal:

@@ -15,7 +15,6 @@ dict per model call, tool call and plan (the root ``tokenomy.trace`` module writ
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 import uuid
@@ -281,7 +280,7 @@ class Strategy:
                 if inp is None:
                     snapshot = app.get_state(config)
                     if not snapshot.values:
-                        raise UserError(f"no checkpoint of run {thread_id!r} in {store.path or 'memory'}")
+                        raise UserError(f"no checkpoint of run {thread_id!r} in {store.where}")
                     made_by = snapshot.values.get("strategy")
                     if made_by != self.name:
                         raise UserError(f"run {thread_id!r} was made by the {made_by!r} strategy; resume it with "
@@ -299,8 +298,8 @@ class Strategy:
                         inp = Command(resume=approve)  # type: ignore[assignment]
                 values = self._stream(app, inp, config, thread_id)
                 pending = [i.value for i in getattr(app.get_state(config), "interrupts", ())]
-            except sqlite3.Error as exc:  # the checkpoint file, while LangGraph read or wrote it
-                raise storage_error(store.path or ":memory:", exc) from exc
+            except store.errors as exc:  # the checkpoint file or database, while LangGraph read or wrote it
+                raise storage_error(store.where, exc) from exc
             finally:
                 self._journal = None
                 if not isinstance(checkpoints, Checkpoints):

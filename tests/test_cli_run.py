@@ -128,11 +128,34 @@ def _events(path, skip=0):
     return [json.loads(line) for line in lines if line.strip().endswith("}")], len(lines) + skip
 
 
-def test_a_run_killed_mid_way_resumes_through_the_command_without_repeating_anything(tmp_path):
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server for the module's tests (``tests/pg.py``)."""
+    from tests.conftest import require, require_module
+
+    from .pg import pg_bin, postgres_server
+
+    require_module("langgraph.checkpoint.postgres", "pip install 'tokenomy[postgres]'")
+    if pg_bin() is None:
+        require("PostgreSQL's initdb and pg_ctl (apt install postgresql)")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def checkpoints(request, tmp_path):
+    """``--checkpoints``: the default SQLite file in the runs dir, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return []
+    return ["--checkpoints", request.getfixturevalue("postgres_url")]
+
+
+def test_a_run_killed_mid_way_resumes_through_the_command_without_repeating_anything(tmp_path, checkpoints):
     server = FakeServer()
     try:
         base = [sys.executable, "-m", "tokenomy.cli", "run"]
-        opts = ["--model", f"openai:m@{server.url}", "--runs-dir", str(tmp_path), "--llm-tool", "--json"]
+        opts = ["--model", f"openai:m@{server.url}", "--runs-dir", str(tmp_path), "--llm-tool", "--json",
+                *checkpoints]
         proc = subprocess.Popen([*base, QUESTION, "--thread", "k1", *opts], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         try:
@@ -254,3 +277,46 @@ def test_a_run_cut_off_after_the_llm_tool_answered_counts_that_call_once_on_resu
     assert [r.agent for r in engine.requests] == ["planner", None]  # nothing called again
     assert result.usage["tool:llm"].calls == 1 and result.total.calls == 2
     assert result.usage["tool:llm"].prompt_tokens == len(render_chatml(engine.requests[1].prompt).encode())
+
+
+def test_two_processes_run_their_threads_at_once_on_one_postgres_store(tmp_path, postgres_url):
+    """Two ``tokenomy run`` processes, different threads, one database: both finish, each resumable from it by a
+    third process (which calls nothing again)."""
+    server = FakeServer()
+    server.answering.set()
+    try:
+        base = [sys.executable, "-m", "tokenomy.cli", "run"]
+        opts = ["--model", f"openai:m@{server.url}", "--llm-tool", "--json", "--checkpoints", postgres_url]
+        procs = [subprocess.Popen([*base, QUESTION, "--thread", f"pg{i}", "--runs-dir", str(tmp_path / str(i)),
+                                   *opts], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+            outs.append(json.loads(out))
+        assert [o["thread_id"] for o in outs] == ["pg0", "pg1"] and all(o["answer"] == ANSWER for o in outs)
+        assert all(o["checkpoint"] == postgres_url for o in outs)  # no password in it to hide
+        calls = len(server.seen)
+        assert sorted(server.seen) == sorted(["planner", "llm-tool"] * 2)
+        for i in range(2):
+            again = subprocess.run([*base, "--resume", f"pg{i}", "--runs-dir", str(tmp_path / "other"), *opts],
+                                   capture_output=True, text=True, timeout=300)
+            assert again.returncode == 0, again.stderr[-3000:]
+            assert json.loads(again.stdout)["answer"] == ANSWER
+        assert len(server.seen) == calls
+    finally:
+        server.close()
+
+
+def test_a_postgres_store_that_cannot_be_reached_is_a_clear_error(tmp_path, capsys):
+    from tokenomy.errors import StorageError
+    from tokenomy.planners import Checkpoints
+    from tokenomy.planners.journal import redact
+
+    pytest.importorskip("langgraph.checkpoint.postgres")
+    # Nothing listens on port 9; the password never shows.
+    with pytest.raises(StorageError) as err:
+        Checkpoints("postgresql://u:secret@127.0.0.1:9/db", timeout_s=2)
+    assert "secret" not in str(err.value) and "127.0.0.1:9" in str(err.value)
+    assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"

@@ -68,8 +68,12 @@ def invoked_as() -> str:
 def _resume_command(args: argparse.Namespace, thread_id: str) -> str:
     """The command that goes on with this run: every option that decides where its checkpoint, trace, corpus,
     model and tools are."""
+    from tokenomy.planners.journal import redact
+
     words = ["run", "--resume", thread_id, "--strategy", args.strategy]
-    for flag, value in (("--model", args.model), ("--corpus", args.corpus), ("--checkpoint", args.checkpoint),
+    # A database's password is not printed (give it to the resumed run with $PGPASSWORD or ~/.pgpass).
+    checkpoints = redact(args.checkpoint) if args.checkpoint else None
+    for flag, value in (("--model", args.model), ("--corpus", args.corpus), ("--checkpoints", checkpoints),
                         ("--trace", args.trace), ("--runs-dir", args.runs_dir)):
         if value:
             words += [flag, value]
@@ -157,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tokenomy.kernels import UsageLedger
     from tokenomy.kernels.registry import load_engine
     from tokenomy.planners import STRATEGIES, Checkpoints, make_strategy
+    from tokenomy.planners.journal import is_postgres_url
     from tokenomy.planners.state import to_state
     from tokenomy.tools import calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
     from tokenomy.tools.builtin import CorpusIndex
@@ -178,24 +183,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     thread_id = args.resume or args.thread or uuid.uuid4().hex[:12]
     out = Path(args.runs_dir) if args.runs_dir else runs_dir()
     trace_path = Path(args.trace) if args.trace else out / f"{thread_id}.trace.jsonl"
-    checkpoint_path = Path(args.checkpoint) if args.checkpoint else out / "checkpoints.sqlite"
+    checkpoint_path: Path | str = out / "checkpoints.sqlite"
+    if args.checkpoint:
+        checkpoint_path = args.checkpoint if is_postgres_url(args.checkpoint) else Path(args.checkpoint)
     with TraceWriter(trace_path, run=thread_id) as trace:
         strategy = make_strategy(args.strategy, engine, tools, on_event=trace)
         store = Checkpoints(checkpoint_path)
+        where = store.where
         try:
             if args.resume:
                 result = strategy.resume(thread_id, store)
             else:
                 result = strategy.run(args.question, thread_id=thread_id, checkpoints=store)
         except (TokenomyError, KeyboardInterrupt):
-            print(f"tokenomy: run {thread_id} stopped; what finished is in {checkpoint_path}. Go on with: "
+            print(f"tokenomy: run {thread_id} stopped; what finished is in {where}. Go on with: "
                   f"{_resume_command(args, thread_id)}", file=sys.stderr)
             raise
         finally:
             store.close()
     if args.json:
         print(json.dumps({**result.to_json(), "plan_ran": result.state.get("ran"), "trace": str(trace_path),
-                          "checkpoint": str(checkpoint_path)},
+                          "checkpoint": where},
                          indent=2, ensure_ascii=False, allow_nan=False))
     else:
         valid = {True: "valid", False: "not valid as written", None: "no plan"}[result.plan_valid]
@@ -265,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--llm-tool", action="store_true", help="give the planner the llm tool too")
     run.add_argument("--thread", default=None, help="the run's id (default: a new one)")
     run.add_argument("--resume", default=None, metavar="ID", help="go on with a run that was cut off")
-    run.add_argument("--checkpoint", default=None, help="the SQLite checkpoint file (default: in the runs dir)")
+    run.add_argument("--checkpoints", "--checkpoint", dest="checkpoint", default=None, metavar="FILE_OR_URL",
+                     help="where checkpoints go: a SQLite file (default: in the runs dir) or a PostgreSQL URL "
+                          "(postgresql://user@host/db: many processes share it; the postgres extra)")
     run.add_argument("--trace", default=None, help="the trace file (default: <runs dir>/<id>.trace.jsonl)")
     run.add_argument("--runs-dir", default=None, help="where traces and checkpoints go (default: the cache)")
     run.set_defaults(fn=cmd_run)

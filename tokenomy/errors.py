@@ -125,14 +125,18 @@ class RequestCancelled(RunError):
 
 
 class StorageError(RunError):
-    """A SQLite file (checkpoints, an index, a cache) could not be read or written: locked by another process,
-    a failing or full disk, a damaged file. ``path`` names it; what was written before is still in it."""
+    """A SQLite file (checkpoints, an index, a cache) or a PostgreSQL database (checkpoints) could not be read or
+    written: locked by another process, a failing or full disk, a damaged file, a server gone. ``path`` names it
+    (a database's URL without its password); what was written before is still in it."""
 
     def __init__(self, path: object, exc: BaseException) -> None:
         self.path = str(path)
         text = str(exc)
         low = text.lower()
-        if "locked" in low or "busy" in low:
+        if type(exc).__module__.startswith("psycopg"):
+            why = ("the PostgreSQL server could not be reached or refused it; check that it runs, the URL and "
+                   "the credentials (what finished is kept in the database)")
+        elif "locked" in low or "busy" in low:
             why = "it is locked by another process (the wait for the lock ran out); close that process or use " \
                   "another file"
         elif "full" in low:
@@ -147,7 +151,7 @@ class StorageError(RunError):
 
 
 def storage_error(path: object, exc: BaseException) -> StorageError:
-    """``exc`` (a ``sqlite3.Error``) as a ``StorageError`` about ``path``, chained to it."""
+    """``exc`` (a ``sqlite3.Error`` or a ``psycopg.Error``) as a ``StorageError`` about ``path``, chained to it."""
     err = StorageError(path, exc)
     err.__cause__ = exc
     return err
