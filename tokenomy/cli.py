@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenomy.batch import add_parser as add_batch
 from tokenomy.benchmarks.commands import BENCHMARKS
 from tokenomy.benchmarks.commands import add_to as add_benchmarks
 from tokenomy.errors import StorageError, TokenomyError, UserError
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(fn=cmd_rag)
 
     add_mcp(sub)
+    add_batch(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark: " + ", ".join(b.name for b in BENCHMARKS),
                            description="Every benchmark is a subcommand with its own flags (tokenomy bench NAME "
