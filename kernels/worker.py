@@ -7,9 +7,10 @@ ids so siblings run back to back), hands the engine one batch (engines that gain
 run it as one call; the embedded engine runs it in that order) and records each completion's usage per agent
 and per tag. A request that fails comes back as its own error; the others complete.
 
-``Router`` spreads requests over several workers (several vLLM servers, say) with prefix affinity and a load
-guard, the policy of sgl-router: route to the shortest queue when load is imbalanced, else to the worker whose
-approximate radix tree matches the prompt best, else to the one with the smallest tree.
+``Router`` spreads requests over several workers of one process (servers are routed by ``vllm-router``: see
+``kernels.serving``) with prefix affinity and a load guard, the policy of sgl-router: route to the shortest queue
+when load is imbalanced, else to the worker whose approximate radix tree matches the prompt best, else to the one
+with the smallest tree.
 """
 
 from __future__ import annotations
@@ -264,7 +265,11 @@ class Worker:
 
 
 class Router:
-    """Route requests over several workers with prefix affinity and a load guard (sgl-router's policy).
+    """Route requests over several workers **inside one process** with prefix affinity and a load guard
+    (sgl-router's policy): engines this process holds itself (two embedded models, a GPU engine beside a CPU one),
+    which no server-side router can see. Servers are routed by a real router in front of them, shared by every
+    process: ``tokenomy serve --replicas N`` starts ``vllm-router`` before N ``vllm serve`` replicas
+    (``kernels.serving``) and every agent uses its one URL through the ``openai:`` engine.
 
     Args:
         workers: the workers (one per engine or server).

@@ -226,6 +226,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
+def _served_model(spec: str | None) -> tuple[Path, str]:
+    """The model directory and served name of ``--model`` for ``tokenomy serve`` (an embedded model is converted
+    first; ``hf:<dir>`` or ``vllm:<dir>`` as they are)."""
+    from tokenomy.kernels.embedded import default_embedded, ensure_converted
+    from tokenomy.kernels.registry import default_spec, parse_spec
+
+    kind, arg = parse_spec(spec or default_spec())
+    if kind == "embedded":
+        name = arg or default_embedded()
+        return ensure_converted(name=name), name
+    if kind in ("hf", "vllm"):
+        path = Path(arg).expanduser()
+        return path, path.name
+    raise UserError(f"tokenomy serve serves a model directory: embedded[:<name>], hf:<dir> or vllm:<dir>, not {spec!r}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from tokenomy.kernels.serving import Deployment
+
+    model_dir, served = _served_model(args.model)
+    deployment = Deployment(model_dir, served_name=args.name or served, replicas=args.replicas, policy=args.policy,
+                            port=args.port, router=args.replicas > 1 or not args.no_router)
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # stopped like Ctrl-C: the replicas and the router go with it
+    print(f"tokenomy serve: starting {args.replicas} vllm serve replica(s) of {model_dir.name}"
+          + (f" behind vllm-router ({args.policy})" if deployment.router is not None else ""), file=sys.stderr,
+          flush=True)
+    try:
+        with deployment:
+            print(f"url: {deployment.base_url}\nspec: {deployment.spec}", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    print("tokenomy serve: stopped", file=sys.stderr)
+    return 0
+
+
 def cmd_viz(args: argparse.Namespace) -> int:
     from tokenomy.trace import Trace
     from tokenomy.viz import write_html, write_png
@@ -315,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mcp(sub)
     add_batch(sub)
+
+    serve = sub.add_parser("serve", help="start vllm serve replicas behind vllm-router; print the OpenAI URL",
+                           description="N `vllm serve` replicas of one model and the vLLM project's router in front "
+                                       "of them, on 127.0.0.1, until Ctrl-C or SIGTERM; every agent of every "
+                                       "process uses the printed URL (the spec openai:<name>@<url>).")
+    serve.add_argument("--model", default=None, help="embedded[:<name>], hf:<dir> or vllm:<dir> (default: "
+                                                     "$TOKENOMY_MODEL or 'embedded')")
+    serve.add_argument("--replicas", type=int, default=2, help="vllm serve processes (default 2)")
+    serve.add_argument("--policy", default="cache_aware", help="the router's policy: cache_aware (default), "
+                                                               "round_robin, random, power_of_two, ...")
+    serve.add_argument("--port", type=int, default=None, help="the router's port (default: a free one)")
+    serve.add_argument("--name", default=None, help="the served model name (default: the model's)")
+    serve.add_argument("--no-router", action="store_true", help="with --replicas 1: the replica's own URL")
+    serve.set_defaults(fn=cmd_serve)
 
     bench = sub.add_parser("bench", help="run a benchmark: " + ", ".join(b.name for b in BENCHMARKS),
                            description="Every benchmark is a subcommand with its own flags (tokenomy bench NAME "

@@ -1,0 +1,189 @@
+"""``kernels.serving``: the real ``vllm-router`` in front of replicas (doubles that answer what vLLM answers, and in
+the marked test real ``vllm serve`` replicas started by ``tokenomy serve``), each start and stop bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import require_module
+from tokenomy.kernels.serving import Deployment, ServerError, VllmRouter
+
+
+class Replica:
+    """An OpenAI-compatible replica double: ``/health``, ``/version``, ``/v1/models`` (model ``m``) and chat
+    completions answered with its own name; it logs the chat requests it got."""
+
+    def __init__(self, name: str, *, healthy: bool = True) -> None:
+        self.name, self.seen = name, []
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, obj, code=200):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if not healthy:
+                    return self._send({"error": "starting"}, 503)
+                if self.path.startswith("/v1/models"):
+                    return self._send({"object": "list", "data": [{"id": "m", "object": "model"}]})
+                if self.path == "/version":
+                    return self._send({"version": "0.0-double"})
+                return self._send({"status": "ok"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                replica.seen.append(body)
+                self._send({"id": "c", "object": "chat.completion", "model": "m", "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": replica.name}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def replicas():
+    require_module("vllm_router", "pip install 'tokenomy[serve]'")
+    pair = [Replica("A"), Replica("B")]
+    yield pair
+    for r in pair:
+        r.close()
+
+
+def _ask(url: str, system: str, question: str) -> str:
+    body = {"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
+    return httpx.post(url + "/chat/completions", json=body, timeout=30).json()["choices"][0]["message"]["content"]
+
+
+def test_round_robin_spreads_requests_over_the_replicas(replicas):
+    with VllmRouter([r.url for r in replicas], served_name="m", policy="round_robin") as router:
+        got = [_ask(router.base_url, "s", f"q{i}") for i in range(4)]
+    assert sorted(got) == ["A", "A", "B", "B"]
+
+
+def test_cache_aware_keeps_a_prompt_prefix_on_one_replica(replicas):
+    prefixes = ["You are the planner of team one. " * 40, "Another agent, another long system prompt. " * 40]
+    with VllmRouter([r.url for r in replicas], served_name="m") as router:
+        assert router.policy == "cache_aware"
+        got = {p: {_ask(router.base_url, p, f"q{i}") for i in range(5)} for p in prefixes}
+    assert all(len(where) == 1 for where in got.values()), got  # each prefix stays where its KV is
+
+
+def test_the_openai_engine_uses_the_router_like_one_server(replicas):
+    from tokenomy.kernels.registry import load_engine
+
+    with VllmRouter([r.url for r in replicas], served_name="m", policy="round_robin") as router:
+        engine = load_engine(f"openai:m@{router.base_url}")
+        try:
+            assert {engine.chat(f"hello {i}", max_tokens=4).text for i in range(2)} == {"A", "B"}
+            assert engine.profile.name == "vllm"  # the replicas' /version reaches the engine through the router
+        finally:
+            engine.close()
+
+
+def test_bad_deployments_fail_alone_and_within_their_bounds(replicas, tmp_path):
+    with pytest.raises(ServerError, match="unknown router policy"):
+        VllmRouter([replicas[0].url], served_name="m", policy="fastest")
+    with pytest.raises(ServerError, match="at least one replica"):
+        VllmRouter([], served_name="m")
+    # Replicas that never become healthy: the router does not come up, and says so within the bound.
+    sick = Replica("C", healthy=False)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ServerError, match="vllm-router"), \
+                VllmRouter([sick.url], served_name="m", start_timeout=5):
+            pass
+        assert time.monotonic() - start < 40
+    finally:
+        sick.close()
+    # A deployment that cannot fit the machine is refused before anything starts.
+    with open(tmp_path / "model.safetensors", "wb") as f:
+        f.truncate(64 * 2**30)  # sparse: the size is all that is read
+    (tmp_path / "config.json").write_text('{"dtype": "float32"}')
+    with pytest.raises(ServerError, match="need about"):
+        Deployment(tmp_path, served_name="big", replicas=2)
+    with pytest.raises(ServerError, match="one replica only"):
+        Deployment(tmp_path, served_name="big", replicas=2, router=False)
+
+
+def test_a_missing_router_names_its_install(monkeypatch):
+    from tokenomy.kernels import serving
+
+    monkeypatch.setattr(serving.shutil, "which", lambda name: None)
+    monkeypatch.setattr(serving, "_has_module", lambda python, module: False)
+    monkeypatch.setattr(serving.sys, "executable", "/nonexistent/python")
+    with pytest.raises(ServerError, match="pip install 'tokenomy\\[serve\\]'"):
+        serving.router_command()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
+    """The command as a user runs it: two real ``vllm serve`` replicas of the small embedded model behind
+    ``vllm-router``; the printed spec answers; SIGTERM stops every process it started."""
+    require_module("vllm_router", "pip install 'tokenomy[serve]'")
+    from tokenomy.kernels.serving import vllm_python
+
+    try:
+        vllm_python()
+    except ServerError as exc:
+        pytest.skip(str(exc))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tokenomy.cli", "serve", "--model", "embedded:smollm2-135m",
+                             "--replicas", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        spec = None
+        deadline = time.monotonic() + 800
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and spec is None:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("spec: "):
+                spec = line.split(": ", 1)[1].strip()
+        assert spec, proc.stderr.read()[-3000:] if proc.stderr else "no output"
+        from tokenomy.kernels.registry import load_engine
+
+        engine = load_engine(spec)
+        try:
+            shared = "You are a terse assistant. Answer in one word. " * 8
+            outs = [engine.chat([{"role": "system", "content": shared}, {"role": "user", "content": q}],
+                                max_tokens=4) for q in ("Sky colour?", "Grass colour?", "Snow colour?")]
+        finally:
+            engine.close()
+        assert all(o.text.strip() for o in outs)
+        assert outs[-1].usage.cached_prompt_tokens  # the router kept the shared prefix on its replica
+        logs = sorted(Path(tmp_path).glob("tokenomy-vllm-*.log"))
+        assert len(logs) == 2 and list(Path(tmp_path).glob("tokenomy-router-*.log"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}"], capture_output=True, text=True).stdout.strip()
+    assert not left  # no replica or router outlived the command
