@@ -136,12 +136,30 @@ def _prefix_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-vllm", action="store_true", help="skip vLLM even if it is installed")
     p.add_argument("--dtypes", default="float32,bfloat16",
                    help="CPU speed of the model in these dtypes, side by side ('' to skip)")
+    p.add_argument("--served", action="store_true",
+                   help="instead: the workloads (default agents and rewoo) through real vllm serve, one replica "
+                        "against --replicas behind vllm-router (cache_aware and round_robin); --model default "
+                        "embedded:qwen2.5-coder-0.5b")
+    p.add_argument("--replicas", type=int, default=2, help="with --served: the replicas behind the router")
 
 
 def _prefix(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import prefix
     from tokenomy.kernels.registry import parse_spec
 
+    if args.served:
+        spec = args.model if args.model != "embedded" else "embedded:qwen2.5-coder-0.5b"
+        served = prefix.run_served_prefix_bench(quick=args.quick, spec=spec, workloads=args.workload or None,
+                                                replicas=args.replicas)
+        print(prefix.format_table(served))
+        met = prefix.served_goals(served)
+        for goal, measured, ok in met:
+            print(f"{'MET' if ok else 'NOT MET'}: {goal}: {measured}")
+        if args.json:
+            _write_json(args.json, {"records": prefix.to_json(served), "model": spec, "replicas": args.replicas,
+                                    "goals": [{"goal": g, "measured": m, "met": ok} for g, m, ok in met]})
+        _plot(args, prefix.plot_records, served)
+        return 0
     records = prefix.run_prefix_bench(quick=args.quick, spec=args.model, with_vllm=False if args.no_vllm else None,
                                       workloads=args.workload or None)
     dtype_records = []

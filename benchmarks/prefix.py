@@ -24,7 +24,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from tokenomy.kernels.radix import RadixCache
 from tokenomy.kernels.types import Completion, Request, SamplingParams
 from tokenomy.kernels.worker import Router, Worker
 
-__all__ = ["PrefixConfig", "Record", "run_prefix_bench", "limit_tokens", "format_table", "pressure_records",
-           "pressure_replay", "agent_trace", "to_json", "plot_records"]
+__all__ = ["PrefixConfig", "Record", "run_prefix_bench", "run_served_prefix_bench", "served_goals", "limit_tokens",
+           "format_table", "pressure_records", "pressure_replay", "agent_trace", "to_json", "plot_records"]
 
 Step = list[tuple[list[int], SamplingParams, str]]  # (prompt ids, params, agent) submitted together
 RunStep = Callable[[Step], list[Completion]]
@@ -261,9 +261,11 @@ def pressure_replay(steps: list[list[tuple[list[int], list[int]]]], fraction: fl
 # -- running ------------------------------------------------------------------------------------------------
 
 def run_workload(name: str, engine: Engine, cfg: PrefixConfig, *, engine_label: str, cache: bool,
-                 block_size: int = 1, replicas: list[Engine] | None = None) -> tuple[Record, list[Any]]:
-    """Run one workload through a ``Worker`` on ``engine`` (or a ``Router`` over ``replicas``)."""
-    text = _Text(engine, cfg.seed)
+                 block_size: int = 1, replicas: list[Engine] | None = None,
+                 tokenizer_engine: Engine | None = None) -> tuple[Record, list[Any]]:
+    """Run one workload through a ``Worker`` on ``engine`` (or a ``Router`` over ``replicas``); prompts are built
+    with ``tokenizer_engine``'s tokenizer where ``engine`` has none here (a server)."""
+    text = _Text(tokenizer_engine or engine, cfg.seed)
     steps: list[list[tuple[list[int], list[int]]]] = []
     completions: list[Completion] = []
     workers = [Worker(e) for e in (replicas or [engine])]
@@ -390,6 +392,64 @@ def run_prefix_bench(*, quick: bool = False, spec: str = "embedded", workloads: 
         if r.cache == "on" and off is not None and r.wall_s > 0:
             r.speedup = round(off.wall_s / r.wall_s, 2)
     return records
+
+
+SERVED_WORKLOADS = ("agents", "rewoo")
+SERVED_BLOCK = 32
+
+
+def run_served_prefix_bench(*, quick: bool = False, spec: str = "embedded:qwen2.5-coder-0.5b",
+                            workloads: list[str] | None = None, replicas: int = 2,
+                            policies: tuple[str, ...] = ("cache_aware", "round_robin"),
+                            log: Callable[[str], None] = print) -> list[Record]:
+    """The workloads through real ``vllm serve`` processes: one replica alone (its own URL), then ``replicas``
+    replicas behind ``vllm-router`` with each of ``policies`` (``tokenomy serve``'s deployment), every request
+    through the ``openai:`` engine, cached tokens as the servers report them. Each deployment starts fresh (empty
+    caches) and is stopped before the next."""
+    from transformers import AutoTokenizer
+
+    from tokenomy.kernels.openai_engine import OpenAIEngine
+    from tokenomy.kernels.scripted import ScriptedEngine
+    from tokenomy.kernels.serving import Deployment, model_dir_of
+
+    cfg = PrefixConfig.quick() if quick else PrefixConfig()
+    model_dir, served = model_dir_of(spec)
+    tokens = ScriptedEngine(tokenizer=AutoTokenizer.from_pretrained(str(model_dir)))
+    setups: list[tuple[str, dict[str, Any]]] = [("served x1", {"replicas": 1, "router": False})]
+    setups += [(f"served x{replicas} {p}", {"replicas": replicas, "policy": p}) for p in policies]
+    records: list[Record] = []
+    for label, options in setups:
+        log(f"  starting {label} ({served})")
+        with Deployment(model_dir, served_name=served, extra_args=("--block-size", str(SERVED_BLOCK)),
+                        **options) as deployment:
+            engine = OpenAIEngine(served, deployment.base_url)
+            try:
+                for k, name in enumerate(workloads or SERVED_WORKLOADS):
+                    # Each workload its own text (seed): one server keeps the earlier workload's prefixes, which
+                    # a workload of the same seed would find and count beyond its own limit.
+                    rec, _ = run_workload(name, engine, replace(cfg, seed=cfg.seed + k), engine_label=label,
+                                          cache=True, block_size=SERVED_BLOCK, tokenizer_engine=tokens)
+                    log(f"  {name:7s} {label:24s} eta_B={_shown(rec.eta)} hit={_shown(rec.hit_rate)} "
+                        f"wall={rec.wall_s:.1f}s")
+                    records.append(rec)
+            finally:
+                engine.close()
+    return records
+
+
+def served_goals(records: list[Record]) -> list[tuple[str, str, bool]]:
+    """BENCHMARKS.md / issue 25: eta_B through the router with N replicas within 5% of one replica's, per
+    workload (the cache-aware policy)."""
+    out = []
+    for name in sorted({r.workload for r in records}):
+        one = next((r for r in records if r.workload == name and r.engine == "served x1"), None)
+        routed = next((r for r in records if r.workload == name and r.engine.endswith("cache_aware")), None)
+        if one is None or routed is None or one.eta is None or routed.eta is None:
+            continue
+        ratio = routed.eta / one.eta
+        out.append((f"{name}: eta_B through the router within 5% of one replica's",
+                    f"{routed.eta:.3f} vs {one.eta:.3f} ({ratio:.1%})", ratio >= 0.95))
+    return out
 
 
 def pressure_records(fraction: float = 0.25) -> list[Record]:

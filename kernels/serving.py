@@ -27,7 +27,7 @@ import httpx
 from tokenomy.errors import TokenomyError
 
 __all__ = ["ServerError", "VllmServer", "VllmRouter", "Deployment", "check_model", "free_port", "vllm_python",
-           "memory_fraction_for", "router_command", "POLICIES"]
+           "memory_fraction_for", "router_command", "model_dir_of", "POLICIES"]
 
 
 class ServerError(TokenomyError):
@@ -157,6 +157,24 @@ class VllmServer:
         self._process.stop()
 
 
+def model_dir_of(spec: str | None) -> tuple[Path, str]:
+    """The model directory and served name of a spec that names one: ``embedded[:<name>]`` (converted first),
+    ``hf:<dir>`` or ``vllm:<dir>``."""
+    from tokenomy.errors import UserError
+
+    from .embedded import default_embedded, ensure_converted
+    from .registry import default_spec, parse_spec
+
+    kind, arg = parse_spec(spec or default_spec())
+    if kind == "embedded":
+        name = arg or default_embedded()
+        return ensure_converted(name=name), name
+    if kind in ("hf", "vllm"):
+        path = Path(arg).expanduser()
+        return path, path.name
+    raise UserError(f"a server serves a model directory: embedded[:<name>], hf:<dir> or vllm:<dir>, not {spec!r}")
+
+
 POLICIES = ("cache_aware", "round_robin", "random", "power_of_two", "consistent_hash", "sticky_least_loaded")
 """The routing policies of ``vllm-router`` that need nothing but the replicas' URLs."""
 
@@ -284,7 +302,7 @@ class Deployment:
 
     def __init__(self, model_dir: str | Path, *, served_name: str, replicas: int = 2, policy: str = "cache_aware",
                  port: int | None = None, dtype: str | None = None, max_model_len: int = 8192,
-                 router: bool = True, start_timeout: float = 900.0) -> None:
+                 router: bool = True, start_timeout: float = 900.0, extra_args: tuple[str, ...] = ()) -> None:
         from .cpu import default_cpu_dtype
 
         if replicas < 1:
@@ -308,6 +326,7 @@ class Deployment:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = f"{first}-{first + per - 1}"
             self.servers.append(VllmServer(self.model_dir, served_name=served_name, dtype=dtype,
                                            memory_fraction=share, max_model_len=max_model_len, env=env,
+                                           extra_args=extra_args,
                                            start_timeout=start_timeout, port=port if not router else None))
         self.router = (VllmRouter([s.base_url.removesuffix("/v1") for s in self.servers], served_name=served_name,
                                   policy=policy, port=port) if router else None)

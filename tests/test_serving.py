@@ -187,3 +187,92 @@ def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
     assert proc.returncode == 0
     left = subprocess.run(["pgrep", "-f", f"{tmp_path}"], capture_output=True, text=True).stdout.strip()
     assert not left  # no replica or router outlived the command
+
+
+class CachingReplica:
+    """A ``/v1/completions`` double with a block prefix cache (32-token blocks, as the served bench asks of vLLM):
+    it reports the cached tokens of each prompt the way vLLM does, and generates ``len`` tokens of its own."""
+
+    def __init__(self) -> None:
+        self.prompts: list[list[int]] = []
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                ids = list(body["prompt"])
+                best = max((_common(ids, p) for p in replica.prompts), default=0)
+                cached = min(best, len(ids) - 1) // 32 * 32
+                n = int(body.get("max_tokens") or 4)
+                out = [7] * n
+                replica.prompts.append(ids + out)
+                self._send({"id": "c", "object": "text_completion", "model": "m", "choices": [
+                    {"index": 0, "text": "x" * n, "token_ids": out, "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": n,
+                              "prompt_tokens_details": {"cached_tokens": cached}}})
+
+            def _send(self, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def test_the_served_prefix_bench_measures_each_deployment_fresh(monkeypatch, tmp_path):
+    """``bench prefix --served``'s mechanics with a deployment double (a caching completions server per
+    deployment): one record per deployment and workload, eta_B from the server's cached tokens, the goal."""
+    from tokenomy.benchmarks import prefix
+    from tokenomy.kernels import serving
+
+    made: list[dict] = []
+
+    class FakeDeployment:
+        def __init__(self, model_dir, *, served_name, **options):
+            made.append(options)
+            self.server = CachingReplica()
+            self.base_url = self.server.base_url
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.server.httpd.shutdown()
+
+    from tokenomy.kernels.archs import byte_tokenizer
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    monkeypatch.setattr(serving, "Deployment", FakeDeployment)
+    records = prefix.run_served_prefix_bench(quick=True, spec=f"hf:{tmp_path}", log=lambda m: None)
+    assert [(r.engine, r.workload) for r in records] == [
+        (label, w) for label in ("served x1", "served x2 cache_aware", "served x2 round_robin")
+        for w in ("agents", "rewoo")]
+    assert made == [{"replicas": 1, "router": False, "extra_args": ("--block-size", "32")},
+                    {"replicas": 2, "policy": "cache_aware", "extra_args": ("--block-size", "32")},
+                    {"replicas": 2, "policy": "round_robin", "extra_args": ("--block-size", "32")}]
+    for r in records:  # each deployment starts with empty caches and reuses the workload's shared prefixes
+        assert r.block_size == 32 and r.eta is not None and 0 < r.eta <= 1.0 and r.hit_rate > 0
+    goals = prefix.served_goals(records)
+    assert [g for g, _, _ in goals] == [f"{w}: eta_B through the router within 5% of one replica's"
+                                        for w in ("agents", "rewoo")]
+    assert all(ok for _, _, ok in goals)  # the same double behind each: the same eta

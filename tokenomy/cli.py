@@ -226,29 +226,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.answer is not None else 1
 
 
-def _served_model(spec: str | None) -> tuple[Path, str]:
-    """The model directory and served name of ``--model`` for ``tokenomy serve`` (an embedded model is converted
-    first; ``hf:<dir>`` or ``vllm:<dir>`` as they are)."""
-    from tokenomy.kernels.embedded import default_embedded, ensure_converted
-    from tokenomy.kernels.registry import default_spec, parse_spec
-
-    kind, arg = parse_spec(spec or default_spec())
-    if kind == "embedded":
-        name = arg or default_embedded()
-        return ensure_converted(name=name), name
-    if kind in ("hf", "vllm"):
-        path = Path(arg).expanduser()
-        return path, path.name
-    raise UserError(f"tokenomy serve serves a model directory: embedded[:<name>], hf:<dir> or vllm:<dir>, not {spec!r}")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from tokenomy.kernels.serving import Deployment
+    from tokenomy.kernels.serving import Deployment, model_dir_of
 
-    model_dir, served = _served_model(args.model)
+    model_dir, served = model_dir_of(args.model)
     deployment = Deployment(model_dir, served_name=args.name or served, replicas=args.replicas, policy=args.policy,
                             port=args.port, router=args.replicas > 1 or not args.no_router)
     def stop(*_: object) -> None:
