@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tokenomy.batch import Job, done_ids, read_questions, run_batch
 from tokenomy.errors import UserError
+from tokenomy.planners.batch import Job, done_ids, read_questions, run_batch
 
 PLAN = ('e1 = search(query="Halvane Instruments")\ne2 = llm(prompt="Who founded it? The name only.", text=e1[0])\n'
         'answer(e2)')
