@@ -328,6 +328,31 @@ def _collab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    _output(p, quick=True, plot=False)
+    p.add_argument("--model", default="vllm", help="vllm (a vllm serve of the default embedded model, started "
+                                                   "here; default) or an engine spec (embedded ...)")
+    p.add_argument("--server", default=None, metavar="URL", help="with --model vllm: a server already running")
+    p.add_argument("--served-model", default=None, metavar="NAME", help="the model's name on --server")
+    p.add_argument("--questions", type=int, default=0, help="how many of the prose questions (default 8; --quick 3)")
+    p.add_argument("--levels", default="1,2,4", help="questions at once, comma-separated (default 1,2,4)")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from tokenomy.benchmarks import batch
+
+    records = batch.run_batch_bench(spec=args.model, n=args.questions or (3 if args.quick else 8),
+                                    levels=_int_list(args.levels), server=args.server, served_model=args.served_model,
+                                    progress=_progress("batch"))
+    print(batch.format_table(records))
+    met = batch.goals(records)
+    for goal, measured, ok in met:
+        print(f"{'MET' if ok else 'NOT MET'}: {goal}: {measured}")
+    if args.json:
+        write_records(args.json, records, met)
+    return 0
+
+
 def _speculative_args(p: argparse.ArgumentParser) -> None:
     _output(p, plot=False)
     _seed(p)
@@ -504,6 +529,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Command("graph", "preset and pruned agent communication graphs, on the simulator and live", _graph_args, _graph),
     Command("collab", "long/short policies, routers, budgets and early-stopping sampling on a difficulty ladder",
             _collab_args, _collab),
+    Command("batch", "questions per minute of tokenomy batch at 1, 2 and 4 questions at once, and where the time goes",
+            _batch_args, _batch),
     Command("speculative", "the long model's decoding alone and with a draft model proposing its tokens",
             _speculative_args, _speculative),
     Command("rag", "context tokens and answers per retriever and compressor", _rag_args, _rag),

@@ -187,3 +187,16 @@ def test_on_a_local_ray_each_question_is_a_task(tmp_path, server):
     assert summary.answered == 3 and summary.where == "ray local" and summary.usage["calls"] == 6
     assert sorted(r["id"] for r in rows) == ["q0", "q1", "q2"] and all(r["answer"] == ANSWER for r in rows)
     assert all(r["pid"] != os.getpid() for r in rows)  # answered in Ray's worker processes
+
+
+def test_the_bench_measures_each_level_on_the_same_questions(tmp_path, server):
+    """``tokenomy bench batch``'s mechanics on the server double (every answer the same, right for none of the
+    prose questions): a record per level, speedups against one at a time, the time split, the table."""
+    from tokenomy.benchmarks import batch
+
+    records = batch.run_batch_bench(spec=f"openai:m@{server.url}", n=2, levels=(1, 2))
+    assert [(r.concurrency, r.questions, r.answered) for r in records] == [(1, 2, 2), (2, 2, 2)]
+    assert records[0].speedup == 1.0 and records[1].speedup > 0 and all(r.calls >= 2 for r in records)
+    assert all(r.model_s > 0 for r in records) and all(r.correct == 0 for r in records)
+    assert "q/min" in batch.format_table(records)
+    assert [ok for _, _, ok in batch.goals(records)][1]  # the same (zero) accuracy at each level
