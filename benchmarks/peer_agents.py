@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FRAMEWORKS = ("langgraph", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react", "llamaindex-function",
+FRAMEWORKS = ("langgraph", "langgraph-prompted", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react", "llamaindex-function",
               "tokenomy-rewoo", "tokenomy-rewoo-nl", "tokenomy-react", "tokenomy-plan-execute")
 ERROR_KINDS = ("parse", "max_steps", "tool", "timeout", "server", "crash")
 API_KEY = "referee"  # the proxy and vLLM take any key; some clients refuse to start without one
@@ -150,14 +150,23 @@ class Setting:
 # -- the frameworks ---------------------------------------------------------------------------------------------
 
 
-def run_langgraph(question: str, url: str, model: str, box: Toolbox) -> tuple[Any, dict[str, Any] | None]:
-    """LangChain's ``create_agent`` (LangGraph's prebuilt tool-calling agent loop) over ``ChatOpenAI``."""
+LANGGRAPH_SYSTEM = "Use the tools to answer the question. When you have the answer, reply with the answer only."
+"""``langgraph-prompted``'s system prompt. LangGraph's prebuilt agent has none of its own (every other peer's loop
+tells the model how to finish): without one the 1.5B model wandered on after the answer in the first sitting (more
+tool calls, then an empty reply). One line a LangGraph user would write; not tuned on the tasks."""
+
+
+def run_langgraph(question: str, url: str, model: str, box: Toolbox, *, system: str | None = None
+                  ) -> tuple[Any, dict[str, Any] | None]:
+    """LangChain's ``create_agent`` (LangGraph's prebuilt tool-calling agent loop) over ``ChatOpenAI``; with
+    ``system``, that system prompt (``langgraph-prompted``)."""
     from langchain.agents import create_agent
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
     llm = ChatOpenAI(model=model, base_url=url, api_key=SecretStr(API_KEY), temperature=0)
-    agent = create_agent(llm, tools=box.functions)
+    agent = create_agent(llm, tools=box.functions, system_prompt=system) if system else create_agent(
+        llm, tools=box.functions)
     # LangGraph counts each node it runs: a model call and its tools are two steps.
     state = agent.invoke({"messages": [{"role": "user", "content": question}]}, {"recursion_limit": 2 * MAX_STEPS})
     messages = state["messages"]
@@ -283,6 +292,8 @@ def answer_one(framework: str, question: str, url: str, model: str, setting: Set
     try:
         if framework == "langgraph":
             answer, usage = run_langgraph(question, url, model, box)
+        elif framework == "langgraph-prompted":
+            answer, usage = run_langgraph(question, url, model, box, system=LANGGRAPH_SYSTEM)
         elif framework.startswith("smolagents-"):
             answer, usage = _smolagents(framework.removeprefix("smolagents-"), question, url, model, box)
         elif framework == "dspy":

@@ -34,7 +34,8 @@ from .world import Task, World
 
 BASELINE = "tokenomy-rewoo"
 PEERS = tuple(f for f in FRAMEWORKS if not f.startswith("tokenomy-"))
-IMPORTS = {"langgraph": ("langchain", "langchain_openai"), "smolagents-tool": ("smolagents",),
+IMPORTS = {"langgraph": ("langchain", "langchain_openai"), "langgraph-prompted": ("langchain", "langchain_openai"),
+           "smolagents-tool": ("smolagents",),
            "smolagents-code": ("smolagents",), "dspy": ("dspy",),
            "llamaindex-react": ("llama_index.core", "llama_index.llms.openai_like"),
            "llamaindex-function": ("llama_index.core", "llama_index.llms.openai_like")}

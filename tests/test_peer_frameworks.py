@@ -49,8 +49,12 @@ def test_each_framework_answers_through_the_proxy_in_its_own_process(proxy, fram
     assert sum(r.prompt_tokens or 0 for r in calls) == 120 * len(calls)  # the server's count, through the proxy
     sent = server.bodies[first:]
     assert all(b["model"] == "m" and b["messages"] for b in sent)
-    if framework in ("langgraph", "smolagents-tool", "llamaindex-function"):  # the tool-calling ones
+    if framework in ("langgraph", "langgraph-prompted", "smolagents-tool", "llamaindex-function"):  # tool calling
         assert {t["function"]["name"] for t in sent[0].get("tools", [])} >= {"search", "lookup", "calc"}
+    if framework == "langgraph-prompted":
+        from tokenomy.benchmarks.peer_agents import LANGGRAPH_SYSTEM
+
+        assert sent[0]["messages"][0] == {"role": "system", "content": LANGGRAPH_SYSTEM}
 
 
 @pytest.mark.timeout(300)
