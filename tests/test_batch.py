@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from tokenomy.errors import UserError
 from tokenomy.planners.batch import Job, done_ids, read_questions, run_batch
+
+from .http_doubles import send_json, serve
 
 PLAN = ('e1 = search(query="Halvane Instruments")\ne2 = llm(prompt="Who founded it? The name only.", text=e1[0])\n'
         'answer(e2)')
@@ -56,17 +58,11 @@ class Server:
                     server.release.wait(60)
                     return
                 text = {"planner": PLAN, "llm-tool": ANSWER}.get(who, "unexpected")
-                data = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 100, "completion_tokens": len(text)}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, {"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 100, "completion_tokens": len(text)}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, root = serve(Handler)
+        self.url = f"{root}/v1"
 
     def close(self) -> None:
         self.release.set()
