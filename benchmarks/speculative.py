@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tokenomy.kernels.hf_speculative import Speculation
 from tokenomy.kernels.types import Request, SamplingParams
 
 __all__ = ["SpecRecord", "WORKLOADS", "workload_requests", "run_speculative_bench", "goals", "format_table"]
@@ -45,11 +46,8 @@ class SpecRecord:
     speculative_s: float = 0.0
     identical: int = 0
     """Requests whose tokens were identical in both runs."""
-    proposed: int = 0
-    accepted: int = 0
-    rounds: int = 0
-    draft_flops: float = 0.0
-    wasted_flops: float = 0.0
+    speculation: Speculation = field(default_factory=Speculation)
+    """What the draft did, summed over the requests."""
     long_flops: float = 0.0
     """The long model's decoding FLOPs alone (tokens x its FLOPs per token)."""
     per_request: list[dict[str, Any]] = field(default_factory=list)
@@ -66,20 +64,13 @@ class SpecRecord:
     def speedup(self) -> float:
         return self.plain_s / self.speculative_s if self.speculative_s else 0.0
 
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self.accepted / self.proposed if self.proposed else None
-
-    @property
-    def tokens_per_round(self) -> float | None:
-        return (self.accepted + self.rounds) / self.rounds if self.rounds else None
-
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(plain_tok_s=round(self.plain_tok_s, 3), speculative_tok_s=round(self.speculative_tok_s, 3),
-                   speedup=round(self.speedup, 3), acceptance_rate=self.acceptance_rate,
-                   tokens_per_round=self.tokens_per_round,
-                   draft_flops_over_long=round(self.draft_flops / self.long_flops, 3) if self.long_flops else None)
+        s = self.speculation
+        out.update(speculation=s.to_dict(), plain_tok_s=round(self.plain_tok_s, 3),
+                   speculative_tok_s=round(self.speculative_tok_s, 3), speedup=round(self.speedup, 3),
+                   acceptance_rate=s.acceptance_rate, tokens_per_round=s.tokens_per_round,
+                   draft_flops_over_long=round(s.draft_flops / self.long_flops, 3) if self.long_flops else None)
         return out
 
 
@@ -154,11 +145,7 @@ def run_speculative_bench(*, long_spec: str = LONG, draft_spec: str = DRAFT, n: 
             rec.plain_s += ta
             rec.speculative_s += tb
             rec.identical += a.token_ids == b.token_ids
-            rec.proposed += s.proposed
-            rec.accepted += s.accepted
-            rec.rounds += s.rounds
-            rec.draft_flops += s.draft_flops
-            rec.wasted_flops += s.wasted_flops
+            rec.speculation = rec.speculation + s
             rec.long_flops += len(a.token_ids) * plain.flops_per_token
             rec.per_request.append({"tokens": len(a.token_ids), "plain_s": round(ta, 3),
                                     "speculative_s": round(tb, 3), "identical": a.token_ids == b.token_ids,
@@ -186,10 +173,11 @@ def format_table(records: Sequence[SpecRecord]) -> str:
     rows = [("workload", "requests", "tokens", "alone tok/s", "draft tok/s", "speedup", "accepted", "tok/pass",
              "draft FLOPs", "wasted FLOPs", "identical")]
     for r in records:
+        s = r.speculation
         rows.append((r.workload, str(r.requests), str(r.tokens), f"{r.plain_tok_s:.2f}", f"{r.speculative_tok_s:.2f}",
-                     f"{r.speedup:.2f}x", f"{(r.acceptance_rate or 0):.0%}", f"{(r.tokens_per_round or 0):.2f}",
-                     f"{r.draft_flops / r.long_flops:.0%}" if r.long_flops else "-",
-                     f"{r.wasted_flops / r.long_flops:.0%}" if r.long_flops else "-", f"{r.identical}/{r.requests}"))
+                     f"{r.speedup:.2f}x", f"{(s.acceptance_rate or 0):.0%}", f"{(s.tokens_per_round or 0):.2f}",
+                     f"{s.draft_flops / r.long_flops:.0%}" if r.long_flops else "-",
+                     f"{s.wasted_flops / r.long_flops:.0%}" if r.long_flops else "-", f"{r.identical}/{r.requests}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
                                                                                                    strict=True)))
