@@ -146,8 +146,10 @@ def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
     except ServerError as exc:
         pytest.skip(str(exc))
     env = {**os.environ, "TMPDIR": str(tmp_path)}
+    name = f"serve-test-{os.getpid()}"  # in each replica's command line: how the test finds them afterwards
     proc = subprocess.Popen([sys.executable, "-m", "tokenomy.cli", "serve", "--model", "embedded:smollm2-135m",
-                             "--replicas", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--replicas", "2", "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     try:
         spec = None
         deadline = time.monotonic() + 800
@@ -168,7 +170,7 @@ def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
                                 max_tokens=4) for q in ("Sky colour?", "Grass colour?", "Snow colour?")]
         finally:
             engine.close()
-        assert all(o.text.strip() for o in outs)
+        assert all(o.text.strip() for o in outs) and spec.startswith(f"openai:{name}@")
         assert outs[-1].usage.cached_prompt_tokens  # the router kept the shared prefix on its replica
         logs = sorted(Path(tmp_path).glob("tokenomy-vllm-*.log"))
         assert len(logs) == 2 and list(Path(tmp_path).glob("tokenomy-router-*.log"))
@@ -179,8 +181,10 @@ def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
-    left = subprocess.run(["pgrep", "-f", f"{tmp_path}"], capture_output=True, text=True).stdout.strip()
-    assert not left  # no replica or router outlived the command
+    left = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout.strip()
+    assert not left  # no replica outlived the command
+    with pytest.raises(httpx.HTTPError):  # nor the router
+        httpx.get(spec.split("@", 1)[1] + "/models", timeout=5)
 
 
 class CachingReplica:
