@@ -120,7 +120,8 @@ def run_speculative_bench(*, long_spec: str = LONG, draft_spec: str = DRAFT, n: 
     draft = load_engine(draft_spec)
     if not isinstance(plain, TransformersEngine) or not isinstance(draft, TransformersEngine):
         raise ValueError("speculative decoding runs in the transformers engine: use embedded:<name> or hf:<dir>")
-    fast = TransformersEngine(plain.model, plain.tokenizer, draft=draft, draft_k=draft_k,
+    # As the spec form <long>+draft=<draft> builds it: the draft in int8 on a CPU.
+    fast = TransformersEngine(plain.model, plain.tokenizer, draft=draft, draft_k=draft_k, draft_int8=True,
                               spec=f"{long_spec}+draft={draft_spec}")
     fast.cache = plain.cache  # one radix cache of the long model's KV, as one engine keeps: both find the prompt
     progress(f"{long_spec} alone and with {draft_spec} drafting ({draft.flops_per_token / plain.flops_per_token:.2f}"

@@ -31,7 +31,7 @@ from .batch import cache_keyword
 from .engine import Engine
 from .grammar import GrammarCompiler
 from .hf_batch import MIN_SHARED_PREFIX, BatchDecoding
-from .hf_speculative import Speculation, SpeculativeDecoding, check_draft
+from .hf_speculative import Speculation, SpeculativeDecoding, Tuning, check_draft, quantize_draft
 from .radix import PrefixMatch, RadixCache
 from .tokens import TokenCounter
 from .types import Capabilities, Completion, PromptInput, Request, Scored
@@ -62,7 +62,10 @@ class TransformersEngine(SpeculativeDecoding, BatchDecoding, Engine):
         draft: a smaller model of the same tokenizer (an engine, or its spec: ``embedded:qwen2.5-coder-0.5b``)
             that proposes tokens for this one to check (``kernels.hf_speculative``: the same tokens, sooner);
             requests then decode one at a time. The spec form ``<model>+draft=<draft>`` does the same.
-        draft_k: the proposals per check to start from; it adapts to how many are kept, up to ``draft_k_max``.
+        draft_k: the proposals per check to start from; then each check takes the number (up to ``draft_k_max``)
+            that gives the most tokens per second by what was measured, or none where no number pays.
+        draft_int8: the draft's linear layers in int8 on a CPU (``hf_speculative.quantize_draft``); ``None``: for
+            a draft loaded from its spec here (an engine passed in is left as it is).
     """
 
     streams_tokens = True
@@ -72,7 +75,8 @@ class TransformersEngine(SpeculativeDecoding, BatchDecoding, Engine):
     def __init__(self, model: Any, tokenizer: Any, *, prefix_cache: bool = True,
                  cache_budget_bytes: int = DEFAULT_CACHE_BYTES, spec: str = "", batch: bool | None = None,
                  shared_prefix: bool | None = None, cuda_graphs: bool | None = None,
-                 draft: TransformersEngine | str | None = None, draft_k: int = 4, draft_k_max: int = 8) -> None:
+                 draft: TransformersEngine | str | None = None, draft_k: int = 4, draft_k_max: int = 8,
+                 draft_int8: bool | None = None) -> None:
         super().__init__()
         import torch
 
@@ -118,11 +122,15 @@ class TransformersEngine(SpeculativeDecoding, BatchDecoding, Engine):
         self.draft_k, self.draft_k_max = draft_k, draft_k_max
         self.speculation = Speculation()
         """What speculative decoding did over this engine's life (with a ``draft``)."""
+        self._tune = Tuning()
         self.draft: TransformersEngine | None = None
         if draft is not None:
+            owned = isinstance(draft, str)
             if isinstance(draft, str):
                 draft = _load_draft(draft, self.device)
             check_draft(self, draft)
+            if draft_int8 if draft_int8 is not None else owned:
+                quantize_draft(draft)
             self.draft = draft
 
     # -- construction -----------------------------------------------------------------------------------
