@@ -139,15 +139,16 @@ def done_ids(out: str | Path) -> set[str]:
 
 
 _tools_lock = threading.Lock()
-_tools: dict[tuple[str | None, bool, str | None], list[Any]] = {}
+_tools: dict[tuple[str | None, int | None], list[Any]] = {}
 
 
 def _tools_for(job: Job, engine: Any) -> list[Any]:
-    """The corpus tools (built once per process and corpus: the index is read-only while questions run)."""
+    """The corpus tools (built once per process, corpus and engine: the index is read-only while questions run;
+    the ``llm`` tool calls the engine it was made with)."""
     from tokenomy.tools import calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
     from tokenomy.tools.builtin import CorpusIndex
 
-    key = (job.corpus, job.llm_tool, job.model)
+    key = (job.corpus, id(engine) if job.llm_tool else None)
     with _tools_lock:
         if key not in _tools:
             corpus = Path(job.corpus) if job.corpus else example_corpus_dir()
