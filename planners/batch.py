@@ -138,29 +138,29 @@ def done_ids(out: str | Path) -> set[str]:
 # -- one question ------------------------------------------------------------------------------------------------
 
 
-_tools_lock = threading.Lock()
-_tools: dict[tuple[str | None, int | None], list[Any]] = {}
+_index_lock = threading.Lock()
+_indexes: dict[str | None, Any] = {}
 
 
 def _tools_for(job: Job, engine: Any) -> list[Any]:
-    """The corpus tools (built once per process, corpus and engine: the index is read-only while questions run;
-    the ``llm`` tool calls the engine it was made with)."""
+    """The corpus tools over the corpus's index (refreshed once per process and corpus: it is read-only while
+    questions run); the ``llm`` tool, where asked for, over ``engine``."""
     from tokenomy.tools import calc, example_corpus_dir, llm_tool, lookup_tool, search_tool
     from tokenomy.tools.builtin import CorpusIndex
 
-    key = (job.corpus, id(engine) if job.llm_tool else None)
-    with _tools_lock:
-        if key not in _tools:
+    with _index_lock:
+        index = _indexes.get(job.corpus)
+        if index is None:
             corpus = Path(job.corpus) if job.corpus else example_corpus_dir()
             if not corpus.is_dir():
                 raise UserError(f"corpus {corpus} is not a directory (give --corpus DIR with .md or .txt files)")
             index = CorpusIndex(corpus)
             index.refresh()
-            tools = [search_tool(index), lookup_tool(index), calc]
-            if job.llm_tool:
-                tools.append(llm_tool(engine))
-            _tools[key] = tools
-        return _tools[key]
+            _indexes[job.corpus] = index
+    tools = [search_tool(index), lookup_tool(index), calc]
+    if job.llm_tool:
+        tools.append(llm_tool(engine))
+    return tools
 
 
 def answer_one(job: Job, qid: str, question: str, model: Any = None) -> dict[str, Any]:
