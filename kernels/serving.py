@@ -253,17 +253,20 @@ def _start_and_wait(process: _Process, name: str, timeout: float, interval: floa
     or ``timeout`` seconds pass first (saying where its log is)."""
     process.start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = process.exited()
-        if code is not None:
-            raise ServerError(f"{name} exited with {code}: {process.tail()}")
-        try:
-            ready()
-            return
-        except ServerError:
-            time.sleep(interval)
-    process.stop()
-    raise ServerError(f"{name} did not answer in {timeout:.0f} s: {process.tail()}")
+    try:
+        while time.monotonic() < deadline:
+            code = process.exited()
+            if code is not None:
+                raise ServerError(f"{name} exited with {code}: {process.tail()}")
+            try:
+                ready()
+                return
+            except ServerError:
+                time.sleep(interval)
+        raise ServerError(f"{name} did not answer in {timeout:.0f} s: {process.tail()}")
+    except BaseException:  # not up in time, or interrupted while waiting: nothing is left running
+        process.stop()
+        raise
 
 
 class VllmRouter:
@@ -333,17 +336,13 @@ class Deployment:
         self.base_url = self.router.base_url if self.router is not None else self.servers[0].base_url
 
     def __enter__(self) -> Deployment:
-        started: list[Any] = []
         try:
             for server in self.servers:  # one at a time: two vLLM start-ups at once thrash a small machine
                 server.__enter__()
-                started.append(server)
             if self.router is not None:
                 self.router.__enter__()
-                started.append(self.router)
-        except BaseException:
-            for s in reversed(started):
-                s.__exit__(None, None, None)
+        except BaseException:  # a start that failed or was interrupted (Ctrl-C): stop all, the one starting too
+            self.__exit__()
             raise
         return self
 
