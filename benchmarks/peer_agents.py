@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FRAMEWORKS = ("langgraph", "langgraph-prompted", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react", "llamaindex-function",
-              "tokenomy-rewoo", "tokenomy-rewoo-nl", "tokenomy-react", "tokenomy-plan-execute")
+FRAMEWORKS = ("langgraph", "langgraph-prompted", "smolagents-tool", "smolagents-code", "dspy", "llamaindex-react",
+              "llamaindex-function", "tokenomy-rewoo", "tokenomy-rewoo-nl", "tokenomy-react", "tokenomy-plan-execute")
 ERROR_KINDS = ("parse", "max_steps", "tool", "timeout", "server", "crash")
 API_KEY = "referee"  # the proxy and vLLM take any key; some clients refuse to start without one
 MAX_HOPS = 4  # tokenomy's step and token bounds are sized for the longest task, never from a task's gold plan

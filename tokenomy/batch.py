@@ -10,8 +10,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tokenomy.planners.batch import Job, run_batch
-
 __all__ = ["add_parser", "cmd_batch"]
 
 
@@ -40,6 +38,8 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    from tokenomy.planners.batch import Job, run_batch  # here: `tokenomy --help` loads no planner (nor pydantic)
+
     out = Path(args.out)
     checkpoints = args.checkpoints or str(out.with_name(out.name + ".checkpoints.sqlite"))
     # The batch's id names its threads in the checkpoints: the output file's, so a rerun finds them again.
