@@ -165,7 +165,7 @@ def test_tokenomy_serve_runs_two_vllm_replicas_behind_the_router(tmp_path):
 
         engine = load_engine(spec)
         try:
-            shared = "You are a terse assistant. Answer in one word. " * 8
+            shared = "You are a terse assistant. Answer in one word. " * 30  # whole KV blocks of it can be cached
             outs = [engine.chat([{"role": "system", "content": shared}, {"role": "user", "content": q}],
                                 max_tokens=4) for q in ("Sky colour?", "Grass colour?", "Snow colour?")]
         finally:
