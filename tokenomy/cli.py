@@ -232,9 +232,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from tokenomy.kernels.serving import Deployment, model_dir_of
 
+    if args.no_router and args.replicas > 1:
+        print(f"{args.prog} serve: --no-router needs --replicas 1 (more replicas have one URL only through the "
+              "router)", file=sys.stderr)
+        return 2
+    extra = list(args.vllm_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if extra and not extra[0].startswith("-"):
+        print(f"{args.prog} serve: unexpected {extra[0]!r} (vllm serve's own arguments go after --)",
+              file=sys.stderr)
+        return 2
     model_dir, served = model_dir_of(args.model)
     deployment = Deployment(model_dir, served_name=args.name or served, replicas=args.replicas, policy=args.policy,
-                            port=args.port, router=args.replicas > 1 or not args.no_router)
+                            port=args.port, router=not args.no_router, extra_args=tuple(extra))
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
@@ -355,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="the router's port (default: a free one)")
     serve.add_argument("--name", default=None, help="the served model name (default: the model's)")
     serve.add_argument("--no-router", action="store_true", help="with --replicas 1: the replica's own URL")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                       help="after --: arguments for every vllm serve replica (e.g. -- -O0 --max-num-seqs 8)")
     serve.set_defaults(fn=cmd_serve)
 
     bench = sub.add_parser("bench", help="run a benchmark: " + ", ".join(b.name for b in BENCHMARKS),
