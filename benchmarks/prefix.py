@@ -425,12 +425,16 @@ def run_served_prefix_bench(*, quick: bool = False, spec: str = "embedded:qwen2.
             engine = OpenAIEngine(served, deployment.base_url)
             try:
                 for k, name in enumerate(workloads or SERVED_WORKLOADS):
+                    before = [s.requests_finished() for s in deployment.servers]
                     # Each workload its own text (seed): one server keeps the earlier workload's prefixes, which
                     # a workload of the same seed would find and count beyond its own limit.
                     rec, _ = run_workload(name, engine, replace(cfg, seed=cfg.seed + k), engine_label=label,
                                           cache=True, block_size=SERVED_BLOCK, tokenizer_engine=tokens)
+                    # How the router spread the workload: each replica's finished requests, from its metrics.
+                    split = [s.requests_finished() - b for s, b in zip(deployment.servers, before, strict=True)]
+                    rec.notes["requests_per_replica"] = split
                     log(f"  {name:7s} {label:24s} eta_B={_shown(rec.eta)} hit={_shown(rec.hit_rate)} "
-                        f"wall={rec.wall_s:.1f}s")
+                        f"requests={'/'.join(map(str, split))} wall={rec.wall_s:.1f}s")
                     records.append(rec)
             finally:
                 engine.close()

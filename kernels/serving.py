@@ -156,6 +156,32 @@ class VllmServer:
     def __exit__(self, *exc: object) -> None:
         self._process.stop()
 
+    def requests_finished(self, timeout: float = 5.0) -> int:
+        """The requests this server has finished so far, from its Prometheus ``/metrics``
+        (``vllm:request_success_total`` over every finish reason): how a router spread the load."""
+        return requests_finished(self.base_url, timeout)
+
+
+def requests_finished(base_url: str, timeout: float = 5.0) -> int:
+    """``vllm:request_success_total`` summed over its labels, read from the ``/metrics`` of the vLLM server at
+    ``base_url`` (its OpenAI URL, ending in ``/v1``); ``ServerError`` when it cannot be read."""
+    url = base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+    try:
+        resp = httpx.get(url, timeout=timeout)
+        resp.raise_for_status()
+    except httpx.HTTPError as e:
+        raise ServerError(f"{url}: {e}") from e
+    samples = [line for line in resp.text.splitlines() if line.startswith("vllm:request_success_total")]
+    if not samples:  # vLLM exports it from the start, one sample per finish reason
+        raise ServerError(f"{url}: no vllm:request_success_total (not a vLLM server?)")
+    total = 0.0
+    for line in samples:
+        try:
+            total += float(line.rsplit(None, 1)[1])
+        except (IndexError, ValueError):
+            raise ServerError(f"{url}: not a Prometheus sample: {line[:200]!r}") from None
+    return int(total)
+
 
 def model_dir_of(spec: str | None) -> tuple[Path, str]:
     """The model directory and served name of a spec that names one: ``embedded[:<name>]`` (converted first),

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import require_module
-from tokenomy.kernels.serving import Deployment, ServerError, VllmRouter
+from tokenomy.kernels.serving import Deployment, ServerError, VllmRouter, free_port
 
 from .http_doubles import send_json, serve
 
@@ -265,6 +265,48 @@ def _common(a: list[int], b: list[int]) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
+def test_finished_requests_are_read_from_vllm_s_metrics():
+    """How many requests each replica finished (the load split the served bench reports), from the Prometheus
+    text vLLM serves; a server without it is a clear ``ServerError``."""
+    from tokenomy.kernels.serving import requests_finished
+
+    text = ('# HELP vllm:request_success_total Count of successfully processed requests.\n'
+            '# TYPE vllm:request_success_total counter\n'
+            'vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 5.0\n'
+            'vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 7.0\n'
+            'vllm:request_success_created{engine="0",finished_reason="stop",model_name="m"} 1.7e+09\n'
+            'vllm:prompt_tokens_total{engine="0",model_name="m"} 4096.0\n')
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd, root = serve(Handler)
+    try:
+        assert requests_finished(f"{root}/v1") == 12
+    finally:
+        httpd.shutdown()
+    replica = Replica("r")  # answers /metrics, but not as vLLM does
+    try:
+        with pytest.raises(ServerError, match="/metrics: no vllm:request_success_total"):
+            requests_finished(f"{replica.url}/v1", timeout=2)
+    finally:
+        replica.close()
+    with pytest.raises(ServerError, match="/metrics"):  # nothing there at all
+        requests_finished(f"http://127.0.0.1:{free_port()}/v1", timeout=2)
+
+
 def test_the_served_prefix_bench_measures_each_deployment_fresh(monkeypatch, tmp_path):
     """``bench prefix --served``'s mechanics with a deployment double (a caching completions server per
     deployment): one record per deployment and workload, eta_B from the server's cached tokens, the goal."""
@@ -273,11 +315,19 @@ def test_the_served_prefix_bench_measures_each_deployment_fresh(monkeypatch, tmp
 
     made: list[dict] = []
 
+    class Counted:  # a replica's finished requests, as VllmServer.requests_finished reads them from /metrics
+        def __init__(self, replica):
+            self.replica = replica
+
+        def requests_finished(self):
+            return len(self.replica.prompts)
+
     class FakeDeployment:
         def __init__(self, model_dir, *, served_name, **options):
             made.append(options)
             self.server = CachingReplica()
             self.base_url = self.server.base_url
+            self.servers = [Counted(self.server)]
 
         def __enter__(self):
             return self
@@ -298,6 +348,7 @@ def test_the_served_prefix_bench_measures_each_deployment_fresh(monkeypatch, tmp
                     {"replicas": 2, "policy": "round_robin", "extra_args": ("--block-size", "32")}]
     for r in records:  # each deployment starts with empty caches and reuses the workload's shared prefixes
         assert r.block_size == 32 and r.eta is not None and 0 < r.eta <= 1.0 and r.hit_rate > 0
+        assert r.notes["requests_per_replica"] == [r.prompts]  # this workload's requests, not the earlier one's
     goals = prefix.served_goals(records)
     assert [g for g, _, _ in goals] == [f"{w}: eta_B through the router within 5% of one replica's"
                                         for w in ("agents", "rewoo")]
