@@ -213,14 +213,23 @@ def live_team() -> list[Agent]:
 LIVE_SPEC = "embedded:smollm2-135m"  # the fast one, as measured in the README; the default embedded model is larger
 
 
+LIVE_TOPOLOGIES = ("mesh", "chain", "star", "layered", "debate", "single", "pruned")
+
+
 def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, questions: int = 0,
-             iterations: int = 0, engine: Any = None,
+             iterations: int = 0, engine: Any = None, topologies: Sequence[str] | None = None,
              progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
     """The presets and a live-trained pruned graph on ``LIVE_SPEC`` (or ``spec``): ``questions`` evaluation
     questions (default 12, 4 with ``quick``), the policy trained ``iterations`` times (default 10, 3 with
-    ``quick``) on 2 questions x 2 rollouts. ``engine``: one already loaded (else ``spec`` is loaded)."""
+    ``quick``) on 2 questions x 2 rollouts. ``engine``: one already loaded (else ``spec`` is loaded).
+    ``topologies``: only these of ``LIVE_TOPOLOGIES`` (the mesh always runs: the others are compared with it)."""
     from tokenomy.kernels.registry import load_engine
 
+    wanted = set(topologies or LIVE_TOPOLOGIES)
+    unknown = wanted - set(LIVE_TOPOLOGIES)
+    if unknown:
+        raise ValueError(f"unknown topologies {sorted(unknown)}; choose from {', '.join(LIVE_TOPOLOGIES)}")
+    wanted.add("mesh")
     engine = engine or load_engine(spec or LIVE_SPEC)
     tasks = live_tasks(questions or (4 if quick else 12), "eval", seed)
     train = live_tasks(4 if quick else 6, "train", seed + 1)
@@ -239,9 +248,12 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
     for name, g in [("mesh", mesh), ("chain", AgentGraph.chain(agents)), ("star", AgentGraph.star(agents)),
                     ("layered", AgentGraph.layered(agents)), ("debate", AgentGraph.debate(agents, rounds=2)),
                     ("single", AgentGraph.single(agents[0]))]:
-        if quick and name in ("layered", "debate"):
+        if name not in wanted or (quick and topologies is None and name in ("layered", "debate")):
             continue
         records.append(run(name, g))
+    if "pruned" not in wanted:
+        _compare(records)
+        return records
     policy = POLICIES["independent"](mesh)
     cfg = TrainConfig(iterations=iterations or (3 if quick else 10), batch=2, rollouts=2, lam=0.5, seed=seed)
     progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
@@ -256,11 +268,14 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
 
 
 def run_graph_bench(*, quick: bool = False, live: bool = True, spec: str | None = None, seed: int = 0,
-                    iterations: int = 50, questions: int = 0,
+                    iterations: int = 50, questions: int = 0, simulator: bool = True, live_questions: int = 0,
+                    topologies: Sequence[str] | None = None,
                     progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
-    records = run_simulator(quick=quick, seed=seed, iterations=iterations, questions=questions, progress=progress)
+    records = (run_simulator(quick=quick, seed=seed, iterations=iterations, questions=questions, progress=progress)
+               if simulator else [])
     if live:
-        records += run_live(quick=quick, spec=spec, seed=seed, progress=progress)
+        records += run_live(quick=quick, spec=spec, seed=seed, questions=live_questions, topologies=topologies,
+                            progress=progress)
     return records
 
 

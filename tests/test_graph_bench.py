@@ -99,6 +99,24 @@ def test_live_tasks_are_answerable_from_their_text():
         assert t.answer in t.question.replace(",", "")
 
 
+def test_live_rows_can_be_chosen_and_the_mesh_always_runs():
+    """``--topologies``: the chosen rows only, each compared with the mesh (which runs whether chosen or not); an
+    unknown name is an error before anything runs."""
+    from tokenomy.kernels.scripted import ScriptedEngine
+
+    engine = ScriptedEngine(lambda request: "Velmora")  # what the agents answer does not matter here
+    records = run_live(questions=2, engine=engine, topologies=["star", "single"])
+    assert [r.topology for r in records] == ["mesh", "star", "single"]
+    assert all(r.setting == "live" and r.tokens > 0 for r in records)
+    with pytest.raises(ValueError, match="unknown topologies \\['ring'\\]"):
+        run_live(questions=2, engine=engine, topologies=["ring"])
+
+
+def test_bench_graph_command_rejects_an_unknown_topology(capsys):
+    assert main(["bench", "graph", "--no-simulator", "--topologies", "mesh,ring"]) != 0
+    assert "--topologies: unknown ring" in capsys.readouterr().err
+
+
 @pytest.mark.embedded
 def test_bench_graph_live_on_the_embedded_model(embedded_engine):
     records = run_live(quick=True, questions=2, iterations=1, engine=embedded_engine)
