@@ -279,6 +279,8 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=50, help="training iterations of each policy on the simulator")
     p.add_argument("--no-simulator", action="store_true", help="the live rows only")
     p.add_argument("--live-questions", type=int, default=0, help="live evaluation questions (default 12; --quick 4)")
+    p.add_argument("--live-iterations", type=int, default=0,
+                   help="live training iterations of the pruned graph's policy (default 10; --quick 3)")
     p.add_argument("--topologies", default=None, metavar="LIST",
                    help="live: only these, comma-separated, of mesh, chain, star, layered, debate, single, pruned "
                         "(the mesh always runs)")
@@ -293,7 +295,8 @@ def _graph(args: argparse.Namespace) -> int:
     records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
                                     iterations=args.iterations, questions=args.tasks, spec=_spec(args),
                                     simulator=not args.no_simulator, live_questions=args.live_questions,
-                                    topologies=topologies, progress=_progress("graph"))
+                                    live_iterations=args.live_iterations, topologies=topologies,
+                                    progress=_progress("graph"))
     print(graph.format_report(records))
     if args.json:
         write_records(args.json, records, graph.goals(records))

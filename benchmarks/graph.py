@@ -269,13 +269,13 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
 
 def run_graph_bench(*, quick: bool = False, live: bool = True, spec: str | None = None, seed: int = 0,
                     iterations: int = 50, questions: int = 0, simulator: bool = True, live_questions: int = 0,
-                    topologies: Sequence[str] | None = None,
+                    live_iterations: int = 0, topologies: Sequence[str] | None = None,
                     progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
     records = (run_simulator(quick=quick, seed=seed, iterations=iterations, questions=questions, progress=progress)
                if simulator else [])
     if live:
-        records += run_live(quick=quick, spec=spec, seed=seed, questions=live_questions, topologies=topologies,
-                            progress=progress)
+        records += run_live(quick=quick, spec=spec, seed=seed, questions=live_questions, iterations=live_iterations,
+                            topologies=topologies, progress=progress)
     return records
 
 

@@ -112,6 +112,23 @@ def test_live_rows_can_be_chosen_and_the_mesh_always_runs():
         run_live(questions=2, engine=engine, topologies=["ring"])
 
 
+def test_bench_graph_command_passes_the_live_options(monkeypatch):
+    from tokenomy.benchmarks import graph
+
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(graph, "run_graph_bench", fake)
+    assert main(["bench", "graph", "--no-simulator", "--topologies", "star,pruned", "--live-questions", "6",
+                 "--live-iterations", "4"]) == 0
+    assert (seen["simulator"], seen["live"], seen["topologies"], seen["live_questions"], seen["live_iterations"]) == (
+        False, True, ("star", "pruned"), 6, 4)
+    assert main(["bench", "graph", "--no-simulator", "--no-live"]) != 0  # nothing left to run
+
+
 def test_bench_graph_command_rejects_an_unknown_topology(capsys):
     assert main(["bench", "graph", "--no-simulator", "--topologies", "mesh,ring"]) != 0
     assert "--topologies: unknown ring" in capsys.readouterr().err
