@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -235,6 +236,16 @@ def _has_module(python: Path, module: str) -> bool:
     return out.returncode == 0
 
 
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # its own session: the group's id is its pid
+    except ProcessLookupError:
+        pass  # the group is gone
+    except OSError:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+
+
 class _Process:
     """A child process with a log file, started in its own session, stopped within bounds."""
 
@@ -255,16 +266,24 @@ class _Process:
     def exited(self) -> int | None:
         return self.proc.poll() if self.proc is not None else None
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to its whole process group (vLLM's engine core and workers are children of the server), up to
+        ``grace`` seconds for the leader to exit, then SIGKILL to whatever of the group is left: nothing it started
+        outlives it, even where the leader exits and leaves children behind."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(proc, signal.SIGKILL)  # the rest of the group, if any
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
             proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
 
     def tail(self, n: int = 1500) -> str:
         try:

@@ -265,6 +265,38 @@ def _common(a: list[int], b: list[int]) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
+def test_a_stopped_server_takes_its_children_with_it(tmp_path):
+    """A server whose leader exits on SIGTERM but leaves a child that ignores it (as a vLLM API server can leave its
+    engine core): ``stop`` ends the whole process group within its bounds."""
+    from tokenomy.kernels.serving import _Process
+
+    pid_file = tmp_path / "child.pid"
+    child = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)")
+    leader = (f"import signal, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(300)")
+    proc = _Process([sys.executable, "-c", leader], tmp_path / "server.log")
+    proc.start()
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(pid_file.read_text())
+    t0 = time.monotonic()
+    proc.stop(grace=5)
+    assert time.monotonic() - t0 < 20
+    for _ in range(50):  # killed; reaped by init shortly after
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            break  # a zombie: dead, waiting for init to reap it
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the child {pid} outlived stop()")
+    proc.stop()  # a second stop does nothing
+
+
 def test_finished_requests_are_read_from_vllm_s_metrics():
     """How many requests each replica finished (the load split the served bench reports), from the Prometheus
     text vLLM serves; a server without it is a clear ``ServerError``."""
