@@ -210,3 +210,40 @@ def test_bench_bad_list_flags_are_user_errors(capsys):
     assert "--strategies: unknown reflexion; choose from" in capsys.readouterr().err
     assert main(["bench", "planning", "--live-hops", "1,x"]) == 1
     assert "expected comma-separated numbers, got '1,x'" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(tmp_path):
+    """A command stopped by SIGTERM runs its cleanup (a bench's servers stop with it) and exits 130 with one line,
+    not a traceback; the test process's own SIGTERM handler is left as it was."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tokenomy import cli
+
+    done = tmp_path / "cleaned"
+    script = ("import pathlib, sys, time\n"
+              "from tokenomy import cli\n"
+              "def slow(args):\n"
+              "    try:\n"
+              "        print('ready', flush=True)\n"
+              "        time.sleep(60)\n"
+              "    finally:\n"
+              f"        pathlib.Path({str(done)!r}).write_text('cleaned')\n"
+              "cli.cmd_info = slow\n"
+              "sys.exit(cli.main(['info']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and time.monotonic() - t0 < 10
+    assert done.read_text() == "cleaned"
+    assert "tokenomy: stopped" in err and "Traceback" not in err
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["info"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -227,7 +227,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import signal
     import time
 
     from tokenomy.kernels.serving import Deployment, model_dir_of
@@ -246,10 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model_dir, served = model_dir_of(args.model)
     deployment = Deployment(model_dir, served_name=args.name or served, replicas=args.replicas, policy=args.policy,
                             port=args.port, router=not args.no_router, extra_args=tuple(extra))
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)  # stopped like Ctrl-C: the replicas and the router go with it
+    # SIGTERM stops it like Ctrl-C (main's handler): the replicas and the router go with it.
     print(f"tokenomy serve: starting {args.replicas} vllm serve replica(s) of {model_dir.name}"
           + (f" behind vllm-router ({args.policy})" if deployment.router is not None else ""), file=sys.stderr,
           flush=True)
@@ -413,10 +409,34 @@ class _InertStream:
 def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _InertStream(out), _InertStream(err)  # type: ignore[assignment]
+    previous = _stop_on_sigterm()
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        print("tokenomy: stopped", file=sys.stderr)
+        return 130
     finally:
         sys.stdout, sys.stderr = out, err
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM stops a command as Ctrl-C does: its ``finally`` blocks run, so the servers it started (a bench's
+    ``vllm serve``, the proxy) stop with it instead of outliving it. The handler it replaced, to restore; ``None``
+    off the main thread, where Python cannot set one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _main(argv: Sequence[str] | None) -> int:
