@@ -470,9 +470,10 @@ def versions(python: str | Path = sys.executable) -> dict[str, str]:
 
 
 def plot_records(records: Sequence[PeerRecord], path: str | Path) -> Path:
-    """A PNG of accuracy against server-counted tokens per task, one point per framework, tokenomy's highlighted."""
-    points = [(r.framework, r.per_task(r.total_tokens), r.accuracy) for r in records
-              if r.tasks and r.accuracy is not None]
+    """A PNG of accuracy against server-counted tokens per task, one point per framework, tokenomy's highlighted;
+    a framework cut off before its last task is labelled with how many it did (as in the table)."""
+    points = [(r.framework + (f" ({r.tasks} of {r.planned} tasks)" if r.planned > r.tasks else ""),
+               r.per_task(r.total_tokens), r.accuracy) for r in records if r.tasks and r.accuracy is not None]
     return plot.scatter(points, path, title="peers: accuracy against tokens per task (counted by the server)",
                         xlabel="tokens per task (prompt + completion, server-counted)", ylabel="accuracy", logx=True,
                         highlight={r.framework for r in records if r.framework.startswith("tokenomy-")},

@@ -120,6 +120,16 @@ def test_goals_compare_rewoo_with_the_most_accurate_peer():
     assert peers.goals([base])[0][2] is None
 
 
+def test_the_plot_labels_a_framework_cut_off_with_the_tasks_it_did(monkeypatch, tmp_path):
+    """Its point is from its first (easiest) tasks only: the plot says so, as the table does."""
+    seen = []
+    monkeypatch.setattr(peers.plot, "scatter", lambda points, path, **kw: seen.extend(points) or path)
+    cut = _rec("dspy", 7000, 6, [True, True])
+    cut.planned = 6
+    peers.plot_records([_rec("tokenomy-rewoo", 500, 2, [True, False]), cut], tmp_path / "p.png")
+    assert [name for name, _, _ in seen] == ["tokenomy-rewoo", "dspy (2 of 6 tasks)"]
+
+
 def test_sittings_merge_into_one_run_paired_on_the_tasks_both_asked(tmp_path, capsys):
     from tokenomy.cli import main
 
