@@ -99,7 +99,7 @@ def test_answers_are_written_as_they_finish_with_the_usage_summed(tmp_path, serv
     rows = _rows(out)
     assert sorted(r["id"] for r in rows) == ["q0", "q1", "q2", "q3"] and [r["id"] for r in seen] == [
         r["id"] for r in rows]
-    assert all(r["answer"] == ANSWER and r["error"] is None and r["usage"]["calls"] == 2 for r in rows)
+    assert all(r["answer"] == ANSWER and r["error"] is None and r["usage"]["calls"] == 2 for r in rows), rows
     assert summary.answered == 4 and summary.failed == 0 and summary.usage["calls"] == 8
     assert summary.usage["prompt_tokens"] == 800 and summary.per_minute > 0
     assert summary.model_s > 0 and summary.tool_s > 0
