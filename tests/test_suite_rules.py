@@ -178,3 +178,24 @@ def test_ci_reads_each_run_s_own_count_not_a_nested_pytest_s(tmp_path):
     checked = subprocess.run(["bash", str(ROOT / ".ci" / "skips"), str(log), str(other)], capture_output=True,
                              text=True, timeout=60)  # the second run's skip is counted but not listed
     assert checked.returncode == 1 and "counted 1 skipped, its summary lists 0" in checked.stdout, checked.stdout
+
+
+@pytest.mark.parametrize("flag, needs", [("", "about 12 GB"), ("--vllm", "about 6 GB"), ("--peers", "about 4 GB")])
+def test_setup_refuses_a_disk_too_small_before_it_installs_anything(tmp_path, flag, needs):
+    """A full disk showed as "[Errno 28] No space left on device" at the end of pip's log (a CI machine had too
+    little): each environment's setup checks the free space first and says what it needs, creating nothing."""
+    (tmp_path / ".ci").mkdir()
+    for name in (".ci/setup", "pyproject.toml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_df = bin_dir / "df"  # 1 GB free everywhere
+    fake_df.write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                       "echo '/dev/x 100000000 99000000 1048576 99% /'\n")
+    fake_df.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TOKENOMY_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(tmp_path / ".ci/setup"), *filter(None, [flag])], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "not enough disk: 1 GB free here" in done.stderr and needs in done.stderr, done.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".venv")]
