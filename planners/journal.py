@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,43 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+_OPENING: dict[str, threading.Lock] = {}
+_OPENING_LOCK = threading.Lock()
+
+
+def _opening(target: str) -> threading.Lock:
+    """One lock per SQLite file: this process's threads set a file up one at a time."""
+    key = target if target == ":memory:" else str(Path(target).resolve())
+    with _OPENING_LOCK:
+        return _OPENING.setdefault(key, threading.Lock())
+
+
+def _set_up_sqlite(conn: sqlite3.Connection, saver_class: Any, timeout_s: float) -> Any:
+    """WAL mode, the journal's table and LangGraph's tables; the saver.
+
+    Switching a new file to WAL needs it to itself, and SQLite answers "database is locked" at once, without its
+    busy wait, where another connection is setting the same file up (seen: two questions of a batch starting
+    together on a new checkpoint file, one of them failed). That is tried again until ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
+                         "PRIMARY KEY (thread_id, key))")
+            conn.commit()
+            saver = saver_class(conn)
+            saver.setup()
+            return saver
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            if conn.in_transaction:
+                conn.rollback()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+
 class Checkpoints:
     """LangGraph's checkpoints and tokenomy's tool journal, in one SQLite file or one PostgreSQL database.
 
@@ -82,13 +120,8 @@ class Checkpoints:
         self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         try:
             self.conn: Any = sqlite3.connect(target, check_same_thread=False, timeout=timeout_s)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS tokenomy_tool_journal (thread_id TEXT, key TEXT, value TEXT, "
-                "PRIMARY KEY (thread_id, key))")
-            self.conn.commit()
-            self.saver: Any = SqliteSaver(self.conn)
-            self.saver.setup()
+            with _opening(target):
+                self.saver: Any = _set_up_sqlite(self.conn, SqliteSaver, timeout_s)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # locked, a failing disk: the file may be fine
                 raise storage_error(target, exc) from exc

@@ -516,6 +516,69 @@ def test_a_checkpoint_file_locked_by_another_process_is_a_clear_error_within_its
     assert strategy.resume("t", db).answer == "a's b"  # the finished run is intact
 
 
+def test_connections_setting_up_one_new_checkpoint_file_together_all_get_it(tmp_path):
+    """SQLite answers "database is locked" at once, without its busy wait, to a connection switching a new file to
+    WAL while another does (a batch's first two questions failed so in CI): each connection stands for another
+    process, and every one of them gets the file set up."""
+    import sqlite3
+    import threading
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from tokenomy.planners.journal import _set_up_sqlite
+
+    errors: list[str] = []
+    for n in range(40):
+        path = tmp_path / f"ck{n}.sqlite"
+        start = threading.Barrier(4)
+
+        def open_it(path=path, start=start):
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=5)
+            try:
+                start.wait()
+                _set_up_sqlite(conn, SqliteSaver, 5.0)
+                conn.execute("INSERT INTO tokenomy_tool_journal VALUES (?, 'k', 'v')", (threading.get_ident(),))
+                conn.commit()
+            except sqlite3.Error as exc:
+                errors.append(str(exc))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, f"file {n}: {errors}"
+        with sqlite3.connect(path) as check:
+            assert check.execute("SELECT count(*) FROM tokenomy_tool_journal").fetchone() == (4,)
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_threads_opening_one_new_checkpoint_file_together_all_get_it(tmp_path):
+    import threading
+
+    from tokenomy.planners import Checkpoints
+
+    errors: list[str] = []
+    for n in range(40):
+        start = threading.Barrier(4)
+
+        def open_it(path=tmp_path / f"ck{n}.sqlite", start=start):
+            start.wait()
+            try:
+                Checkpoints(path).close()
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors
+
+
 def test_a_damaged_checkpoint_file_is_a_clear_error_and_is_never_overwritten(tmp_path):
     from tokenomy.errors import TokenomyError
 
