@@ -97,6 +97,16 @@ def write_records(path: str, records: Sequence[Any], goals: Sequence[tuple[str, 
         print(f"\nwrote {path}")
 
 
+def read_records(path: str | Path, from_json: Callable[[dict[str, Any]], Any], what: str) -> list[Any]:
+    """The records of a file ``write_records`` wrote, each read by ``from_json``; a file that cannot be read or is
+    not such a JSON is a ``ValueError`` naming it and ``what`` it should have been."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [from_json(r) for r in data["records"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a {what} ({type(e).__name__}: {e})") from e
+
+
 def _write_json(path: str, data: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2))
@@ -283,20 +293,35 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
                    help="live training iterations of the pruned graph's policy (default 10; --quick 3)")
     p.add_argument("--topologies", default=None, metavar="LIST",
                    help="live: only these, comma-separated, of mesh, chain, star, layered, debate, single, pruned "
-                        "(the mesh always runs)")
+                        "(default all; the rows are compared with the mesh, of this sitting or one joined by "
+                        "--merge)")
+    p.add_argument("--merge", default=None, metavar="A.json,B.json",
+                   help="report the records of earlier --json files as one run (sittings on the same questions "
+                        "and model; a later file's row of a topology wins)")
 
 
 def _graph(args: argparse.Namespace) -> int:
     from tokenomy.benchmarks import graph
 
-    if args.no_live and args.no_simulator:
-        raise UserError("bench graph: --no-live and --no-simulator leave nothing to run")
-    topologies = _names(args.topologies, graph.LIVE_TOPOLOGIES, "--topologies") if args.topologies else None
-    records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
-                                    iterations=args.iterations, questions=args.tasks, spec=_spec(args),
-                                    simulator=not args.no_simulator, live_questions=args.live_questions,
-                                    live_iterations=args.live_iterations, topologies=topologies,
-                                    progress=_progress("graph"))
+    if args.merge:
+        try:
+            records = graph.load_records([p.strip() for p in args.merge.split(",") if p.strip()])
+        except ValueError as e:
+            raise UserError(f"--merge: {e}") from e
+    else:
+        if args.no_live and args.no_simulator:
+            raise UserError("bench graph: --no-live and --no-simulator leave nothing to run")
+        topologies = _names(args.topologies, graph.LIVE_TOPOLOGIES, "--topologies") if args.topologies else None
+
+        def save(rows: list[Any]) -> None:  # after every row: a run cut off keeps what it measured
+            if args.json:
+                write_records(args.json, rows, graph.goals(rows), quiet=True)
+
+        records = graph.run_graph_bench(quick=args.quick, live=not args.no_live, seed=args.seed,
+                                        iterations=args.iterations, questions=args.tasks, spec=_spec(args),
+                                        simulator=not args.no_simulator, live_questions=args.live_questions,
+                                        live_iterations=args.live_iterations, topologies=topologies,
+                                        on_record=save, progress=_progress("graph"))
     print(graph.format_report(records))
     if args.json:
         write_records(args.json, records, graph.goals(records))

@@ -16,11 +16,13 @@ at least -1.5 points).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,11 @@ from tokenomy.graphs import AgentGraph, GraphTeam, Simulator
 from tokenomy.graphs.policy import POLICIES, EdgePolicy, StaticPolicy, effective_items
 from tokenomy.graphs.train import EvalReport, TeamTask, TrainConfig, TrainReport, evaluate, train_policy
 
+from .commands import read_records
 from .world import World
 
 __all__ = ["GraphRecord", "run_graph_bench", "run_simulator", "run_live", "goals", "format_report", "live_tasks",
-           "live_team", "paired_bootstrap", "bootstrap_interval", "plot_records"]
+           "live_team", "paired_bootstrap", "bootstrap_interval", "plot_records", "load_records", "tasks_digest"]
 
 NON_INFERIOR = -0.015
 
@@ -65,12 +68,26 @@ class GraphRecord:
     formula_ok: bool | None = None
     """Simulator: measured tokens equal the simulator's formula on the questions checked."""
     correct: list[bool] = field(default_factory=list, repr=False)
+    """Per evaluation question, in order: kept in the JSON so that sittings can be paired (``load_records``)."""
     wall_s: float = 0.0
+    model: str | None = None
+    """The engine's spec (live rows)."""
+    tasks_id: str | None = None
+    """A digest of the evaluation questions and their answers: rows are paired only on the same questions."""
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("correct")
-        return d
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GraphRecord:
+        """A record from its ``to_json``; an unknown key is a ``ValueError``."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        d = dict(data)
+        if d.get("diff_ci") is not None:
+            d["diff_ci"] = tuple(d["diff_ci"])
+        return cls(**d)
 
 
 def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -95,22 +112,58 @@ def bootstrap_interval(a: Sequence[bool], n: int = 2000, seed: int = 0) -> tuple
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _record(setting: str, topology: str, rep: EvalReport, wall_s: float) -> GraphRecord:
+def tasks_digest(tasks: Sequence[TeamTask]) -> str:
+    """What ``GraphRecord.tasks_id`` holds: a short digest of the questions and answers, in order."""
+    text = json.dumps([[t.question, t.answer] for t in tasks])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _record(setting: str, topology: str, rep: EvalReport, wall_s: float, tasks: Sequence[TeamTask],
+            model: str | None = None) -> GraphRecord:
     n = max(len(rep.correct), 1)
     return GraphRecord(setting, topology, rep.mean_tokens, rep.accuracy, rep.mean_calls, len(rep.correct),
                        prompt_tokens=(rep.usage.prompt_tokens or 0) / n,
                        completion_tokens=(rep.usage.completion_tokens or 0) / n, correct=list(rep.correct),
-                       wall_s=wall_s)
+                       wall_s=wall_s, model=model, tasks_id=tasks_digest(tasks))
 
 
 def _compare(records: list[GraphRecord]) -> None:
-    mesh = next((r for r in records if r.topology == "mesh"), None)
-    if mesh is None:
-        return
-    for r in records:
-        r.reduction = 1 - r.tokens / mesh.tokens if mesh.tokens else None
-        if r is not mesh and len(r.correct) == len(mesh.correct):
-            r.diff_ci = paired_bootstrap(r.correct, mesh.correct)
+    """Each record's token reduction and paired accuracy interval against the mesh of its setting (none where
+    that setting has no mesh, or the record was measured on other questions)."""
+    for setting in dict.fromkeys(r.setting for r in records):
+        rows = [r for r in records if r.setting == setting]
+        mesh = next((r for r in rows if r.topology == "mesh"), None)
+        for r in rows:
+            r.reduction = r.diff_ci = None
+            if mesh is None:
+                continue
+            r.reduction = (1 - r.tokens / mesh.tokens) if mesh.tokens else None
+            if r is not mesh and len(r.correct) == len(mesh.correct) > 0 and r.tasks_id == mesh.tasks_id:
+                r.diff_ci = paired_bootstrap(r.correct, mesh.correct)
+
+
+def load_records(paths: Sequence[str | Path]) -> list[GraphRecord]:
+    """The records of several ``bench graph --json`` files (sittings on the same questions and model, each
+    running some topologies) as one run: a later file's row of a setting and topology replaces an earlier one's,
+    and every row is compared again with its setting's mesh. A ``ValueError`` names a file that cannot be read or
+    a row measured on other questions or another model than the rows before it."""
+    merged: dict[tuple[str, str], GraphRecord] = {}
+    seen: dict[str, tuple[str | None, str | None, str]] = {}  # setting -> (model, tasks_id, file)
+    for path in paths:
+        for r in read_records(path, GraphRecord.from_json, "bench graph --json file"):
+            if r.setting in seen:
+                model, tasks_id, first = seen[r.setting]
+                if (r.model, r.tasks_id) != (model, tasks_id):
+                    what = "model" if r.model != model else "questions"
+                    raise ValueError(f"{path}: the {r.setting} row {r.topology!r} was measured with another "
+                                     f"{what} than {first}'s ({r.model or '?'} {r.tasks_id or '?'} against "
+                                     f"{model or '?'} {tasks_id or '?'})")
+            else:
+                seen[r.setting] = (r.model, r.tasks_id, str(path))
+            merged[(r.setting, r.topology)] = r
+    out = list(merged.values())
+    _compare(out)
+    return out
 
 
 # -- simulator -------------------------------------------------------------------------------------------------
@@ -132,7 +185,8 @@ def run_simulator(*, quick: bool = False, seed: int = 0, iterations: int = 50, q
     def run(topology: str, graph: AgentGraph, policy: EdgePolicy | None = None) -> GraphRecord:
         t0 = time.perf_counter()
         team = GraphTeam(graph, engine, policy=policy)
-        rec = _record("simulator", topology, evaluate(team, tasks, topology), time.perf_counter() - t0)
+        rec = _record("simulator", topology, evaluate(team, tasks, topology), time.perf_counter() - t0, tasks,
+                      model="simulator")
         ok = True
         for t in tasks[:3]:  # the measured tokens must be the formula's
             real = graph.apply(policy.realize(graph, t.question).mask) if policy is not None else graph
@@ -218,18 +272,21 @@ LIVE_TOPOLOGIES = ("mesh", "chain", "star", "layered", "debate", "single", "prun
 
 def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, questions: int = 0,
              iterations: int = 0, engine: Any = None, topologies: Sequence[str] | None = None,
+             on_record: Callable[[list[GraphRecord]], None] = lambda rs: None,
              progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
     """The presets and a live-trained pruned graph on ``LIVE_SPEC`` (or ``spec``): ``questions`` evaluation
     questions (default 12, 4 with ``quick``), the policy trained ``iterations`` times (default 10, 3 with
     ``quick``) on 2 questions x 2 rollouts. ``engine``: one already loaded (else ``spec`` is loaded).
-    ``topologies``: only these of ``LIVE_TOPOLOGIES`` (the mesh always runs: the others are compared with it)."""
+    ``topologies``: only these of ``LIVE_TOPOLOGIES`` (default all; the others are compared with the mesh, so a
+    choice without it is compared only once joined with a sitting that ran it, ``load_records``).
+    ``on_record``: called with the rows so far after each one (a run cut off keeps what it measured)."""
     from tokenomy.kernels.registry import load_engine
 
     wanted = set(topologies or LIVE_TOPOLOGIES)
     unknown = wanted - set(LIVE_TOPOLOGIES)
     if unknown:
         raise ValueError(f"unknown topologies {sorted(unknown)}; choose from {', '.join(LIVE_TOPOLOGIES)}")
-    wanted.add("mesh")
+    model = spec or (LIVE_SPEC if engine is None else None)
     engine = engine or load_engine(spec or LIVE_SPEC)
     tasks = live_tasks(questions or (4 if quick else 12), "eval", seed)
     train = live_tasks(4 if quick else 6, "train", seed + 1)
@@ -239,10 +296,15 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
     def run(topology: str, graph: AgentGraph, policy: EdgePolicy | None = None) -> GraphRecord:
         t0 = time.perf_counter()
         rec = _record("live", topology, evaluate(GraphTeam(graph, engine, policy=policy), tasks, topology),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, tasks, model)
         progress(f"live {topology}: accuracy {rec.accuracy:.0%}, {rec.tokens:.0f} tokens/question, "
                  f"{rec.wall_s:.0f} s")
         return rec
+
+    def add(rec: GraphRecord) -> None:
+        records.append(rec)
+        _compare(records)
+        on_record(records)
 
     mesh = AgentGraph.mesh(agents, rounds=2)
     for name, g in [("mesh", mesh), ("chain", AgentGraph.chain(agents)), ("star", AgentGraph.star(agents)),
@@ -250,32 +312,36 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
                     ("single", AgentGraph.single(agents[0]))]:
         if name not in wanted or (quick and topologies is None and name in ("layered", "debate")):
             continue
-        records.append(run(name, g))
-    if "pruned" not in wanted:
-        _compare(records)
-        return records
-    policy = POLICIES["independent"](mesh)
-    cfg = TrainConfig(iterations=iterations or (3 if quick else 10), batch=2, rollouts=2, lam=0.5, seed=seed)
-    progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
-             f"{cfg.rollouts} rollouts)")
-    report = train_policy(policy, GraphTeam(mesh, engine), train, cfg)
-    rec = run("pruned:independent", mesh, policy)
-    _add_training(rec, report)
-    rec.mask = policy.realize(mesh, tasks[0].question).mask.to_json()
-    records.append(rec)
-    _compare(records)
+        add(run(name, g))
+    if "pruned" in wanted:
+        policy = POLICIES["independent"](mesh)
+        cfg = TrainConfig(iterations=iterations or (3 if quick else 10), batch=2, rollouts=2, lam=0.5, seed=seed)
+        progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
+                 f"{cfg.rollouts} rollouts)")
+        report = train_policy(policy, GraphTeam(mesh, engine), train, cfg)
+        rec = run("pruned:independent", mesh, policy)
+        _add_training(rec, report)
+        rec.mask = policy.realize(mesh, tasks[0].question).mask.to_json()
+        add(rec)
     return records
 
 
 def run_graph_bench(*, quick: bool = False, live: bool = True, spec: str | None = None, seed: int = 0,
                     iterations: int = 50, questions: int = 0, simulator: bool = True, live_questions: int = 0,
                     live_iterations: int = 0, topologies: Sequence[str] | None = None,
+                    on_record: Callable[[list[GraphRecord]], None] = lambda rs: None,
                     progress: Callable[[str], None] = lambda m: None) -> list[GraphRecord]:
+    """The simulator's rows, then the live ones; ``on_record`` gets all the rows so far after the simulator and
+    after each live row."""
     records = (run_simulator(quick=quick, seed=seed, iterations=iterations, questions=questions, progress=progress)
                if simulator else [])
+    if simulator:
+        on_record(records)
     if live:
-        records += run_live(quick=quick, spec=spec, seed=seed, questions=live_questions, iterations=live_iterations,
-                            topologies=topologies, progress=progress)
+        sim = list(records)
+        records = sim + run_live(quick=quick, spec=spec, seed=seed, questions=live_questions,
+                                 iterations=live_iterations, topologies=topologies,
+                                 on_record=lambda rows: on_record(sim + rows), progress=progress)
     return records
 
 
@@ -330,11 +396,11 @@ def goals(records: Sequence[GraphRecord]) -> list[tuple[str, str, bool]]:
 def format_report(records: Sequence[GraphRecord]) -> str:
     lines: list[str] = []
     for setting, title in (("simulator", "simulator (scripted engine, tokens = UTF-8 bytes; 5 agents + solver)"),
-                           ("live", "live (embedded model, tokens from the engine's usage; 4 agents)")):
+                           ("live", "live ({}, tokens from the engine's usage; 4 agents)")):
         rows = [r for r in records if r.setting == setting]
         if not rows:
             continue
-        lines.append(f"{title}, {rows[0].questions} questions:")
+        lines.append(f"{title.format(rows[0].model or 'a model')}, {rows[0].questions} questions:")
         lines.append(f"  {'topology':<22} {'tokens':>8} {'prompt':>8} {'compl':>6} {'calls':>5} {'accuracy':>8} "
                      f"{'vs mesh':>8} {'acc diff 95% CI':>17} {'train tok':>10} {'F1':>5} {'F1>=.9 at':>9}")
         for r in rows:

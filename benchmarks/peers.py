@@ -28,6 +28,7 @@ from typing import Any
 from tokenomy.agents.answers import answer_matches
 from tokenomy.benchmarks import plot
 
+from .commands import read_records
 from .peer_agents import FRAMEWORKS
 from .referee import Record, RecordingProxy, RefereeError, VllmServer, check_model
 from .world import Task, World
@@ -387,12 +388,7 @@ def load_records(paths: Sequence[str | Path]) -> list[PeerRecord]:
     asked. A file that is not such a JSON is a ``ValueError`` naming it."""
     by_name: dict[str, PeerRecord] = {}
     for path in paths:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            records = [PeerRecord.from_json(r) for r in data["records"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a bench peers JSON ({type(e).__name__}: {e})") from e
-        for rec in records:
+        for rec in read_records(path, PeerRecord.from_json, "bench peers JSON"):
             rec.diff_vs_baseline = None
             by_name[rec.framework] = rec
     order = {name: i for i, name in enumerate(FRAMEWORKS)}

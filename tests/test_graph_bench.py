@@ -99,17 +99,72 @@ def test_live_tasks_are_answerable_from_their_text():
         assert t.answer in t.question.replace(",", "")
 
 
-def test_live_rows_can_be_chosen_and_the_mesh_always_runs():
-    """``--topologies``: the chosen rows only, each compared with the mesh (which runs whether chosen or not); an
-    unknown name is an error before anything runs."""
+def test_live_rows_run_as_chosen_and_compare_with_the_mesh_when_it_ran():
+    """``--topologies``: the chosen rows only; each is compared with the mesh where the mesh is among them (a
+    choice without it is compared once joined with a sitting that ran it); an unknown name is an error before
+    anything runs."""
     from tokenomy.kernels.scripted import ScriptedEngine
 
     engine = ScriptedEngine(lambda request: "Velmora")  # what the agents answer does not matter here
-    records = run_live(questions=2, engine=engine, topologies=["star", "single"])
+    records = run_live(questions=2, engine=engine, topologies=["star", "single", "mesh"])
     assert [r.topology for r in records] == ["mesh", "star", "single"]
     assert all(r.setting == "live" and r.tokens > 0 for r in records)
+    assert records[1].reduction is not None and records[1].diff_ci == (0.0, 0.0)
+    alone = run_live(questions=2, engine=engine, topologies=["single"])
+    assert [r.topology for r in alone] == ["single"] and alone[0].reduction is None and alone[0].diff_ci is None
     with pytest.raises(ValueError, match="unknown topologies \\['ring'\\]"):
         run_live(questions=2, engine=engine, topologies=["ring"])
+
+
+def _sitting(tmp_path, name, topologies, *extra):
+    out = tmp_path / f"{name}.json"
+    assert main(["bench", "graph", "--no-simulator", "--model", "scripted", "--live-questions", "3",
+                 "--live-iterations", "1", "--topologies", topologies, "--json", str(out), *extra]) == 0
+    return out
+
+
+def test_graph_sittings_join_into_one_run(tmp_path, capsys):
+    """A long live run in sittings: each writes its rows (after every row), ``--merge`` joins them, pairs every
+    row with the mesh of the first sitting, and refuses a sitting on other questions or another model."""
+    a = _sitting(tmp_path, "a", "mesh,single")
+    b = _sitting(tmp_path, "b", "star,single")
+    rows_b = json.loads(b.read_text())["records"]
+    assert [r["topology"] for r in rows_b] == ["star", "single"]
+    assert rows_b[0]["reduction"] is None and len(rows_b[0]["correct"]) == 3 and rows_b[0]["model"] == "scripted"
+    capsys.readouterr()
+    merged = tmp_path / "merged.json"
+    assert main(["bench", "graph", "--merge", f"{a},{b}", "--json", str(merged)]) == 0
+    text = capsys.readouterr().out
+    assert "live (scripted, tokens from the engine's usage; 4 agents), 3 questions:" in text
+    rows = {r["topology"]: r for r in json.loads(merged.read_text())["records"]}
+    assert list(rows) == ["mesh", "single", "star"]
+    star, mesh = rows["star"], rows["mesh"]
+    assert star["reduction"] == pytest.approx(1 - star["tokens"] / mesh["tokens"]) and star["diff_ci"] == [0.0, 0.0]
+    # another number of questions, then a file that is not a bench graph JSON: each a clear error
+    other = _sitting(tmp_path, "c", "chain")
+    data = json.loads(other.read_text())
+    data["records"][0]["tasks_id"] = "0" * 16
+    other.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["bench", "graph", "--merge", f"{a},{other}"]) != 0
+    err = capsys.readouterr().err
+    assert "--merge" in err and "other questions" in err and str(other) in err
+    data["records"][0].update(tasks_id=rows_b[0]["tasks_id"], model="embedded:smollm2-135m")
+    other.write_text(json.dumps(data))
+    assert main(["bench", "graph", "--merge", f"{a},{other}"]) != 0
+    assert "another model" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"records": [{"setting": "live"}]')
+    assert main(["bench", "graph", "--merge", f"{a},{broken}"]) != 0
+    assert "not a bench graph --json file" in capsys.readouterr().err
+
+
+def test_a_graph_record_survives_its_json():
+    rec = GraphRecord("live", "star", 120.5, 0.5, 4.0, 2, correct=[True, False], diff_ci=(-0.5, 0.5),
+                      model="openai:m@http://127.0.0.1:1/v1", tasks_id="ab" * 8)
+    assert GraphRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+        GraphRecord.from_json({**rec.to_json(), "colour": "red"})
 
 
 def test_bench_graph_command_passes_the_live_options(monkeypatch):
