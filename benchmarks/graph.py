@@ -161,7 +161,9 @@ def load_records(paths: Sequence[str | Path]) -> list[GraphRecord]:
             else:
                 seen[r.setting] = (r.model, r.tasks_id, str(path))
             merged[(r.setting, r.topology)] = r
-    out = list(merged.values())
+    order = ("mesh", "chain", "star", "layered", "debate", "single")  # the order one sitting runs them in
+    out = sorted(merged.values(), key=lambda r: (r.setting != "simulator", r.topology not in order,
+                                                 order.index(r.topology) if r.topology in order else 0))
     _compare(out)
     return out
 

@@ -137,7 +137,7 @@ def test_graph_sittings_join_into_one_run(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "live (scripted, tokens from the engine's usage; 4 agents), 3 questions:" in text
     rows = {r["topology"]: r for r in json.loads(merged.read_text())["records"]}
-    assert list(rows) == ["mesh", "single", "star"]
+    assert list(rows) == ["mesh", "star", "single"]  # in the order one sitting runs them
     star, mesh = rows["star"], rows["mesh"]
     assert star["reduction"] == pytest.approx(1 - star["tokens"] / mesh["tokens"]) and star["diff_ci"] == [0.0, 0.0]
     # another number of questions, then a file that is not a bench graph JSON: each a clear error
