@@ -82,7 +82,8 @@ def _set_up_sqlite(conn: sqlite3.Connection, saver_class: Any, timeout_s: float)
             saver.setup()
             return saver
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() + pause > deadline:
+            contended = "locked" in str(exc) or "busy" in str(exc)
+            if not contended or time.monotonic() + pause > deadline:
                 raise
             if conn.in_transaction:
                 conn.rollback()
