@@ -229,17 +229,68 @@ def canonical(answer: Any) -> str:
     return t.strip(" .!\"'")
 
 
+# A run of capitalized words ("Petra Lunde"); a possessive "'s" is not part of it.
+_NAME_RUN = re.compile(r"\b[A-Z][A-Za-z]+(?:-[A-Z][A-Za-z]+)*\b(?:[ \t]+[A-Z][A-Za-z]+(?:-[A-Z][A-Za-z]+)*\b)*")
+# Capitalized words that are not names: a sentence's first word, pronouns, and the words an agent opens its
+# answer with. A run loses them at either end ("The Ambrel River" -> "Ambrel River").
+_NOT_NAMES = frozenset("""
+    a an the this that these those there here it its he his him she her they their them we our you your i my me
+    in on at of from by for to with as and or but so thus therefore hence then also yes no not
+    answer final result based according after before using since because if when where who whom whose which what
+    how why is was are were be been has have had do does did
+    """.split())
+
+
+_NON_WORD = re.compile(r"[^\w\s-]")
+
+
+def _names(text: str) -> list[str]:
+    """The capitalized name runs of ``text``, with non-name words (``_NOT_NAMES``) dropped from either end:
+    ``"The mayor of Brannock is Petra Lunde."`` -> ``["Brannock", "Petra Lunde"]``."""
+    out: list[str] = []
+    for run in _NAME_RUN.findall(text):
+        words = run.split()
+        while words and words[0].lower() in _NOT_NAMES:
+            words.pop(0)
+        while words and words[-1].lower() in _NOT_NAMES:
+            words.pop()
+        if words:
+            out.append(" ".join(words))
+    return out
+
+
+def _names_match(answer: str, gold: str, question: str | None) -> bool:
+    """The name rule of ``answer_matches``: ``gold`` is one name (one capitalized run, as ``_names`` reads it),
+    the question does not hold it, and the answer's names, less those the question holds, are exactly it."""
+    g = gold.strip().strip(_PUNCT)
+    if _names(g) != [g]:
+        return False
+    g = canonical(g)
+    asked = " " + " ".join(_NON_WORD.sub(" ", canonical(question)).split()) + " " if question is not None else ""
+    if f" {g} " in asked:
+        return False  # "Is Velmora larger than Brannock?": naming it proves nothing
+    from tokenomy.tools.builtin.chunking import SOURCE  # as in ``canonical``
+
+    plain = SOURCE.sub(" ", _NOTES.sub(" ", answer))
+    said = {canonical(n) for n in _names(plain)}
+    return {n for n in said if f" {n} " not in asked} == {g}
+
+
 def answer_matches(answer: Any, gold: str, question: str | None = None) -> bool:
     """Whether ``answer`` is the gold answer: equal after ``canonical``, or (for a numeric gold answer) the answer's
-    only number is it (``"The population is 181334."``); with the ``question``, numbers the answer repeats from it
-    do not count (``"The price of Urthudav 41 is 611."`` answers a question about Urthudav 41 with 611). ``None``
-    never matches."""
+    only number is it (``"The population is 181334."``), or (for a gold answer that is one capitalized name) the
+    answer's only name is it (``"Petra Lunde is the mayor."``). With the ``question``, numbers and names the answer
+    repeats from it do not count (``"The price of Urthudav 41 is 611."`` answers a question about Urthudav 41 with
+    611; ``"Petra Lunde is the mayor of Brannock."`` answers "Who is the mayor of Brannock?"), and a name the
+    question holds is matched only exactly. ``None`` never matches."""
     if answer is None:
         return False
     a, g = canonical(answer), canonical(gold)
     if a == g:
         return True
-    nums = set(_NUM.findall(a))
-    if question is not None and len(nums) > 1:
-        nums -= set(_NUM.findall(canonical(question))) - {g}
-    return bool(_NUM.fullmatch(g)) and nums == {g}
+    if _NUM.fullmatch(g):
+        nums = set(_NUM.findall(a))
+        if question is not None and len(nums) > 1:
+            nums -= set(_NUM.findall(canonical(question))) - {g}
+        return nums == {g}
+    return _names_match(str(answer), str(gold), question)

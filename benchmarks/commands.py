@@ -502,7 +502,8 @@ def _peers_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model", default=None, metavar="NAME", help="the model's name on --server")
     p.add_argument("--merge", default=None, metavar="A.json,B.json",
                    help="report the records of earlier --json files as one run (frameworks run in separate "
-                        "sittings on the same server and tasks; a later file's framework wins)")
+                        "sittings on the same server and tasks; a later file's framework wins), their stored "
+                        "answers scored again; give the run's own --quick, --seed or --corpus/--questions")
     p.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
                    help="seconds a framework may take for one task")
     p.add_argument("--logs", default=None, metavar="DIR", help="write the proxy's request log and each framework's "
@@ -516,8 +517,10 @@ def _peers(args: argparse.Namespace) -> int:
         raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
     if args.merge:
         paths = [p.strip() for p in args.merge.split(",") if p.strip()]
+        tasks = (peers.question_tasks(args.questions) if args.questions
+                 else peers.peer_tasks(quick=args.quick, seed=args.seed))
         try:
-            records = peers.load_records(paths)
+            records = peers.load_records(paths, tasks, say=_progress("peers"))
         except ValueError as e:
             raise UserError(f"--merge: {e}") from e
         found: dict[str, str] = {}

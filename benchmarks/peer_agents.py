@@ -130,6 +130,8 @@ class Setting:
     toolbox: Callable[[], Toolbox]
     tools: Callable[[], list[Any]]
     exemplars: list[Any]
+    close: Callable[[], None] = lambda: None
+    """Release what the setting holds open (a prose corpus's index)."""
 
     @classmethod
     def world(cls, seed: int, obs_tokens: int) -> Setting:
@@ -144,7 +146,7 @@ class Setting:
         from .prose import prose_setting
 
         ps = prose_setting(corpus, questions)
-        return cls(lambda: Toolbox.prose(ps.tools), lambda: list(ps.tools), ps.exemplars)
+        return cls(lambda: Toolbox.prose(ps.tools), lambda: list(ps.tools), ps.exemplars, ps.index.close)
 
 
 # -- the frameworks ---------------------------------------------------------------------------------------------
@@ -333,13 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     setting = (Setting.prose(args.corpus, args.questions) if args.corpus
                else Setting.world(args.seed, args.obs_tokens))
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        url = f"{args.proxy.rstrip('/')}/r/{job['tag']}/v1"
-        result = answer_one(args.framework, job["question"], url, args.model, setting)
-        out.write(json.dumps({"tag": job["tag"], **result}) + "\n")
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            job = json.loads(line)
+            url = f"{args.proxy.rstrip('/')}/r/{job['tag']}/v1"
+            result = answer_one(args.framework, job["question"], url, args.model, setting)
+            out.write(json.dumps({"tag": job["tag"], **result}) + "\n")
+    finally:
+        setting.close()  # the input closed: the index file is left whole, without its -wal and -shm
     return 0
 
 

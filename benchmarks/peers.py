@@ -61,6 +61,13 @@ def prose_tasks(corpus: str | Path, questions: str | Path, *, quick: bool = Fals
     return tasks[:6] if quick else tasks
 
 
+def question_tasks(questions: str | Path) -> list[Task]:
+    """Every question of a prose questions file as a task, without indexing its corpus (to score answers)."""
+    from .prose import load_questions, to_task
+
+    return [to_task(q) for q in load_questions(questions)]
+
+
 @dataclass
 class PeerRecord:
     """One framework over the tasks: server-counted totals (summed over tasks), its own counts where it keeps
@@ -216,10 +223,19 @@ class _Runner:
             if isinstance(result, dict) and result.get("tag") == tag:
                 return result
 
-    def close(self) -> None:
+    def close(self, grace: float = 0.0) -> None:
+        """Stop the process: with ``grace``, its input is closed first and it has that long to finish (to close
+        its files); then, or at once, its process group is killed."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        if grace > 0 and proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.close()
+                proc.wait(grace)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -265,19 +281,51 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
             own_known = False
         rec.rows.append({"task": task.id, "hops": task.hops, "gold": task.answer, "answer": row.get("answer"),
                          "correct": correct, "error_kind": row.get("error_kind"), "error": row.get("error"),
+                         "tool_errors": int(row.get("tool_errors") or 0),
                          "calls": len(calls), "prompt_tokens": prompt, "cached_tokens": cached,
                          "completion_tokens": completion, "own_usage": own, "wall_s": row.get("wall_s")})
     if own_known and rows:
         rec.own_prompt_tokens, rec.own_completion_tokens = own_p, own_c
     rec.failures = dict(kinds)
     rec.wall_s = round(rec.wall_s, 3)
+    _score(rec)
+    return rec
+
+
+def _score(rec: PeerRecord) -> None:
+    """``rec``'s accuracy and its bootstrap interval, from ``rec.correct``."""
+    rec.accuracy = rec.accuracy_low = rec.accuracy_high = None
     if rec.correct:
         from .graph import bootstrap_interval
 
         rec.accuracy = round(sum(rec.correct) / len(rec.correct), 3)
         low, high = bootstrap_interval(rec.correct)
         rec.accuracy_low, rec.accuracy_high = round(low, 3), round(high, 3)
-    return rec
+
+
+def rescore(rec: PeerRecord, tasks: Sequence[Task]) -> int:
+    """Score ``rec``'s stored answers again with today's ``answer_matches`` against ``tasks`` (the run's tasks, by
+    id): a record measured before the scorer changed reports what it would score now, without running again.
+    Failures of kind ``tool`` (a wrong answer after a tool error) are recounted where the rows keep their tool
+    errors. The number of answers whose score changed; a row whose task is not among ``tasks`` or whose gold
+    differs is a ``ValueError`` (the record was measured on other tasks)."""
+    by_id = {t.id: t for t in tasks}
+    changed = 0
+    for row in rec.rows:
+        task = by_id.get(str(row.get("task")))
+        if task is None or str(row.get("gold")) != task.answer:
+            raise ValueError(f"{rec.framework}: task {row.get('task')!r} is not one of these tasks (or its gold "
+                             "answer differs): rescore with the run's own --quick, --seed or --questions")
+        ok = answer_matches(row.get("answer"), task.answer, task.question)
+        changed += ok != bool(row.get("correct"))
+        row["correct"] = ok
+    if rec.rows:
+        rec.correct = [bool(row["correct"]) for row in rec.rows]
+        if all("tool_errors" in row for row in rec.rows):
+            tool = sum(1 for row in rec.rows if not row["correct"] and not row.get("error_kind") and row["tool_errors"])
+            rec.failures = {k: v for k, v in rec.failures.items() if k != "tool"} | ({"tool": tool} if tool else {})
+        _score(rec)
+    return changed
 
 
 def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = False, seed: int = 0,
@@ -351,7 +399,7 @@ def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, mode
                         part.planned = len(tasks)
                         on_record(_pair([*out, part]))
             finally:
-                runner.close()
+                runner.close(grace=10.0)
             out.append(summarize(fw, tasks, rows, proxy.records))
             _pair(out)
             if on_record is not None:
@@ -381,15 +429,25 @@ def _pair(records: list[PeerRecord]) -> list[PeerRecord]:
     return records
 
 
-def load_records(paths: Sequence[str | Path]) -> list[PeerRecord]:
+def load_records(paths: Sequence[str | Path], tasks: Sequence[Task] | None = None,
+                 say: Callable[[str], None] | None = None) -> list[PeerRecord]:
     """The records of several ``bench peers --json`` files (sittings on the same server and tasks: frameworks run
     apart, or a run cut off and the rest run later) as one run: a framework in a later file replaces the same
     framework of an earlier one, and every record is paired again with ``tokenomy-rewoo`` on the tasks both
-    asked. A file that is not such a JSON is a ``ValueError`` naming it."""
+    asked. With ``tasks`` (the run's), every stored answer is scored again (``rescore``) and ``say`` hears of each
+    record whose score changed. A file that is not such a JSON, or a record of other tasks, is a ``ValueError``
+    naming it."""
     by_name: dict[str, PeerRecord] = {}
     for path in paths:
         for rec in read_records(path, PeerRecord.from_json, "bench peers JSON"):
             rec.diff_vs_baseline = None
+            if tasks is not None:
+                try:
+                    changed = rescore(rec, tasks)
+                except ValueError as e:
+                    raise ValueError(f"{path}: {e}") from None
+                if changed and say is not None:
+                    say(f"{rec.framework}: {changed} answer(s) scored differently now, accuracy {rec.accuracy}")
             by_name[rec.framework] = rec
     order = {name: i for i, name in enumerate(FRAMEWORKS)}
     return _pair(sorted(by_name.values(), key=lambda r: order.get(r.framework, len(order))))

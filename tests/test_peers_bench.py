@@ -269,3 +269,65 @@ def test_a_task_past_its_deadline_is_a_timeout_and_the_next_task_gets_a_fresh_pr
                 runner.close()
     finally:
         server.close()
+
+
+def test_merge_scores_the_stored_answers_again(tmp_path, capsys):
+    """Sittings scored before the scorer learnt a rule are reported as it scores now, and a sitting of other tasks
+    is refused rather than scored against the wrong gold answers."""
+    from tokenomy.cli import main
+
+    held = Path(__file__).parent / "prose_heldout"
+    corpus, questions = held / "corpus", held / "questions.jsonl"
+    tasks = peers.question_tasks(questions)  # no index is built to score answers
+    mayor = next(t for t in tasks if t.answer == "Petra Lunde")
+    rows = [{"tag": f"x--{t.id}", "answer": f"{t.answer} is the mayor of Brannock." if t is mayor else "?"}
+            for t in tasks]
+    rec = peers.summarize("langgraph", tasks, rows, [])
+    assert rec.rows[tasks.index(mayor)]["correct"]  # today's scorer reads the name in the sentence
+    rec.rows[tasks.index(mayor)]["correct"] = False  # as a sitting scored before the name rule stored it
+    rec.correct[tasks.index(mayor)] = False
+    rec.accuracy = 0.0
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"records": [rec.to_json()]}))
+    out = tmp_path / "merged.json"
+    assert main(["bench", "peers", "--merge", str(path), "--corpus", str(corpus), "--questions", str(questions),
+                 "--json", str(out)]) == 0
+    assert "langgraph: 1 answer(s) scored differently now" in capsys.readouterr().err
+    again = json.loads(out.read_text())["records"][0]
+    assert again["accuracy"] == round(1 / len(tasks), 3) and sum(again["correct"]) == 1
+    # the planning world's tasks are not these: refused, naming the file
+    with pytest.raises(ValueError, match="old.json.*not one of these tasks"):
+        peers.load_records([path], peers.peer_tasks())
+    assert main(["bench", "peers", "--merge", str(path)]) != 0
+
+
+def test_rescoring_recounts_tool_failures_where_the_rows_keep_them():
+    tasks = peers.peer_tasks(quick=True)[:2]
+    rows = [{"tag": f"x--{t.id}", "answer": "?", "tool_errors": 1} for t in tasks]
+    rec = peers.summarize("dspy", tasks, rows, [])
+    assert rec.failures == {"tool": 2}
+    rec.rows[0]["answer"] = tasks[0].answer  # as if the scorer now reads it right
+    assert peers.rescore(rec, tasks) == 1
+    assert rec.failures == {"tool": 1} and rec.correct == [True, False] and rec.accuracy == 0.5
+
+
+@pytest.mark.timeout(120)
+def test_a_runner_stopped_at_the_end_closes_the_corpus_index(tmp_path):
+    """The framework's process gets the end of its input and closes the prose index: no -wal or -shm is left
+    beside it (a process killed at a deadline still leaves them; SQLite replays them on the next open)."""
+    import shutil
+    import time
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(PROSE / "corpus", corpus, ignore=shutil.ignore_patterns(".tokenomy-index*"))
+    runner = peers._Runner("tokenomy-rewoo", "http://127.0.0.1:9", "m", python=peers.sys.executable, seed=0,
+                           obs_tokens=20, log=tmp_path / "stderr.txt",
+                           prose=(str(corpus), str(PROSE / "questions.jsonl")))
+    runner.proc = runner._start()
+    deadline = time.monotonic() + 60
+    while not (corpus / ".tokenomy-index.sqlite-wal").exists():
+        assert time.monotonic() < deadline and runner.proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+        time.sleep(0.1)
+    runner.close(grace=30)
+    assert (corpus / ".tokenomy-index.sqlite").exists()
+    assert not list(corpus.glob(".tokenomy-index.sqlite-*")), (tmp_path / "stderr.txt").read_text()
