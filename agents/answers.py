@@ -8,8 +8,9 @@ Two jobs, one module:
   (after an answer marker, else the first line) themselves. Votes over samples compare these.
 * ``canonical`` and ``answer_matches`` compare an answer that is already extracted (a value an agent, a graph or a
   plan returned) with another or with a gold answer: case, thousands separators, ``.0``, tool annotations
-  (``[file.md#2]`` sources and ``[notes: ...]``) and outer punctuation aside, and a numeric gold answer matches an
-  answer whose only number it is.
+  (``[file.md#2]`` sources and ``[notes: ...]``) and outer punctuation aside; a numeric gold answer matches an
+  answer whose only number it is, and a gold answer that is one capitalized name an answer whose only name it is
+  (numbers and names the question holds aside).
 """
 
 from __future__ import annotations

@@ -142,6 +142,14 @@ def _compare(records: list[GraphRecord]) -> None:
                 r.diff_ci = paired_bootstrap(r.correct, mesh.correct)
 
 
+def model_id(spec: str | None) -> str | None:
+    """The model a spec names, without where it is served: ``openai:NAME@URL`` -> ``openai:NAME`` (sittings of
+    one model on servers at other ports are one run); any other spec as it is."""
+    if spec and spec.startswith("openai:") and "@" in spec:
+        return spec.split("@", 1)[0]
+    return spec
+
+
 def load_records(paths: Sequence[str | Path]) -> list[GraphRecord]:
     """The records of several ``bench graph --json`` files (sittings on the same questions and model, each
     running some topologies) as one run: a later file's row of a setting and topology replaces an earlier one's,
@@ -153,8 +161,8 @@ def load_records(paths: Sequence[str | Path]) -> list[GraphRecord]:
         for r in read_records(path, GraphRecord.from_json, "bench graph --json file"):
             if r.setting in seen:
                 model, tasks_id, first = seen[r.setting]
-                if (r.model, r.tasks_id) != (model, tasks_id):
-                    what = "model" if r.model != model else "questions"
+                if (model_id(r.model), r.tasks_id) != (model_id(model), tasks_id):
+                    what = "model" if model_id(r.model) != model_id(model) else "questions"
                     raise ValueError(f"{path}: the {r.setting} row {r.topology!r} was measured with another "
                                      f"{what} than {first}'s ({r.model or '?'} {r.tasks_id or '?'} against "
                                      f"{model or '?'} {tasks_id or '?'})")
@@ -288,7 +296,7 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
     unknown = wanted - set(LIVE_TOPOLOGIES)
     if unknown:
         raise ValueError(f"unknown topologies {sorted(unknown)}; choose from {', '.join(LIVE_TOPOLOGIES)}")
-    model = spec or (LIVE_SPEC if engine is None else None)
+    model = model_id(spec or (LIVE_SPEC if engine is None else None))
     engine = engine or load_engine(spec or LIVE_SPEC)
     tasks = live_tasks(questions or (4 if quick else 12), "eval", seed)
     train = live_tasks(4 if quick else 6, "train", seed + 1)

@@ -57,3 +57,11 @@ def test_numbers_keep_their_rule():
     assert answer_matches("The price of Urthudav 41 is 611.", "611", "What does Urthudav 41 cost?")
     assert not answer_matches("Between 14,600 and 8,245.", "14600")
     assert not answer_matches("Petra Lunde", "14600")
+
+
+@pytest.mark.timeout(30)
+def test_a_huge_or_hostile_answer_is_scored_without_backtracking():
+    # a peer's runaway answer (CodeAgent printed 23k tokens a task) is still one linear pass
+    for said in ["A" + "a" * 200_000 + "-", "Ab-" * 100_000, "Ab " * 100_000 + "Petra Lunde"]:
+        assert not answer_matches(said, "Petra Lunde", MAYOR)
+    assert answer_matches("Petra Lunde. " + "x " * 500_000, "Petra Lunde", MAYOR)

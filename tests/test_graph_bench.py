@@ -159,6 +159,22 @@ def test_graph_sittings_join_into_one_run(tmp_path, capsys):
     assert "not a bench graph --json file" in capsys.readouterr().err
 
 
+def test_sittings_of_one_served_model_at_other_urls_merge(tmp_path):
+    from tokenomy.benchmarks.graph import load_records, model_id
+
+    assert model_id("openai:qwen@http://127.0.0.1:8011/v1") == "openai:qwen" and model_id("embedded") == "embedded"
+    assert model_id(None) is None
+    rows = [GraphRecord("live", topology, 100.0, 0.5, 4.0, 2, correct=[True, False], model=model, tasks_id="ab" * 8)
+            for topology, model in (("mesh", "openai:qwen@http://127.0.0.1:1/v1"), ("star", "openai:qwen"))]
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    for path, rec in ((a, rows[0]), (b, rows[1])):
+        path.write_text(json.dumps({"records": [rec.to_json()]}))
+    assert [r.topology for r in load_records([a, b])] == ["mesh", "star"]
+    c.write_text(json.dumps({"records": [{**rows[1].to_json(), "model": "openai:other@http://127.0.0.1:1/v1"}]}))
+    with pytest.raises(ValueError, match="another model"):
+        load_records([a, c])
+
+
 def test_a_graph_record_survives_its_json():
     rec = GraphRecord("live", "star", 120.5, 0.5, 4.0, 2, correct=[True, False], diff_ci=(-0.5, 0.5),
                       model="openai:m@http://127.0.0.1:1/v1", tasks_id="ab" * 8)
