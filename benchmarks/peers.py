@@ -253,7 +253,6 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
         by_tag.setdefault(r.tag, []).append(r)
     own_p = own_c = 0
     own_known = True
-    kinds: Counter[str] = Counter()
     for task, row in zip(tasks, rows, strict=True):
         calls = [r for r in by_tag.get(row["tag"], []) if r.path.endswith("/completions")]
         prompt = sum(r.prompt_tokens or 0 for r in calls)
@@ -269,10 +268,6 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
         rec.wall_s += float(row.get("wall_s") or 0.0)
         rec.tool_calls += int(row.get("tool_calls") or 0)
         rec.correct.append(correct)
-        if row.get("error_kind"):
-            kinds[row["error_kind"]] += 1
-        elif not correct and row.get("tool_errors"):
-            kinds["tool"] += 1
         own = row.get("own_usage")
         if isinstance(own, dict) and own.get("prompt_tokens") is not None:
             own_p += int(own.get("prompt_tokens") or 0)
@@ -286,10 +281,22 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
                          "completion_tokens": completion, "own_usage": own, "wall_s": row.get("wall_s")})
     if own_known and rows:
         rec.own_prompt_tokens, rec.own_completion_tokens = own_p, own_c
-    rec.failures = dict(kinds)
+    rec.failures = _failures(rec.rows)
     rec.wall_s = round(rec.wall_s, 3)
     _score(rec)
     return rec
+
+
+def _failures(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Failures by kind over a record's rows: a row's ``error_kind``, else ``tool`` for a wrong answer after a tool
+    error."""
+    kinds: Counter[str] = Counter()
+    for row in rows:
+        if row.get("error_kind"):
+            kinds[row["error_kind"]] += 1
+        elif not row["correct"] and row.get("tool_errors"):
+            kinds["tool"] += 1
+    return dict(kinds)
 
 
 def _score(rec: PeerRecord) -> None:
@@ -322,8 +329,7 @@ def rescore(rec: PeerRecord, tasks: Sequence[Task]) -> int:
     if rec.rows:
         rec.correct = [bool(row["correct"]) for row in rec.rows]
         if all("tool_errors" in row for row in rec.rows):
-            tool = sum(1 for row in rec.rows if not row["correct"] and not row.get("error_kind") and row["tool_errors"])
-            rec.failures = {k: v for k, v in rec.failures.items() if k != "tool"} | ({"tool": tool} if tool else {})
+            rec.failures = _failures(rec.rows)
         _score(rec)
     return changed
 
