@@ -501,9 +501,16 @@ def _peers_args(p: argparse.ArgumentParser) -> None:
                                                                  "(default: start vllm serve)")
     p.add_argument("--served-model", default=None, metavar="NAME", help="the model's name on --server")
     p.add_argument("--merge", default=None, metavar="A.json,B.json",
-                   help="report the records of earlier --json files as one run (frameworks run in separate "
-                        "sittings on the same server and tasks; a later file's framework wins), their stored "
-                        "answers scored again; give the run's own --quick, --seed or --corpus/--questions")
+                   help="report the records of earlier --json files as one run (sittings on the same server "
+                        "and tasks; a framework's rows are joined by task, a later file's row for a task wins), "
+                        "their stored answers scored again; give the run's own --quick, --seed or "
+                        "--corpus/--questions")
+    p.add_argument("--resume", default=None, metavar="FILE",
+                   help="continue the run of an earlier --json file: each framework asks only the tasks it has no "
+                        "row for there, and --json gets the earlier records joined with this sitting's")
+    p.add_argument("--stop-after", type=float, default=None, metavar="MIN",
+                   help="start no task after this many minutes: the framework being run is recorded cut off "
+                        "(continue it with --resume) and the frameworks after it are not started")
     p.add_argument("--task-timeout", type=float, default=600.0, metavar="S",
                    help="seconds a framework may take for one task")
     p.add_argument("--logs", default=None, metavar="DIR", help="write the proxy's request log and each framework's "
@@ -515,12 +522,15 @@ def _peers(args: argparse.Namespace) -> int:
 
     if bool(args.corpus) != bool(args.questions):
         raise UserError("bench peers on prose needs both --corpus DIR and --questions FILE")
+
+    def tasks() -> list[Any]:  # the run's tasks, to score stored answers against
+        return (peers.question_tasks(args.questions) if args.questions
+                else peers.peer_tasks(quick=args.quick, seed=args.seed))
+
     if args.merge:
         paths = [p.strip() for p in args.merge.split(",") if p.strip()]
-        tasks = (peers.question_tasks(args.questions) if args.questions
-                 else peers.peer_tasks(quick=args.quick, seed=args.seed))
         try:
-            records = peers.load_records(paths, tasks, say=_progress("peers"))
+            records = peers.load_records(paths, tasks(), say=_progress("peers"))
         except ValueError as e:
             raise UserError(f"--merge: {e}") from e
         found: dict[str, str] = {}
@@ -528,7 +538,17 @@ def _peers(args: argparse.Namespace) -> int:
             found.update(json.loads(Path(path).read_text(encoding="utf-8")).get("versions") or {})
     else:
         names = _names(args.frameworks, peers.FRAMEWORKS, "--frameworks")
+        if args.stop_after is not None and args.stop_after <= 0:
+            raise UserError("--stop-after needs a positive number of minutes")
+        earlier: list[Any] = []
+        if args.resume:
+            try:
+                earlier = peers.load_records([args.resume], tasks())  # a run of other tasks is refused here
+            except ValueError as e:
+                raise UserError(f"--resume: {e}") from e
         found = peers.versions(peers.peers_python(setup=False))
+        if args.resume:  # the earlier sitting's versions, where this one does not say
+            found = {**(json.loads(Path(args.resume).read_text(encoding="utf-8")).get("versions") or {}), **found}
 
         def save(records: list[Any]) -> None:  # after every framework: a run cut off keeps what it measured
             if args.json:
@@ -538,7 +558,8 @@ def _peers(args: argparse.Namespace) -> int:
             frameworks=names, quick=args.quick, seed=args.seed, server=args.server, model=args.served_model,
             embedded=args.model.removeprefix("embedded:") if args.model.startswith("embedded:") else None,
             task_timeout=args.task_timeout, log_dir=args.logs, on_record=save, corpus=args.corpus,
-            questions=args.questions, progress=_progress("peers"))
+            questions=args.questions, progress=_progress("peers"), earlier=earlier,
+            stop_after=None if args.stop_after is None else args.stop_after * 60)
     print(peers.format_report(records, found))
     if args.json:
         write_records(args.json, records, peers.goals(records), versions=found)

@@ -41,6 +41,7 @@ IMPORTS = {"langgraph": ("langchain", "langchain_openai"), "langgraph-prompted":
            "llamaindex-react": ("llama_index.core", "llama_index.llms.openai_like"),
            "llamaindex-function": ("llama_index.core", "llama_index.llms.openai_like")}
 """What each framework's process imports: a framework whose packages are missing is reported, not run."""
+_clock = time.monotonic  # what --stop-after reads (a test's clock)
 
 
 def peer_tasks(*, quick: bool = False, seed: int = 0, per_hop: int = 8) -> list[Task]:
@@ -277,6 +278,7 @@ def summarize(framework: str, tasks: Sequence[Task], rows: Sequence[dict[str, An
         rec.rows.append({"task": task.id, "hops": task.hops, "gold": task.answer, "answer": row.get("answer"),
                          "correct": correct, "error_kind": row.get("error_kind"), "error": row.get("error"),
                          "tool_errors": int(row.get("tool_errors") or 0),
+                         "tool_calls": int(row.get("tool_calls") or 0), "failed_requests": failed,
                          "calls": len(calls), "prompt_tokens": prompt, "cached_tokens": cached,
                          "completion_tokens": completion, "own_usage": own, "wall_s": row.get("wall_s")})
     if own_known and rows:
@@ -334,19 +336,97 @@ def rescore(rec: PeerRecord, tasks: Sequence[Task]) -> int:
     return changed
 
 
+_SUMS = ("prompt_tokens", "cached_tokens", "completion_tokens", "calls", "failed_requests", "tool_calls", "wall_s")
+"""A record's totals, each the sum of its rows' values of the same name."""
+
+
+def join(parts: Sequence[PeerRecord], tasks: Sequence[Task] | None = None, planned: int | None = None) -> PeerRecord:
+    """One framework's record from the records of several sittings (a run cut off and continued, or tasks asked
+    again): a later part's row for a task replaces an earlier part's, and the totals are those of the rows kept.
+    A part every row of which is kept adds its own totals; a part only some rows of which are kept adds the sums
+    of those rows, which it must keep per row (rows written since ``tool_calls`` and ``failed_requests`` were
+    stored per row), else ``ValueError``. ``tasks``: the run's tasks, ordering the rows (without them rows keep the
+    order they were first asked in). ``planned``: how many tasks the run sets out to ask (default: the most any
+    part set out to ask); the record is cut off while fewer rows are kept. Parts of several frameworks are a
+    ``ValueError``."""
+    names = {p.framework for p in parts}
+    if len(names) != 1:
+        raise ValueError(f"join needs the records of one framework, got {sorted(names)}")
+    ran = [p for p in parts if p.rows]
+    if not ran:
+        return parts[-1]
+    kept: dict[str, tuple[int, dict[str, Any]]] = {}
+    for i, part in enumerate(ran):
+        for row in part.rows:
+            kept[str(row["task"])] = (i, row)  # a task asked again keeps its first position, the later row
+    sources = {i for i, _ in kept.values()}
+    if planned is None:
+        planned = max(p.planned or p.tasks for p in ran)
+    if len(sources) == 1 and len(ran[min(sources)].rows) == len(kept):
+        only = ran[min(sources)]
+        out = PeerRecord.from_json(json.loads(json.dumps(only.to_json())))
+    else:
+        out = PeerRecord(framework=ran[0].framework, tasks=0)
+        own: list[int] | None = [0, 0]
+        for i, part in enumerate(ran):
+            rows = [row for j, row in kept.values() if j == i]
+            if not rows:
+                continue
+            if len(rows) == len(part.rows):  # the whole part: its own totals
+                for name in _SUMS:
+                    setattr(out, name, getattr(out, name) + getattr(part, name))
+                mine = (None if part.own_prompt_tokens is None
+                        else [part.own_prompt_tokens, part.own_completion_tokens or 0])
+                fails: dict[str, int] = dict(part.failures)
+            else:
+                lacking = [name for name in _SUMS if any(name not in row for row in rows)]
+                if lacking:
+                    raise ValueError(f"{part.framework}: rows of a sitting in part replaced do not keep "
+                                     f"{', '.join(lacking)}; ask all its tasks again or none")
+                for name in _SUMS:
+                    setattr(out, name, getattr(out, name) + sum(row[name] or 0 for row in rows))
+                usage = [row.get("own_usage") for row in rows]
+                mine = (None if any(not isinstance(u, dict) or u.get("prompt_tokens") is None for u in usage)
+                        else [sum(int(u["prompt_tokens"] or 0) for u in usage if isinstance(u, dict)),
+                              sum(int(u.get("completion_tokens") or 0) for u in usage if isinstance(u, dict))])
+                fails = _failures(rows)
+            own = None if own is None or mine is None else [own[0] + mine[0], own[1] + mine[1]]
+            for kind, n in fails.items():
+                out.failures[kind] = out.failures.get(kind, 0) + n
+        out.own_prompt_tokens, out.own_completion_tokens = (own[0], own[1]) if own is not None else (None, None)
+        out.wall_s = round(out.wall_s, 3)
+    rows = [row for _, row in kept.values()]
+    if tasks is not None:
+        order = {t.id: i for i, t in enumerate(tasks)}
+        rows.sort(key=lambda row: order.get(str(row["task"]), len(order)))
+    out.rows = rows
+    out.tasks = len(rows)
+    out.correct = [bool(row["correct"]) for row in rows]
+    out.planned = planned if planned > len(rows) else 0
+    out.diff_vs_baseline = None
+    _score(out)
+    return out
+
+
 def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = False, seed: int = 0,
                     server: str | None = None, model: str | None = None, embedded: str | None = None,
                     python: str | Path | None = None, obs_tokens: int = 20, task_timeout: float = 600.0,
                     log_dir: str | Path | None = None, progress: Callable[[str], None] | None = None,
                     on_record: Callable[[list[PeerRecord]], None] | None = None,
-                    corpus: str | Path | None = None, questions: str | Path | None = None) -> list[PeerRecord]:
+                    corpus: str | Path | None = None, questions: str | Path | None = None,
+                    earlier: Sequence[PeerRecord] = (), stop_after: float | None = None) -> list[PeerRecord]:
     """Every framework on the same tasks through one referee. ``server``: an OpenAI base URL already serving
     ``model``; otherwise a ``vllm serve`` of the embedded model ``embedded`` (default: the default one) is
     started here and stopped at the end. The frameworks run with ``python`` (default ``peers_python()``). The
     proxy's log and each framework's stderr go to ``log_dir``. ``on_record`` gets the records so far after each
     framework (a run cut off keeps what it measured). ``corpus`` and ``questions``: a prose corpus and its
     questions (``prose_tasks``) instead of the planning world's tasks, every framework on the corpus's real
-    ``search``, ``lookup`` and ``calc`` tools."""
+    ``search``, ``lookup`` and ``calc`` tools.
+
+    ``earlier``: the records of a run on the same tasks to continue (``--resume``): a framework asks only the tasks
+    it has no row for and its record is joined with the earlier one (``join``); a framework not run now is kept
+    as it was. ``stop_after``: seconds after which no new task is started; the framework being run is recorded cut
+    off (to be continued with ``earlier``) and the frameworks after it are not started."""
     say = progress or (lambda _m: None)
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown:
@@ -355,6 +435,9 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
         raise ValueError("a prose corpus needs both corpus and questions")
     prose = (str(Path(corpus).resolve()), str(Path(questions).resolve())) if corpus and questions else None
     tasks = prose_tasks(*prose, quick=quick) if prose else peer_tasks(quick=quick, seed=seed)
+    earlier = [PeerRecord.from_json(r.to_json()) for r in earlier]  # scored below, the caller's left as they are
+    for rec in earlier:
+        rescore(rec, tasks)  # a record of other tasks is refused before anything runs
     python = python or peers_python()
     logs = Path(log_dir) if log_dir else None
     if logs:
@@ -364,7 +447,7 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
             raise ValueError("--server needs --served-model: the name the server serves the model under")
         check_model(server, served_name=model)
         return _run_all(frameworks, tasks, server, model, python, seed, obs_tokens, task_timeout, logs, say,
-                        on_record, prose)
+                        on_record, prose, earlier, stop_after)
     from tokenomy.kernels.embedded import default_embedded, ensure_converted
 
     name = embedded or default_embedded()
@@ -374,43 +457,74 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
     with VllmServer(model_dir, served_name=served) as srv:
         say(f"vllm serve answers at {srv.base_url}")
         return _run_all(frameworks, tasks, srv.base_url, served, python, seed, obs_tokens, task_timeout, logs, say,
-                        on_record, prose)
+                        on_record, prose, earlier, stop_after)
 
 
 def _run_all(frameworks: Sequence[str], tasks: Sequence[Task], server: str, model: str, python: str | Path,
              seed: int, obs_tokens: int, task_timeout: float, logs: Path | None, say: Callable[[str], None],
              on_record: Callable[[list[PeerRecord]], None] | None = None,
-             prose: tuple[str, str] | None = None) -> list[PeerRecord]:
-    out: list[PeerRecord] = []
+             prose: tuple[str, str] | None = None, earlier: Sequence[PeerRecord] = (),
+             stop_after: float | None = None) -> list[PeerRecord]:
+    before = {r.framework: r for r in earlier}
+    out = [r for r in earlier if r.framework not in frameworks]  # the earlier run's others, kept as they were
+    deadline = None if stop_after is None else _clock() + stop_after
+    stopped = False
     with RecordingProxy(server, log=logs / "requests.jsonl" if logs else None, timeout=task_timeout) as proxy:
         root = f"http://127.0.0.1:{proxy.port}"
         for fw in frameworks:
+            if stopped or (deadline is not None and _clock() > deadline):
+                stopped = True
+                say(f"{fw}: not started: --stop-after passed (continue with --resume)")
+                if fw in before:
+                    out.append(before[fw])
+                continue
             why = missing_packages(fw, python)
             if why:
                 say(f"{fw}: not run: {why}")
-                out.append(PeerRecord(framework=fw, tasks=0, missing=why))
+                out.append(before.get(fw) or PeerRecord(framework=fw, tasks=0, missing=why))
                 continue
+            old = before.get(fw)
+            done = {str(row["task"]) for row in old.rows} if old else set()
+            todo = [t for t in tasks if t.id not in done]
+            if old and not todo:
+                say(f"{fw}: every task is measured already")
+                out.append(old)
+                continue
+            if done:
+                say(f"{fw}: {len(done)} task(s) measured already, {len(todo)} to ask")
+
+            def record(asked: Sequence[Task], rows: list[dict[str, Any]], fw: str = fw,
+                       old: PeerRecord | None = old) -> PeerRecord:
+                now = summarize(fw, asked, rows, proxy.records)
+                return join([old, now] if old else [now], tasks, planned=len(tasks))
+
             runner = _Runner(fw, root, model, python=python, seed=seed, obs_tokens=obs_tokens,
                              log=logs / f"{fw}.stderr.txt" if logs else None, prose=prose)
             rows: list[dict[str, Any]] = []
             try:
-                for i, task in enumerate(tasks):
+                for i, task in enumerate(todo):
+                    if deadline is not None and _clock() > deadline:
+                        stopped = True
+                        say(f"{fw}: --stop-after passed: stopping with {len(done) + i} of {len(tasks)} tasks "
+                            "(continue with --resume)")
+                        break
                     row = runner.ask(f"{fw}--{task.id}", task.question, task_timeout)
                     rows.append(row)
                     ok = answer_matches(row.get("answer"), task.answer, task.question)
-                    say(f"{fw}: task {i + 1}/{len(tasks)} ({task.hops} hops) {'right' if ok else 'wrong'}"
+                    say(f"{fw}: task {len(done) + i + 1}/{len(tasks)} ({task.hops} hops) {'right' if ok else 'wrong'}"
                         f"{' [' + row['error_kind'] + ']' if row.get('error_kind') else ''}")
-                    if on_record is not None and i + 1 < len(tasks):  # a run cut off keeps its tasks so far
-                        part = summarize(fw, tasks[:i + 1], rows, proxy.records)
-                        part.planned = len(tasks)
-                        on_record(_pair([*out, part]))
+                    if on_record is not None and i + 1 < len(todo):  # a run cut off keeps its tasks so far
+                        on_record(_repaired([*out, record(todo[:i + 1], rows)]))
             finally:
                 runner.close(grace=10.0)
-            out.append(summarize(fw, tasks, rows, proxy.records))
-            _pair(out)
+            if rows:
+                out.append(record(todo[:len(rows)], rows))
+            elif old:
+                out.append(old)
+            out = _repaired(out)
             if on_record is not None:
                 on_record(out)
-    return out
+    return _repaired(out)
 
 
 def _pair(records: list[PeerRecord]) -> list[PeerRecord]:
@@ -438,12 +552,12 @@ def _pair(records: list[PeerRecord]) -> list[PeerRecord]:
 def load_records(paths: Sequence[str | Path], tasks: Sequence[Task] | None = None,
                  say: Callable[[str], None] | None = None) -> list[PeerRecord]:
     """The records of several ``bench peers --json`` files (sittings on the same server and tasks: frameworks run
-    apart, or a run cut off and the rest run later) as one run: a framework in a later file replaces the same
-    framework of an earlier one, and every record is paired again with ``tokenomy-rewoo`` on the tasks both
-    asked. With ``tasks`` (the run's), every stored answer is scored again (``rescore``) and ``say`` hears of each
-    record whose score changed. A file that is not such a JSON, or a record of other tasks, is a ``ValueError``
-    naming it."""
-    by_name: dict[str, PeerRecord] = {}
+    apart, or a run cut off and continued later, ``--resume``) as one run: a framework's records are joined
+    (``join``: a later file's row for a task replaces an earlier file's, the totals are those of the rows kept),
+    and every record is paired again with ``tokenomy-rewoo`` on the tasks both asked. With ``tasks`` (the run's),
+    every stored answer is scored again (``rescore``) and ``say`` hears of each record whose score changed. A file
+    that is not such a JSON, or a record of other tasks, is a ``ValueError`` naming it."""
+    by_name: dict[str, list[PeerRecord]] = {}
     for path in paths:
         for rec in read_records(path, PeerRecord.from_json, "bench peers JSON"):
             rec.diff_vs_baseline = None
@@ -454,9 +568,21 @@ def load_records(paths: Sequence[str | Path], tasks: Sequence[Task] | None = Non
                     raise ValueError(f"{path}: {e}") from None
                 if changed and say is not None:
                     say(f"{rec.framework}: {changed} answer(s) scored differently now, accuracy {rec.accuracy}")
-            by_name[rec.framework] = rec
+            by_name.setdefault(rec.framework, []).append(rec)
+    return _ordered([join(parts, tasks) for parts in by_name.values()])
+
+
+def _ordered(records: list[PeerRecord]) -> list[PeerRecord]:
+    """``records`` in ``FRAMEWORKS`` order, each paired again with ``tokenomy-rewoo``."""
     order = {name: i for i, name in enumerate(FRAMEWORKS)}
-    return _pair(sorted(by_name.values(), key=lambda r: order.get(r.framework, len(order))))
+    return _repaired(sorted(records, key=lambda r: order.get(r.framework, len(order))))
+
+
+def _repaired(records: list[PeerRecord]) -> list[PeerRecord]:
+    """``records``, each paired again with ``tokenomy-rewoo`` (an interval from fewer rows is dropped first)."""
+    for r in records:
+        r.diff_vs_baseline = None
+    return _pair(records)
 
 
 # -- report -----------------------------------------------------------------------------------------------------

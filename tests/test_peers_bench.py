@@ -331,3 +331,107 @@ def test_a_runner_stopped_at_the_end_closes_the_corpus_index(tmp_path):
     runner.close(grace=30)
     assert (corpus / ".tokenomy-index.sqlite").exists()
     assert not list(corpus.glob(".tokenomy-index.sqlite-*")), (tmp_path / "stderr.txt").read_text()
+
+
+def _sitting(name: str, tasks: list, answers: list[str], tokens: int, *, planned: int = 0) -> peers.PeerRecord:
+    """A sitting's record, with the proxy's counts: ``tokens`` prompt tokens, one call and one tool call per task."""
+    rows = [{"tag": f"{name}--{t.id}", "answer": a, "wall_s": 1.5, "tool_calls": 1,
+             "own_usage": {"prompt_tokens": tokens - 1, "completion_tokens": 2}} for t, a in zip(tasks, answers,
+                                                                                                  strict=True)]
+    rec = peers.summarize(name, tasks, rows, [r for t in tasks for r in _records(f"{name}--{t.id}",
+                                                                                  (tokens, tokens // 2, 3))])
+    rec.planned = planned
+    return rec
+
+
+def test_sittings_of_one_framework_join_by_task_with_totals_from_the_rows_kept():
+    tasks = peers.peer_tasks(quick=True)
+    first = _sitting("dspy", tasks[:4], [tasks[0].answer, "?", "?", tasks[3].answer], 100, planned=6)
+    second = _sitting("dspy", tasks[4:], [tasks[4].answer, "?"], 200, planned=6)
+    whole = peers.join([first, second], tasks)
+    assert whole.tasks == 6 and whole.planned == 0  # every task asked: no longer cut off
+    assert [row["task"] for row in whole.rows] == [t.id for t in tasks]
+    assert whole.correct == [True, False, False, True, True, False] and whole.accuracy == 0.5
+    assert (whole.prompt_tokens, whole.cached_tokens, whole.completion_tokens) == (800, 400, 18)
+    assert (whole.calls, whole.tool_calls, whole.failed_requests, whole.wall_s) == (6, 6, 0, 9.0)
+    assert (whole.own_prompt_tokens, whole.own_completion_tokens) == (4 * 99 + 2 * 199, 12)
+    # a task asked again: the later row wins, and the first sitting's totals lose that row's counts
+    again = _sitting("dspy", tasks[1:2], [tasks[1].answer], 1000)
+    fixed = peers.join([first, second, again], tasks)
+    assert fixed.correct == [True, True, False, True, True, False] and fixed.tasks == 6
+    assert fixed.prompt_tokens == 800 - 100 + 1000 and fixed.calls == 6
+    assert fixed.rows[1]["prompt_tokens"] == 1000
+    # the order the tasks were first asked in, without the run's tasks; still cut off if fewer than planned
+    part = peers.join([second, first])
+    assert [row["task"] for row in part.rows] == [t.id for t in tasks[4:] + tasks[:4]]
+    assert peers.join([first]).planned == 6 and peers.join([first], planned=4).planned == 0
+    # a sitting measured before rows kept their tool calls cannot be split
+    for row in first.rows:
+        del row["tool_calls"]
+    with pytest.raises(ValueError, match="tool_calls"):
+        peers.join([first, again])
+    assert peers.join([first, second]).tool_calls == 6  # whole sittings add their own totals
+    with pytest.raises(ValueError, match="one framework"):
+        peers.join([first, _sitting("langgraph", tasks[:1], ["?"], 1)])
+
+
+def test_merge_joins_a_run_cut_off_with_its_continuation(tmp_path):
+    tasks = peers.peer_tasks(quick=True)
+    first = _sitting("dspy", tasks[:3], ["?"] * 3, 100, planned=6)
+    second = _sitting("dspy", tasks[3:], [t.answer for t in tasks[3:]], 100, planned=6)
+    base = _sitting(peers.BASELINE, tasks, [t.answer for t in tasks], 10)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"records": [base.to_json(), first.to_json()]}))
+    b.write_text(json.dumps({"records": [second.to_json()]}))
+    merged = {r.framework: r for r in peers.load_records([a, b], peers.peer_tasks())}
+    dspy = merged["dspy"]
+    assert dspy.tasks == 6 and dspy.planned == 0 and dspy.accuracy == 0.5 and dspy.diff_vs_baseline is not None
+    assert "dspy (" not in peers.format_report(list(merged.values()))  # whole again: in the table and the goals
+
+
+def test_resume_asks_only_the_tasks_not_yet_measured_and_stop_after_cuts_a_sitting(tmp_path, monkeypatch):
+    tasks = peers.peer_tasks(quick=True)
+    earlier = _sitting("tokenomy-rewoo", tasks[:4], [tasks[0].answer, "?", "?", "?"], 100, planned=6)
+    other = _sitting("langgraph", tasks, ["?"] * 6, 50)
+    ticks = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(peers, "_clock", lambda: next(ticks))
+    server = ScriptedServer()
+    try:
+        # the clock reads 0 at the start and 100 more at each look (before the framework, before each task): with
+        # 250 s, one task is asked, then it stops
+        cut = peers.run_peers_bench(frameworks=("tokenomy-rewoo", "tokenomy-react"), quick=True, server=server.url,
+                                    model="m", task_timeout=120, log_dir=tmp_path, python=peers.sys.executable,
+                                    earlier=[earlier, other], stop_after=250)
+        by = {r.framework: r for r in cut}
+        assert set(by) == {"tokenomy-rewoo", "langgraph"}  # react was not started; langgraph kept as it was
+        assert by["tokenomy-rewoo"].tasks == 5 and by["tokenomy-rewoo"].planned == 6
+        assert by["langgraph"].total_tokens == other.total_tokens
+        log = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+        assert {row["tag"] for row in log} == {f"tokenomy-rewoo--{tasks[4].id}"}  # the first task not measured
+        (tmp_path / "requests.jsonl").unlink()
+        done = peers.run_peers_bench(frameworks=("tokenomy-rewoo",), quick=True, server=server.url, model="m",
+                                     task_timeout=120, log_dir=tmp_path, python=peers.sys.executable, earlier=cut)
+    finally:
+        server.close()
+    rewoo = next(r for r in done if r.framework == "tokenomy-rewoo")
+    assert rewoo.tasks == 6 and rewoo.planned == 0 and [row["task"] for row in rewoo.rows] == [t.id for t in tasks]
+    assert rewoo.rows[0]["prompt_tokens"] == 100 and rewoo.correct[0]  # the earlier sitting's rows, as they were
+    assert rewoo.prompt_tokens == 400 + sum(row["prompt_tokens"] for row in rewoo.rows[4:])
+    log = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert {row["tag"] for row in log} == {f"tokenomy-rewoo--{tasks[5].id}"}
+    assert earlier.tasks == 4  # the caller's records are left as they were
+
+
+def test_resume_refuses_a_run_of_other_tasks_and_stop_after_needs_minutes(tmp_path, capsys):
+    from tokenomy.cli import main
+
+    held = Path(__file__).parent / "prose_heldout"
+    prose = peers.question_tasks(held / "questions.jsonl")[:2]
+    path = tmp_path / "prose.json"
+    path.write_text(json.dumps({"records": [_sitting("dspy", prose, ["?", "?"], 10).to_json()]}))
+    assert main(["bench", "peers", "--quick", "--resume", str(path), "--server", "http://127.0.0.1:9/v1",
+                 "--served-model", "m"]) != 0
+    err = capsys.readouterr().err
+    assert "--resume" in err and "not one of these tasks" in err
+    assert main(["bench", "peers", "--quick", "--stop-after", "0"]) != 0
+    assert "--stop-after" in capsys.readouterr().err
