@@ -167,3 +167,25 @@ def test_search_tool_is_brief_and_knows_attribute_words(index):
     assert other == "[veradel.md#1] … About 310,000 people live in the province."  # only what was asked about
     whole = index.search("population of Arlen Falls", k=3)  # the plain index call keeps whole paragraphs
     assert sum(map(len, top)) < sum(map(len, whole))
+
+
+def test_a_verb_with_the_entity_as_object_gives_the_name_before_it(tmp_path):
+    """"X, who later founded Y, was born at Z": Y's founder is X, not Z (the name after the object); the passive
+    "founded by" still reads the name after it."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "kestrel-bay.md").write_text(
+        "# Kestrel Bay\n\nKestrel Bay is a fishing port. The engineer Mira Holt, who later founded Dunmere, was born "
+        "at Kestrel Bay in 1801. In 1840 Ana Velor married Oren Quill at the harbour chapel.\n")
+    (folder / "dunmere.md").write_text("# Dunmere\n\nDunmere is a mill town on the river Ost. It has 4,200 "
+                                       "inhabitants.\n")
+    (folder / "ost-mills.md").write_text("# Ost Mills\n\nOst Mills was founded by Teodor Brisk in 1862, beside "
+                                         "Dunmere.\n")
+    index = CorpusIndex(folder)
+    try:
+        assert index.lookup("Dunmere", "founder") == "Mira Holt [kestrel-bay.md#1]"
+        assert index.lookup("Oren Quill", "spouse") == "Ana Velor [kestrel-bay.md#1]"
+        assert index.lookup("Ost Mills", "founder") == "Teodor Brisk [ost-mills.md#1]"
+        assert index.lookup("Mira Holt", "birthplace") == "Kestrel Bay [kestrel-bay.md#1]"
+    finally:
+        index.close()

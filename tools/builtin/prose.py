@@ -88,6 +88,7 @@ _NOT_NAMES = STOPWORDS | {"he", "she", "his", "her", "they", "them", "we", "you"
                           "before", "after", "since", "about", "most", "some", "many", "one", "two", "three",
                           "four", "five", "its", "but", "although", "while", "once", "also", "there", "here"}
 _PRONOUNS = {"he", "she"}
+_RELATIVE = {"who", "whose", "which"}
 
 
 @dataclass(frozen=True)
@@ -276,13 +277,16 @@ def _values(toks: list[_Tok], kind: str, known: set[str], subject: str) -> list[
 
 
 def _cost(span: tuple[int, int, str], at: int, toks: list[_Tok]) -> float:
-    """Tokens between the value and the attribute's word; a clause boundary costs 4, a value before it 1.5x."""
+    """Tokens between the value and the attribute's word; a clause boundary costs 4 (1 where a relative pronoun
+    opens it, "X, who ..."), a value before it 1.5x."""
     start, end, _ = span
     if start <= at < end:
         return 0.0
     lo, hi = (end, at) if end <= at else (at + 1, start)
     between = toks[lo:hi]
     cost = sum(4 if t.kind == "punct" else 1 for t in between) + 1
+    if len(between) > 1 and between[0].text == "," and between[1].text.lower() in _RELATIVE:
+        cost -= 3  # "Mira Holt, who founded ...": the comma opens a clause about the name, not another
     return cost * 1.5 if end <= at else cost
 
 
@@ -338,11 +342,18 @@ def find_value(passages: Iterable[Passage], entity: str, attribute: str, *, know
                      and not set(re.findall(r"\w+", s[2].lower())) <= itself | cue_words]
             if not spans:
                 continue
+            # A verb with the entity as its object ("Hadrian Sollis, who later founded Brannock, was born at
+            # Sallowford") has its value, the one who did it, before it: not the name after the object.
+            objects = {a for a in anchors if kind == NAME and any(m == a + 1 for m, _ in mentions)}
             # The attribute's own word ("population") says it more surely than a synonym ("people").
-            cost, span = min((max(0.0, _cost(s, a, toks) - 1.5 * (a in literal)), s) for s in spans for a in anchors)
+            costs = [(max(0.0, _cost(s, a, toks) - 1.5 * (a in literal)), s, a) for s in spans for a in anchors
+                     if a not in objects or s[1] <= a]
+            if not costs:
+                continue
+            cost, span, anchor = min(costs)
             if not p.own:  # the entity's own file speaks of it more surely than a passing mention elsewhere,
-                names = _names(toks, known)  # and a sentence that begins with another name is about that one
-                cost += 3 if names and names[0][0] in inside else 8
+                names = _names(toks, known)  # and a sentence that begins with another name is about that one,
+                cost += 3 if anchor in objects or names and names[0][0] in inside else 8  # unless its verb's object
             score = (len(matched), -cost)
             if best is None or score > best[0]:
                 best = (score, Found(span[2], p.path, p.n))
