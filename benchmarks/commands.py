@@ -290,7 +290,7 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-simulator", action="store_true", help="the live rows only")
     p.add_argument("--live-questions", type=int, default=0, help="live evaluation questions (default 12; --quick 4)")
     p.add_argument("--live-iterations", type=int, default=0,
-                   help="live training iterations of the pruned graph's policy (default 10; --quick 3)")
+                   help="live training iterations of the pruned graph's policy (default 24; --quick 3)")
     p.add_argument("--topologies", default=None, metavar="LIST",
                    help="live: only these, comma-separated, of mesh, chain, star, layered, debate, single, pruned "
                         "(default all; the rows are compared with the mesh, of this sitting or one joined by "

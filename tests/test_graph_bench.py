@@ -116,6 +116,17 @@ def test_live_rows_run_as_chosen_and_compare_with_the_mesh_when_it_ran():
         run_live(questions=2, engine=engine, topologies=["ring"])
 
 
+def test_the_live_pruned_row_keeps_how_its_policy_was_trained():
+    from tokenomy.kernels.scripted import ScriptedEngine
+
+    engine = ScriptedEngine(lambda request: "Velmora")
+    (row,) = run_live(questions=2, iterations=2, engine=engine, topologies=["pruned"])
+    assert row.topology == "pruned:independent" and row.train_runs == 2 * 2 * 2  # iterations x questions x rollouts
+    assert row.train_config is not None and row.train_config["iterations"] == 2
+    assert row.train_config["prune_every"] == 8 and row.train_config["lam"] == 0.5
+    assert GraphRecord.from_json(json.loads(json.dumps(row.to_json()))).train_config == row.train_config
+
+
 def _sitting(tmp_path, name, topologies, *extra):
     out = tmp_path / f"{name}.json"
     assert main(["bench", "graph", "--no-simulator", "--model", "scripted", "--live-questions", "3",
