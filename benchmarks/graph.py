@@ -329,9 +329,9 @@ def run_live(*, quick: bool = False, spec: str | None = None, seed: int = 0, que
     if "pruned" in wanted:
         policy = POLICIES["independent"](mesh)
         # AgentPrune's schedule: every 8 iterations the lowest-scoring quarter of the open edges is closed. On the
-        # simulator at this budget (2 questions x 2 rollouts) 10 iterations left every agent and 72% of the mesh's
-        # tokens at 65-77% accuracy; 24 with the schedule cut 81-88% at the mesh's accuracy (a larger learning
-        # rate, 0.3, cut more and lost a third of the answers).
+        # simulator at this budget (2 questions x 2 rollouts) 10 iterations cut 72-73% of the mesh's tokens but kept
+        # every agent, at 65-77% accuracy; 24 with the schedule cut 81-88% at the mesh's accuracy (a larger learning
+        # rate, 0.3, cut more and lost over a third of the answers).
         cfg = TrainConfig(iterations=iterations or (3 if quick else 24), batch=2, rollouts=2, lam=0.5,
                           prune_every=8, seed=seed)
         progress(f"live: training the independent policy ({cfg.iterations} iterations x {cfg.batch} questions x "
