@@ -177,6 +177,9 @@ def read_log(path: str | Path) -> list[Record]:
     return out
 
 
+_CLIENT_GONE = "the client went away before the whole answer"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -231,11 +234,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: int, tag: str, path: str, why: str, started: float | None = None) -> None:
         body = json.dumps({"error": {"message": f"referee proxy: {why}", "type": "proxy_error"}}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+        except OSError:
+            why = f"{why}; {_CLIENT_GONE}"
         latency = time.monotonic() - started if started is not None else 0.0
         self.proxy.record(Record(tag=tag, path=path, status=status, latency_s=round(latency, 4), error=why))
 
@@ -308,8 +315,6 @@ class _Handler(BaseHTTPRequestHandler):
                               broken="server broke off")
         if data is None:
             return
-        self._start_response(resp, chunked=False, length=len(data))
-        self.wfile.write(data)
         usage: Any = None
         error = None
         try:
@@ -319,6 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = None
         if resp.status_code >= 400:
             error = _error_text(parsed) or f"HTTP {resp.status_code}"
+        try:
+            self._start_response(resp, chunked=False, length=len(data))
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:  # a framework stopped at its deadline: the server did the work, so it is counted
+            error = error or _CLIENT_GONE
         self.proxy.record(Record(tag=tag, path=path, status=resp.status_code,
                                  latency_s=round(time.monotonic() - started, 4), error=error, **usage_fields(usage)))
 
@@ -348,7 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
         except httpx.HTTPError as e:
             error = f"stream broke off: {type(e).__name__}"
         except (BrokenPipeError, ConnectionResetError):
-            error = "the client went away"
+            error = _CLIENT_GONE
         try:
             self._chunk(b"")
         except OSError:

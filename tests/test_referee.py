@@ -202,6 +202,24 @@ def test_a_hanging_server_gives_a_504_at_the_proxy_s_deadline():
     assert proxy.records[0].status == 504 and "timeout" in (proxy.records[0].error or "")
 
 
+def test_a_request_whose_client_left_is_counted_when_the_server_answers():
+    """A framework stopped at its deadline leaves a request the server still works on: its tokens are the
+    framework's and are counted, marked as answered to no one."""
+    server = ScriptedServer()
+    try:
+        with RecordingProxy(server.url, timeout=30) as proxy:
+            with pytest.raises(httpx.TimeoutException):  # the client gives up after 1 s; the server takes 5
+                httpx.post(proxy.base_url("gone") + "/chat/completions", json=chat("slow"), timeout=1)
+            deadline = time.monotonic() + 20
+            while not proxy.records_for("gone") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            (rec,) = proxy.records_for("gone")
+    finally:
+        server.close()
+    assert rec.status == 200 and rec.prompt_tokens == USAGE["prompt_tokens"]
+    assert rec.completion_tokens == USAGE["completion_tokens"] and "went away" in (rec.error or "")
+
+
 def test_a_server_that_is_not_there_gives_a_502(tmp_path):
     from tokenomy.benchmarks.referee import free_port
 
