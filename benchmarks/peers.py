@@ -11,6 +11,7 @@ keeps one). Answers are scored by the planning world's normaliser; accuracy gets
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import queue
@@ -364,7 +365,7 @@ def join(parts: Sequence[PeerRecord], tasks: Sequence[Task] | None = None, plann
         planned = max(p.planned or p.tasks for p in ran)
     if len(sources) == 1 and len(ran[min(sources)].rows) == len(kept):
         only = ran[min(sources)]
-        out = PeerRecord.from_json(json.loads(json.dumps(only.to_json())))
+        out = copy.deepcopy(only)
     else:
         out = PeerRecord(framework=ran[0].framework, tasks=0)
         own: list[int] | None = [0, 0]
@@ -435,7 +436,7 @@ def run_peers_bench(*, frameworks: Sequence[str] = FRAMEWORKS, quick: bool = Fal
         raise ValueError("a prose corpus needs both corpus and questions")
     prose = (str(Path(corpus).resolve()), str(Path(questions).resolve())) if corpus and questions else None
     tasks = prose_tasks(*prose, quick=quick) if prose else peer_tasks(quick=quick, seed=seed)
-    earlier = [PeerRecord.from_json(r.to_json()) for r in earlier]  # scored below, the caller's left as they are
+    earlier = copy.deepcopy(list(earlier))  # scored below, the caller's left as they are
     for rec in earlier:
         rescore(rec, tasks)  # a record of other tasks is refused before anything runs
     python = python or peers_python()
